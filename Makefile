@@ -1,0 +1,61 @@
+# Portcullis. Two commands: `make run` (local quickstart) and `make test` (all tests).
+# Every target installs what it needs through scripts/setup.sh (idempotent).
+
+SHELL := /bin/bash
+ROOT := $(abspath .)
+CARGO ?= cargo
+# Filters built as proxy-wasm modules: crate name == output name.
+FILTERS ?= ua_block headers
+WASM_TARGET := wasm32-wasip1
+WASM_OUT := target/$(WASM_TARGET)/wasm
+WASM_OPT_FLAGS := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue -O3
+export PATH := $(ROOT)/.bin:$(PATH)
+export PORTCULLIS_ROOT := $(ROOT)
+
+.PHONY: setup build build-wasm build-controller run test test-unit images bench bench-filters bench-controller fuzz fmt lint clean help
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: ## install what is missing (wasm target, Envoy venv, binaryen)
+	@bash scripts/setup.sh core
+
+build: build-wasm build-controller ## build filters to dist/wasm and the controller to dist/bin
+
+build-wasm: setup
+	$(CARGO) build --profile wasm --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
+	@mkdir -p dist/wasm
+	@for f in $(FILTERS); do \
+	  wasm-opt $(WASM_OPT_FLAGS) $(WASM_OUT)/$$f.wasm -o dist/wasm/$$f.wasm; \
+	  printf '  %-14s %8d bytes (rustc) -> %8d bytes (wasm-opt)\n' $$f.wasm \
+	    $$(stat -c %s $(WASM_OUT)/$$f.wasm) $$(stat -c %s dist/wasm/$$f.wasm); \
+	done
+
+build-controller: setup
+	$(CARGO) build --release -p portcullis --bin portcullis
+	@mkdir -p dist/bin
+	@cp target/release/portcullis dist/bin/portcullis
+
+run: build ## local quickstart: Envoy + filters in front of a demo upstream
+	@bash scripts/run.sh
+
+test: build ## every test: unit, golden, end-to-end through real Envoy
+	$(CARGO) test --workspace --all-targets $(TEST_ARGS)
+
+test-unit: ## fast native unit tests only
+	$(CARGO) test -p portcullis-core
+
+fuzz: ## run every fuzz target for FUZZ_SECONDS each (default 60)
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS)) -- -D warnings
+
+clean:
+	rm -rf dist target/bench

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("portcullis: no subcommands yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! Test-support library for end-to-end tests against real processes.

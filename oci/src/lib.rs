@@ -1,0 +1,1 @@
+//! OCI images for wasm filters: not implemented yet (issue 4).
