@@ -1,12 +1,4 @@
-//! Portcullis controller library.
-//!
-//! Pipeline (one direction): provider -> translator -> IR -> xds builder -> xds server,
-//! with the wasm cache, infra and status at the edges. See DESIGN.md.
+//! Portcullis controller runtime: the I/O edges of the pipeline (provider watch, xDS server,
+//! wasm cache, host infra, admin endpoint). The pure stages live in `portcullis-translator`.
 
-pub mod status;
-pub mod wasm {
-    pub mod source;
-}
-pub mod xds {
-    pub mod snapshot;
-}
+pub mod cli;

@@ -1,4 +1,34 @@
-fn main() {
-    eprintln!("portcullis: no subcommands yet");
-    std::process::exit(2);
+//! `portcullis`: the controller binary. Parses the command line and dispatches to `cli::*`.
+
+use clap::{Parser, Subcommand};
+use portcullis::cli;
+
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about = "Envoy extension suite controller: Gateway API + EnvoyExtensionPolicy -> Envoy xDS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch manifests under the given paths, serve xDS and run one Envoy per Gateway.
+    Run(cli::run::RunArgs),
+    /// Translate manifests to xDS resources and statuses, offline.
+    Translate(cli::translate::TranslateArgs),
+    /// Show the status of a running controller as a table.
+    Status(cli::status::StatusArgs),
+    /// Package, push, pull and inspect wasm filter images.
+    Oci(portcullis_oci::cli::OciArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => cli::run::run(a).await,
+        Command::Translate(a) => cli::translate::run(a).await,
+        Command::Status(a) => cli::status::run(a).await,
+        Command::Oci(a) => portcullis_oci::cli::run(a).await,
+    }
 }

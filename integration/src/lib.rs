@@ -1,1 +1,10 @@
 //! Test-support library for end-to-end tests against real processes.
+//!
+//! Every process starts on a free loopback port, is waited on until ready, has its logs
+//! collected (printed when a test fails) and is killed on drop, even when a test panics.
+
+pub mod controller;
+pub mod echo;
+pub mod envoy;
+pub mod process;
+pub mod registry;

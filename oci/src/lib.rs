@@ -1,1 +1,3 @@
-//! OCI images for wasm filters: not implemented yet (issue 4).
+//! OCI images for wasm filters (issue 4): package, push, pull, verify.
+
+pub mod cli;

@@ -1,0 +1,5 @@
+//! One module per subcommand; `main.rs` only parses and dispatches.
+
+pub mod run;
+pub mod status;
+pub mod translate;
