@@ -20,6 +20,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Package, push, pull and inspect wasm filter images.
     Oci(portcullis_oci::cli::OciArgs),
+    /// Serve Envoy's rate-limit gRPC API backed by Redis.
+    RatelimitServer(portcullis_ratelimit_server::Args),
 }
 
 #[tokio::main]
@@ -30,5 +32,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Translate(a) => cli::translate::run(a).await,
         Command::Status(a) => cli::status::run(a).await,
         Command::Oci(a) => portcullis_oci::cli::run(a).await,
+        Command::RatelimitServer(a) => portcullis_ratelimit_server::run(a).await,
     }
 }

@@ -6,5 +6,8 @@
 pub mod controller;
 pub mod echo;
 pub mod envoy;
+pub mod oidc_provider;
+pub mod browser;
 pub mod process;
+pub mod redis;
 pub mod registry;

@@ -1,0 +1,1 @@
+//! oidc policy logic (host-independent).

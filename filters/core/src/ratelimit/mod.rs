@@ -1,0 +1,1 @@
+//! ratelimit policy logic (host-independent).

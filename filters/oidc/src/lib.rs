@@ -1,0 +1,1 @@
+//! Portcullis oidc filter: not built yet (see its issue).
