@@ -1,1 +1,488 @@
-//! (empty: filled in by its issue)
+//! A real Envoy with a generated static bootstrap.
+//!
+//! ```no_run
+//! use portcullis_integration::{echo::EchoServer, envoy::EnvoyBuilder, wasm};
+//! use serde_json::json;
+//!
+//! let echo = EchoServer::start().unwrap();
+//! let envoy = EnvoyBuilder::new()
+//!     .upstream(echo.addr())
+//!     .wasm("ua_block", wasm::module("ua_block").unwrap(), json!({"deny": {"contains": ["GPTBot"]}}))
+//!     .start()
+//!     .unwrap();
+//! let resp = reqwest::blocking::get(envoy.url("/")).unwrap();
+//! ```
+//!
+//! The bootstrap has one HTTP listener (plus an optional TLS listener with the same filter
+//! chain), an admin listener, the given HTTP filters in order, then the router, and a single
+//! route `/` to either an upstream cluster or a `direct_response`. Everything binds 127.0.0.1
+//! on ports from [`free_port`]. `--disable-hot-restart` lets many Envoys run in parallel.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::process::{envoy_bin, free_port, Error, Process, ProcessBuilder};
+
+/// How long Envoy may take to become LIVE (V8 compiles modules at startup; cores are shared).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One HTTP filter in the chain, before the router.
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    /// A proxy-wasm module loaded from a local file, V8 runtime, JSON config as a StringValue.
+    Wasm {
+        name: String,
+        module: PathBuf,
+        /// Passed verbatim, so tests can hand over invalid JSON too.
+        config: String,
+    },
+    /// An inline Lua filter (`default_source_code`).
+    Lua { code: String },
+    /// Any other filter, as the JSON of an `HttpFilter` message (`name`, `typed_config`).
+    Raw(Value),
+}
+
+impl HttpFilter {
+    fn to_bootstrap(&self, index: usize) -> Value {
+        match self {
+            HttpFilter::Wasm {
+                name,
+                module,
+                config,
+            } => json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": name,
+                        "root_id": name,
+                        "vm_config": {
+                            // One VM per filter entry: filters in one chain must not share state.
+                            "vm_id": format!("{name}-{index}"),
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": { "local": { "filename": module } }
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": config
+                        },
+                        "fail_open": false
+                    }
+                }
+            }),
+            HttpFilter::Lua { code } => json!({
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": { "inline_string": code }
+                }
+            }),
+            HttpFilter::Raw(v) => v.clone(),
+        }
+    }
+}
+
+/// Where the single route `/` goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Upstream(SocketAddr),
+    Direct { status: u16, body: String },
+}
+
+/// PEM certificate chain and key for the optional TLS listener.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Builds the bootstrap and starts Envoy.
+#[derive(Debug, Clone)]
+pub struct EnvoyBuilder {
+    filters: Vec<HttpFilter>,
+    route: Route,
+    concurrency: u32,
+    tls: Option<Tls>,
+    log_level: String,
+    component_log_level: Option<String>,
+}
+
+impl Default for EnvoyBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EnvoyBuilder {
+    /// No filters, `direct_response` 200 "ok\n", one worker thread, log level info.
+    pub fn new() -> Self {
+        Self {
+            filters: Vec::new(),
+            route: Route::Direct {
+                status: 200,
+                body: "ok\n".into(),
+            },
+            concurrency: 1,
+            tls: None,
+            log_level: "info".into(),
+            component_log_level: None,
+        }
+    }
+
+    /// Route everything to this upstream (e.g. [`crate::echo::EchoServer::addr`]).
+    pub fn upstream(mut self, addr: SocketAddr) -> Self {
+        self.route = Route::Upstream(addr);
+        self
+    }
+
+    /// Answer everything with a fixed response instead of proxying.
+    pub fn direct_response(mut self, status: u16, body: impl Into<String>) -> Self {
+        self.route = Route::Direct {
+            status,
+            body: body.into(),
+        };
+        self
+    }
+
+    /// Appends a wasm filter with a JSON config.
+    pub fn wasm(self, name: &str, module: impl AsRef<Path>, config: Value) -> Self {
+        let config = config.to_string();
+        self.wasm_raw(name, module, config)
+    }
+
+    /// Appends a wasm filter with a config string passed verbatim (e.g. malformed JSON).
+    pub fn wasm_raw(mut self, name: &str, module: impl AsRef<Path>, config: impl Into<String>) -> Self {
+        self.filters.push(HttpFilter::Wasm {
+            name: name.to_string(),
+            module: module.as_ref().to_path_buf(),
+            config: config.into(),
+        });
+        self
+    }
+
+    /// Appends an inline Lua filter.
+    pub fn lua(mut self, code: impl Into<String>) -> Self {
+        self.filters.push(HttpFilter::Lua { code: code.into() });
+        self
+    }
+
+    /// Appends any other HTTP filter (JSON of Envoy's `HttpFilter`).
+    pub fn raw_filter(mut self, filter: Value) -> Self {
+        self.filters.push(HttpFilter::Raw(filter));
+        self
+    }
+
+    /// Number of worker threads (`--concurrency`).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Also open a TLS listener ([`Envoy::https_url`]) with the same filters and route.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Envoy's `-l` level (default `info`).
+    pub fn log_level(mut self, level: impl Into<String>) -> Self {
+        self.log_level = level.into();
+        self
+    }
+
+    /// Envoy's `--component-log-level`, e.g. `wasm:debug,lua:debug`.
+    pub fn component_log_level(mut self, levels: impl Into<String>) -> Self {
+        self.component_log_level = Some(levels.into());
+        self
+    }
+
+    /// The bootstrap for the given ports (exposed so tests can inspect or validate it).
+    pub fn bootstrap(&self, http_port: u16, https_port: Option<u16>, admin_port: u16) -> Value {
+        let mut http_filters: Vec<Value> = self
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.to_bootstrap(i))
+            .collect();
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        let route = match &self.route {
+            Route::Upstream(_) => json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}),
+            Route::Direct { status, body } => json!({
+                "match": {"prefix": "/"},
+                "direct_response": {"status": status, "body": {"inline_string": body}}
+            }),
+        };
+        let hcm = |stat_prefix: &str| {
+            json!({
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": stat_prefix,
+                    "codec_type": "AUTO",
+                    "route_config": {
+                        "name": "local",
+                        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route.clone()]}]
+                    },
+                    "http_filters": http_filters.clone()
+                }
+            })
+        };
+        let mut listeners = vec![json!({
+            "name": "http",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": http_port}},
+            "filter_chains": [{"filters": [hcm("http")]}]
+        })];
+        if let (Some(tls), Some(port)) = (&self.tls, https_port) {
+            listeners.push(json!({
+                "name": "https",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{
+                    "filters": [hcm("https")],
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                            "common_tls_context": {
+                                "tls_certificates": [{
+                                    "certificate_chain": {"inline_string": tls.cert_pem},
+                                    "private_key": {"inline_string": tls.key_pem}
+                                }]
+                            }
+                        }
+                    }
+                }]
+            }));
+        }
+        let mut clusters = Vec::new();
+        if let Route::Upstream(addr) = &self.route {
+            clusters.push(json!({
+                "name": "upstream",
+                "type": "STATIC",
+                "connect_timeout": "5s",
+                "load_assignment": {
+                    "cluster_name": "upstream",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": addr.ip().to_string(), "port_value": addr.port()
+                    }}}}]}]
+                }
+            }));
+        }
+        json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": {"listeners": listeners, "clusters": clusters}
+        })
+    }
+
+    /// Writes the bootstrap and spawns Envoy without waiting; returns the process and ports.
+    fn spawn(&self) -> Result<(Process, u16, Option<u16>, u16), Error> {
+        let http_port = free_port()?;
+        let https_port = match self.tls {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
+        let admin_port = free_port()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-envoy-")
+            .tempdir()
+            .map_err(|e| Error::Io {
+                what: "create envoy temp dir".into(),
+                source: e,
+            })?;
+        let config_path = dir.path().join("envoy.json");
+        let bootstrap = self.bootstrap(http_port, https_port, admin_port);
+        let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| Error::Io {
+            what: "serialize bootstrap".into(),
+            source: e.into(),
+        })?;
+        std::fs::write(&config_path, text).map_err(|e| Error::Io {
+            what: format!("write {}", config_path.display()),
+            source: e,
+        })?;
+        let mut b = ProcessBuilder::new("envoy", envoy_bin()?)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &self.concurrency.to_string()])
+            .args(["-l", &self.log_level])
+            .arg("--disable-hot-restart");
+        if let Some(levels) = &self.component_log_level {
+            b = b.args(["--component-log-level", levels]);
+        }
+        let process = b.spawn_in(dir)?;
+        Ok((process, http_port, https_port, admin_port))
+    }
+
+    /// Starts Envoy and waits until admin `/ready` answers `LIVE`.
+    pub fn start(&self) -> Result<Envoy, Error> {
+        let (mut process, http_port, https_port, admin_port) = self.spawn()?;
+        let client = admin_client();
+        let ready = format!("http://127.0.0.1:{admin_port}/ready");
+        process.wait_until("Envoy admin /ready to say LIVE", READY_TIMEOUT, || {
+            let resp = client.get(&ready).send().map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp.text().map_err(|e| e.to_string())?;
+            if status.is_success() && body.trim() == "LIVE" {
+                Ok(())
+            } else {
+                Err(format!("{status}: {}", body.trim()))
+            }
+        })?;
+        Ok(Envoy {
+            process,
+            http_port,
+            https_port,
+            admin_port,
+            client,
+        })
+    }
+
+    /// Starts Envoy expecting it to refuse the config: waits for it to exit and returns the
+    /// exit status and its log. Fails if it becomes LIVE instead, or is still running after
+    /// [`READY_TIMEOUT`].
+    pub fn start_expect_exit(&self) -> Result<(ExitStatus, String), Error> {
+        let (mut process, _, _, admin_port) = self.spawn()?;
+        let client = admin_client();
+        let ready = format!("http://127.0.0.1:{admin_port}/ready");
+        let status = process.wait_until("Envoy to exit", READY_TIMEOUT, || {
+            if let Ok(resp) = client.get(&ready).send() {
+                if resp.text().map(|b| b.trim() == "LIVE").unwrap_or(false) {
+                    return Ok(None); // reported below, with the log
+                }
+            }
+            Err("running")
+        });
+        match status {
+            Err(Error::Exited { status, .. }) => Ok((status, process.logs())),
+            Err(e) => Err(e),
+            Ok(()) | Ok(None::<()>) => Err(Error::Exited {
+                name: "envoy".into(),
+                what: "Envoy to refuse its config, but it became LIVE".into(),
+                status: process.kill().unwrap_or_default(),
+                logs: process.log_tail(),
+            }),
+            #[allow(unreachable_patterns)]
+            Ok(Some(())) => unreachable!(),
+        }
+    }
+}
+
+fn admin_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|_| reqwest::blocking::Client::new())
+}
+
+/// Runs `envoy --mode validate -c <config>` and returns the exit status and output.
+pub fn validate(config: &Path) -> Result<(ExitStatus, String), Error> {
+    let mut p = ProcessBuilder::new("envoy-validate", envoy_bin()?)
+        .args(["--mode", "validate", "-c"])
+        .arg(config)
+        .arg("--disable-hot-restart")
+        .spawn()?;
+    let status = p.wait_exit(READY_TIMEOUT)?;
+    Ok((status, p.logs()))
+}
+
+/// A running Envoy; killed on drop (its log is printed if the test is failing).
+pub struct Envoy {
+    process: Process,
+    http_port: u16,
+    https_port: Option<u16>,
+    admin_port: u16,
+    client: reqwest::blocking::Client,
+}
+
+impl Envoy {
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub fn https_port(&self) -> Option<u16> {
+        self.https_port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// `http://127.0.0.1:<port><path>` on the plain listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// `https://127.0.0.1:<port><path>` on the TLS listener, if one was configured.
+    pub fn https_url(&self, path: &str) -> Option<String> {
+        self.https_port
+            .map(|p| format!("https://127.0.0.1:{p}{path}"))
+    }
+
+    /// GET on the admin interface, e.g. `/stats?filter=portcullis`; the body as text.
+    pub fn admin_get(&self, path: &str) -> Result<String, Error> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        let resp = self.client.get(&url).send().map_err(|e| http_err(&url, e))?;
+        resp.text().map_err(|e| http_err(&url, e))
+    }
+
+    /// Every stat whose name contains `filter` (plain-text `/stats`), as name → value.
+    /// Histograms and other non-integer stats are skipped.
+    pub fn stats(&self, filter: &str) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+        let body = self.admin_get(&format!("/stats?filter={}", url_escape(filter)))?;
+        Ok(body
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(": ")?;
+                Some((name.trim().to_string(), value.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The value of the counter whose full name is `name` or ends with `.<name>` (Envoy prefixes
+    /// wasm custom metrics, e.g. `wasmcustom.`). `None` if no such stat exists yet.
+    /// Panics (a test helper) if the suffix is ambiguous.
+    pub fn counter(&self, name: &str) -> Result<Option<u64>, Error> {
+        let stats = self.stats(name)?;
+        let suffix = format!(".{name}");
+        let hits: Vec<(&String, &u64)> = stats
+            .iter()
+            .filter(|(k, _)| *k == name || k.ends_with(&suffix))
+            .collect();
+        assert!(hits.len() <= 1, "counter {name} is ambiguous: {hits:?}");
+        Ok(hits.first().map(|(_, v)| **v))
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// The underlying process (log path, temp dir with `envoy.json`, exit status).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+fn http_err(url: &str, e: reqwest::Error) -> Error {
+    Error::Io {
+        what: format!("GET {url}"),
+        source: std::io::Error::other(e),
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,1 @@
+//! Kubernetes provider, status writer, infra and leader election (issue 7).
