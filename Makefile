@@ -46,6 +46,19 @@ test: build ## every test: unit, golden, end-to-end through real Envoy
 test-unit: ## fast native unit tests only
 	$(CARGO) test -p portcullis-core
 
+images: build-wasm ## push every filter image: make images REGISTRY=127.0.0.1:5000
+	@test -n "$(REGISTRY)" || { echo "usage: make images REGISTRY=host:port" >&2; exit 2; }
+	$(CARGO) build --release -p portcullis --bin portcullis
+	@bash scripts/images.sh $(REGISTRY)
+
+bench: bench-filters bench-controller ## every benchmark; results in BENCHMARKS.md and target/bench/
+
+bench-filters: build ## data-plane benchmark: each filter vs no filter, native and Lua
+	@bash scripts/bench-filters.sh
+
+bench-controller: build-controller ## control-plane benchmark: translate time, RSS, convergence
+	@bash scripts/bench-controller.sh
+
 fuzz: ## run every fuzz target for FUZZ_SECONDS each (default 60)
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 

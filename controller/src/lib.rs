@@ -1,4 +1,23 @@
 //! Portcullis controller runtime: the I/O edges of the pipeline (provider watch, xDS server,
 //! wasm cache, host infra, admin endpoint). The pure stages live in `portcullis-translator`.
 
+pub mod admin;
 pub mod cli;
+pub mod infra {
+    pub mod host;
+}
+pub mod metrics;
+pub mod provider {
+    pub mod file;
+}
+pub mod runtime;
+pub mod wasm {
+    pub mod cache;
+    pub mod serve;
+}
+pub mod xds {
+    pub mod server;
+}
+
+/// The pure stages, re-exported for callers (tests, tools) that drive the runtime directly.
+pub use portcullis_translator as translator;

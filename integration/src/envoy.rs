@@ -109,6 +109,7 @@ pub struct EnvoyBuilder {
     tls: Option<Tls>,
     log_level: String,
     component_log_level: Option<String>,
+    hcm_extra: serde_json::Map<String, Value>,
 }
 
 impl Default for EnvoyBuilder {
@@ -130,6 +131,7 @@ impl EnvoyBuilder {
             tls: None,
             log_level: "info".into(),
             component_log_level: None,
+            hcm_extra: serde_json::Map::new(),
         }
     }
 
@@ -188,6 +190,14 @@ impl EnvoyBuilder {
         self
     }
 
+    /// Sets a field of the HttpConnectionManager config, e.g.
+    /// `("server_header_transformation", json!("PASS_THROUGH"))` so the upstream's `server`
+    /// header reaches the filters instead of Envoy overwriting it after them.
+    pub fn hcm(mut self, field: &str, value: Value) -> Self {
+        self.hcm_extra.insert(field.to_string(), value);
+        self
+    }
+
     /// Envoy's `-l` level (default `info`).
     pub fn log_level(mut self, level: impl Into<String>) -> Self {
         self.log_level = level.into();
@@ -220,7 +230,7 @@ impl EnvoyBuilder {
             }),
         };
         let hcm = |stat_prefix: &str| {
-            json!({
+            let mut hcm = json!({
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -232,7 +242,11 @@ impl EnvoyBuilder {
                     },
                     "http_filters": http_filters.clone()
                 }
-            })
+            });
+            if let Some(cfg) = hcm["typed_config"].as_object_mut() {
+                cfg.extend(self.hcm_extra.clone());
+            }
+            hcm
         };
         let mut listeners = vec![json!({
             "name": "http",
@@ -349,25 +363,27 @@ impl EnvoyBuilder {
         let (mut process, _, _, admin_port) = self.spawn()?;
         let client = admin_client();
         let ready = format!("http://127.0.0.1:{admin_port}/ready");
-        let status = process.wait_until("Envoy to exit", READY_TIMEOUT, || {
-            if let Ok(resp) = client.get(&ready).send() {
-                if resp.text().map(|b| b.trim() == "LIVE").unwrap_or(false) {
-                    return Ok(None); // reported below, with the log
-                }
+        let outcome = process.wait_until("Envoy to exit", READY_TIMEOUT, || {
+            let live = client
+                .get(&ready)
+                .send()
+                .and_then(|r| r.text())
+                .is_ok_and(|b| b.trim() == "LIVE");
+            if live {
+                Ok(())
+            } else {
+                Err("running")
             }
-            Err("running")
         });
-        match status {
+        match outcome {
             Err(Error::Exited { status, .. }) => Ok((status, process.logs())),
             Err(e) => Err(e),
-            Ok(()) | Ok(None::<()>) => Err(Error::Exited {
+            Ok(()) => Err(Error::Exited {
                 name: "envoy".into(),
                 what: "Envoy to refuse its config, but it became LIVE".into(),
                 status: process.kill().unwrap_or_default(),
                 logs: process.log_tail(),
             }),
-            #[allow(unreachable_patterns)]
-            Ok(Some(())) => unreachable!(),
         }
     }
 }
@@ -382,11 +398,19 @@ fn admin_client() -> reqwest::blocking::Client {
 
 /// Runs `envoy --mode validate -c <config>` and returns the exit status and output.
 pub fn validate(config: &Path) -> Result<(ExitStatus, String), Error> {
-    let mut p = ProcessBuilder::new("envoy-validate", envoy_bin()?)
+    validate_in(config, None)
+}
+
+/// Like [`validate`], from directory `cwd` (relative paths in the config resolve from there).
+pub fn validate_in(config: &Path, cwd: Option<&Path>) -> Result<(ExitStatus, String), Error> {
+    let mut b = ProcessBuilder::new("envoy-validate", envoy_bin()?)
         .args(["--mode", "validate", "-c"])
         .arg(config)
-        .arg("--disable-hot-restart")
-        .spawn()?;
+        .arg("--disable-hot-restart");
+    if let Some(cwd) = cwd {
+        b = b.current_dir(cwd);
+    }
+    let mut p = b.spawn()?;
     let status = p.wait_exit(READY_TIMEOUT)?;
     Ok((status, p.logs()))
 }
@@ -444,11 +468,14 @@ impl Envoy {
             .collect())
     }
 
-    /// The value of the counter whose full name is `name` or ends with `.<name>` (Envoy prefixes
+    /// The value of the stat whose full name is `name`, else the one ending with `.<name>` (Envoy prefixes
     /// wasm custom metrics, e.g. `wasmcustom.`). `None` if no such stat exists yet.
     /// Panics (a test helper) if the suffix is ambiguous.
     pub fn counter(&self, name: &str) -> Result<Option<u64>, Error> {
         let stats = self.stats(name)?;
+        if let Some(v) = stats.get(name) {
+            return Ok(Some(*v));
+        }
         let suffix = format!(".{name}");
         let hits: Vec<(&String, &u64)> = stats
             .iter()

@@ -1,1 +1,182 @@
-//! (empty: filled in by its issue)
+//! A real OpenID provider for tests: npm `oidc-provider` 9 with devInteractions
+//! (`tools/oidc/provider.js`), on a free 127.0.0.1 port, killed on drop.
+//!
+//! ```no_run
+//! use portcullis_integration::oidc_provider::{OidcProvider, ProviderOptions, TestClient};
+//! let provider = OidcProvider::start(ProviderOptions {
+//!     clients: vec![TestClient::for_gateway("app", 18080)],
+//!     ..ProviderOptions::default()
+//! }).unwrap();
+//! println!("{}", provider.issuer());
+//! ```
+//!
+//! Any login and password are accepted; user `bob` is in group `viewers`, everyone else in
+//! `admins` and `dev`. Claims `email`, `groups` (and `big`, scope `big`) go into the ID token.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::process::{free_port, workspace_root, Error, Process, ProcessBuilder};
+
+/// A client registered at the provider.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+impl TestClient {
+    /// Secret `<id>-secret`, callback `http://127.0.0.1:<port>/oauth2/callback`, post-logout
+    /// `http://127.0.0.1:<port>/`.
+    pub fn for_gateway(client_id: &str, port: u16) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: format!("{client_id}-secret"),
+            redirect_uris: vec![format!("http://127.0.0.1:{port}/oauth2/callback")],
+            post_logout_redirect_uris: vec![format!("http://127.0.0.1:{port}/")],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderOptions {
+    pub clients: Vec<TestClient>,
+    /// Access-token lifetime (seconds).
+    pub access_token_ttl: u64,
+    /// ID-token lifetime (seconds).
+    pub id_token_ttl: u64,
+    /// Size of the `big` claim (scope `big`); 0 for none.
+    pub big_claim_bytes: usize,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        Self {
+            clients: Vec::new(),
+            access_token_ttl: 300,
+            id_token_ttl: 3600,
+            big_claim_bytes: 0,
+        }
+    }
+}
+
+/// A running provider.
+#[derive(Debug)]
+pub struct OidcProvider {
+    process: Process,
+    port: u16,
+}
+
+fn tools_dir() -> PathBuf {
+    workspace_root().join("tools/oidc")
+}
+
+/// Runs `scripts/setup.sh oidc` (npm install) once if `oidc-provider` is missing, under a lock
+/// so parallel test binaries do not install concurrently.
+pub fn ensure_installed() -> Result<(), Error> {
+    let marker = tools_dir().join("node_modules/oidc-provider/package.json");
+    if marker.is_file() {
+        return Ok(());
+    }
+    static IN_PROCESS: Mutex<()> = Mutex::new(());
+    let _guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+    let lock_path = workspace_root().join("target/.portcullis-oidc-npm.lock");
+    if let Some(parent) = lock_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::Io {
+            what: "mkdir target".into(),
+            source: e,
+        })?;
+    }
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::Io {
+            what: format!("open {}", lock_path.display()),
+            source: e,
+        })?;
+    lock.lock().map_err(|e| Error::Io {
+        what: "lock npm install".into(),
+        source: e,
+    })?;
+    if marker.is_file() {
+        return Ok(());
+    }
+    let status = Command::new("bash")
+        .arg(workspace_root().join("scripts/setup.sh"))
+        .arg("oidc")
+        .status()
+        .map_err(|e| Error::Io {
+            what: "run scripts/setup.sh oidc".into(),
+            source: e,
+        })?;
+    if !status.success() || !marker.is_file() {
+        return Err(Error::Io {
+            what: "scripts/setup.sh oidc".into(),
+            source: std::io::Error::other(format!("npm install failed ({status})")),
+        });
+    }
+    Ok(())
+}
+
+impl OidcProvider {
+    /// Installs (if needed) and starts the provider; waits until it prints `ready`.
+    pub fn start(opts: ProviderOptions) -> Result<Self, Error> {
+        Self::start_on(free_port()?, opts)
+    }
+
+    /// Like [`start`](Self::start) on a port chosen by the caller (e.g. to know the issuer
+    /// before writing gateway configs).
+    pub fn start_on(port: u16, opts: ProviderOptions) -> Result<Self, Error> {
+        ensure_installed()?;
+        let clients = serde_json::to_string(&opts.clients).map_err(|e| Error::Io {
+            what: "serialize clients".into(),
+            source: e.into(),
+        })?;
+        let mut process = ProcessBuilder::new("oidc-provider", "node")
+            .arg(tools_dir().join("provider.js"))
+            .current_dir(tools_dir())
+            .env("PORT", port.to_string())
+            .env("CLIENTS", clients)
+            .env("AT_TTL", opts.access_token_ttl.to_string())
+            .env("ID_TTL", opts.id_token_ttl.to_string())
+            .env("BIG_CLAIM_BYTES", opts.big_claim_bytes.to_string())
+            .env("NODE_ENV", "development")
+            .spawn()?;
+        let log_path = process.log_path().to_path_buf();
+        process.wait_until(
+            "oidc-provider to print ready",
+            Duration::from_secs(60),
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if log.lines().any(|l| l.starts_with("ready ")) {
+                    Ok(())
+                } else {
+                    Err("not ready yet")
+                }
+            },
+        )?;
+        Ok(Self { process, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+}

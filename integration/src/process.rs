@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 const LOG_TAIL_LINES: usize = 200;
 
 /// Errors from starting, waiting on and locating test processes.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("cannot start {name} ({program}): {source}")]
     Spawn {
@@ -77,8 +77,16 @@ pub enum Error {
     EnvoyNotFound { tried: String },
 }
 
+// `unwrap()` in tests prints Debug: make it the readable message, with logs unescaped.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 impl Error {
-    fn io(what: impl Into<String>, source: io::Error) -> Self {
+    /// An [`Error::Io`] with a description of what was being done.
+    pub fn io(what: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             what: what.into(),
             source,
@@ -441,6 +449,17 @@ impl Process {
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to the process itself, not its group: for testing
+    /// how a program shuts down its own children.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill only sends a signal, to our own child.
+            unsafe {
+                libc::kill(pid, signal);
+            }
         }
     }
 

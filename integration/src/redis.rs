@@ -1,1 +1,88 @@
-//! (empty: filled in by its issue)
+//! A real Redis (Debian `redis-server`) on a free loopback port, no persistence, killed on drop.
+//!
+//! ```no_run
+//! let redis = portcullis_integration::redis::Redis::start().unwrap();
+//! let url = redis.url(); // redis://127.0.0.1:<port>
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::process::{free_port, Error, Process, ProcessBuilder};
+
+/// How long Redis may take to answer PING.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `redis-server` binary: `$REDIS_SERVER_BIN`, else `redis-server` on `PATH`.
+pub fn redis_bin() -> String {
+    std::env::var("REDIS_SERVER_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "redis-server".to_string())
+}
+
+pub struct Redis {
+    process: Process,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts `redis-server --port N --save '' --appendonly no` and waits for PING → PONG.
+    pub fn start() -> Result<Self, Error> {
+        let port = free_port()?;
+        let mut process = ProcessBuilder::new("redis", redis_bin())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .spawn()?;
+        process.wait_until("redis to answer PING", READY_TIMEOUT, || {
+            command(port, &["PING"]).and_then(|r| if r == "+PONG" { Ok(()) } else { Err(r) })
+        })?;
+        Ok(Self { process, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command and returns the first reply line (e.g. `+PONG`, `:42`, `$-1`).
+    pub fn command(&self, args: &[&str]) -> Result<String, String> {
+        command(self.port, args)
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+/// One RESP command over a fresh connection; the first line of the reply.
+fn command(port: u16, args: &[&str]) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim_end().to_string())
+}

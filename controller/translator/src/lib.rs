@@ -1,10 +1,101 @@
 //! Pure stages of the Portcullis controller (DESIGN.md): resource snapshot -> translator -> IR ->
 //! xDS builder. No I/O lives here: the same input gives byte-identical output.
+//!
+//! Entry points: [`parse_documents`] + [`Resources::from_parsed`] to load manifests (the caller
+//! reads the files), [`translate`] to compute IR, xDS and statuses, [`render_output`] to print
+//! them as `portcullis translate` does.
 
+pub mod gatewayapi;
+pub mod ir;
+pub mod resources;
 pub mod status;
 pub mod wasm {
     pub mod source;
 }
 pub mod xds {
+    pub mod builder;
+    pub mod render;
     pub mod snapshot;
+}
+
+pub use resources::{parse_documents, LoadError, Resource, Resources};
+pub use xds::render::{render_output, try_render_output, OutputFormat, RenderError};
+
+use status::ResourceStatus;
+use wasm::source::{WasmResolver, WasmSource};
+use xds::snapshot::XdsSnapshot;
+
+pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gatewayclass-controller";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateOptions {
+    /// GatewayClasses whose `controllerName` equals this are ours.
+    pub controller_name: String,
+    /// Prefix of the cluster names Envoy uses to fetch wasm modules from their serve URLs
+    /// (one cluster per URL authority: `<prefix>/<host>:<port>`).
+    pub wasm_serve_cluster: String,
+    /// Address Envoy listeners bind to.
+    pub listener_address: String,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        Self {
+            controller_name: DEFAULT_CONTROLLER_NAME.to_string(),
+            wasm_serve_cluster: "portcullis-wasm".to_string(),
+            listener_address: "0.0.0.0".to_string(),
+        }
+    }
+}
+
+/// One Envoy the runtime must run: for Gateway `namespace/name`, presenting `node_id`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GatewayInfra {
+    pub namespace: String,
+    pub name: String,
+    pub node_id: String,
+    /// `(port, "HTTP" | "HTTPS")` of each programmed Envoy listener.
+    pub listeners: Vec<(u16, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranslateOutput {
+    pub ir: ir::Ir,
+    pub xds: XdsSnapshot,
+    /// Sorted by (apiVersion, kind, namespace, name).
+    pub statuses: Vec<ResourceStatus>,
+    /// Every module referenced by a policy, deduplicated and sorted.
+    pub wasm_needed: Vec<WasmSource>,
+    pub gateways: Vec<GatewayInfra>,
+}
+
+/// Translates a snapshot: Gateway API + policies -> IR -> xDS, and every status.
+pub fn translate(
+    resources: &Resources,
+    opts: &TranslateOptions,
+    wasm: &dyn WasmResolver,
+) -> TranslateOutput {
+    let t = gatewayapi::translate(resources, opts, wasm);
+    let xds = xds::builder::build(&t.ir, opts);
+    let gateways =
+        t.ir.gateways
+            .iter()
+            .map(|(node, g)| GatewayInfra {
+                namespace: g.namespace.clone(),
+                name: g.name.clone(),
+                node_id: node.clone(),
+                listeners: g
+                    .ports
+                    .iter()
+                    .map(|p| (p.port, p.protocol.as_str().to_string()))
+                    .collect(),
+            })
+            .collect();
+    TranslateOutput {
+        ir: t.ir,
+        xds,
+        statuses: t.statuses,
+        wasm_needed: t.wasm_needed,
+        gateways,
+    }
 }

@@ -48,7 +48,10 @@ pub struct OfflineResolver;
 impl WasmResolver for OfflineResolver {
     fn resolve(&self, source: &WasmSource) -> WasmResolution {
         match &source.sha256 {
-            Some(sha) => WasmResolution::Ready { sha256: sha.clone(), serve_url: source.url.clone() },
+            Some(sha) => WasmResolution::Ready {
+                sha256: sha.clone(),
+                serve_url: source.url.clone(),
+            },
             None => WasmResolution::Failed {
                 reason: format!("offline translate cannot pin {} without sha256", source.url),
             },

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-pub const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// xDS resources for one Envoy (one Gateway), keyed by type URL then resource name.
 /// BTreeMaps keep output deterministic.
@@ -17,11 +19,17 @@ pub struct XdsResources {
 
 impl XdsResources {
     pub fn insert(&mut self, type_url: &str, name: impl Into<String>, value: prost_types::Any) {
-        self.by_type.entry(type_url.to_string()).or_default().insert(name.into(), value);
+        self.by_type
+            .entry(type_url.to_string())
+            .or_default()
+            .insert(name.into(), value);
     }
 
     pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &prost_types::Any)> {
-        self.by_type.get(type_url).into_iter().flat_map(|m| m.iter())
+        self.by_type
+            .get(type_url)
+            .into_iter()
+            .flat_map(|m| m.iter())
     }
 }
 

@@ -1,0 +1,792 @@
+//! The managed Envoy fleet: for each of our Gateways, in the Gateway's namespace (Envoy Gateway's
+//! "GatewayNamespace" mode), a ServiceAccount, a `kubernetes.io/tls` Secret with the fleet's xDS
+//! client certificate, a ConfigMap with the Envoy bootstrap, a Service and a Deployment. Every
+//! object has a controller owner reference to the Gateway, so deleting the Gateway deletes its
+//! fleet (Kubernetes garbage collection; `blockOwnerDeletion` is left unset, so no extra RBAC on
+//! `gateways/finalizers` is needed). Objects are written with server-side apply.
+//!
+//! Fleet parameters come from an EnvoyProxy referenced by the Gateway
+//! (`spec.infrastructure.parametersRef`) or else by its GatewayClass (`spec.parametersRef`).
+//! Supported: replicas, container image and resources, Service type and annotations, log level.
+//! Any other EnvoyProxy field is reported ([`UnsupportedParams`]) and turned into a condition on
+//! the GatewayClass by [`add_param_conditions`], never silently ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::Client;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::backoff::Backoff;
+use crate::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY, NOT_AFTER_ANNOTATION};
+use crate::error::{Error, Result};
+use crate::leader::LeaderState;
+use crate::snapshot::{ObjectKey, Snapshot};
+use crate::status::{RecordMeta, StatusRecord};
+
+/// Where the fleet's certificates are mounted in the Envoy container.
+pub const CERT_DIR: &str = "/etc/envoy/certs";
+/// Where the bootstrap ConfigMap is mounted.
+pub const BOOTSTRAP_DIR: &str = "/etc/envoy/bootstrap";
+/// Bootstrap file name inside [`BOOTSTRAP_DIR`].
+pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
+/// Envoy's xDS cluster (static, in the bootstrap).
+pub const XDS_CLUSTER: &str = "portcullis_xds";
+/// Envoy admin port (localhost only).
+pub const ADMIN_PORT: u16 = 19000;
+/// Envoy readiness (`/ready`) and metrics (`/stats/prometheus`) port.
+pub const READY_PORT: u16 = 19001;
+/// Label on every fleet object: the fleet name.
+pub const FLEET_LABEL: &str = "portcullis.dev/fleet";
+/// Pod template annotation: hash of the client certificate (a renewal rolls the fleet).
+pub const CERT_HASH_ANNOTATION: &str = "portcullis.dev/client-cert-sha256";
+/// Pod template annotation: hash of the bootstrap (a change rolls the fleet).
+pub const BOOTSTRAP_HASH_ANNOTATION: &str = "portcullis.dev/bootstrap-sha256";
+/// GatewayClass condition type for EnvoyProxy fields we do not implement.
+pub const UNSUPPORTED_CONDITION: &str = "portcullis.dev/UnsupportedParameters";
+
+/// Settings of the fleet that come from the controller, not from the user.
+#[derive(Debug, Clone)]
+pub struct InfraConfig {
+    /// DNS name of the controller's Service, e.g. `portcullis.portcullis-system.svc`; also the
+    /// name Envoy expects in the controller's server certificate.
+    pub xds_host: String,
+    pub xds_port: u16,
+    /// Use delta xDS instead of state-of-the-world.
+    pub xds_delta: bool,
+    /// Default Envoy image.
+    pub envoy_image: String,
+    /// Field manager for server-side apply.
+    pub field_manager: String,
+    /// Re-apply a fleet at least this often even when nothing changed, repairing drift
+    /// (e.g. a Deployment deleted by hand).
+    pub resync: Duration,
+}
+
+impl Default for InfraConfig {
+    fn default() -> Self {
+        Self {
+            xds_host: "portcullis.portcullis-system.svc".into(),
+            xds_port: 18000,
+            xds_delta: false,
+            envoy_image: "docker.io/envoyproxy/envoy:distroless-v1.40.0".into(),
+            field_manager: crate::status::FIELD_MANAGER.into(),
+            resync: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Fleet parameters after merging defaults, the Gateway's infrastructure and the EnvoyProxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetParams {
+    pub replicas: i64,
+    pub image: String,
+    pub resources: Option<Value>,
+    pub service_type: String,
+    pub service_annotations: BTreeMap<String, String>,
+    pub log_level: String,
+    /// `spec.infrastructure.labels` / `.annotations` of the Gateway: put on every fleet object.
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// EnvoyProxy fields the fleet does not implement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedParams {
+    pub gateway_class: String,
+    pub envoy_proxy: String,
+    pub fields: Vec<String>,
+}
+
+const SUPPORTED_EXACT: [&str; 6] = [
+    "spec.provider.type",
+    "spec.provider.kubernetes.envoyDeployment.replicas",
+    "spec.provider.kubernetes.envoyDeployment.container.image",
+    "spec.provider.kubernetes.envoyService.type",
+    "spec.logging.level.default",
+    "spec.provider.kubernetes.envoyService.annotations",
+];
+const SUPPORTED_SUBTREES: [&str; 2] = [
+    "spec.provider.kubernetes.envoyDeployment.container.resources",
+    "spec.provider.kubernetes.envoyService.annotations",
+];
+
+fn leaf_paths(v: &Value, path: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                leaf_paths(v, format!("{path}.{k}"), out);
+            }
+        }
+        _ => out.push(path),
+    }
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Merge defaults, the Gateway's `spec.infrastructure` and an EnvoyProxy into fleet parameters,
+/// and list the EnvoyProxy fields (dotted paths) that are not supported.
+pub fn fleet_params(cfg: &InfraConfig, gateway: &Value, envoy_proxy: Option<&Value>) -> (FleetParams, Vec<String>) {
+    let infra = gateway.pointer("/spec/infrastructure");
+    let mut p = FleetParams {
+        replicas: 1,
+        image: cfg.envoy_image.clone(),
+        resources: None,
+        service_type: "LoadBalancer".into(),
+        service_annotations: BTreeMap::new(),
+        log_level: "warn".into(),
+        labels: string_map(infra.and_then(|i| i.get("labels"))),
+        annotations: string_map(infra.and_then(|i| i.get("annotations"))),
+    };
+    let mut unsupported = Vec::new();
+    if let Some(ep) = envoy_proxy {
+        let k = |path: &str| ep.pointer(&format!("/spec/provider/kubernetes{path}"));
+        if let Some(r) = k("/envoyDeployment/replicas").and_then(Value::as_i64) {
+            p.replicas = r.max(0);
+        }
+        if let Some(i) = k("/envoyDeployment/container/image").and_then(Value::as_str) {
+            p.image = i.to_string();
+        }
+        if let Some(r) = k("/envoyDeployment/container/resources") {
+            p.resources = Some(r.clone());
+        }
+        if let Some(t) = k("/envoyService/type").and_then(Value::as_str) {
+            p.service_type = t.to_string();
+        }
+        p.service_annotations = string_map(k("/envoyService/annotations"));
+        if let Some(l) = ep.pointer("/spec/logging/level/default").and_then(Value::as_str) {
+            p.log_level = l.to_string();
+        }
+        if let Some(t) = ep.pointer("/spec/provider/type").and_then(Value::as_str) {
+            if t != "Kubernetes" {
+                unsupported.push(format!("spec.provider.type={t}"));
+            }
+        }
+        let mut leaves = Vec::new();
+        if let Some(spec) = ep.get("spec") {
+            leaf_paths(spec, "spec".into(), &mut leaves);
+        }
+        for leaf in leaves {
+            let ok = SUPPORTED_EXACT.contains(&leaf.as_str())
+                || SUPPORTED_SUBTREES
+                    .iter()
+                    .any(|s| leaf.starts_with(&format!("{s}.")) || leaf == *s);
+            if !ok {
+                unsupported.push(leaf);
+            }
+        }
+    }
+    (p, unsupported)
+}
+
+/// Name of a Gateway's fleet objects: `portcullis-<gateway>`, a valid DNS label (Service names
+/// must be), with a hash suffix when the Gateway name had to be shortened or changed.
+pub fn fleet_name(gateway: &str) -> String {
+    let clean: String = gateway
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let plain = format!("portcullis-{clean}");
+    if clean == gateway && plain.len() <= 63 {
+        return plain;
+    }
+    let hash = hex::encode(&Sha256::digest(gateway.as_bytes())[..4]);
+    let head: String = clean.chars().take(63 - "portcullis-".len() - 9).collect();
+    format!("portcullis-{}-{hash}", head.trim_end_matches('-'))
+}
+
+/// Envoy bootstrap for one Gateway's fleet: ADS over mutual TLS to the controller's Service,
+/// admin on localhost, and a `/ready` + `/stats/prometheus` listener for probes and scraping.
+/// `cert_dir` holds `tls.crt`, `tls.key` and `ca.crt` ([`CERT_DIR`] in the pod).
+pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Value {
+    let api_type = if cfg.xds_delta { "DELTA_GRPC" } else { "GRPC" };
+    let endpoint = |host: &str, port: u16| {
+        json!({"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": host, "port_value": port}}}}]}]})
+    };
+    let mut xds_la = endpoint(&cfg.xds_host, cfg.xds_port);
+    xds_la["cluster_name"] = json!(XDS_CLUSTER);
+    let mut admin_la = endpoint("127.0.0.1", ADMIN_PORT);
+    admin_la["cluster_name"] = json!("portcullis_admin");
+    json!({
+        "node": {"id": node_id, "cluster": "portcullis"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN_PORT}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"}
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    // Every controller replica serves xDS: resolve the Service, any endpoint will do.
+                    "type": "STRICT_DNS",
+                    "connect_timeout": "5s",
+                    "load_assignment": xds_la,
+                    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {
+                            "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                        }}
+                    }},
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                            "sni": cfg.xds_host,
+                            "common_tls_context": {
+                                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+                                "alpn_protocols": ["h2"],
+                                "tls_certificates": [{
+                                    "certificate_chain": {"filename": format!("{cert_dir}/tls.crt")},
+                                    "private_key": {"filename": format!("{cert_dir}/tls.key")}
+                                }],
+                                "validation_context": {
+                                    "trusted_ca": {"filename": format!("{cert_dir}/ca.crt")},
+                                    "match_typed_subject_alt_names": [
+                                        {"san_type": "DNS", "matcher": {"exact": cfg.xds_host}}
+                                    ]
+                                }
+                            }
+                        }
+                    }
+                },
+                {"name": "portcullis_admin", "type": "STATIC", "connect_timeout": "1s", "load_assignment": admin_la}
+            ],
+            "listeners": [{
+                "name": "portcullis_ready",
+                "address": {"socket_address": {"address": "0.0.0.0", "port_value": READY_PORT}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "portcullis_ready",
+                        "route_config": {"name": "portcullis_ready", "virtual_hosts": [{
+                            "name": "ready", "domains": ["*"],
+                            "routes": [
+                                {"match": {"path": "/ready"}, "route": {"cluster": "portcullis_admin"}},
+                                {"match": {"path": "/stats/prometheus"}, "route": {"cluster": "portcullis_admin"}}
+                            ]
+                        }]},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                    }
+                }]}]
+            }]
+        },
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+            "overload": {"global_downstream_max_connections": 50000}
+        }}]}
+    })
+}
+
+/// The objects of one fleet, in apply order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: Value,
+    pub secret: Value,
+    pub config_map: Value,
+    pub service: Option<Value>,
+    pub deployment: Value,
+}
+
+impl Fleet {
+    /// `(kind, object)` in apply order.
+    pub fn objects(&self) -> Vec<(&'static str, &Value)> {
+        let mut v = vec![
+            ("ServiceAccount", &self.service_account),
+            ("Secret", &self.secret),
+            ("ConfigMap", &self.config_map),
+        ];
+        if let Some(s) = &self.service {
+            v.push(("Service", s));
+        }
+        v.push(("Deployment", &self.deployment));
+        v
+    }
+
+    fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for (_, o) in self.objects() {
+            h.update(o.to_string().as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+fn sha(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn gw_str<'a>(gw: &'a Value, ptr: &str) -> Option<&'a str> {
+    gw.pointer(ptr).and_then(Value::as_str)
+}
+
+/// Build a Gateway's fleet (pure).
+pub fn fleet_objects(
+    gateway: &Value,
+    params: &FleetParams,
+    cfg: &InfraConfig,
+    client_cert: &IssuedCert,
+    ca_pem: &str,
+) -> Result<Fleet> {
+    let ns = gw_str(gateway, "/metadata/namespace").unwrap_or("default").to_string();
+    let gw_name = gw_str(gateway, "/metadata/name").unwrap_or_default().to_string();
+    let err = |reason: &str| Error::Gateway { namespace: ns.clone(), name: gw_name.clone(), reason: reason.into() };
+    if gw_name.is_empty() {
+        return Err(err("no name"));
+    }
+    let uid = gw_str(gateway, "/metadata/uid").ok_or_else(|| err("no uid yet"))?;
+    let name = fleet_name(&gw_name);
+    let node_id = format!("{ns}/{gw_name}");
+
+    let mut labels: Map<String, Value> = params.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    labels.insert("app.kubernetes.io/name".into(), json!("envoy"));
+    labels.insert("app.kubernetes.io/component".into(), json!("proxy"));
+    labels.insert("app.kubernetes.io/managed-by".into(), json!("portcullis"));
+    labels.insert(FLEET_LABEL.into(), json!(name));
+    let selector = json!({"app.kubernetes.io/name": "envoy", FLEET_LABEL: name});
+    let annotations: Map<String, Value> = params.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let owner = json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "name": gw_name,
+        "uid": uid,
+        "controller": true
+    }]);
+    let meta = |extra_annotations: Map<String, Value>| {
+        let mut a = annotations.clone();
+        a.extend(extra_annotations);
+        let mut m = json!({"name": name, "namespace": ns, "labels": labels, "ownerReferences": owner});
+        if !a.is_empty() {
+            m["annotations"] = Value::Object(a);
+        }
+        m
+    };
+
+    let service_account = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": meta(Map::new()),
+        // Envoy never talks to the Kubernetes API.
+        "automountServiceAccountToken": false
+    });
+
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let mut cert_ann = Map::new();
+    cert_ann.insert(NOT_AFTER_ANNOTATION.into(), json!(client_cert.not_after.unix_timestamp().to_string()));
+    let mut secret_meta = meta(cert_ann);
+    secret_meta["name"] = json!(format!("{name}-xds"));
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": secret_meta,
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(&client_cert.cert_pem), "tls.key": b64(&client_cert.key_pem), "ca.crt": b64(ca_pem)}
+    });
+
+    let boot = serde_json::to_string_pretty(&bootstrap(&node_id, cfg, CERT_DIR))?;
+    let config_map = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": meta(Map::new()),
+        "data": {BOOTSTRAP_FILE: boot}
+    });
+
+    // One Service/container port per distinct listener port. Envoy binds the listener port itself
+    // (the xDS listeners use it as is), so the pod allows unprivileged binds below 1024 with the
+    // namespaced, "safe" sysctl instead of running as root or adding NET_BIND_SERVICE.
+    let mut ports: BTreeMap<i64, String> = BTreeMap::new();
+    for l in gateway.pointer("/spec/listeners").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(port) = l.get("port").and_then(Value::as_i64) {
+            let proto = l.get("protocol").and_then(Value::as_str).unwrap_or("HTTP").to_ascii_lowercase();
+            ports.entry(port).or_insert(proto);
+        }
+    }
+    let service = (!ports.is_empty()).then(|| {
+        let mut svc_ann = Map::new();
+        for (k, v) in &params.service_annotations {
+            svc_ann.insert(k.clone(), json!(v));
+        }
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(svc_ann),
+            "spec": {
+                "type": params.service_type,
+                "selector": selector,
+                "ports": ports.iter().map(|(port, proto)| json!({
+                    "name": format!("{proto}-{port}"),
+                    "port": port, "targetPort": port, "protocol": "TCP"
+                })).collect::<Vec<_>>()
+            }
+        })
+    });
+
+    let mut container_ports: Vec<Value> = ports
+        .keys()
+        .map(|p| json!({"containerPort": p, "protocol": "TCP"}))
+        .collect();
+    container_ports.push(json!({"name": "ready", "containerPort": READY_PORT, "protocol": "TCP"}));
+    let mut container = json!({
+        "name": "envoy",
+        "image": params.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [
+            "--config-path", format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_FILE}"),
+            "--log-level", params.log_level,
+            "--drain-time-s", "15"
+        ],
+        "ports": container_ports,
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": READY_PORT}, "periodSeconds": 5, "failureThreshold": 1},
+        "securityContext": {
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "capabilities": {"drop": ["ALL"]}
+        },
+        "volumeMounts": [
+            {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": true},
+            {"name": "certs", "mountPath": CERT_DIR, "readOnly": true},
+            {"name": "tmp", "mountPath": "/tmp"}
+        ]
+    });
+    if let Some(r) = &params.resources {
+        container["resources"] = r.clone();
+    }
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": meta(Map::new()),
+        "spec": {
+            "replicas": params.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        CERT_HASH_ANNOTATION: client_cert.fingerprint(),
+                        BOOTSTRAP_HASH_ANNOTATION: sha(&boot)
+                    }
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {
+                        "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                        "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "bootstrap", "configMap": {"name": name}},
+                        {"name": "certs", "secret": {"secretName": format!("{name}-xds"), "defaultMode": 0o440}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+                    ]
+                }
+            }
+        }
+    });
+    Ok(Fleet { name, namespace: ns, service_account, secret, config_map, service, deployment })
+}
+
+/// Add a condition for unsupported EnvoyProxy fields to the GatewayClass records (creating the
+/// record if the translator produced none). The same field manager owns GatewayClass
+/// `status.conditions`, so this must go into the same record: a separate apply would drop the
+/// translator's conditions.
+pub fn add_param_conditions(records: &mut Vec<StatusRecord>, unsupported: &[UnsupportedParams]) {
+    let mut by_class: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for u in unsupported {
+        let e = by_class.entry(u.gateway_class.as_str()).or_default();
+        for f in &u.fields {
+            let item = format!("{}: {f}", u.envoy_proxy);
+            if !e.contains(&item) {
+                e.push(item);
+            }
+        }
+    }
+    for (class, fields) in by_class {
+        let cond = json!({
+            "type": UNSUPPORTED_CONDITION,
+            "status": "True",
+            "reason": "UnsupportedField",
+            "message": format!("EnvoyProxy fields not supported by portcullis (ignored): {}", fields.join(", "))
+        });
+        let existing = records.iter_mut().find(|r| r.kind == "GatewayClass" && r.metadata.name == class);
+        match existing {
+            Some(r) => {
+                if !r.status.is_object() {
+                    r.status = json!({});
+                }
+                match r.status.get_mut("conditions").and_then(Value::as_array_mut) {
+                    Some(c) => {
+                        c.retain(|x| x.get("type").and_then(Value::as_str) != Some(UNSUPPORTED_CONDITION));
+                        c.push(cond);
+                    }
+                    None => r.status["conditions"] = json!([cond]),
+                }
+            }
+            None => records.push(StatusRecord {
+                api_version: "gateway.networking.k8s.io/v1".into(),
+                kind: "GatewayClass".into(),
+                metadata: RecordMeta { namespace: None, name: class.to_string() },
+                status: json!({"conditions": [cond]}),
+            }),
+        }
+    }
+}
+
+/// What one [`InfraReconciler::reconcile`] did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct InfraReport {
+    /// Fleets applied (namespace, gateway).
+    pub applied: Vec<(String, String)>,
+    pub unchanged: usize,
+    /// Fleets waiting for their backoff to pass after a failure.
+    pub deferred: usize,
+    pub failed: Vec<((String, String), String)>,
+    /// Fleets of Gateways that are no longer ours, deleted.
+    pub removed: Vec<(String, String)>,
+    pub not_leader: bool,
+    pub unsupported: Vec<UnsupportedParams>,
+}
+
+struct Applied {
+    digest: String,
+    at: Timestamp,
+    fleet_name: String,
+}
+
+/// Reconciles fleets against snapshots; see the module docs.
+pub struct InfraReconciler {
+    client: Client,
+    cfg: InfraConfig,
+    leader: LeaderState,
+    ca: Arc<CertAuthority>,
+    applied: HashMap<(String, String), Applied>,
+    retry: HashMap<(String, String), (Timestamp, Backoff)>,
+    certs: HashMap<(String, String), IssuedCert>,
+}
+
+fn decode_b64(v: Option<&Value>) -> Option<String> {
+    let s = v?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn to_offset(t: Timestamp) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(t.as_second()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+impl InfraReconciler {
+    pub fn new(client: Client, cfg: InfraConfig, leader: LeaderState, ca: Arc<CertAuthority>) -> Self {
+        Self {
+            client,
+            cfg,
+            leader,
+            ca,
+            applied: HashMap::new(),
+            retry: HashMap::new(),
+            certs: HashMap::new(),
+        }
+    }
+
+    /// The client certificate for a fleet: cached, else the one in its Secret if still good and
+    /// from our CA, else a new one.
+    fn client_cert(&mut self, snapshot: &Snapshot, ns: &str, gw: &str, now: Timestamp) -> Result<IssuedCert> {
+        let key = (ns.to_string(), gw.to_string());
+        let now_o = to_offset(now);
+        if let Some(c) = self.certs.get(&key) {
+            if !needs_renewal(c.not_after, now_o, LEAF_VALIDITY) {
+                return Ok(c.clone());
+            }
+        }
+        let secret_key = ObjectKey::new("", "Secret", Some(ns), &format!("{}-xds", fleet_name(gw)));
+        let stored = snapshot.get(&secret_key).and_then(|s| {
+            let not_after = s
+                .pointer(&format!("/metadata/annotations/{}", NOT_AFTER_ANNOTATION.replace('/', "~1")))
+                .and_then(Value::as_str)?
+                .parse::<i64>()
+                .ok()?;
+            let ca = decode_b64(s.pointer("/data/ca.crt"))?;
+            (ca == self.ca.cert_pem()).then_some(())?;
+            Some(IssuedCert {
+                cert_pem: decode_b64(s.pointer("/data/tls.crt"))?,
+                key_pem: decode_b64(s.pointer("/data/tls.key"))?,
+                not_after: time::OffsetDateTime::from_unix_timestamp(not_after).ok()?,
+            })
+        });
+        let cert = match stored {
+            Some(c) if !needs_renewal(c.not_after, now_o, LEAF_VALIDITY) => c,
+            _ => self.ca.issue_client(ns, gw, now_o, LEAF_VALIDITY)?,
+        };
+        self.certs.insert(key, cert.clone());
+        Ok(cert)
+    }
+
+    fn envoy_proxy<'a>(snapshot: &'a Snapshot, gateway: &Value, ns: &str) -> (Option<&'a Value>, String) {
+        let lookup = |ns: &str, name: &str| {
+            snapshot.get(&ObjectKey::new(crate::types::EG_GROUP, "EnvoyProxy", Some(ns), name))
+        };
+        if let Some(r) = gateway.pointer("/spec/infrastructure/parametersRef") {
+            if r.get("kind").and_then(Value::as_str) == Some("EnvoyProxy") {
+                let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                return (lookup(ns, name), format!("{ns}/{name}"));
+            }
+        }
+        let class = gw_str(gateway, "/spec/gatewayClassName").unwrap_or_default();
+        let gc = snapshot.get(&ObjectKey::new("gateway.networking.k8s.io", "GatewayClass", None, class));
+        if let Some(r) = gc.and_then(|g| g.pointer("/spec/parametersRef")) {
+            if r.get("kind").and_then(Value::as_str) == Some("EnvoyProxy") {
+                let pns = r.get("namespace").and_then(Value::as_str).unwrap_or_default();
+                let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                return (lookup(pns, name), format!("{pns}/{name}"));
+            }
+        }
+        (None, String::new())
+    }
+
+    async fn apply(&self, kind: &str, ns: &str, obj: &Value) -> Result<()> {
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let pp = PatchParams::apply(&self.cfg.field_manager).force();
+        let patch = Patch::Apply(obj);
+        let c = self.client.clone();
+        match kind {
+            "ServiceAccount" => drop(Api::<ServiceAccount>::namespaced(c, ns).patch(name, &pp, &patch).await?),
+            "Secret" => drop(Api::<Secret>::namespaced(c, ns).patch(name, &pp, &patch).await?),
+            "ConfigMap" => drop(Api::<ConfigMap>::namespaced(c, ns).patch(name, &pp, &patch).await?),
+            "Service" => drop(Api::<Service>::namespaced(c, ns).patch(name, &pp, &patch).await?),
+            _ => drop(Api::<Deployment>::namespaced(c, ns).patch(name, &pp, &patch).await?),
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, ns: &str, name: &str) -> Result<()> {
+        let dp = DeleteParams::background();
+        let c = self.client.clone();
+        let ignore_404 = |r: std::result::Result<(), kube::Error>| match r {
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            other => other,
+        };
+        ignore_404(Api::<Deployment>::namespaced(c.clone(), ns).delete(name, &dp).await.map(drop))?;
+        ignore_404(Api::<Service>::namespaced(c.clone(), ns).delete(name, &dp).await.map(drop))?;
+        ignore_404(Api::<ServiceAccount>::namespaced(c, ns).delete(name, &dp).await.map(drop))?;
+        Ok(())
+    }
+
+    /// Bring every Gateway's fleet in `snapshot` (already filtered to our classes) up to date.
+    /// Only the leader writes. Failures back off per Gateway and are retried by later calls.
+    pub async fn reconcile(&mut self, snapshot: &Snapshot, now: Timestamp) -> InfraReport {
+        let mut report = InfraReport::default();
+        let gateways: Vec<&Value> = snapshot.of_kind("Gateway").collect();
+        for gw in &gateways {
+            let ns = gw_str(gw, "/metadata/namespace").unwrap_or_default();
+            let (ep, ep_name) = Self::envoy_proxy(snapshot, gw, ns);
+            let (_, unsupported) = fleet_params(&self.cfg, gw, ep);
+            if !unsupported.is_empty() {
+                report.unsupported.push(UnsupportedParams {
+                    gateway_class: gw_str(gw, "/spec/gatewayClassName").unwrap_or_default().to_string(),
+                    envoy_proxy: ep_name,
+                    fields: unsupported,
+                });
+            }
+        }
+        if !self.leader.is_leader() {
+            report.not_leader = true;
+            // A new leader starts from what the cluster has, not from stale memory.
+            self.applied.clear();
+            self.retry.clear();
+            return report;
+        }
+        let mut seen = Vec::new();
+        for gw in gateways {
+            let ns = gw_str(gw, "/metadata/namespace").unwrap_or_default().to_string();
+            let name = gw_str(gw, "/metadata/name").unwrap_or_default().to_string();
+            let key = (ns.clone(), name.clone());
+            seen.push(key.clone());
+            if let Some((at, _)) = self.retry.get(&key) {
+                if now < *at {
+                    report.deferred += 1;
+                    continue;
+                }
+            }
+            match self.reconcile_one(snapshot, gw, &ns, &name, now).await {
+                Ok(true) => {
+                    self.retry.remove(&key);
+                    report.applied.push(key);
+                }
+                Ok(false) => report.unchanged += 1,
+                Err(e) => {
+                    let (_, backoff) = self.retry.entry(key.clone()).or_insert_with(|| (now, Backoff::default()));
+                    let delay = backoff.next_delay();
+                    let at = now
+                        .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)))
+                        .unwrap_or(now);
+                    tracing::warn!(gateway = %format!("{ns}/{name}"), error = %e, retry_in = ?delay, "fleet reconcile failed");
+                    if let Some(r) = self.retry.get_mut(&key) {
+                        r.0 = at;
+                    }
+                    self.applied.remove(&key);
+                    report.failed.push((key, e.to_string()));
+                }
+            }
+        }
+        let gone: Vec<(String, String)> = self.applied.keys().filter(|k| !seen.contains(k)).cloned().collect();
+        for key in gone {
+            let Some(a) = self.applied.remove(&key) else { continue };
+            self.certs.remove(&key);
+            self.retry.remove(&key);
+            // Gateway deleted: garbage collection already removes the fleet (404s are fine).
+            // Gateway moved to another class: the fleet must go now.
+            match self.remove(&key.0, &a.fleet_name).await {
+                Ok(()) => report.removed.push(key),
+                Err(e) => {
+                    tracing::warn!(gateway = %format!("{}/{}", key.0, key.1), error = %e, "fleet removal failed");
+                    report.failed.push((key, e.to_string()));
+                }
+            }
+        }
+        report
+    }
+
+    async fn reconcile_one(&mut self, snapshot: &Snapshot, gw: &Value, ns: &str, name: &str, now: Timestamp) -> Result<bool> {
+        let key = (ns.to_string(), name.to_string());
+        let (ep, _) = Self::envoy_proxy(snapshot, gw, ns);
+        let (params, _) = fleet_params(&self.cfg, gw, ep);
+        let cert = self.client_cert(snapshot, ns, name, now)?;
+        let fleet = fleet_objects(gw, &params, &self.cfg, &cert, self.ca.cert_pem())?;
+        let digest = fleet.digest();
+        let resync = SignedDuration::try_from(self.cfg.resync).unwrap_or(SignedDuration::from_secs(600));
+        if let Some(a) = self.applied.get(&key) {
+            let fresh = a.at.checked_add(resync).map(|t| now < t).unwrap_or(true);
+            if a.digest == digest && fresh {
+                return Ok(false);
+            }
+        }
+        for (kind, obj) in fleet.objects() {
+            self.apply(kind, ns, obj).await?;
+        }
+        tracing::info!(gateway = %format!("{ns}/{name}"), fleet = %fleet.name, "fleet applied");
+        self.applied.insert(key, Applied { digest, at: now, fleet_name: fleet.name });
+        Ok(true)
+    }
+}

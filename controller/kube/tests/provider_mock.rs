@@ -1,0 +1,157 @@
+//! The provider against kube's mock client: which kinds it lists and watches, relevance, and
+//! that a burst of 1,000 watch events becomes a few snapshots, not 1,000.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use portcullis_kube::provider::{Provider, ProviderConfig, WATCHED_KINDS};
+use serde_json::{json, Value};
+
+const OURS: &str = "portcullis.dev/gatewayclass-controller";
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+
+fn expected_paths() -> BTreeSet<String> {
+    [
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
+        "/apis/gateway.networking.k8s.io/v1/gateways",
+        ROUTES,
+        "/apis/gateway.networking.k8s.io/v1/referencegrants",
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/secrets",
+        "/api/v1/configmaps",
+        "/api/v1/namespaces",
+        "/apis/gateway.envoyproxy.io/v1alpha1/envoyextensionpolicies",
+        "/apis/gateway.envoyproxy.io/v1alpha1/securitypolicies",
+        "/apis/gateway.envoyproxy.io/v1alpha1/backendtrafficpolicies",
+        "/apis/gateway.envoyproxy.io/v1alpha1/backends",
+        "/apis/gateway.envoyproxy.io/v1alpha1/envoyproxies",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+fn list_for(path: &str) -> Value {
+    let items = match path {
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses" => json!([
+            {"metadata": {"name": "pc", "resourceVersion": "1"}, "spec": {"controllerName": OURS}},
+            {"metadata": {"name": "eg", "resourceVersion": "1"}, "spec": {"controllerName": "gateway.envoyproxy.io/gatewayclass-controller"}}
+        ]),
+        "/apis/gateway.networking.k8s.io/v1/gateways" => json!([
+            {"metadata": {"name": "web", "namespace": "infra", "resourceVersion": "1"},
+             "spec": {"gatewayClassName": "pc", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+            {"metadata": {"name": "other", "namespace": "infra", "resourceVersion": "1"},
+             "spec": {"gatewayClassName": "eg", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}
+        ]),
+        // A field unknown to every binding, and an unknown enum value: carried, not fatal.
+        "/apis/gateway.envoyproxy.io/v1alpha1/envoyextensionpolicies" => json!([
+            {"metadata": {"name": "ua", "namespace": "infra", "resourceVersion": "1"},
+             "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}],
+                      "wasm": [{"name": "ua", "code": {"type": "FutureType"}}], "futureField": 1}}
+        ]),
+        _ => json!([]),
+    };
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+fn route_events(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        // Every tenth route belongs to the other controller's Gateway.
+        let parent = if i % 10 == 0 { "other" } else { "web" };
+        let ev = json!({"type": "ADDED", "object": {
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": format!("r{i:04}"), "namespace": "apps", "resourceVersion": format!("{}", i + 2)},
+            "spec": {"parentRefs": [{"name": parent, "namespace": "infra"}]}}});
+        out.extend(serde_json::to_vec(&ev).expect("json"));
+        out.push(b'\n');
+    }
+    out
+}
+
+#[tokio::test]
+async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
+    let (client, mut server) = common::client();
+    let cfg = ProviderConfig {
+        controller_name: OURS.into(),
+        debounce: Duration::from_millis(150),
+        max_delay: Duration::from_secs(3),
+    };
+    let mut handle = Provider::new(client, cfg).start();
+    assert_eq!(WATCHED_KINDS.len(), 14);
+
+    let (mut lists, mut watches) = (BTreeSet::new(), BTreeSet::new());
+    let mut pending = Vec::new();
+    let mut route_watch = None;
+    while lists.len() < 14 || watches.len() < 14 {
+        let got = server.next().await;
+        assert_eq!(got.method, http::Method::GET);
+        if got.query_has("watch=true") {
+            assert!(watches.insert(got.path.clone()), "second watch on {} before the burst", got.path);
+            assert!(got.query.contains("resourceVersion=1"), "{}: watch resumes from the list", got.query);
+            if got.path == ROUTES {
+                route_watch = Some(got);
+            } else {
+                pending.push(got); // an open watch with nothing to say
+            }
+        } else {
+            assert!(lists.insert(got.path.clone()), "listed {} twice", got.path);
+            let body = list_for(&got.path);
+            got.ok(body);
+        }
+    }
+    assert_eq!(lists, expected_paths(), "lists exactly the 14 kinds");
+    assert_eq!(watches, expected_paths(), "watches exactly the 14 kinds");
+
+    // First the snapshot of the initial lists ...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handle.health.snapshots_emitted() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no initial snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handle.snapshots.borrow().of_kind("HTTPRoute").count(), 0);
+    assert!(handle.snapshots.borrow().of_kind("Gateway").count() == 1);
+    // ... then the burst, on the open HTTPRoute watch.
+    route_watch.expect("HTTPRoute watch").respond_raw(200, route_events(1000));
+
+    // The route stream ends after the burst: the watcher re-watches; keep that open too.
+    let rewatch = server.next().await;
+    assert_eq!(rewatch.path, ROUTES);
+    assert!(rewatch.query_has("watch=true"));
+    pending.push(rewatch);
+
+    // Wait for the burst to land in a snapshot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let routes = handle.snapshots.borrow().of_kind("HTTPRoute").count();
+        if routes == 900 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "burst never reached a snapshot ({routes} routes)");
+        let _ = tokio::time::timeout(Duration::from_millis(200), handle.snapshots.changed()).await;
+    }
+    // Let any trailing batch out, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(handle.health.all_synced());
+    assert_eq!(handle.health.events_seen(), 1000);
+    let emitted = handle.health.snapshots_emitted();
+    // One for the initial lists, one or two for the burst (max_delay may cut it once).
+    assert!((2..=3).contains(&emitted), "1,000 events gave {} snapshots", emitted - 1);
+
+    let snap = handle.snapshots.borrow().clone();
+    let names: BTreeSet<String> = snap.iter().map(|(k, _)| k.to_string()).collect();
+    assert!(names.contains("GatewayClass pc") && !names.contains("GatewayClass eg"));
+    assert!(names.contains("Gateway infra/web") && !names.contains("Gateway infra/other"));
+    assert!(!names.contains("HTTPRoute apps/r0000"), "route of another controller's Gateway");
+    assert!(names.contains("HTTPRoute apps/r0001"));
+    let eep = snap.of_kind("EnvoyExtensionPolicy").next().expect("policy kept");
+    assert_eq!(eep["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
+    assert_eq!(eep["spec"]["futureField"], 1, "unknown fields carried");
+    assert_eq!(eep["spec"]["wasm"][0]["code"]["type"], "FutureType");
+    let gwc = snap.of_kind("GatewayClass").next().expect("class");
+    assert_eq!(gwc["apiVersion"], "gateway.networking.k8s.io/v1", "apiVersion/kind set on list items");
+    drop(pending);
+}

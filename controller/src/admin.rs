@@ -1,0 +1,97 @@
+//! The controller's admin endpoint: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and
+//! `/status` (JSON: every resource with its conditions, load errors, xDS ACK/NACK state per
+//! node, wasm modules and Envoy processes).
+
+use crate::infra::host::{EnvoyStatus, HostInfra};
+use crate::metrics::Metrics;
+use crate::wasm::cache::{ModuleStatus, WasmCache};
+use crate::xds::server::{XdsServer, XdsStatus};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use portcullis_translator::status::ResourceStatus;
+use portcullis_translator::GatewayInfra;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
+
+/// A manifest (or one document in it) that could not be loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadErrorView {
+    pub source: String,
+    /// Index of the YAML document within the file (None: the file itself).
+    pub document: Option<usize>,
+    pub reason: String,
+}
+
+/// The latest translation's results.
+#[derive(Debug, Clone, Default)]
+pub struct Board {
+    pub controller_name: String,
+    pub resources: Vec<ResourceStatus>,
+    pub load_errors: Vec<LoadErrorView>,
+    pub gateways: Vec<GatewayInfra>,
+    pub translations: u64,
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Metrics,
+    pub xds: XdsServer,
+    pub infra: Option<Arc<HostInfra>>,
+    pub cache: WasmCache,
+    pub board: Arc<RwLock<Board>>,
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDoc<'a> {
+    pub controller_name: &'a str,
+    pub translations: u64,
+    pub resources: &'a [ResourceStatus],
+    pub load_errors: &'a [LoadErrorView],
+    pub gateways: &'a [GatewayInfra],
+    pub xds: XdsStatus,
+    pub wasm: Vec<ModuleStatus>,
+    pub envoys: Vec<EnvoyStatus>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let translated = s.board.read().map(|b| b.translations > 0).unwrap_or(false);
+    if translated {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not translated yet\n")
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+}
+
+async fn status(State(s): State<AdminState>) -> impl IntoResponse {
+    let board = s.board.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let doc = StatusDoc {
+        controller_name: &board.controller_name,
+        translations: board.translations,
+        resources: &board.resources,
+        load_errors: &board.load_errors,
+        gateways: &board.gateways,
+        xds: s.xds.status(),
+        wasm: s.cache.modules(),
+        envoys: s.infra.as_ref().map(|i| i.status()).unwrap_or_default(),
+    };
+    Json(serde_json::to_value(&doc).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})))
+}

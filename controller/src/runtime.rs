@@ -1,0 +1,260 @@
+//! The controller's main loop: files -> translate -> publish xDS, fetch wasm, run Envoys.
+//!
+//! One trigger channel carries "something changed" from the file watcher and the wasm cache;
+//! each trigger re-reads every manifest and re-translates (translation is pure and cheap to
+//! repeat; identical output publishes nothing).
+
+use crate::admin::{self, AdminState, Board, LoadErrorView};
+use crate::infra::host::{find_envoy, HostConfig, HostInfra, XdsMode};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::provider::file::FileProvider;
+use crate::wasm::cache::{CacheConfig, PullSecrets, WasmCache};
+use crate::xds::server::XdsServer;
+use anyhow::Context;
+use portcullis_translator::{parse_documents, translate, Resources, TranslateOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub paths: Vec<PathBuf>,
+    pub controller_name: String,
+    pub xds_addr: SocketAddr,
+    pub wasm_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// None: do not run Envoys (serve xDS only).
+    pub envoy: Option<EnvoyConfig>,
+    pub xds_mode: XdsMode,
+    pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
+    pub wasm_retry_initial: Duration,
+    pub wasm_retry_max: Duration,
+    pub work_dir: PathBuf,
+    pub listener_address: String,
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    pub bin: Option<PathBuf>,
+    pub concurrency: Option<u32>,
+    pub log_level: String,
+    pub drain_timeout: Duration,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot bind the {what} on {addr}"))
+}
+
+/// Run until `shutdown` resolves, then drain Envoys and return.
+pub async fn run(cfg: RuntimeConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let provider = FileProvider::new(cfg.paths.clone()).context("reading manifests")?;
+
+    let xds_listener = bind(cfg.xds_addr, "xDS server").await?;
+    let wasm_listener = bind(cfg.wasm_addr, "wasm endpoint").await?;
+    let admin_listener = bind(cfg.admin_addr, "admin endpoint").await?;
+    let xds_addr = xds_listener.local_addr()?;
+    let wasm_addr = wasm_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(1);
+    let cache = WasmCache::new(
+        CacheConfig {
+            dir: cfg.cache_dir.clone(),
+            max_bytes: cfg.cache_max_bytes,
+            serve_base: format!("http://{wasm_addr}"),
+            retry_initial: cfg.wasm_retry_initial,
+            retry_max: cfg.wasm_retry_max,
+            fetch_timeout: Duration::from_secs(60),
+        },
+        trigger_tx.clone(),
+        metrics.clone(),
+    )?;
+    let xds = XdsServer::new(metrics.clone());
+    let infra = match &cfg.envoy {
+        Some(e) => {
+            let bin = find_envoy(e.bin.as_deref())
+                .context("Envoy not found: pass --envoy-bin or put `envoy` on PATH (or use --no-envoy)")?;
+            Some(Arc::new(HostInfra::new(
+                HostConfig {
+                    envoy_bin: bin,
+                    xds_addr,
+                    xds_mode: cfg.xds_mode,
+                    work_dir: cfg.work_dir.clone(),
+                    concurrency: e.concurrency,
+                    log_level: e.log_level.clone(),
+                    drain_timeout: e.drain_timeout,
+                    restart_backoff_max: Duration::from_secs(30),
+                },
+                metrics.clone(),
+            )?))
+        }
+        None => None,
+    };
+    let board = Arc::new(RwLock::new(Board { controller_name: cfg.controller_name.clone(), ..Board::default() }));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let xds_task = {
+        let xds = xds.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { xds.serve(xds_listener, stop).await })
+    };
+    let wasm_task = {
+        let app = crate::wasm::serve::router(cfg.cache_dir.clone());
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { axum::serve(wasm_listener, app).with_graceful_shutdown(stop).await })
+    };
+    let admin_task = {
+        let state = AdminState { metrics: metrics.clone(), xds: xds.clone(), infra: infra.clone(), cache: cache.clone(), board: board.clone() };
+        let app = admin::router(state);
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { axum::serve(admin_listener, app).with_graceful_shutdown(stop).await })
+    };
+    tracing::info!(%xds_addr, %wasm_addr, %admin_addr, mode = ?cfg.xds_mode, paths = ?cfg.paths, "portcullis controller listening");
+
+    let _watcher = provider.watch(trigger_tx.clone()).context("watching manifests")?;
+    let opts = TranslateOptions {
+        controller_name: cfg.controller_name.clone(),
+        listener_address: cfg.listener_address.clone(),
+        ..TranslateOptions::default()
+    };
+    let ctx = Reconciler { provider, opts, cache, xds: xds.clone(), infra: infra.clone(), board, metrics };
+
+    tokio::pin!(shutdown);
+    ctx.reconcile().await;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            got = trigger_rx.recv() => {
+                if got.is_none() { break; }
+                // Editors write in bursts: let them finish, then take every queued trigger at once.
+                tokio::time::sleep(cfg.debounce).await;
+                while trigger_rx.try_recv().is_ok() {}
+                ctx.reconcile().await;
+            }
+        }
+    }
+
+    tracing::info!("shutting down: draining Envoys");
+    if let Some(infra) = &infra {
+        infra.shutdown().await;
+    }
+    let _ = stop_tx.send(true);
+    match xds_task.await {
+        Ok(Err(e)) => tracing::warn!(server = "xDS", error = %e, "server ended with an error"),
+        Err(e) => tracing::warn!(server = "xDS", error = %e, "server task failed"),
+        Ok(Ok(())) => {}
+    }
+    for (name, r) in [("wasm", wasm_task.await), ("admin", admin_task.await)] {
+        match r {
+            Ok(Err(e)) => tracing::warn!(server = name, error = %e, "server ended with an error"),
+            Err(e) => tracing::warn!(server = name, error = %e, "server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Reconciler {
+    provider: FileProvider,
+    opts: TranslateOptions,
+    cache: WasmCache,
+    xds: XdsServer,
+    infra: Option<Arc<HostInfra>>,
+    board: Arc<RwLock<Board>>,
+    metrics: Metrics,
+}
+
+impl Reconciler {
+    async fn reconcile(&self) {
+        let started = Instant::now();
+        let provider = self.provider.clone();
+        let opts = self.opts.clone();
+        let cache = self.cache.clone();
+        // Reading and translating are blocking work; keep them off the async workers.
+        let done = tokio::task::spawn_blocking(move || {
+            let mut parsed = Vec::new();
+            let mut load_errors = Vec::new();
+            for f in provider.read_all() {
+                match &f.content {
+                    Ok(text) => {
+                        let (res, errs) = parse_documents(&f.name, text);
+                        parsed.extend(res);
+                        load_errors.extend(errs.into_iter().map(|e| LoadErrorView {
+                            source: e.source_name,
+                            document: Some(e.index),
+                            reason: e.reason,
+                        }));
+                    }
+                    Err(reason) => load_errors.push(LoadErrorView { source: f.name.clone(), document: None, reason: reason.clone() }),
+                }
+            }
+            let resources = Resources::from_parsed(parsed);
+            let mut out = translate(&resources, &opts, &cache);
+            cache.set_pull_secrets(pull_secrets(&resources, &out.wasm_needed));
+            // Modules found in the disk cache are ready now: translate once more with them.
+            if cache.ensure(&out.wasm_needed) {
+                out = translate(&resources, &opts, &cache);
+            }
+            (out, load_errors)
+        })
+        .await;
+        let (out, load_errors) = match done {
+            Ok(v) => v,
+            Err(e) => {
+                // A translator panic must not stop the controller: keep serving the last snapshot.
+                tracing::error!(error = %e, "translation failed; keeping the last good snapshot");
+                self.metrics.translations.get_or_create(&ResultLabel { result: "panic".into() }).inc();
+                return;
+            }
+        };
+        for e in &load_errors {
+            tracing::warn!(source = %e.source, document = ?e.document, reason = %e.reason, "manifest not loaded");
+        }
+        self.metrics.load_errors.set(load_errors.len() as i64);
+        let generation = self.xds.publish(&out.xds);
+        let nodes: Vec<String> = out.gateways.iter().map(|g| g.node_id.clone()).collect();
+        if let Some(infra) = &self.infra {
+            infra.reconcile(&nodes);
+        }
+        self.xds.retain_nodes(&nodes);
+        {
+            let mut b = self.board.write().unwrap_or_else(|p| p.into_inner());
+            b.resources = out.statuses;
+            b.load_errors = load_errors;
+            b.gateways = out.gateways;
+            b.translations += 1;
+        }
+        self.metrics.translations.get_or_create(&ResultLabel { result: "ok".into() }).inc();
+        tracing::info!(generation, gateways = nodes.len(), took_ms = started.elapsed().as_millis() as u64, "translated");
+    }
+}
+
+/// `.dockerconfigjson` of every Secret a needed image references (data is base64, as in
+/// Kubernetes; stringData is plain).
+fn pull_secrets(resources: &Resources, needed: &[portcullis_translator::wasm::source::WasmSource]) -> PullSecrets {
+    use base64::Engine;
+    let mut out = PullSecrets::new();
+    for key in needed.iter().filter_map(|s| s.pull_secret.as_ref()) {
+        let Some(secret) = resources.secrets.get(key) else { continue };
+        let body = &secret.spec;
+        let json = match (body.string_data.get(".dockerconfigjson"), body.data.get(".dockerconfigjson")) {
+            (Some(plain), _) => Some(plain.as_bytes().to_vec()),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok(),
+            (None, None) => None,
+        };
+        if let Some(j) = json {
+            out.insert(key.clone(), j);
+        }
+    }
+    out
+}

@@ -1,0 +1,497 @@
+//! Wasm module cache: fetches modules (HTTP, OCI images), verifies sha256, keeps them on disk
+//! under a size bound, and tells the translator their state through [`WasmResolver`].
+//!
+//! Each needed source gets one task that retries with exponential backoff until it succeeds.
+//! Every state change sends on the `changed` channel so the runtime re-drives translation.
+
+use crate::metrics::{Metrics, ResultLabel};
+use portcullis_translator::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot create wasm cache directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("cannot build HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    /// Base URL Envoy fetches modules from, e.g. `http://127.0.0.1:18002`.
+    pub serve_base: String,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum EntryState {
+    Pending,
+    Ready { sha256: String, bytes: u64 },
+    Failed { reason: String },
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: EntryState,
+    attempts: u32,
+    task: Option<AbortHandle>,
+}
+
+/// One module's state, as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatus {
+    pub source: WasmSource,
+    #[serde(flatten)]
+    pub state: EntryState,
+    pub attempts: u32,
+}
+
+/// `.dockerconfigjson` contents of pull secrets, by `(namespace, name)`.
+pub type PullSecrets = BTreeMap<(String, String), Vec<u8>>;
+
+struct Inner {
+    cfg: CacheConfig,
+    client: reqwest::Client,
+    entries: Mutex<BTreeMap<WasmSource, Entry>>,
+    pull_secrets: Mutex<PullSecrets>,
+    changed: mpsc::Sender<()>,
+    metrics: Metrics,
+}
+
+#[derive(Clone)]
+pub struct WasmCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WasmCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmCache").field("dir", &self.inner.cfg.dir).finish_non_exhaustive()
+    }
+}
+
+/// Default cache location: `$XDG_CACHE_HOME/portcullis/wasm` or `~/.cache/portcullis/wasm`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("portcullis/wasm");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".cache/portcullis/wasm"),
+        None => std::env::temp_dir().join("portcullis-wasm-cache"),
+    }
+}
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Pinned digests may carry a `sha256:` prefix and upper case; compare in canonical form.
+fn canonical_sha(s: &str) -> String {
+    s.trim().trim_start_matches("sha256:").to_ascii_lowercase()
+}
+
+impl WasmCache {
+    pub fn new(cfg: CacheConfig, changed: mpsc::Sender<()>, metrics: Metrics) -> Result<Self, CacheError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| CacheError::Dir { path: cfg.dir.clone(), source })?;
+        let client = reqwest::Client::builder().timeout(cfg.fetch_timeout).connect_timeout(Duration::from_secs(5)).build()?;
+        let cache = WasmCache {
+            inner: Arc::new(Inner { cfg, client, entries: Mutex::new(BTreeMap::new()), pull_secrets: Mutex::new(BTreeMap::new()), changed, metrics }),
+        };
+        cache.update_size_metric();
+        Ok(cache)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.cfg.dir
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<WasmSource, Entry>> {
+        self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn path_for(&self, sha256: &str) -> PathBuf {
+        self.inner.cfg.dir.join(format!("{sha256}.wasm"))
+    }
+
+    /// Image manifest digest -> sha256 of the module it holds (lets a pinned image start offline).
+    fn index_path(&self, manifest_digest: &str) -> PathBuf {
+        self.inner.cfg.dir.join("index").join(canonical_sha(manifest_digest))
+    }
+
+    /// Pull secrets the next fetch attempts use (re-read on every attempt).
+    pub fn set_pull_secrets(&self, secrets: PullSecrets) {
+        *self.inner.pull_secrets.lock().unwrap_or_else(|p| p.into_inner()) = secrets;
+    }
+
+    /// The module file a pinned source is known to resolve to, if it is on disk.
+    fn cached_for_pin(&self, src: &WasmSource, pin: &str) -> Option<String> {
+        if !is_sha256_hex(pin) {
+            return None;
+        }
+        let sha = match src.code_type {
+            WasmCodeType::Http => pin.to_string(),
+            WasmCodeType::Image => std::fs::read_to_string(self.index_path(pin)).ok()?.trim().to_string(),
+        };
+        (is_sha256_hex(&sha) && self.path_for(&sha).is_file()).then_some(sha)
+    }
+
+    /// Make sure every needed source is known and being fetched; stop work on sources no longer
+    /// needed. Returns true when some source changed state synchronously (disk hit), so the
+    /// caller should translate again right away.
+    pub fn ensure(&self, needed: &[WasmSource]) -> bool {
+        let needed_set: BTreeSet<&WasmSource> = needed.iter().collect();
+        let mut changed = false;
+        let mut entries = self.entries();
+        entries.retain(|src, e| {
+            let keep = needed_set.contains(src);
+            if !keep {
+                if let Some(t) = &e.task {
+                    t.abort();
+                }
+            }
+            keep
+        });
+        for src in needed {
+            if entries.contains_key(src) {
+                continue;
+            }
+            // A pinned module already on disk needs no network (pullPolicy Always excepted).
+            let always = src.pull_policy.as_deref() == Some("Always");
+            if let Some(sha) = src.sha256.as_deref().map(canonical_sha).filter(|_| !always).and_then(|pin| self.cached_for_pin(src, &pin)) {
+                let path = self.path_for(&sha);
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                tracing::info!(url = %src.url, sha256 = %sha, "wasm module found in disk cache");
+                touch(&path);
+                entries.insert(src.clone(), Entry { state: EntryState::Ready { sha256: sha, bytes }, attempts: 0, task: None });
+                changed = true;
+                continue;
+            }
+            let this = self.clone();
+            let s = src.clone();
+            let task = tokio::spawn(async move { this.fetch_loop(s).await });
+            entries.insert(src.clone(), Entry { state: EntryState::Pending, attempts: 0, task: Some(task.abort_handle()) });
+        }
+        changed
+    }
+
+    pub fn modules(&self) -> Vec<ModuleStatus> {
+        self.entries()
+            .iter()
+            .map(|(s, e)| ModuleStatus { source: s.clone(), state: e.state.clone(), attempts: e.attempts })
+            .collect()
+    }
+
+    async fn fetch_loop(self, src: WasmSource) {
+        let mut delay = self.inner.cfg.retry_initial;
+        loop {
+            let result = self.fetch_once(&src).await;
+            let state = match &result {
+                Ok((sha256, bytes)) => EntryState::Ready { sha256: sha256.clone(), bytes: *bytes },
+                Err(reason) => EntryState::Failed { reason: reason.clone() },
+            };
+            let label = ResultLabel { result: if result.is_ok() { "ok" } else { "error" }.into() };
+            self.inner.metrics.wasm_fetches.get_or_create(&label).inc();
+            let state_changed = {
+                let mut entries = self.entries();
+                let Some(e) = entries.get_mut(&src) else { return };
+                e.attempts += 1;
+                let changed = e.state != state;
+                e.state = state;
+                if result.is_ok() {
+                    e.task = None;
+                }
+                changed
+            };
+            match &result {
+                Ok((sha, _)) => tracing::info!(url = %src.url, sha256 = %sha, "wasm module fetched"),
+                Err(reason) => tracing::warn!(url = %src.url, retry_in = ?delay, %reason, "wasm fetch failed"),
+            }
+            if state_changed {
+                // Full channel: a re-translation is already queued and will see this state.
+                let _ = self.inner.changed.try_send(());
+            }
+            if result.is_ok() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.inner.cfg.retry_max);
+        }
+    }
+
+    async fn fetch_once(&self, src: &WasmSource) -> Result<(String, u64), String> {
+        let (bytes, manifest_digest) = match src.code_type {
+            WasmCodeType::Http => (self.fetch_http(&src.url).await?, None),
+            WasmCodeType::Image => {
+                let (bytes, digest) = self.pull_image(src).await?;
+                (bytes, Some(digest))
+            }
+        };
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(format!("{} is not a wasm module (bad magic number)", src.url));
+        }
+        let sha = hex::encode(Sha256::digest(&bytes));
+        // For HTTP the pin is the module's digest; for images the oci crate checked the
+        // manifest digest against it.
+        if let (WasmCodeType::Http, Some(pin)) = (&src.code_type, src.sha256.as_deref().map(canonical_sha)) {
+            if pin != sha {
+                return Err(format!("sha256 mismatch for {}: expected {pin}, got {sha}", src.url));
+            }
+        }
+        if let Some(d) = manifest_digest {
+            let idx = self.index_path(&d);
+            if let Some(dir) = idx.parent() {
+                let _ = tokio::fs::create_dir_all(dir).await;
+            }
+            let _ = tokio::fs::write(&idx, &sha).await;
+        }
+        self.store(&sha, &bytes).await.map_err(|e| format!("cannot write {} to the wasm cache: {e}", src.url))?;
+        Ok((sha, bytes.len() as u64))
+    }
+
+    async fn fetch_http(&self, url: &str) -> Result<Vec<u8>, String> {
+        let resp = self.inner.client.get(url).send().await.map_err(|e| format!("fetching {url}: {}", error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("fetching {url}: HTTP {status}"));
+        }
+        let body = resp.bytes().await.map_err(|e| format!("reading {url}: {}", error_chain(&e)))?;
+        Ok(body.to_vec())
+    }
+
+    async fn store(&self, sha: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.path_for(sha);
+        if tokio::fs::metadata(&path).await.is_err() {
+            let tmp = self.inner.cfg.dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+            tokio::fs::write(&tmp, bytes).await?;
+            tokio::fs::rename(&tmp, &path).await?;
+        } else {
+            touch(&path);
+        }
+        self.evict(sha);
+        Ok(())
+    }
+
+    /// Keep the cache under its size bound: drop least recently used modules not in use.
+    fn evict(&self, just_stored: &str) {
+        let mut in_use: BTreeSet<String> = self
+            .entries()
+            .values()
+            .filter_map(|e| match &e.state {
+                EntryState::Ready { sha256, .. } => Some(sha256.clone()),
+                _ => None,
+            })
+            .collect();
+        in_use.insert(just_stored.to_string());
+        let mut files = cached_files(&self.inner.cfg.dir);
+        let mut total: u64 = files.iter().map(|f| f.2).sum();
+        files.sort_by_key(|f| f.1);
+        for (path, _, size) in files {
+            if total <= self.inner.cfg.max_bytes {
+                break;
+            }
+            let sha = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            if in_use.contains(sha) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), size, "evicted wasm module from cache");
+                    total = total.saturating_sub(size);
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot evict wasm module"),
+            }
+        }
+        self.inner.metrics.wasm_cache_bytes.set(total as i64);
+    }
+
+    fn update_size_metric(&self) {
+        let total: u64 = cached_files(&self.inner.cfg.dir).iter().map(|f| f.2).sum();
+        self.inner.metrics.wasm_cache_bytes.set(total as i64);
+    }
+}
+
+impl WasmResolver for WasmCache {
+    fn resolve(&self, source: &WasmSource) -> WasmResolution {
+        match self.entries().get(source).map(|e| &e.state) {
+            Some(EntryState::Ready { sha256, .. }) => WasmResolution::Ready {
+                sha256: sha256.clone(),
+                serve_url: format!("{}/wasm/{sha256}.wasm", self.inner.cfg.serve_base.trim_end_matches('/')),
+            },
+            Some(EntryState::Failed { reason }) => WasmResolution::Failed { reason: reason.clone() },
+            Some(EntryState::Pending) | None => WasmResolution::Pending,
+        }
+    }
+}
+
+impl WasmCache {
+    /// OCI image pull through the `oci` crate; returns the module and the manifest digest.
+    async fn pull_image(&self, src: &WasmSource) -> Result<(Vec<u8>, String), String> {
+        let reference = src.url.trim_start_matches("oci://");
+        let host = reference.split('/').next().unwrap_or_default();
+        let auth = match &src.pull_secret {
+            None => portcullis_oci::RegistryAuth::Anonymous,
+            Some((ns, name)) => {
+                let secret = self.inner.pull_secrets.lock().unwrap_or_else(|p| p.into_inner()).get(&(ns.clone(), name.clone())).cloned();
+                let Some(json) = secret else {
+                    return Err(format!("pulling {}: pull secret {ns}/{name} not found (or has no .dockerconfigjson)", src.url));
+                };
+                portcullis_oci::RegistryAuth::from_docker_config_json(&json, host)
+                    .map_err(|e| format!("pulling {}: pull secret {ns}/{name}: {e}", src.url))?
+            }
+        };
+        let opts = portcullis_oci::PullOptions {
+            expected_digest: src.sha256.clone(),
+            auth,
+            timeout: self.inner.cfg.fetch_timeout,
+            ..portcullis_oci::PullOptions::default()
+        };
+        let pulled = portcullis_oci::pull_wasm(reference, &opts).await.map_err(|e| format!("pulling {}: {}", src.url, error_chain(&e)))?;
+        Ok((pulled.wasm, pulled.manifest_digest))
+    }
+}
+
+/// `(path, mtime, size)` of every cached module.
+fn cached_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let name = p.file_name()?.to_str()?;
+            let stem = name.strip_suffix(".wasm")?;
+            if !is_sha256_hex(stem) {
+                return None;
+            }
+            let m = e.metadata().ok()?;
+            Some((p.clone(), m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// Mark a module recently used (LRU eviction orders by mtime).
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+    fn cache(dir: &Path, max_bytes: u64) -> (WasmCache, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        let cfg = CacheConfig {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            serve_base: "http://127.0.0.1:1".into(),
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_millis(200),
+            fetch_timeout: Duration::from_secs(5),
+        };
+        (WasmCache::new(cfg, tx, Metrics::new()).expect("cache"), rx)
+    }
+
+    fn http(url: &str, sha: Option<&str>) -> WasmSource {
+        WasmSource { code_type: WasmCodeType::Http, url: url.into(), sha256: sha.map(String::from), pull_secret: None, pull_policy: None }
+    }
+
+    async fn serve_once(status: u16, body: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/m.wasm",
+            axum::routing::get(move || async move { (axum::http::StatusCode::from_u16(status).expect("status"), body) }),
+        );
+        let h = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}/m.wasm"), h)
+    }
+
+    #[tokio::test]
+    async fn pinned_module_on_disk_is_ready_without_network() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sha = hex::encode(Sha256::digest(WASM));
+        std::fs::write(dir.path().join(format!("{sha}.wasm")), WASM).expect("write");
+        let (c, _rx) = cache(dir.path(), 1 << 20);
+        let src = http("http://127.0.0.1:1/unreachable.wasm", Some(&format!("sha256:{}", sha.to_uppercase())));
+        assert!(c.ensure(std::slice::from_ref(&src)));
+        match c.resolve(&src) {
+            WasmResolution::Ready { sha256, serve_url } => {
+                assert_eq!(sha256, sha);
+                assert_eq!(serve_url, format!("http://127.0.0.1:1/wasm/{sha}.wasm"));
+            }
+            other => panic!("expected Ready, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_verifies_sha_and_reports_http_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, mut rx) = cache(dir.path(), 1 << 20);
+        let (ok_url, _h1) = serve_once(200, WASM).await;
+        let (missing_url, _h2) = serve_once(404, b"nope").await;
+        let good = http(&ok_url, None);
+        let wrong_pin = http(&ok_url, Some(&"0".repeat(64)));
+        let missing = http(&missing_url, None);
+        c.ensure(&[good.clone(), wrong_pin.clone(), missing.clone()]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let states = (c.resolve(&good), c.resolve(&wrong_pin), c.resolve(&missing));
+            if matches!(states, (WasmResolution::Ready { .. }, WasmResolution::Failed { .. }, WasmResolution::Failed { .. })) {
+                let WasmResolution::Failed { reason } = states.1 else { unreachable!() };
+                assert!(reason.contains("sha256 mismatch"), "{reason}");
+                let WasmResolution::Failed { reason } = states.2 else { unreachable!() };
+                assert!(reason.contains(&missing_url) && reason.contains("404"), "{reason}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no convergence: {states:?}");
+            let _ = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+        }
+        let sha = hex::encode(Sha256::digest(WASM));
+        assert_eq!(std::fs::read(c.path_for(&sha)).expect("cached file"), WASM);
+    }
+
+    #[tokio::test]
+    async fn eviction_keeps_modules_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join(format!("{}.wasm", "a".repeat(64)));
+        std::fs::write(&old, vec![0u8; 100]).expect("write");
+        let (c, _rx) = cache(dir.path(), 50);
+        let (url, _h) = serve_once(200, WASM).await;
+        let src = http(&url, None);
+        c.ensure(std::slice::from_ref(&src));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !matches!(c.resolve(&src), WasmResolution::Ready { .. }) {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!old.exists(), "the unused module over the bound is evicted");
+        assert!(c.path_for(&hex::encode(Sha256::digest(WASM))).exists());
+    }
+}

@@ -1,0 +1,164 @@
+//! backendRefs -> clusters: Service + EndpointSlices, and Envoy Gateway `Backend`.
+
+use std::collections::BTreeSet;
+
+use super::reference_granted;
+use crate::ir::{ClusterIr, ClusterKind, EndpointIr};
+use crate::resources::{ObjectRef, Resources, EG_GROUP, GATEWAY_GROUP};
+
+/// A failed reference: `(reason, message)` with the Gateway API's ResolvedRefs reasons.
+pub type RefError = (&'static str, String);
+
+pub fn resolve(res: &Resources, route_ns: &str, r: &ObjectRef) -> Result<ClusterIr, RefError> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    let ns = r.namespace.as_deref().unwrap_or(route_ns);
+    let key = (ns.to_string(), r.name.clone());
+    let is_service = group.is_empty() && kind == "Service";
+    let is_backend = group == EG_GROUP && kind == "Backend";
+    if !is_service && !is_backend {
+        return Err(("InvalidKind", format!("backendRef kind {group}/{kind} is not supported; use Service or {EG_GROUP}/Backend")));
+    }
+    if !reference_granted(
+        res,
+        (GATEWAY_GROUP, "HTTPRoute", route_ns),
+        (group, kind, ns, &r.name),
+    ) {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "{kind} {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                r.name
+            ),
+        ));
+    }
+    if is_service {
+        let svc = res.services.get(&key).ok_or_else(|| {
+            (
+                "BackendNotFound",
+                format!("Service {ns}/{} not found", r.name),
+            )
+        })?;
+        let port = r.port.ok_or_else(|| {
+            (
+                "BackendNotFound",
+                format!("backendRef to Service {ns}/{} needs a port", r.name),
+            )
+        })?;
+        let sp = svc
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .ok_or_else(|| {
+                (
+                    "BackendNotFound",
+                    format!("Service {ns}/{} has no port {port}", r.name),
+                )
+            })?;
+        let mut endpoints = BTreeSet::new();
+        let mut any_slice = false;
+        for slice in res.endpoint_slices.values() {
+            if slice.namespace() != ns
+                || slice.meta.labels.get("kubernetes.io/service-name") != Some(&r.name)
+            {
+                continue;
+            }
+            any_slice = true;
+            let Some(target) = slice
+                .spec
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or(""))
+                .and_then(|p| p.port)
+            else {
+                continue;
+            };
+            for ep in &slice.spec.endpoints {
+                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &ep.addresses {
+                    endpoints.insert((a.clone(), target));
+                }
+            }
+        }
+        // Without EndpointSlices, fall back to a cluster IP if the manifest names one.
+        if !any_slice {
+            if let Some(ip) = svc
+                .spec
+                .cluster_ip
+                .as_deref()
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            {
+                endpoints.insert((ip.to_string(), port));
+            }
+        }
+        return Ok(ClusterIr {
+            name: format!("service/{ns}/{}/{port}", r.name),
+            kind: ClusterKind::Eds(
+                endpoints
+                    .into_iter()
+                    .map(|(address, port)| EndpointIr::Socket { address, port })
+                    .collect(),
+            ),
+            tls_sni: None,
+        });
+    }
+    let be = res.backends.get(&key).ok_or_else(|| {
+        (
+            "BackendNotFound",
+            format!("Backend {ns}/{} not found", r.name),
+        )
+    })?;
+    if be.spec.type_.as_deref().unwrap_or("Endpoints") != "Endpoints" {
+        return Err((
+            "BackendNotFound",
+            format!(
+                "Backend {ns}/{} type {:?} is not supported",
+                r.name, be.spec.type_
+            ),
+        ));
+    }
+    let mut eps = Vec::new();
+    let mut dns = false;
+    for e in &be.spec.endpoints {
+        if let Some(ip) = &e.ip {
+            eps.push(EndpointIr::Socket {
+                address: ip.address.clone(),
+                port: ip.port,
+            });
+        } else if let Some(f) = &e.fqdn {
+            dns = true;
+            eps.push(EndpointIr::Socket {
+                address: f.address.clone(),
+                port: f.port,
+            });
+        } else if let Some(u) = &e.unix {
+            eps.push(EndpointIr::Pipe {
+                path: u.path.clone(),
+            });
+        }
+    }
+    if eps.is_empty() {
+        return Err((
+            "BackendNotFound",
+            format!("Backend {ns}/{} has no endpoints", r.name),
+        ));
+    }
+    if dns && eps.iter().any(|e| matches!(e, EndpointIr::Pipe { .. })) {
+        return Err((
+            "BackendNotFound",
+            format!("Backend {ns}/{} mixes fqdn and unix endpoints", r.name),
+        ));
+    }
+    Ok(ClusterIr {
+        name: format!("backend/{ns}/{}", r.name),
+        kind: if dns {
+            ClusterKind::StrictDns(eps)
+        } else {
+            ClusterKind::Eds(eps)
+        },
+        tls_sni: None,
+    })
+}

@@ -1,0 +1,154 @@
+//! Gateway API + EnvoyExtensionPolicy -> IR, and every status. Pure.
+//!
+//! Order: GatewayClasses, then Gateways and their listeners, then backends (clusters), then
+//! policies (they only need to know targets), then HTTPRoutes attach to listeners and pick up
+//! the policy that applies to each rule.
+
+mod backends;
+pub mod duration;
+pub mod hostname;
+mod listeners;
+mod policies;
+mod routes;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::ir::{GatewayIr, Ir};
+use crate::resources::{NsName, Resources, GATEWAY_GROUP};
+use crate::status::{Condition, ResourceStatus};
+use crate::wasm::source::{WasmResolver, WasmSource};
+use crate::TranslateOptions;
+
+pub struct Translation {
+    pub ir: Ir,
+    pub statuses: Vec<ResourceStatus>,
+    pub wasm_needed: Vec<WasmSource>,
+}
+
+/// Age order used for every "oldest wins" tie-break: creationTimestamp (RFC 3339 sorts
+/// lexically; missing sorts last), then namespace/name.
+/// `(creationTimestamp, namespace, name)`.
+pub(crate) type AgeKey = (String, String, String);
+
+pub(crate) fn age_key(meta: &crate::resources::ObjectMeta, ns: &str) -> AgeKey {
+    (
+        meta.creation_timestamp
+            .clone()
+            .unwrap_or_else(|| "~".into()),
+        ns.to_string(),
+        meta.name.clone(),
+    )
+}
+
+/// Is `from` (group, kind, namespace) allowed to reference `to` (group, kind, namespace, name)
+/// by a ReferenceGrant in the target namespace?
+pub(crate) fn reference_granted(
+    res: &Resources,
+    from: (&str, &str, &str),
+    to: (&str, &str, &str, &str),
+) -> bool {
+    let (fg, fk, fns) = from;
+    let (tg, tk, tns, tname) = to;
+    if fns == tns {
+        return true;
+    }
+    res.reference_grants
+        .values()
+        .filter(|g| g.namespace() == tns)
+        .any(|g| {
+            g.spec
+                .from
+                .iter()
+                .any(|f| f.group == fg && f.kind == fk && f.namespace == fns)
+                && g.spec.to.iter().any(|t| {
+                    t.group == tg && t.kind == tk && t.name.as_deref().is_none_or(|n| n == tname)
+                })
+        })
+}
+
+pub(crate) fn unsupported_condition(paths: &[String]) -> Option<Condition> {
+    (!paths.is_empty()).then(|| {
+        Condition::new(
+            "UnsupportedFields",
+            true,
+            "UnsupportedField",
+            format!(
+                "not implemented by this controller, ignored unless noted: {}",
+                paths.join(", ")
+            ),
+        )
+    })
+}
+
+pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolver) -> Translation {
+    let mut statuses = Vec::new();
+
+    // GatewayClasses.
+    let mut our_classes = std::collections::BTreeSet::new();
+    for (name, gc) in &res.gateway_classes {
+        if gc.spec.controller_name != opts.controller_name {
+            continue;
+        }
+        our_classes.insert(name.clone());
+        let mut conds = vec![Condition::new(
+            "Accepted",
+            true,
+            "Accepted",
+            "GatewayClass is accepted by this controller.",
+        )];
+        if gc.spec.parameters_ref.is_some() {
+            conds.push(Condition::new(
+                "UnsupportedFields",
+                true,
+                "UnsupportedField",
+                "ignored by this controller: spec.parametersRef",
+            ));
+        }
+        conds.extend(unsupported_condition(&gc.unsupported));
+        statuses.push(ResourceStatus {
+            api_version: format!("{GATEWAY_GROUP}/v1"),
+            kind: "GatewayClass".into(),
+            metadata: crate::status::ObjectRef { namespace: None, name: name.clone() },
+            status: json!({ "conditions": crate::status::conditions_json(&conds, gc.meta.generation) }),
+        });
+    }
+
+    // Gateways and listeners.
+    let mut gateways = listeners::build(res, &our_classes);
+
+    // Policies: targets, filters, fetch states.
+    let pols = policies::resolve(res, opts, wasm, &gateways);
+
+    // Routes: attachment, rules, clusters.
+    let routes = routes::translate_routes(res, opts, &mut gateways);
+
+    // IR per Gateway.
+    let mut ir = Ir::default();
+    for (key, gw) in &gateways {
+        let gir: GatewayIr = routes::build_gateway_ir(key, gw, &routes, &pols);
+        ir.gateways
+            .insert(crate::xds::snapshot::node_id(&key.0, &key.1), gir);
+    }
+
+    statuses.extend(listeners::statuses(res, &gateways));
+    statuses.extend(routes.statuses.clone());
+    statuses.extend(policies::statuses(res, opts, &pols, &gateways));
+
+    Translation {
+        ir,
+        statuses,
+        wasm_needed: pols.wasm_needed.iter().cloned().collect(),
+    }
+}
+
+pub(crate) fn gateway_ref_json(ns: &str, name: &str, section: Option<&str>) -> Value {
+    let mut v = json!({ "group": GATEWAY_GROUP, "kind": "Gateway", "namespace": ns, "name": name });
+    if let (Some(s), Some(o)) = (section, v.as_object_mut()) {
+        o.insert("sectionName".into(), json!(s));
+    }
+    v
+}
+
+pub(crate) type GatewayMap = BTreeMap<NsName, listeners::GatewayState>;

@@ -1,0 +1,484 @@
+//! EnvoyExtensionPolicy: targets, conflicts, wasm/lua filters and their fetch state, statuses.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use super::{age_key, gateway_ref_json, AgeKey, GatewayMap};
+use crate::ir::{ClusterIr, ClusterKind, EndpointIr, FilterIr, LuaFilterIr, WasmFilterIr};
+use crate::resources::{
+    EnvoyExtensionPolicySpec, NsName, Object, PolicyTargetRef, Resources, EG_GROUP, GATEWAY_GROUP,
+};
+use crate::status::{conditions_json, Condition, ObjectRef, ResourceStatus};
+use crate::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
+use crate::TranslateOptions;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TargetKey {
+    Gateway(NsName, Option<String>),
+    Route(NsName, Option<String>),
+}
+
+pub struct PolicyState {
+    pub obj: Object<EnvoyExtensionPolicySpec>,
+    pub targets: Vec<TargetKey>,
+    pub not_found: Vec<(PolicyTargetRef, String)>,
+    /// Filters whose code is ready, in chain order.
+    pub filters: Vec<FilterIr>,
+    /// Clusters Envoy fetches this policy's modules through.
+    pub clusters: Vec<ClusterIr>,
+    /// Invalid configuration: the policy is not applied and its routes answer 500.
+    pub problems: Vec<String>,
+    /// Modules not available (pending or failed fetch), with their failOpen.
+    pub unavailable: Vec<(String, bool)>,
+}
+
+impl PolicyState {
+    /// Targeted routes answer an error rather than run without a fail-closed filter.
+    pub fn blocks(&self) -> bool {
+        !self.problems.is_empty() || self.unavailable.iter().any(|(_, fail_open)| !fail_open)
+    }
+}
+
+pub struct Policies {
+    pub states: BTreeMap<NsName, PolicyState>,
+    /// The policy that wins each target (oldest first).
+    pub winners: BTreeMap<TargetKey, NsName>,
+    pub wasm_needed: BTreeSet<WasmSource>,
+}
+
+impl Policies {
+    /// The policy in effect for one rule of a route on one listener: the most specific target
+    /// wins, and any route-level policy overrides gateway-level ones.
+    pub fn effective(
+        &self,
+        route: &NsName,
+        rule_name: Option<&str>,
+        gw: &NsName,
+        listener: &str,
+    ) -> Option<&PolicyState> {
+        let mut keys = Vec::new();
+        if let Some(r) = rule_name {
+            keys.push(TargetKey::Route(route.clone(), Some(r.to_string())));
+        }
+        keys.push(TargetKey::Route(route.clone(), None));
+        keys.push(TargetKey::Gateway(gw.clone(), Some(listener.to_string())));
+        keys.push(TargetKey::Gateway(gw.clone(), None));
+        keys.iter()
+            .find_map(|k| self.winners.get(k))
+            .and_then(|p| self.states.get(p))
+    }
+}
+
+/// Cluster through which Envoy fetches a module from `serve_url`.
+pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<ClusterIr, String> {
+    let u = url::Url::parse(serve_url).map_err(|e| format!("invalid wasm URL {serve_url}: {e}"))?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| format!("wasm URL {serve_url} has no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = u
+        .port_or_known_default()
+        .ok_or_else(|| format!("wasm URL {serve_url} has no port"))?;
+    let tls = match u.scheme() {
+        "http" => None,
+        "https" => Some(host.clone()),
+        s => return Err(format!("wasm URL {serve_url}: scheme {s} is not supported")),
+    };
+    Ok(ClusterIr {
+        name: format!("{}/{host}:{port}", opts.wasm_serve_cluster),
+        kind: ClusterKind::StrictDns(vec![EndpointIr::Socket {
+            address: host,
+            port,
+        }]),
+        tls_sni: tls,
+    })
+}
+
+fn wasm_source(
+    p: &Object<EnvoyExtensionPolicySpec>,
+    w: &crate::resources::WasmSpec,
+) -> Result<WasmSource, String> {
+    let pull_policy = w.code.pull_policy.clone();
+    match w.code.type_.as_str() {
+        "HTTP" => {
+            let h = w
+                .code
+                .http
+                .as_ref()
+                .ok_or("code.type HTTP needs code.http")?;
+            Ok(WasmSource {
+                code_type: WasmCodeType::Http,
+                url: h.url.clone(),
+                sha256: h.sha256.clone(),
+                pull_secret: None,
+                pull_policy,
+            })
+        }
+        "Image" => {
+            let i = w
+                .code
+                .image
+                .as_ref()
+                .ok_or("code.type Image needs code.image")?;
+            let pull_secret = i.pull_secret_ref.as_ref().map(|s| {
+                (
+                    s.namespace
+                        .clone()
+                        .unwrap_or_else(|| p.namespace().to_string()),
+                    s.name.clone(),
+                )
+            });
+            Ok(WasmSource {
+                code_type: WasmCodeType::Image,
+                url: i.url.clone(),
+                sha256: i.sha256.clone(),
+                pull_secret,
+                pull_policy,
+            })
+        }
+        t => Err(format!("code.type {t:?} is not supported")),
+    }
+}
+
+fn resolve_targets(
+    res: &Resources,
+    p: &Object<EnvoyExtensionPolicySpec>,
+    gateways: &GatewayMap,
+) -> (Vec<TargetKey>, Vec<(PolicyTargetRef, String)>) {
+    let ns = p.namespace().to_string();
+    let mut targets = Vec::new();
+    let mut not_found = Vec::new();
+    let mut refs: Vec<PolicyTargetRef> = p.spec.target_ref.iter().cloned().collect();
+    refs.extend(p.spec.target_refs.iter().cloned());
+    for sel in &p.spec.target_selectors {
+        let group = sel.group.clone().unwrap_or_else(|| GATEWAY_GROUP.into());
+        let selector = crate::resources::LabelSelector {
+            match_labels: sel.match_labels.clone(),
+            match_expressions: sel.match_expressions.clone(),
+        };
+        match (group.as_str(), sel.kind.as_str()) {
+            (GATEWAY_GROUP, "Gateway") => {
+                for ((gns, name), gw) in &res.gateways {
+                    if *gns == ns && selector.matches(&gw.meta.labels) {
+                        refs.push(PolicyTargetRef {
+                            group: group.clone(),
+                            kind: "Gateway".into(),
+                            name: name.clone(),
+                            section_name: None,
+                        });
+                    }
+                }
+            }
+            (GATEWAY_GROUP, "HTTPRoute") => {
+                for ((rns, name), r) in &res.http_routes {
+                    if *rns == ns && selector.matches(&r.meta.labels) {
+                        refs.push(PolicyTargetRef {
+                            group: group.clone(),
+                            kind: "HTTPRoute".into(),
+                            name: name.clone(),
+                            section_name: None,
+                        });
+                    }
+                }
+            }
+            (g, k) => not_found.push((
+                PolicyTargetRef {
+                    group: g.to_string(),
+                    kind: k.to_string(),
+                    name: String::new(),
+                    section_name: None,
+                },
+                format!("targetSelectors kind {g}/{k} is not supported"),
+            )),
+        }
+    }
+    for r in refs {
+        let key = (ns.clone(), r.name.clone());
+        match (r.group.as_str(), r.kind.as_str()) {
+            (GATEWAY_GROUP, "Gateway") => match gateways.get(&key) {
+                None => not_found.push((r.clone(), format!("Gateway {ns}/{} not found", r.name))),
+                Some(gw) => {
+                    if let Some(s) = &r.section_name {
+                        if !gw.listeners.iter().any(|l| &l.name == s) {
+                            not_found.push((
+                                r.clone(),
+                                format!("Gateway {ns}/{} has no listener {s}", r.name),
+                            ));
+                            continue;
+                        }
+                    }
+                    targets.push(TargetKey::Gateway(key, r.section_name.clone()));
+                }
+            },
+            (GATEWAY_GROUP, "HTTPRoute") => match res.http_routes.get(&key) {
+                None => not_found.push((r.clone(), format!("HTTPRoute {ns}/{} not found", r.name))),
+                Some(route) => {
+                    if let Some(s) = &r.section_name {
+                        if !route
+                            .spec
+                            .rules
+                            .iter()
+                            .any(|rule| rule.name.as_deref() == Some(s))
+                        {
+                            not_found.push((
+                                r.clone(),
+                                format!("HTTPRoute {ns}/{} has no rule named {s}", r.name),
+                            ));
+                            continue;
+                        }
+                    }
+                    targets.push(TargetKey::Route(key, r.section_name.clone()));
+                }
+            },
+            (g, k) => not_found.push((
+                r.clone(),
+                format!("target kind {g}/{k} is not supported; use Gateway or HTTPRoute"),
+            )),
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    (targets, not_found)
+}
+
+pub fn resolve(
+    res: &Resources,
+    opts: &TranslateOptions,
+    wasm: &dyn WasmResolver,
+    gateways: &GatewayMap,
+) -> Policies {
+    let mut states = BTreeMap::new();
+    let mut wasm_needed = BTreeSet::new();
+    for (key, p) in &res.extension_policies {
+        let (ns, name) = key;
+        let (targets, not_found) = resolve_targets(res, p, gateways);
+        let mut st = PolicyState {
+            obj: p.clone(),
+            targets,
+            not_found,
+            filters: vec![],
+            clusters: vec![],
+            problems: vec![],
+            unavailable: vec![],
+        };
+        if !p.unsupported.is_empty() {
+            st.problems
+                .push(format!("unsupported fields: {}", p.unsupported.join(", ")));
+        }
+        for (i, w) in p.spec.wasm.iter().enumerate() {
+            let label = w.name.clone().unwrap_or_else(|| i.to_string());
+            let src = match wasm_source(p, w) {
+                Ok(s) => s,
+                Err(e) => {
+                    st.problems.push(format!("wasm[{i}] {label}: {e}"));
+                    continue;
+                }
+            };
+            wasm_needed.insert(src.clone());
+            let fail_open = w.fail_open.unwrap_or(false);
+            match wasm.resolve(&src) {
+                WasmResolution::Ready { sha256, serve_url } => {
+                    let cluster = match fetch_cluster(opts, &serve_url) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            st.problems.push(format!("wasm[{i}] {label}: {e}"));
+                            continue;
+                        }
+                    };
+                    let configuration = match &w.config {
+                        None | Some(Value::Null) => String::new(),
+                        Some(v) => v.to_string(),
+                    };
+                    st.filters.push(FilterIr::Wasm(WasmFilterIr {
+                        name: format!(
+                            "envoy.filters.http.wasm/envoyextensionpolicy/{ns}/{name}/wasm/{i}"
+                        ),
+                        plugin_name: format!("{ns}/{name}/{label}"),
+                        root_id: w.root_id.clone().unwrap_or_default(),
+                        vm_id: sha256.clone(),
+                        url: serve_url,
+                        fetch_cluster: cluster.name.clone(),
+                        sha256,
+                        configuration,
+                        fail_open,
+                        host_env_keys: w
+                            .env
+                            .as_ref()
+                            .map(|e| e.host_keys.clone())
+                            .unwrap_or_default(),
+                    }));
+                    if !st.clusters.contains(&cluster) {
+                        st.clusters.push(cluster);
+                    }
+                }
+                WasmResolution::Pending => st.unavailable.push((
+                    format!("wasm[{i}] {label}: module {} is not fetched yet", src.url),
+                    fail_open,
+                )),
+                WasmResolution::Failed { reason } => st
+                    .unavailable
+                    .push((format!("wasm[{i}] {label}: {reason}"), fail_open)),
+            }
+        }
+        for (i, l) in p.spec.lua.iter().enumerate() {
+            let code = match l.type_.as_str() {
+                "Inline" => l
+                    .inline
+                    .clone()
+                    .ok_or_else(|| "type Inline needs inline".to_string()),
+                "ValueRef" => match &l.value_ref {
+                    None => Err("type ValueRef needs valueRef".to_string()),
+                    Some(r)
+                        if r.kind.as_deref() != Some("ConfigMap")
+                            || !r.group.as_deref().unwrap_or("").is_empty() =>
+                    {
+                        Err(format!("valueRef kind {:?} is not a ConfigMap", r.kind))
+                    }
+                    Some(r) => match res.config_maps.get(&(ns.clone(), r.name.clone())) {
+                        None => Err(format!("ConfigMap {ns}/{} not found", r.name)),
+                        Some(cm) => match (cm.spec.data.get("lua"), cm.spec.data.len()) {
+                            (Some(v), _) => Ok(v.clone()),
+                            (None, 1) => {
+                                Ok(cm.spec.data.values().next().cloned().unwrap_or_default())
+                            }
+                            _ => Err(format!("ConfigMap {ns}/{} needs a `lua` key", r.name)),
+                        },
+                    },
+                },
+                t => Err(format!("type {t:?} is not supported")),
+            };
+            match code {
+                Ok(code) => st.filters.push(FilterIr::Lua(LuaFilterIr {
+                    name: format!(
+                        "envoy.filters.http.lua/envoyextensionpolicy/{ns}/{name}/lua/{i}"
+                    ),
+                    code,
+                })),
+                Err(e) => st.problems.push(format!("lua[{i}]: {e}")),
+            }
+        }
+        states.insert(key.clone(), st);
+    }
+
+    // Oldest policy wins each exact target.
+    let mut by_target: BTreeMap<TargetKey, Vec<(AgeKey, NsName)>> = BTreeMap::new();
+    for (key, st) in &states {
+        for t in &st.targets {
+            by_target
+                .entry(t.clone())
+                .or_default()
+                .push((age_key(&st.obj.meta, &key.0), key.clone()));
+        }
+    }
+    let winners = by_target
+        .into_iter()
+        .filter_map(|(t, mut v)| {
+            v.sort();
+            v.into_iter().next().map(|(_, k)| (t, k))
+        })
+        .collect();
+    Policies {
+        states,
+        winners,
+        wasm_needed,
+    }
+}
+
+pub fn statuses(
+    res: &Resources,
+    opts: &TranslateOptions,
+    pols: &Policies,
+    gateways: &GatewayMap,
+) -> Vec<ResourceStatus> {
+    let mut out = Vec::new();
+    for ((ns, name), st) in &pols.states {
+        let generation = st.obj.meta.generation;
+        let mut ancestors: BTreeMap<String, Value> = BTreeMap::new();
+        let mut add = |ancestor: Value, cond: Condition| {
+            let k = ancestor.to_string();
+            ancestors.entry(k).or_insert_with(|| {
+                json!({
+                    "ancestorRef": ancestor,
+                    "controllerName": opts.controller_name,
+                    "conditions": conditions_json(std::slice::from_ref(&cond), generation),
+                })
+            });
+        };
+        let base = if !st.problems.is_empty() {
+            Condition::new("Accepted", false, "Invalid", st.problems.join("; "))
+        } else if !st.unavailable.is_empty() {
+            let msgs: Vec<String> = st
+                .unavailable
+                .iter()
+                .map(|(m, open)| format!("{m} (failOpen: {open})"))
+                .collect();
+            Condition::new("Accepted", false, "Invalid", msgs.join("; "))
+        } else {
+            Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
+        };
+        for t in &st.targets {
+            let cond = match pols.winners.get(t) {
+                Some(w) if w != &(ns.clone(), name.clone()) => Condition::new(
+                    "Accepted",
+                    false,
+                    "Conflicted",
+                    format!(
+                        "EnvoyExtensionPolicy {}/{} is older and targets the same resource",
+                        w.0, w.1
+                    ),
+                ),
+                _ => base.clone(),
+            };
+            match t {
+                TargetKey::Gateway((gns, gname), section) => {
+                    add(gateway_ref_json(gns, gname, section.as_deref()), cond)
+                }
+                TargetKey::Route(rkey, _) => {
+                    let mut any = false;
+                    if let Some(route) = res.http_routes.get(rkey) {
+                        for pr in &route.spec.parent_refs {
+                            let pns = pr.namespace.clone().unwrap_or_else(|| rkey.0.clone());
+                            if pr.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                                && gateways.contains_key(&(pns.clone(), pr.name.clone()))
+                            {
+                                any = true;
+                                add(
+                                    gateway_ref_json(&pns, &pr.name, pr.section_name.as_deref()),
+                                    cond.clone(),
+                                );
+                            }
+                        }
+                    }
+                    if !any {
+                        add(
+                            json!({"group": GATEWAY_GROUP, "kind": "HTTPRoute", "namespace": rkey.0, "name": rkey.1}),
+                            cond,
+                        );
+                    }
+                }
+            }
+        }
+        for (r, msg) in &st.not_found {
+            let mut a = json!({"group": r.group, "kind": r.kind, "namespace": ns, "name": r.name});
+            if let (Some(s), Some(o)) = (&r.section_name, a.as_object_mut()) {
+                o.insert("sectionName".into(), json!(s));
+            }
+            add(
+                a,
+                Condition::new("Accepted", false, "TargetNotFound", msg.clone()),
+            );
+        }
+        out.push(ResourceStatus {
+            api_version: format!("{EG_GROUP}/v1alpha1"),
+            kind: "EnvoyExtensionPolicy".into(),
+            metadata: ObjectRef {
+                namespace: Some(ns.clone()),
+                name: name.clone(),
+            },
+            status: json!({ "ancestors": ancestors.into_values().collect::<Vec<_>>() }),
+        });
+    }
+    out
+}

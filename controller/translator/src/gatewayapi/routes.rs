@@ -1,0 +1,602 @@
+//! HTTPRoutes: rules -> IR routes, attachment to listeners, precedence, route statuses, and the
+//! per-Gateway IR.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use super::listeners::{namespace_allowed, GatewayState};
+use super::policies::Policies;
+use super::{age_key, backends, duration, hostname, unsupported_condition, GatewayMap};
+use crate::ir::{
+    ActionIr, ChainIr, ClusterIr, FilterIr, GatewayIr, HeaderOpsIr, MirrorIr, PathMatchIr,
+    PathRewriteIr, PortIr, Protocol, RouteIr, ValueMatchIr, VirtualHostIr, WeightedCluster,
+};
+use crate::resources::{
+    HeaderModifier, HttpRouteRule, HttpRouteSpec, NsName, Object, PathModifier, Resources,
+    GATEWAY_GROUP,
+};
+use crate::status::{conditions_json, Condition, ObjectRef, ResourceStatus};
+use crate::TranslateOptions;
+
+pub struct Attachment {
+    pub gateway: NsName,
+    pub listener: usize,
+    pub route: NsName,
+    pub hostnames: Vec<String>,
+}
+
+pub struct TranslatedRoute {
+    pub age: super::AgeKey,
+    /// Per rule: its name and one IR route per match.
+    pub rules: Vec<(Option<String>, Vec<RouteIr>)>,
+    pub clusters: Vec<ClusterIr>,
+}
+
+pub struct RouteOutput {
+    pub statuses: Vec<ResourceStatus>,
+    pub attachments: Vec<Attachment>,
+    pub routes: BTreeMap<NsName, TranslatedRoute>,
+}
+
+fn header_ops(m: &HeaderModifier, ops: &mut HeaderOpsIr) {
+    ops.set
+        .extend(m.set.iter().map(|h| (h.name.clone(), h.value.clone())));
+    ops.add
+        .extend(m.add.iter().map(|h| (h.name.clone(), h.value.clone())));
+    ops.remove.extend(m.remove.iter().cloned());
+}
+
+fn path_rewrite(p: &PathModifier, path: &PathMatchIr) -> Option<PathRewriteIr> {
+    match p.type_.as_str() {
+        "ReplaceFullPath" => p.replace_full_path.clone().map(PathRewriteIr::Full),
+        "ReplacePrefixMatch" => {
+            let replacement = p.replace_prefix_match.clone().unwrap_or_else(|| "/".into());
+            Some(match path {
+                PathMatchIr::Prefix(prefix) => PathRewriteIr::Prefix {
+                    prefix: prefix.clone(),
+                    replacement,
+                },
+                // The CRD only allows ReplacePrefixMatch with PathPrefix; be lenient otherwise.
+                _ => PathRewriteIr::Full(replacement),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Translates the rules of one route: (rules, clusters, ResolvedRefs condition, unsupported).
+/// A translated route's rules, its clusters, its ResolvedRefs condition and unsupported fields.
+struct RulesOutput {
+    rules: Vec<(Option<String>, Vec<RouteIr>)>,
+    clusters: Vec<ClusterIr>,
+    resolved: Condition,
+    unsupported: Vec<String>,
+}
+
+fn translate_rules(res: &Resources, route: &Object<HttpRouteSpec>) -> RulesOutput {
+    let ns = route.namespace().to_string();
+    let mut clusters: Vec<ClusterIr> = Vec::new();
+    let mut ref_errors: Vec<(&'static str, String)> = Vec::new();
+    let mut unsupported: Vec<String> = Vec::new();
+    let mut rules_out = Vec::new();
+    let add_cluster = |c: ClusterIr, clusters: &mut Vec<ClusterIr>| {
+        if !clusters.iter().any(|x| x.name == c.name) {
+            clusters.push(c);
+        }
+    };
+    for (ri, rule) in route.spec.rules.iter().enumerate() {
+        let HttpRouteRule {
+            name,
+            matches,
+            filters,
+            backend_refs,
+            timeouts,
+        } = rule;
+        let mut req = HeaderOpsIr::default();
+        let mut resp = HeaderOpsIr::default();
+        let mut redirect = None;
+        let mut rewrite = None;
+        let mut mirrors = Vec::new();
+        let mut broken = false;
+        for (fi, f) in filters.iter().enumerate() {
+            match f.type_.as_str() {
+                "RequestHeaderModifier" => header_ops(
+                    &f.request_header_modifier.clone().unwrap_or_default(),
+                    &mut req,
+                ),
+                "ResponseHeaderModifier" => header_ops(
+                    &f.response_header_modifier.clone().unwrap_or_default(),
+                    &mut resp,
+                ),
+                "RequestRedirect" => redirect = f.request_redirect.clone(),
+                "URLRewrite" => rewrite = f.url_rewrite.clone(),
+                "RequestMirror" => {
+                    let Some(m) = &f.request_mirror else { continue };
+                    match backends::resolve(res, &ns, &m.backend_ref) {
+                        Ok(c) => {
+                            let per_million = match (&m.fraction, m.percent) {
+                                (Some(fr), _) => {
+                                    let d = u64::from(fr.denominator.unwrap_or(100).max(1));
+                                    (u64::from(fr.numerator) * 1_000_000 / d).min(1_000_000) as u32
+                                }
+                                (None, Some(p)) => p.min(100) * 10_000,
+                                (None, None) => 1_000_000,
+                            };
+                            mirrors.push(MirrorIr {
+                                cluster: c.name.clone(),
+                                per_million,
+                            });
+                            add_cluster(c, &mut clusters);
+                        }
+                        Err(e) => ref_errors.push(e),
+                    }
+                }
+                other => {
+                    // Requests this filter would have processed must not pass unfiltered.
+                    unsupported.push(format!(
+                        "spec.rules.{ri}.filters.{fi} (type {other}; the rule answers 500)"
+                    ));
+                    broken = true;
+                }
+            }
+        }
+        let mut weighted = Vec::new();
+        for (bi, b) in backend_refs.iter().enumerate() {
+            if !b.filters.is_empty() {
+                unsupported.push(format!(
+                    "spec.rules.{ri}.backendRefs.{bi}.filters (the rule answers 500)"
+                ));
+                broken = true;
+            }
+            match backends::resolve(res, &ns, &b.object_ref()) {
+                Ok(c) => {
+                    let weight = b.weight.unwrap_or(1);
+                    if weight > 0 {
+                        weighted.push(WeightedCluster {
+                            cluster: c.name.clone(),
+                            weight,
+                        });
+                    }
+                    add_cluster(c, &mut clusters);
+                }
+                Err(e) => ref_errors.push(e),
+            }
+        }
+        let timeout_ms = timeouts
+            .as_ref()
+            .and_then(|t| t.request.as_deref())
+            .and_then(duration::parse_ms);
+        let backend_timeout_ms = timeouts
+            .as_ref()
+            .and_then(|t| t.backend_request.as_deref())
+            .and_then(duration::parse_ms);
+
+        let default_match = [crate::resources::HttpRouteMatch::default()];
+        let ms = if matches.is_empty() {
+            &default_match[..]
+        } else {
+            &matches[..]
+        };
+        let mut irs = Vec::new();
+        for (mi, m) in ms.iter().enumerate() {
+            let pm = m.path.clone().unwrap_or_default();
+            let value = pm.value.clone().unwrap_or_else(|| "/".into());
+            let path = match pm.type_.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => PathMatchIr::Exact(value),
+                "RegularExpression" => PathMatchIr::Regex(value),
+                _ => PathMatchIr::Prefix(value),
+            };
+            let vm = |v: &crate::resources::ValueMatch| ValueMatchIr {
+                name: v.name.clone(),
+                value: v.value.clone(),
+                regex: v.type_.as_deref() == Some("RegularExpression"),
+            };
+            let action = if broken {
+                ActionIr::Direct {
+                    status: 500,
+                    body: String::new(),
+                }
+            } else if let Some(r) = &redirect {
+                ActionIr::Redirect {
+                    scheme: r.scheme.clone(),
+                    host: r.hostname.clone(),
+                    // Spec: a scheme change without a port goes to the scheme's well-known
+                    // port, which Envoy then leaves out of the Location header.
+                    port: r.port.or(match r.scheme.as_deref() {
+                        Some("https") => Some(443),
+                        Some("http") => Some(80),
+                        _ => None,
+                    }),
+                    path: r.path.as_ref().and_then(|p| path_rewrite(p, &path)),
+                    status: r.status_code.unwrap_or(302),
+                }
+            } else if weighted.is_empty() {
+                // No backendRefs, all invalid, or all weight 0: the spec asks for a 500.
+                ActionIr::Direct {
+                    status: 500,
+                    body: String::new(),
+                }
+            } else {
+                ActionIr::Forward {
+                    backends: weighted.clone(),
+                    host_rewrite: rewrite.as_ref().and_then(|r| r.hostname.clone()),
+                    path_rewrite: rewrite
+                        .as_ref()
+                        .and_then(|r| r.path.as_ref())
+                        .and_then(|p| path_rewrite(p, &path)),
+                }
+            };
+            irs.push(RouteIr {
+                name: format!("httproute/{ns}/{}/rule/{ri}/match/{mi}", route.name()),
+                path,
+                headers: m.headers.iter().map(vm).collect(),
+                query_params: m.query_params.iter().map(vm).collect(),
+                method: m.method.clone(),
+                action,
+                request_headers: req.clone(),
+                response_headers: resp.clone(),
+                mirrors: mirrors.clone(),
+                timeout_ms,
+                backend_timeout_ms,
+                enabled_filters: vec![],
+                route_namespace: ns.clone(),
+                route_name: route.name().to_string(),
+                rule_name: name.clone(),
+            });
+        }
+        rules_out.push((name.clone(), irs));
+    }
+    let resolved = match ref_errors.first() {
+        None => Condition::new(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "All references are resolved.",
+        ),
+        Some((reason, _)) => {
+            let msgs: Vec<_> = ref_errors.iter().map(|e| e.1.clone()).collect();
+            Condition::new("ResolvedRefs", false, reason, msgs.join("; "))
+        }
+    };
+    RulesOutput {
+        rules: rules_out,
+        clusters,
+        resolved,
+        unsupported,
+    }
+}
+
+pub fn translate_routes(
+    res: &Resources,
+    opts: &TranslateOptions,
+    gateways: &mut GatewayMap,
+) -> RouteOutput {
+    let mut out = RouteOutput {
+        statuses: vec![],
+        attachments: vec![],
+        routes: BTreeMap::new(),
+    };
+    for (key, route) in &res.http_routes {
+        let (ns, name) = key;
+        let generation = route.meta.generation;
+        let RulesOutput {
+            rules,
+            clusters,
+            resolved,
+            mut unsupported,
+        } = translate_rules(res, route);
+        unsupported.extend(route.unsupported.iter().cloned());
+        let mut parents = Vec::new();
+        let mut seen_refs = BTreeSet::new();
+        let mut attached_to: BTreeSet<(NsName, usize)> = BTreeSet::new();
+        for pr in &route.spec.parent_refs {
+            if pr.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
+                || pr.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+            {
+                continue;
+            }
+            let pr_json = serde_json::to_value(pr).unwrap_or_default();
+            if !seen_refs.insert(pr_json.to_string()) {
+                continue;
+            }
+            let gkey = (
+                pr.namespace.clone().unwrap_or_else(|| ns.clone()),
+                pr.name.clone(),
+            );
+            let accepted = match gateways.get_mut(&gkey) {
+                None if res.gateways.contains_key(&gkey) => continue, // another controller's Gateway
+                None => Condition::new(
+                    "Accepted",
+                    false,
+                    "NoMatchingParent",
+                    format!("Gateway {}/{} not found", gkey.0, gkey.1),
+                ),
+                Some(gw) => attach(
+                    res,
+                    key,
+                    route,
+                    &gkey,
+                    gw,
+                    pr,
+                    &mut out.attachments,
+                    &mut attached_to,
+                ),
+            };
+            let mut conds = vec![accepted, resolved.clone()];
+            conds.extend(unsupported_condition(&unsupported));
+            parents.push(json!({
+                "parentRef": pr_json,
+                "controllerName": opts.controller_name,
+                "conditions": conditions_json(&conds, generation),
+            }));
+        }
+        if !parents.is_empty() {
+            out.statuses.push(ResourceStatus {
+                api_version: format!("{GATEWAY_GROUP}/v1"),
+                kind: "HTTPRoute".into(),
+                metadata: ObjectRef {
+                    namespace: Some(ns.clone()),
+                    name: name.clone(),
+                },
+                status: json!({ "parents": parents }),
+            });
+        }
+        out.routes.insert(
+            key.clone(),
+            TranslatedRoute {
+                age: age_key(&route.meta, ns),
+                rules,
+                clusters,
+            },
+        );
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attach(
+    res: &Resources,
+    key: &NsName,
+    route: &Object<HttpRouteSpec>,
+    gkey: &NsName,
+    gw: &mut GatewayState,
+    pr: &crate::resources::ParentRef,
+    attachments: &mut Vec<Attachment>,
+    attached_to: &mut BTreeSet<(NsName, usize)>,
+) -> Condition {
+    let mut failures: Vec<(&str, String)> = Vec::new();
+    let mut any = false;
+    let mut candidates = 0;
+    for (i, l) in gw.listeners.iter_mut().enumerate() {
+        if pr.section_name.as_ref().is_some_and(|s| s != &l.name)
+            || pr.port.is_some_and(|p| p != l.port)
+        {
+            continue;
+        }
+        candidates += 1;
+        if !l.ready {
+            failures.push((
+                "NoMatchingParent",
+                format!("listener {} is not ready", l.name),
+            ));
+            continue;
+        }
+        if !l.allows_http_route {
+            failures.push((
+                "NotAllowedByListeners",
+                format!("listener {} does not allow the HTTPRoute kind", l.name),
+            ));
+            continue;
+        }
+        if !namespace_allowed(res, l, &gkey.0, &key.0) {
+            failures.push((
+                "NotAllowedByListeners",
+                format!(
+                    "listener {} does not allow routes from namespace {}",
+                    l.name, key.0
+                ),
+            ));
+            continue;
+        }
+        let Some(hostnames) = hostname::intersect(l.hostname.as_deref(), &route.spec.hostnames)
+        else {
+            failures.push((
+                "NoMatchingListenerHostname",
+                format!("no route hostname matches listener {} hostname", l.name),
+            ));
+            continue;
+        };
+        any = true;
+        if attached_to.insert((gkey.clone(), i)) {
+            l.attached_routes += 1;
+            attachments.push(Attachment {
+                gateway: gkey.clone(),
+                listener: i,
+                route: key.clone(),
+                hostnames,
+            });
+        }
+    }
+    if any {
+        return Condition::new("Accepted", true, "Accepted", "Route is accepted.");
+    }
+    if candidates == 0 {
+        return Condition::new(
+            "Accepted",
+            false,
+            "NoMatchingParent",
+            "no listener matches the parentRef sectionName/port",
+        );
+    }
+    // Report the most telling failure.
+    for reason in [
+        "NotAllowedByListeners",
+        "NoMatchingListenerHostname",
+        "NoMatchingParent",
+    ] {
+        let msgs: Vec<_> = failures
+            .iter()
+            .filter(|f| f.0 == reason)
+            .map(|f| f.1.clone())
+            .collect();
+        if !msgs.is_empty() {
+            return Condition::new("Accepted", false, reason, msgs.join("; "));
+        }
+    }
+    Condition::new(
+        "Accepted",
+        false,
+        "NoMatchingParent",
+        "no listener accepted the route",
+    )
+}
+
+type PrecedenceKey = (
+    u8,
+    Reverse<usize>,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+    (String, String, String),
+    usize,
+    usize,
+);
+
+fn precedence(r: &RouteIr, age: &super::AgeKey, rule: usize, m: usize) -> PrecedenceKey {
+    // Spec order: exact path, longest prefix, method, most headers, most query params, then
+    // oldest route, then namespace/name, then rule order. Regex sits between exact and prefix,
+    // as Envoy Gateway orders it.
+    let (rank, len) = match &r.path {
+        PathMatchIr::Exact(p) => (0, p.len()),
+        PathMatchIr::Regex(p) => (1, p.len()),
+        PathMatchIr::Prefix(p) => (2, p.trim_end_matches('/').len()),
+    };
+    (
+        rank,
+        Reverse(len),
+        r.method.is_none(),
+        Reverse(r.headers.len()),
+        Reverse(r.query_params.len()),
+        age.clone(),
+        rule,
+        m,
+    )
+}
+
+pub fn build_gateway_ir(
+    key: &NsName,
+    gw: &GatewayState,
+    routes: &RouteOutput,
+    pols: &Policies,
+) -> GatewayIr {
+    let (ns, name) = key;
+    let mut ir = GatewayIr {
+        namespace: ns.clone(),
+        name: name.clone(),
+        ..Default::default()
+    };
+    let mut used_filters: BTreeMap<(NsName, usize), FilterIr> = BTreeMap::new();
+
+    let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, l) in gw.listeners.iter().enumerate() {
+        if l.ready {
+            ports.entry(l.port).or_default().push(i);
+        }
+    }
+    for (port, idxs) in ports {
+        let protocol = gw.listeners[idxs[0]].protocol.unwrap_or(Protocol::Http);
+        let groups: Vec<(String, Vec<usize>)> = match protocol {
+            Protocol::Http => vec![(format!("{ns}/{name}/{port}"), idxs.clone())],
+            Protocol::Https => idxs
+                .iter()
+                .map(|&i| (format!("{ns}/{name}/{}", gw.listeners[i].name), vec![i]))
+                .collect(),
+        };
+        let mut chains = Vec::new();
+        for (chain_name, members) in groups {
+            let mut vhosts: BTreeMap<String, Vec<(PrecedenceKey, RouteIr)>> = BTreeMap::new();
+            for a in routes
+                .attachments
+                .iter()
+                .filter(|a| &a.gateway == key && members.contains(&a.listener))
+            {
+                let Some(tr) = routes.routes.get(&a.route) else {
+                    continue;
+                };
+                let listener = &gw.listeners[a.listener];
+                for c in &tr.clusters {
+                    ir.clusters.insert(c.name.clone(), c.clone());
+                }
+                for (ri, (rule_name, irs)) in tr.rules.iter().enumerate() {
+                    let policy =
+                        pols.effective(&a.route, rule_name.as_deref(), key, &listener.name);
+                    for (mi, r) in irs.iter().enumerate() {
+                        let mut r = r.clone();
+                        if let Some(p) = policy {
+                            if p.blocks() {
+                                r.action = ActionIr::Direct {
+                                    status: 500,
+                                    body: String::new(),
+                                };
+                                r.mirrors.clear();
+                            } else {
+                                let pkey = p.obj.key();
+                                for (fi, f) in p.filters.iter().enumerate() {
+                                    r.enabled_filters.push(f.name().to_string());
+                                    used_filters.insert((pkey.clone(), fi), f.clone());
+                                }
+                                for c in &p.clusters {
+                                    ir.clusters.insert(c.name.clone(), c.clone());
+                                }
+                            }
+                        }
+                        let k = precedence(&r, &tr.age, ri, mi);
+                        for h in &a.hostnames {
+                            let v = vhosts.entry(h.clone()).or_default();
+                            if !v.iter().any(|(_, x)| x.name == r.name) {
+                                v.push((k.clone(), r.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            let virtual_hosts = vhosts
+                .into_iter()
+                .map(|(h, mut rs)| {
+                    rs.sort_by(|a, b| a.0.cmp(&b.0));
+                    VirtualHostIr {
+                        name: format!("{chain_name}/{h}"),
+                        domains: vec![h],
+                        routes: rs.into_iter().map(|(_, r)| r).collect(),
+                    }
+                })
+                .collect();
+            let (server_names, certificates) = match protocol {
+                Protocol::Http => (vec![], vec![]),
+                Protocol::Https => {
+                    let l = &gw.listeners[members[0]];
+                    (l.hostname.iter().cloned().collect(), l.certificates.clone())
+                }
+            };
+            chains.push(ChainIr {
+                name: chain_name,
+                server_names,
+                certificates,
+                virtual_hosts,
+            });
+        }
+        // SNI-specific chains first, the catch-all last: keeps the listener readable.
+        chains.sort_by(|a, b| {
+            (a.server_names.is_empty(), &a.name).cmp(&(b.server_names.is_empty(), &b.name))
+        });
+        ir.ports.push(PortIr {
+            port,
+            protocol,
+            chains,
+        });
+    }
+    ir.filters = used_filters.into_values().collect();
+    ir
+}

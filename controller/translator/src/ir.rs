@@ -1,0 +1,227 @@
+//! Intermediate representation: what each managed Envoy should do, in terms independent of both
+//! Gateway API and Envoy protos. Built by [`crate::gatewayapi`], consumed by [`crate::xds`].
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ir {
+    /// Keyed by [`crate::xds::snapshot::node_id`].
+    pub gateways: BTreeMap<String, GatewayIr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GatewayIr {
+    pub namespace: String,
+    pub name: String,
+    pub ports: Vec<PortIr>,
+    pub clusters: BTreeMap<String, ClusterIr>,
+    /// HCM filters in chain order (before the router). Each is disabled by default and enabled
+    /// per route.
+    pub filters: Vec<FilterIr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+impl Protocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+        }
+    }
+}
+
+/// One Envoy listener (one port).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PortIr {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub chains: Vec<ChainIr>,
+}
+
+/// One filter chain with its own route configuration. HTTP ports have one chain; HTTPS ports
+/// have one per Gateway listener, selected by SNI.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainIr {
+    /// Also the route configuration name.
+    pub name: String,
+    pub server_names: Vec<String>,
+    pub certificates: Vec<CertificateIr>,
+    pub virtual_hosts: Vec<VirtualHostIr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CertificateIr {
+    /// `namespace/name` of the Secret.
+    pub name: String,
+    pub cert_pem: String,
+    #[serde(skip)]
+    pub key_pem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VirtualHostIr {
+    pub name: String,
+    pub domains: Vec<String>,
+    /// Already in precedence order.
+    pub routes: Vec<RouteIr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum PathMatchIr {
+    Exact(String),
+    /// Gateway API PathPrefix: matches whole path segments.
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValueMatchIr {
+    pub name: String,
+    pub value: String,
+    pub regex: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HeaderOpsIr {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderOpsIr {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum PathRewriteIr {
+    Full(String),
+    /// Replace the matched `prefix` with `replacement`, Gateway API semantics.
+    Prefix {
+        prefix: String,
+        replacement: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ActionIr {
+    Forward {
+        backends: Vec<WeightedCluster>,
+        host_rewrite: Option<String>,
+        path_rewrite: Option<PathRewriteIr>,
+    },
+    Redirect {
+        scheme: Option<String>,
+        host: Option<String>,
+        port: Option<u16>,
+        path: Option<PathRewriteIr>,
+        status: u32,
+    },
+    Direct {
+        status: u32,
+        body: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MirrorIr {
+    pub cluster: String,
+    /// Fraction of requests, per million.
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteIr {
+    /// Unique within the route configuration: `httproute/<ns>/<name>/rule/<i>/match/<j>`.
+    pub name: String,
+    pub path: PathMatchIr,
+    pub headers: Vec<ValueMatchIr>,
+    pub query_params: Vec<ValueMatchIr>,
+    pub method: Option<String>,
+    pub action: ActionIr,
+    pub request_headers: HeaderOpsIr,
+    pub response_headers: HeaderOpsIr,
+    pub mirrors: Vec<MirrorIr>,
+    pub timeout_ms: Option<u64>,
+    pub backend_timeout_ms: Option<u64>,
+    /// Names of HCM filters ([`FilterIr::name`]) enabled on this route.
+    pub enabled_filters: Vec<String>,
+    pub route_namespace: String,
+    pub route_name: String,
+    pub rule_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum EndpointIr {
+    Socket { address: String, port: u16 },
+    Pipe { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ClusterKind {
+    /// Endpoints delivered as a ClusterLoadAssignment over ADS.
+    Eds(Vec<EndpointIr>),
+    /// Hostnames resolved by Envoy.
+    StrictDns(Vec<EndpointIr>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterIr {
+    pub name: String,
+    pub kind: ClusterKind,
+    /// Upstream TLS with this SNI (wasm fetch over https).
+    pub tls_sni: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum FilterIr {
+    Wasm(WasmFilterIr),
+    Lua(LuaFilterIr),
+}
+
+impl FilterIr {
+    pub fn name(&self) -> &str {
+        match self {
+            FilterIr::Wasm(w) => &w.name,
+            FilterIr::Lua(l) => &l.name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WasmFilterIr {
+    /// HCM filter name: `envoy.filters.http.wasm/envoyextensionpolicy/<ns>/<policy>/<index>`.
+    pub name: String,
+    pub plugin_name: String,
+    pub root_id: String,
+    /// The module digest: VMs are shared per module.
+    pub vm_id: String,
+    pub url: String,
+    pub fetch_cluster: String,
+    pub sha256: String,
+    /// `wasm[].config` as a JSON string (empty when absent).
+    pub configuration: String,
+    pub fail_open: bool,
+    pub host_env_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LuaFilterIr {
+    /// HCM filter name: `envoy.filters.http.lua/envoyextensionpolicy/<ns>/<policy>/<index>`.
+    pub name: String,
+    pub code: String,
+}

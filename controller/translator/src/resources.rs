@@ -1,0 +1,910 @@
+//! Resource model: the Kubernetes objects the translator reads, as lenient serde structs.
+//!
+//! We use our own structs rather than the `gateway-api` crate: that crate pulls kube and
+//! k8s-openapi into a crate that must stay pure and light, and our structs let us record every
+//! field we do not implement (via `serde_ignored`) so statuses can say so instead of silently
+//! dropping it.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// `(namespace, name)`.
+pub type NsName = (String, String);
+
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const EG_GROUP: &str = "gateway.envoyproxy.io";
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub generation: Option<i64>,
+    pub creation_timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: String,
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let val = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => val.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => !val.is_some_and(|v| e.values.contains(v)),
+                    "Exists" => val.is_some(),
+                    "DoesNotExist" => val.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+// ---------------------------------------------------------------- Gateway API
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayClassSpec {
+    pub controller_name: String,
+    pub parameters_ref: Option<Value>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewaySpec {
+    pub gateway_class_name: String,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Listener {
+    pub name: String,
+    pub hostname: Option<String>,
+    pub port: u16,
+    pub protocol: String,
+    pub tls: Option<ListenerTls>,
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListenerTls {
+    pub mode: Option<String>,
+    pub certificate_refs: Vec<ObjectRef>,
+    pub options: BTreeMap<String, String>,
+}
+
+/// A typed reference (SecretObjectReference, BackendObjectReference, LocalObjectReference...).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ObjectRef {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AllowedRoutes {
+    pub namespaces: Option<RouteNamespaces>,
+    pub kinds: Vec<GroupKind>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteNamespaces {
+    pub from: Option<String>,
+    pub selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GroupKind {
+    pub group: Option<String>,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteSpec {
+    pub parent_refs: Vec<ParentRef>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<HttpRouteRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ParentRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteRule {
+    pub name: Option<String>,
+    pub matches: Vec<HttpRouteMatch>,
+    pub filters: Vec<HttpRouteFilter>,
+    pub backend_refs: Vec<HttpBackendRef>,
+    pub timeouts: Option<HttpRouteTimeouts>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteMatch {
+    pub path: Option<PathMatch>,
+    pub headers: Vec<ValueMatch>,
+    pub query_params: Vec<ValueMatch>,
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PathMatch {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ValueMatch {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteFilter {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub request_header_modifier: Option<HeaderModifier>,
+    pub response_header_modifier: Option<HeaderModifier>,
+    pub request_redirect: Option<RequestRedirect>,
+    #[serde(rename = "urlRewrite")]
+    pub url_rewrite: Option<UrlRewrite>,
+    pub request_mirror: Option<RequestMirror>,
+    // Known filter types we do not implement: parsed so they are reported by type, not as
+    // unknown fields.
+    pub extension_ref: Option<Value>,
+    pub cors: Option<Value>,
+    pub external_auth: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HeaderModifier {
+    pub set: Vec<NameValue>,
+    pub add: Vec<NameValue>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RequestRedirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+    pub port: Option<u16>,
+    pub status_code: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PathModifier {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub replace_full_path: Option<String>,
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RequestMirror {
+    pub backend_ref: ObjectRef,
+    pub percent: Option<u32>,
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Fraction {
+    pub numerator: u32,
+    pub denominator: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpBackendRef {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<u16>,
+    pub weight: Option<u32>,
+    pub filters: Vec<HttpRouteFilter>,
+}
+
+impl HttpBackendRef {
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            port: self.port,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteTimeouts {
+    pub request: Option<String>,
+    pub backend_request: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReferenceGrantSpec {
+    pub from: Vec<ReferenceGrantFrom>,
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReferenceGrantFrom {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReferenceGrantTo {
+    pub group: String,
+    pub kind: String,
+    pub name: Option<String>,
+}
+
+// ---------------------------------------------------------------- core kinds
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceSpec {
+    pub ports: Vec<ServicePort>,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: Option<Value>,
+    pub protocol: Option<String>,
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EndpointSliceBody {
+    pub address_type: Option<String>,
+    pub endpoints: Vec<SliceEndpoint>,
+    pub ports: Vec<SlicePort>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<String>,
+    pub conditions: Option<SliceConditions>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SliceConditions {
+    pub ready: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SlicePort {
+    pub name: Option<String>,
+    pub port: Option<u16>,
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecretBody {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub data: BTreeMap<String, String>,
+    pub string_data: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConfigMapBody {
+    pub data: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------- Envoy Gateway
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendSpec {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub endpoints: Vec<BackendEndpoint>,
+    pub app_protocols: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendEndpoint {
+    pub ip: Option<HostPort>,
+    pub fqdn: Option<HostPort>,
+    pub unix: Option<UnixSocket>,
+    pub zone: Option<String>,
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HostPort {
+    #[serde(alias = "hostname")]
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UnixSocket {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvoyExtensionPolicySpec {
+    pub target_ref: Option<PolicyTargetRef>,
+    pub target_refs: Vec<PolicyTargetRef>,
+    pub target_selectors: Vec<TargetSelector>,
+    pub wasm: Vec<WasmSpec>,
+    pub lua: Vec<LuaSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PolicyTargetRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TargetSelector {
+    pub group: Option<String>,
+    pub kind: String,
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WasmSpec {
+    pub name: Option<String>,
+    #[serde(rename = "rootID")]
+    pub root_id: Option<String>,
+    pub code: WasmCode,
+    pub config: Option<Value>,
+    pub fail_open: Option<bool>,
+    pub env: Option<WasmEnv>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WasmCode {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub http: Option<WasmHttpCode>,
+    pub image: Option<WasmImageCode>,
+    pub pull_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WasmHttpCode {
+    pub url: String,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WasmImageCode {
+    pub url: String,
+    pub sha256: Option<String>,
+    pub pull_secret_ref: Option<ObjectRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WasmEnv {
+    pub host_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LuaSpec {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub inline: Option<String>,
+    pub value_ref: Option<ObjectRef>,
+}
+
+// ---------------------------------------------------------------- objects
+
+/// One parsed object: metadata, typed body, and the `spec.*` fields we did not model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object<T> {
+    pub meta: ObjectMeta,
+    pub spec: T,
+    /// Paths (e.g. `spec.rules.0.retry`) present in the manifest that this controller ignores.
+    pub unsupported: Vec<String>,
+    /// `file#index` it came from.
+    pub source: String,
+}
+
+impl<T> Object<T> {
+    pub fn namespace(&self) -> &str {
+        self.meta.namespace.as_deref().unwrap_or("default")
+    }
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+    pub fn key(&self) -> NsName {
+        (self.namespace().to_string(), self.meta.name.clone())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    GatewayClass(Object<GatewayClassSpec>),
+    Gateway(Object<GatewaySpec>),
+    HttpRoute(Object<HttpRouteSpec>),
+    ReferenceGrant(Object<ReferenceGrantSpec>),
+    Service(Object<ServiceSpec>),
+    EndpointSlice(Object<EndpointSliceBody>),
+    Secret(Object<SecretBody>),
+    ConfigMap(Object<ConfigMapBody>),
+    Namespace(Object<()>),
+    Backend(Object<BackendSpec>),
+    EnvoyExtensionPolicy(Object<EnvoyExtensionPolicySpec>),
+    /// A kind this controller does not read; kept so callers can report it.
+    Other {
+        api_version: String,
+        kind: String,
+        meta: ObjectMeta,
+        source: String,
+    },
+}
+
+/// A document that could not be read. The other documents of the file still load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name} document {index}: {reason}")]
+pub struct LoadError {
+    pub source_name: String,
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Splits a multi-document YAML stream at `---` lines, so a broken document cannot take down
+/// the documents after it.
+fn split_documents(yaml: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in yaml.lines() {
+        let is_sep = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if is_sep {
+            docs.push(String::new());
+            // `--- {inline}` keeps the content after the marker.
+            let rest = line[3..].trim();
+            if !rest.is_empty() {
+                let d = docs.last_mut();
+                if let Some(d) = d {
+                    d.push_str(rest);
+                    d.push('\n');
+                }
+            }
+        } else if line == "..." {
+            continue;
+        } else if let Some(d) = docs.last_mut() {
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    docs
+}
+
+/// Parses a multi-document YAML stream. Empty documents, and documents with neither
+/// `apiVersion` nor `kind` (not Kubernetes objects), are skipped; a bad document yields a
+/// [`LoadError`] and the rest still load. `kind: List` documents are flattened.
+pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<LoadError>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (index, doc) in split_documents(yaml).into_iter().enumerate() {
+        let err = |reason: String| LoadError {
+            source_name: source_name.to_string(),
+            index,
+            reason,
+        };
+        let value: Value = match serde_yaml::from_str::<Option<Value>>(&doc) {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(err(format!("invalid YAML: {e}")));
+                continue;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        // Not a Kubernetes object at all (an Envoy or compose config next to the manifests).
+        if value.get("apiVersion").is_none() && value.get("kind").is_none() {
+            continue;
+        }
+        let items = if value.get("kind").and_then(Value::as_str) == Some("List") {
+            value
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            vec![value]
+        };
+        for item in items {
+            match parse_object(&format!("{source_name}#{index}"), item) {
+                Ok(r) => out.push(r),
+                Err(reason) => errors.push(err(reason)),
+            }
+        }
+    }
+    (out, errors)
+}
+
+fn typed<T: DeserializeOwned>(
+    source: &str,
+    v: Value,
+    report_unknown: bool,
+) -> Result<Object<T>, String> {
+    #[derive(Deserialize)]
+    struct Meta {
+        metadata: ObjectMeta,
+    }
+    let meta: Meta =
+        serde_json::from_value(v.clone()).map_err(|e| format!("invalid metadata: {e}"))?;
+    if meta.metadata.name.is_empty() {
+        return Err("metadata.name is required".into());
+    }
+    // The body is `spec` for custom resources and the whole object for core kinds.
+    let (body, prefix) = match v.get("spec") {
+        Some(spec) if report_unknown => (spec.clone(), "spec"),
+        _ => (v, ""),
+    };
+    let mut unsupported = Vec::new();
+    let spec: T = serde_ignored::deserialize(body, |path| {
+        let p = path.to_string();
+        if report_unknown {
+            unsupported.push(if prefix.is_empty() {
+                p
+            } else {
+                format!("{prefix}.{p}")
+            });
+        }
+    })
+    .map_err(|e| {
+        format!(
+            "invalid {}: {e}",
+            if prefix.is_empty() { "object" } else { prefix }
+        )
+    })?;
+    unsupported.sort();
+    Ok(Object {
+        meta: meta.metadata,
+        spec,
+        unsupported,
+        source: source.to_string(),
+    })
+}
+
+fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
+    let api_version = v
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kind = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if api_version.is_empty() || kind.is_empty() {
+        return Err("apiVersion and kind are required".into());
+    }
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    let spec_of = |v: Value| -> Value {
+        // Custom resources without a spec still parse (all fields default).
+        let mut v = v;
+        if let Some(o) = v.as_object_mut() {
+            o.entry("spec")
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+        v
+    };
+    Ok(match (group, kind.as_str()) {
+        (GATEWAY_GROUP, "GatewayClass") => Resource::GatewayClass(typed(source, spec_of(v), true)?),
+        (GATEWAY_GROUP, "Gateway") => Resource::Gateway(typed(source, spec_of(v), true)?),
+        (GATEWAY_GROUP, "HTTPRoute") => Resource::HttpRoute(typed(source, spec_of(v), true)?),
+        (GATEWAY_GROUP, "ReferenceGrant") => {
+            Resource::ReferenceGrant(typed(source, spec_of(v), true)?)
+        }
+        (EG_GROUP, "Backend") => Resource::Backend(typed(source, spec_of(v), true)?),
+        (EG_GROUP, "EnvoyExtensionPolicy") => {
+            Resource::EnvoyExtensionPolicy(typed(source, spec_of(v), true)?)
+        }
+        ("", "Service") => {
+            let spec = v
+                .get("spec")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
+            let mut o: Object<ServiceSpec> = typed(source, v, false)?;
+            o.spec = serde_json::from_value(spec).map_err(|e| format!("invalid spec: {e}"))?;
+            Resource::Service(o)
+        }
+        ("discovery.k8s.io", "EndpointSlice") => Resource::EndpointSlice(typed(source, v, false)?),
+        ("", "Secret") => Resource::Secret(typed(source, v, false)?),
+        ("", "ConfigMap") => Resource::ConfigMap(typed(source, v, false)?),
+        ("", "Namespace") => {
+            let o: Object<Value> = typed(source, v, false)?;
+            Resource::Namespace(Object {
+                meta: o.meta,
+                spec: (),
+                unsupported: vec![],
+                source: o.source,
+            })
+        }
+        _ => {
+            let meta = v
+                .get("metadata")
+                .cloned()
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| format!("invalid metadata: {e}"))?
+                .unwrap_or_default();
+            Resource::Other {
+                api_version,
+                kind,
+                meta,
+                source: source.to_string(),
+            }
+        }
+    })
+}
+
+/// The resource snapshot the translator reads. Keys are `(namespace, name)`; cluster-scoped
+/// kinds use an empty namespace. A later duplicate replaces an earlier one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub gateway_classes: BTreeMap<String, Object<GatewayClassSpec>>,
+    pub gateways: BTreeMap<NsName, Object<GatewaySpec>>,
+    pub http_routes: BTreeMap<NsName, Object<HttpRouteSpec>>,
+    pub reference_grants: BTreeMap<NsName, Object<ReferenceGrantSpec>>,
+    pub services: BTreeMap<NsName, Object<ServiceSpec>>,
+    pub endpoint_slices: BTreeMap<NsName, Object<EndpointSliceBody>>,
+    pub secrets: BTreeMap<NsName, Object<SecretBody>>,
+    pub config_maps: BTreeMap<NsName, Object<ConfigMapBody>>,
+    pub namespaces: BTreeMap<String, Object<()>>,
+    pub backends: BTreeMap<NsName, Object<BackendSpec>>,
+    pub extension_policies: BTreeMap<NsName, Object<EnvoyExtensionPolicySpec>>,
+    /// `(apiVersion, kind, namespace/name, source)` of objects of kinds we do not read.
+    pub others: Vec<(String, String, String, String)>,
+}
+
+impl Resources {
+    pub fn from_parsed(parsed: Vec<Resource>) -> Self {
+        let mut r = Resources::default();
+        for res in parsed {
+            match res {
+                Resource::GatewayClass(o) => {
+                    r.gateway_classes.insert(o.meta.name.clone(), o);
+                }
+                Resource::Gateway(o) => {
+                    r.gateways.insert(o.key(), o);
+                }
+                Resource::HttpRoute(o) => {
+                    r.http_routes.insert(o.key(), o);
+                }
+                Resource::ReferenceGrant(o) => {
+                    r.reference_grants.insert(o.key(), o);
+                }
+                Resource::Service(o) => {
+                    r.services.insert(o.key(), o);
+                }
+                Resource::EndpointSlice(o) => {
+                    r.endpoint_slices.insert(o.key(), o);
+                }
+                Resource::Secret(o) => {
+                    r.secrets.insert(o.key(), o);
+                }
+                Resource::ConfigMap(o) => {
+                    r.config_maps.insert(o.key(), o);
+                }
+                Resource::Namespace(o) => {
+                    r.namespaces.insert(o.meta.name.clone(), o);
+                }
+                Resource::Backend(o) => {
+                    r.backends.insert(o.key(), o);
+                }
+                Resource::EnvoyExtensionPolicy(o) => {
+                    r.extension_policies.insert(o.key(), o);
+                }
+                Resource::Other {
+                    api_version,
+                    kind,
+                    meta,
+                    source,
+                } => {
+                    let ns = meta.namespace.unwrap_or_default();
+                    r.others
+                        .push((api_version, kind, format!("{ns}/{}", meta.name), source));
+                }
+            }
+        }
+        r.others.sort();
+        r
+    }
+
+    /// Labels of a namespace; a namespace without a manifest has only the well-known name label.
+    pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .get(ns)
+            .map(|n| n.meta.labels.clone())
+            .unwrap_or_default();
+        labels.insert("kubernetes.io/metadata.name".into(), ns.to_string());
+        labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_document_does_not_stop_others() {
+        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {x: y}\n---\nkind: [unclosed\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
+        let (res, errs) = parse_documents("f.yaml", yaml);
+        assert_eq!(res.len(), 2);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].index, 1);
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("f.yaml document 1: invalid YAML"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn missing_name_and_kind_are_errors() {
+        let (res, errs) = parse_documents("f", "apiVersion: v1\nkind: Secret\nmetadata: {}\n---\nkind: Secret\nmetadata: {name: s}\n---\nstatic_resources: {}\n");
+        assert!(res.is_empty());
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].reason.contains("metadata.name"));
+        assert!(errs[1].reason.contains("apiVersion and kind"));
+    }
+
+    #[test]
+    fn unknown_spec_fields_are_recorded() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: n}\nspec:\n  rules:\n  - retry: {attempts: 2}\n    backendRefs: [{name: s, port: 80}]\n";
+        let (res, errs) = parse_documents("f", yaml);
+        assert!(errs.is_empty(), "{errs:?}");
+        let Resource::HttpRoute(r) = &res[0] else {
+            panic!("not a route: {res:?}")
+        };
+        assert_eq!(r.unsupported, vec!["spec.rules.0.retry".to_string()]);
+        assert_eq!(r.spec.rules[0].backend_refs[0].port, Some(80));
+    }
+
+    #[test]
+    fn list_kind_is_flattened() {
+        let yaml = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a, labels: {x: y}}}\n- {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n";
+        let (res, errs) = parse_documents("f", yaml);
+        assert!(errs.is_empty());
+        let r = Resources::from_parsed(res);
+        assert_eq!(r.namespaces.len(), 2);
+        assert_eq!(
+            r.namespace_labels("a").get("x").map(String::as_str),
+            Some("y")
+        );
+        assert_eq!(
+            r.namespace_labels("zz")
+                .get("kubernetes.io/metadata.name")
+                .map(String::as_str),
+            Some("zz")
+        );
+    }
+
+    #[test]
+    fn label_selector_operators() {
+        let mut labels = BTreeMap::new();
+        labels.insert("env".to_string(), "prod".to_string());
+        let sel = |op: &str, vals: &[&str]| LabelSelector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![LabelSelectorRequirement {
+                key: "env".into(),
+                operator: op.into(),
+                values: vals.iter().map(|s| s.to_string()).collect(),
+            }],
+        };
+        assert!(sel("In", &["prod", "dev"]).matches(&labels));
+        assert!(!sel("NotIn", &["prod"]).matches(&labels));
+        assert!(sel("Exists", &[]).matches(&labels));
+        assert!(!sel("DoesNotExist", &[]).matches(&labels));
+    }
+}

@@ -1,0 +1,196 @@
+//! `portcullis translate` output: xDS resources as proto3 JSON (decoded through the Envoy
+//! descriptors compiled by build.rs) and statuses, in one deterministic document.
+
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use serde_json::{json, Map, Value};
+
+use super::snapshot::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE};
+use crate::TranslateOutput;
+
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("loading Envoy descriptors: {0}")]
+    Descriptors(String),
+    #[error("unknown resource type {0}")]
+    UnknownType(String),
+    #[error("decoding {type_url} {name}: {reason}")]
+    Decode {
+        type_url: String,
+        name: String,
+        reason: String,
+    },
+    #[error("serializing output: {0}")]
+    Serialize(String),
+}
+
+fn pool() -> Result<&'static DescriptorPool, RenderError> {
+    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| RenderError::Descriptors(e.clone()))
+}
+
+/// One resource as proto3 JSON (`@type` included, snake_case field names as in Envoy's docs).
+pub fn resource_json(
+    type_url: &str,
+    name: &str,
+    value: &prost_types::Any,
+) -> Result<Value, RenderError> {
+    let pool = pool()?;
+    let full = type_url.rsplit('/').next().unwrap_or(type_url);
+    let desc = pool
+        .get_message_by_name(full)
+        .ok_or_else(|| RenderError::UnknownType(type_url.to_string()))?;
+    let decode_err = |e: String| RenderError::Decode {
+        type_url: type_url.into(),
+        name: name.into(),
+        reason: e,
+    };
+    let (bytes, enablers) = if type_url == ROUTE_TYPE {
+        strip_empty_filter_configs(&value.value).map_err(decode_err)?
+    } else {
+        (value.value.clone(), vec![])
+    };
+    let msg =
+        DynamicMessage::decode(desc, bytes.as_slice()).map_err(|e| decode_err(e.to_string()))?;
+    let opts = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false);
+    let mut v = msg
+        .serialize_with_options(serde_json::value::Serializer, &opts)
+        .map_err(|e| RenderError::Decode {
+            type_url: type_url.into(),
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
+    redact(&mut v);
+    for (vh, r, key) in enablers {
+        if let Some(Value::Object(fc)) = v.pointer_mut(&format!(
+            "/virtual_hosts/{vh}/routes/{r}/typed_per_filter_config/{}",
+            key.replace('~', "~0").replace('/', "~1")
+        )) {
+            fc.insert("config".into(), json!({}));
+        }
+    }
+    if let Value::Object(o) = &mut v {
+        o.insert("@type".into(), json!(type_url));
+    }
+    Ok(v)
+}
+
+/// Proto3 JSON cannot express an `Any` without a type, yet a route-level FilterConfig whose
+/// `config` is an empty Any is how a disabled-by-default filter is turned on (as Envoy Gateway
+/// does). Drop those before decoding and return where they were, to print them as `config: {}`.
+/// `(virtual host index, route index, filter name)` of a route-level filter enabler.
+type Enabler = (usize, usize, String);
+
+fn strip_empty_filter_configs(bytes: &[u8]) -> Result<(Vec<u8>, Vec<Enabler>), String> {
+    use envoy_types::pb::envoy::config::route::v3::{FilterConfig, RouteConfiguration};
+    use prost::{Message, Name};
+    let mut rc = RouteConfiguration::decode(bytes).map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for (vi, vh) in rc.virtual_hosts.iter_mut().enumerate() {
+        for (ri, r) in vh.routes.iter_mut().enumerate() {
+            for (key, any) in r.typed_per_filter_config.iter_mut() {
+                if any.type_url != FilterConfig::type_url() {
+                    continue;
+                }
+                let mut fc =
+                    FilterConfig::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+                if fc.config.as_ref().is_some_and(|c| c.type_url.is_empty()) {
+                    fc.config = None;
+                    any.value = fc.encode_to_vec();
+                    found.push((vi, ri, key.clone()));
+                }
+            }
+        }
+    }
+    Ok((rc.encode_to_vec(), found))
+}
+
+/// Private keys never appear in printed output.
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, val) in o.iter_mut() {
+                if k == "private_key" {
+                    *val = json!({ "inline_string": "[redacted]" });
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn section(type_url: &str) -> String {
+    match type_url {
+        LISTENER_TYPE => "listeners".into(),
+        ROUTE_TYPE => "routes".into(),
+        CLUSTER_TYPE => "clusters".into(),
+        ENDPOINT_TYPE => "endpoints".into(),
+        SECRET_TYPE => "secrets".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The whole output document: `{"xds": {node: {listeners, routes, clusters, endpoints}}, "resources": [...]}`.
+pub fn output_value(out: &TranslateOutput) -> Result<Value, RenderError> {
+    let mut xds = Map::new();
+    for (node, res) in &out.xds {
+        let mut per = Map::new();
+        for (type_url, items) in &res.by_type {
+            let list: Result<Vec<Value>, RenderError> = items
+                .iter()
+                .map(|(name, any)| resource_json(type_url, name, any))
+                .collect();
+            per.insert(section(type_url), Value::Array(list?));
+        }
+        xds.insert(node.clone(), Value::Object(per));
+    }
+    let resources =
+        serde_json::to_value(&out.statuses).map_err(|e| RenderError::Serialize(e.to_string()))?;
+    Ok(json!({ "xds": xds, "resources": resources }))
+}
+
+/// Renders [`output_value`] as pretty JSON or YAML. Byte-identical for the same input. A
+/// rendering failure (a bug: our own protos failed to decode) yields an `{"error": ...}` document.
+pub fn render_output(out: &TranslateOutput, format: OutputFormat) -> String {
+    try_render_output(out, format).unwrap_or_else(|e| {
+        let v = json!({ "error": e.to_string() });
+        match format {
+            OutputFormat::Json => format!("{v}\n"),
+            OutputFormat::Yaml => {
+                serde_yaml::to_string(&v).unwrap_or_else(|_| format!("error: {e}\n"))
+            }
+        }
+    })
+}
+
+/// Like [`render_output`], with the error.
+pub fn try_render_output(
+    out: &TranslateOutput,
+    format: OutputFormat,
+) -> Result<String, RenderError> {
+    let v = output_value(out)?;
+    match format {
+        OutputFormat::Json => serde_json::to_string_pretty(&v)
+            .map(|s| s + "\n")
+            .map_err(|e| RenderError::Serialize(e.to_string())),
+        OutputFormat::Yaml => {
+            serde_yaml::to_string(&v).map_err(|e| RenderError::Serialize(e.to_string()))
+        }
+    }
+}

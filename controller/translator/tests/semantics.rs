@@ -1,0 +1,246 @@
+//! Behaviour checks on the IR, independent of the golden files: precedence, policy override and
+//! failure modes, hostname virtual hosts, statuses.
+
+use portcullis_translator::ir::{ActionIr, GatewayIr, PathMatchIr, RouteIr};
+use portcullis_translator::wasm::source::{WasmResolution, WasmResolver, WasmSource};
+use portcullis_translator::{
+    parse_documents, translate, Resources, TranslateOptions, TranslateOutput,
+};
+
+const BASE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: pc}
+spec: {controllerName: portcullis.dev/gatewayclass-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns}
+spec:
+  gatewayClassName: pc
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {name: be, namespace: ns}
+spec: {endpoints: [{ip: {address: 127.0.0.1, port: 9}}]}
+"#;
+
+struct Resolver(WasmResolution);
+impl WasmResolver for Resolver {
+    fn resolve(&self, _: &WasmSource) -> WasmResolution {
+        self.0.clone()
+    }
+}
+
+fn ready() -> Resolver {
+    Resolver(WasmResolution::Ready {
+        sha256: "ab".repeat(32),
+        serve_url: "http://127.0.0.1:1/m.wasm".into(),
+    })
+}
+
+fn run(extra: &str, resolver: &Resolver) -> TranslateOutput {
+    let (res, errs) = parse_documents("test", &format!("{BASE}---\n{extra}"));
+    assert!(errs.is_empty(), "{errs:?}");
+    translate(
+        &Resources::from_parsed(res),
+        &TranslateOptions::default(),
+        resolver,
+    )
+}
+
+fn gw(out: &TranslateOutput) -> &GatewayIr {
+    out.ir.gateways.get("ns/gw").expect("gateway ns/gw in IR")
+}
+
+fn routes<'a>(out: &'a TranslateOutput, domain: &str) -> Vec<&'a RouteIr> {
+    gw(out).ports[0].chains[0]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains == [domain.to_string()])
+        .map(|v| v.routes.iter().collect())
+        .unwrap_or_default()
+}
+
+fn route(name: &str, ts: &str, rules: &str) -> String {
+    format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: ns, creationTimestamp: \"{ts}\"}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}\n")
+}
+
+fn condition<'a>(out: &'a TranslateOutput, kind: &str, name: &str) -> Vec<&'a serde_json::Value> {
+    let s = out
+        .statuses
+        .iter()
+        .find(|s| s.kind == kind && s.metadata.name == name)
+        .unwrap_or_else(|| panic!("no status for {kind} {name}"));
+    let mut found = Vec::new();
+    fn walk<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if o.contains_key("reason") {
+                    out.push(v);
+                }
+                o.values().for_each(|x| walk(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&s.status, &mut found);
+    found
+}
+
+#[test]
+fn precedence_follows_the_spec() {
+    let be = "    backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]";
+    let newer = route(
+        "newer",
+        "2025-01-01T00:00:00Z",
+        &format!("  - matches: [{{path: {{type: PathPrefix, value: /a}}}}]\n{be}"),
+    );
+    let older = route(
+        "older",
+        "2024-01-01T00:00:00Z",
+        &format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: /a}}}}]\n{be}\n  - matches: [{{path: {{type: PathPrefix, value: /a/b}}}}]\n{be}\n  - matches: [{{path: {{type: Exact, value: /a}}}}]\n{be}\n  - matches: [{{path: {{type: PathPrefix, value: /a}}, method: GET}}]\n{be}\n  - matches: [{{path: {{type: PathPrefix, value: /a}}, headers: [{{name: x, value: '1'}}]}}]\n{be}\n  - matches: [{{path: {{type: PathPrefix, value: /a}}, queryParams: [{{name: q, value: '1'}}]}}]\n{be}\n  - matches: [{{path: {{type: PathPrefix, value: /a}}, headers: [{{name: x, value: '1'}}, {{name: y, value: '2'}}]}}]\n{be}"
+        ),
+    );
+    let out = run(&format!("{newer}---\n{older}"), &ready());
+    let names: Vec<&str> = routes(&out, "*").iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "httproute/ns/older/rule/2/match/0", // Exact
+            "httproute/ns/older/rule/1/match/0", // longest prefix
+            "httproute/ns/older/rule/3/match/0", // method
+            "httproute/ns/older/rule/6/match/0", // two headers
+            "httproute/ns/older/rule/4/match/0", // one header
+            "httproute/ns/older/rule/5/match/0", // query param
+            "httproute/ns/older/rule/0/match/0", // oldest route wins the tie
+            "httproute/ns/newer/rule/0/match/0",
+        ]
+    );
+    assert_eq!(
+        routes(&out, "*")[1].path,
+        PathMatchIr::Prefix("/a/b".into())
+    );
+}
+
+#[test]
+fn route_policy_overrides_gateway_policy_and_fetch_failures_follow_fail_open() {
+    let be = "    backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]";
+    let r1 = route(
+        "one",
+        "2024-01-01T00:00:00Z",
+        &format!("  - matches: [{{path: {{type: PathPrefix, value: /one}}}}]\n{be}"),
+    );
+    let r2 = route(
+        "two",
+        "2024-01-01T00:00:00Z",
+        &format!("  - matches: [{{path: {{type: PathPrefix, value: /two}}}}]\n{be}"),
+    );
+    let policy = |name: &str, target: &str, fail_open: bool| {
+        format!("apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyExtensionPolicy\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  targetRefs: [{{group: gateway.networking.k8s.io, {target}}}]\n  wasm:\n  - name: {name}\n    failOpen: {fail_open}\n    code: {{type: HTTP, http: {{url: 'http://x/{name}.wasm'}}}}\n")
+    };
+    let docs = format!(
+        "{r1}---\n{r2}---\n{}---\n{}",
+        policy("gwide", "kind: Gateway, name: gw", false),
+        policy("r1only", "kind: HTTPRoute, name: one", false)
+    );
+    let out = run(&docs, &ready());
+    let rs = routes(&out, "*");
+    let one = rs
+        .iter()
+        .find(|r| r.route_name == "one")
+        .expect("route one");
+    let two = rs
+        .iter()
+        .find(|r| r.route_name == "two")
+        .expect("route two");
+    assert_eq!(
+        one.enabled_filters,
+        vec!["envoy.filters.http.wasm/envoyextensionpolicy/ns/r1only/wasm/0".to_string()]
+    );
+    assert_eq!(
+        two.enabled_filters,
+        vec!["envoy.filters.http.wasm/envoyextensionpolicy/ns/gwide/wasm/0".to_string()]
+    );
+    // Both filters are placed once in the HCM, VM shared by digest.
+    assert_eq!(gw(&out).filters.len(), 2);
+
+    // Failed fetch, fail closed: the targeted routes answer 500, the others keep forwarding.
+    let failed = Resolver(WasmResolution::Failed {
+        reason: "GET http://x/m.wasm: HTTP 404".into(),
+    });
+    let docs = format!(
+        "{r1}---\n{r2}---\n{}",
+        policy("r1only", "kind: HTTPRoute, name: one", false)
+    );
+    let out = run(&docs, &failed);
+    let rs = routes(&out, "*");
+    let one = rs
+        .iter()
+        .find(|r| r.route_name == "one")
+        .expect("route one");
+    let two = rs
+        .iter()
+        .find(|r| r.route_name == "two")
+        .expect("route two");
+    assert!(
+        matches!(one.action, ActionIr::Direct { status: 500, .. }),
+        "{:?}",
+        one.action
+    );
+    assert!(matches!(two.action, ActionIr::Forward { .. }));
+    assert!(gw(&out).filters.is_empty());
+    let conds = condition(&out, "EnvoyExtensionPolicy", "r1only");
+    assert_eq!(conds[0]["status"], "False");
+    assert!(
+        conds[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("HTTP 404")),
+        "{conds:?}"
+    );
+
+    // Same failure, fail open: the route passes unfiltered.
+    let docs = format!(
+        "{r1}---\n{r2}---\n{}",
+        policy("r1only", "kind: HTTPRoute, name: one", true)
+    );
+    let out = run(&docs, &failed);
+    let one = routes(&out, "*")
+        .into_iter()
+        .find(|r| r.route_name == "one")
+        .expect("route one");
+    assert!(matches!(one.action, ActionIr::Forward { .. }));
+    assert!(one.enabled_filters.is_empty());
+}
+
+#[test]
+fn hostnames_make_virtual_hosts_and_attachment_reasons() {
+    let be = "    backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]";
+    let with_hosts = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: hosts, namespace: ns}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [a.example.com, '*.b.example.com']\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n".to_string() + be;
+    let bad_section = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: ns}\nspec:\n  parentRefs: [{name: gw, sectionName: https}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n".to_string() + be;
+    let out = run(&format!("{with_hosts}\n---\n{bad_section}"), &ready());
+    let domains: Vec<Vec<String>> = gw(&out).ports[0].chains[0]
+        .virtual_hosts
+        .iter()
+        .map(|v| v.domains.clone())
+        .collect();
+    assert_eq!(
+        domains,
+        vec![
+            vec!["*.b.example.com".to_string()],
+            vec!["a.example.com".to_string()]
+        ]
+    );
+    let bad = condition(&out, "HTTPRoute", "bad");
+    assert_eq!(bad[0]["reason"], "NoMatchingParent");
+    let listener_attached = &out
+        .statuses
+        .iter()
+        .find(|s| s.kind == "Gateway")
+        .expect("gateway status")
+        .status["listeners"][0]["attachedRoutes"];
+    assert_eq!(listener_attached, 1);
+}

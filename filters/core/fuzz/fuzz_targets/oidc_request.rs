@@ -1,0 +1,6 @@
+//! oidc: `portcullis_core::oidc::fuzzing::request` never panics on any input.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    portcullis_core::oidc::fuzzing::request(data);
+});

@@ -1,0 +1,562 @@
+//! OIDC filter configuration: the public JSON shape and its validation.
+//!
+//! [`OidcConfig`] is what users (or a translator) write; [`Settings`] is the validated form
+//! the filter runs on (decoded secret, derived cookie names, parsed URLs).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The filter's JSON config. Unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Issuer URL; discovery is read from `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Envoy cluster that reaches the provider (discovery, JWKS, token endpoint).
+    pub provider_cluster: String,
+    pub client_id: String,
+    /// Confidential clients send it with HTTP Basic; public clients leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// Absolute callback URL registered at the provider; its path is intercepted.
+    pub redirect_uri: String,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout: Option<LogoutConfig>,
+    pub cookie: CookieConfig,
+    /// Requests under these prefixes skip authentication entirely.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pass_through: Vec<PathMatch>,
+    /// Requests under these prefixes get 401 JSON instead of a login redirect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_paths: Vec<PathMatch>,
+    #[serde(default)]
+    pub forward: ForwardConfig,
+    /// Claim name -> upstream header name. Arrays are joined with commas.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Claim name -> accepted values: the claim must contain at least one of them, else 403.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub require: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub bearer: BearerConfig,
+    /// Allowed clock difference with the provider for `exp`, `iat`, `nbf`.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+    /// How often discovery and JWKS are re-read after the first success.
+    #[serde(default = "default_discovery_refresh")]
+    pub discovery_refresh_seconds: u64,
+    /// Minimum time between JWKS refetches triggered by an unknown `kid`.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_seconds: u64,
+    /// Timeout of every call to the provider.
+    #[serde(default = "default_timeout_ms")]
+    pub provider_timeout_ms: u64,
+    /// Lifetime of the login-flow cookie (time the user has to log in).
+    #[serde(default = "default_flow_ttl")]
+    pub flow_ttl_seconds: u64,
+    /// Session lifetime when the token response has no `expires_in`.
+    #[serde(default = "default_session_ttl")]
+    pub default_session_seconds: u64,
+    /// Verified bearer tokens cached per worker.
+    #[serde(default = "default_bearer_cache")]
+    pub bearer_cache_size: usize,
+    /// `:authority` sent to the provider; defaults to the issuer's host\[:port\].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_authority: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutConfig {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_logout_redirect_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieConfig {
+    /// Base name; the filter appends a hash of issuer, client and redirect URI.
+    #[serde(default = "default_cookie_name")]
+    pub name: String,
+    /// Base64 (standard or URL-safe) of exactly 32 random bytes.
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub same_site: SameSite,
+    #[serde(default = "default_max_chunks")]
+    pub max_chunks: usize,
+    /// Mark cookies `Secure` (needed for `SameSite=None`). Browsers accept Secure cookies
+    /// from `http://localhost` and `http://127.0.0.1`.
+    #[serde(default = "default_true")]
+    pub secure: bool,
+    #[serde(default = "default_cookie_path")]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Send the access token upstream as `Authorization: Bearer`.
+    #[serde(default)]
+    pub access_token: bool,
+    /// Send the ID token upstream in this header.
+    #[serde(default)]
+    pub id_token_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerConfig {
+    #[serde(default)]
+    pub accept: bool,
+    /// Accepted `aud` values; empty means the client id.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_discovery_refresh() -> u64 {
+    3600
+}
+fn default_jwks_min_refetch() -> u64 {
+    30
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_flow_ttl() -> u64 {
+    600
+}
+fn default_session_ttl() -> u64 {
+    300
+}
+fn default_bearer_cache() -> usize {
+    1024
+}
+fn default_cookie_name() -> String {
+    "portcullis".into()
+}
+fn default_max_chunks() -> usize {
+    8
+}
+fn default_true() -> bool {
+    true
+}
+fn default_cookie_path() -> String {
+    "/".into()
+}
+
+/// An invalid config: the field (JSON path) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("oidc config: {field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn bad(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A parsed absolute http(s) URL split into the parts the filter needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub scheme: String,
+    /// host\[:port\] as it appears in the URL (port omitted when default).
+    pub authority: String,
+    /// Path and query, starting with `/`.
+    pub path_and_query: String,
+    pub path: String,
+}
+
+impl HttpUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let u = url::Url::parse(s).map_err(|e| e.to_string())?;
+        if u.scheme() != "http" && u.scheme() != "https" {
+            return Err(format!("scheme must be http or https, got {}", u.scheme()));
+        }
+        let host = u.host_str().ok_or("no host")?;
+        let authority = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let path = u.path().to_string();
+        let path_and_query = match u.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        Ok(Self {
+            scheme: u.scheme().into(),
+            authority,
+            path_and_query,
+            path,
+        })
+    }
+
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// The validated config the filter runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: OidcConfig,
+    pub issuer: String,
+    pub issuer_url: HttpUrl,
+    pub redirect: HttpUrl,
+    pub provider_authority: String,
+    pub key: [u8; 32],
+    /// Session cookie base name: chunks are `<session_cookie>-0..N`.
+    pub session_cookie: String,
+    /// The one login-flow cookie of this policy.
+    pub flow_cookie: String,
+    pub scope: String,
+    pub bearer_audiences: Vec<String>,
+}
+
+/// Whether a header name is safe to set (lowercase token characters only).
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Settings {
+    /// Parses and validates JSON config; the error names the offending field.
+    pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let config: OidcConfig = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| bad(&e.path().to_string(), e.inner().to_string()))?;
+        Self::new(config)
+    }
+
+    pub fn new(config: OidcConfig) -> Result<Self, ConfigError> {
+        let issuer = config.issuer.trim_end_matches('/').to_string();
+        let issuer_url = HttpUrl::parse(&config.issuer).map_err(|e| bad("issuer", e))?;
+        if config.provider_cluster.is_empty() {
+            return Err(bad("provider_cluster", "must not be empty"));
+        }
+        if config.client_id.is_empty() {
+            return Err(bad("client_id", "must not be empty"));
+        }
+        let redirect = HttpUrl::parse(&config.redirect_uri).map_err(|e| bad("redirect_uri", e))?;
+        if redirect.path == "/" {
+            return Err(bad(
+                "redirect_uri",
+                "needs a dedicated callback path, not /",
+            ));
+        }
+        if !config.scopes.iter().any(|s| s == "openid") {
+            return Err(bad("scopes", "must include \"openid\""));
+        }
+        if let Some(s) = config
+            .scopes
+            .iter()
+            .find(|s| s.is_empty() || s.contains(' '))
+        {
+            return Err(bad("scopes", format!("invalid scope {s:?}")));
+        }
+        if let Some(l) = &config.logout {
+            if !l.path.starts_with('/') {
+                return Err(bad("logout.path", "must start with /"));
+            }
+            if l.path == redirect.path {
+                return Err(bad("logout.path", "must differ from the redirect_uri path"));
+            }
+            if let Some(p) = &l.post_logout_redirect_uri {
+                HttpUrl::parse(p).map_err(|e| bad("logout.post_logout_redirect_uri", e))?;
+            }
+        }
+        let c = &config.cookie;
+        if !valid_cookie_name(&c.name) {
+            return Err(bad("cookie.name", "use letters, digits, '-', '_' or '.'"));
+        }
+        let key = decode_secret(&c.secret).map_err(|e| bad("cookie.secret", e))?;
+        if !(1..=32).contains(&c.max_chunks) {
+            return Err(bad("cookie.max_chunks", "must be between 1 and 32"));
+        }
+        if c.same_site == SameSite::None && !c.secure {
+            return Err(bad(
+                "cookie.same_site",
+                "None requires cookie.secure = true",
+            ));
+        }
+        if !c.path.starts_with('/') || c.path.contains(';') {
+            return Err(bad("cookie.path", "must start with / and contain no ';'"));
+        }
+        if let Some(d) = &c.domain {
+            if d.is_empty() || d.contains(';') || d.contains(' ') {
+                return Err(bad("cookie.domain", "invalid domain"));
+            }
+        }
+        for (i, p) in config.pass_through.iter().enumerate() {
+            if !p.path_prefix.starts_with('/') {
+                return Err(bad(
+                    &format!("pass_through[{i}].path_prefix"),
+                    "must start with /",
+                ));
+            }
+        }
+        for (i, p) in config.api_paths.iter().enumerate() {
+            if !p.path_prefix.starts_with('/') {
+                return Err(bad(
+                    &format!("api_paths[{i}].path_prefix"),
+                    "must start with /",
+                ));
+            }
+        }
+        for (claim, header) in &config.claims_to_headers {
+            if !valid_header_name(header) {
+                return Err(bad(
+                    &format!("claims_to_headers.{claim}"),
+                    "header name must be lowercase letters, digits, '-' or '_'",
+                ));
+            }
+        }
+        if let Some(h) = &config.forward.id_token_header {
+            if !valid_header_name(h) {
+                return Err(bad(
+                    "forward.id_token_header",
+                    "header name must be lowercase letters, digits, '-' or '_'",
+                ));
+            }
+        }
+        for (claim, values) in &config.require {
+            if values.is_empty() {
+                return Err(bad(
+                    &format!("require.{claim}"),
+                    "list at least one accepted value",
+                ));
+            }
+        }
+        if config.bearer_cache_size == 0 {
+            return Err(bad("bearer_cache_size", "must be at least 1"));
+        }
+        if config.provider_timeout_ms == 0 {
+            return Err(bad("provider_timeout_ms", "must be positive"));
+        }
+        let provider_authority = config
+            .provider_authority
+            .clone()
+            .unwrap_or_else(|| issuer_url.authority.clone());
+
+        // Names derive from issuer, client and callback, so policies sharing a provider (or a
+        // cookie domain) never read or overwrite each other's cookies.
+        let mut h = Sha256::new();
+        h.update(issuer.as_bytes());
+        h.update([0]);
+        h.update(config.client_id.as_bytes());
+        h.update([0]);
+        h.update(config.redirect_uri.as_bytes());
+        let digest = h.finalize();
+        let suffix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let session_cookie = format!("{}-{suffix}", c.name);
+        let flow_cookie = format!("{session_cookie}-flow");
+        let scope = config.scopes.join(" ");
+        let bearer_audiences = if config.bearer.audiences.is_empty() {
+            vec![config.client_id.clone()]
+        } else {
+            config.bearer.audiences.clone()
+        };
+        Ok(Self {
+            issuer,
+            issuer_url,
+            redirect,
+            provider_authority,
+            key,
+            session_cookie,
+            flow_cookie,
+            scope,
+            bearer_audiences,
+            config,
+        })
+    }
+
+    /// The discovery document path on the provider.
+    pub fn discovery_path(&self) -> String {
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer_url.path.trim_end_matches('/')
+        )
+    }
+
+    pub fn is_pass_through(&self, path: &str) -> bool {
+        self.config
+            .pass_through
+            .iter()
+            .any(|p| path.starts_with(&p.path_prefix))
+    }
+
+    pub fn is_api_path(&self, path: &str) -> bool {
+        self.config
+            .api_paths
+            .iter()
+            .any(|p| path.starts_with(&p.path_prefix))
+    }
+}
+
+fn decode_secret(s: &str) -> Result<[u8; 32], String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let s = s.trim();
+    let bytes = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(s).ok())
+        .ok_or_else(|| "not base64".to_string())?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("must decode to 32 bytes, got {}", bytes.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> serde_json::Value {
+        serde_json::json!({
+            "issuer": "https://iam.example.com/realms/picluster",
+            "provider_cluster": "oidc-idp",
+            "client_id": "longhorn",
+            "client_secret": "s3cret",
+            "redirect_uri": "https://longhorn.example.com/oauth2/callback",
+            "scopes": ["openid", "email", "groups"],
+            "logout": { "path": "/logout", "post_logout_redirect_uri": "https://longhorn.example.com/" },
+            "cookie": { "name": "portcullis-session", "secret": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "domain": null, "same_site": "Lax", "max_chunks": 8 },
+            "pass_through": [{ "path_prefix": "/healthz" }],
+            "api_paths": [{ "path_prefix": "/api" }],
+            "forward": { "access_token": true, "id_token_header": null },
+            "claims_to_headers": { "email": "x-user-email", "groups": "x-user-groups" },
+            "require": { "groups": ["admins"] },
+            "bearer": { "accept": true, "audiences": ["longhorn"] }
+        })
+    }
+
+    #[test]
+    fn issue_example_parses_and_round_trips() {
+        let s = Settings::from_json(sample().to_string().as_bytes()).unwrap();
+        assert_eq!(s.issuer, "https://iam.example.com/realms/picluster");
+        assert_eq!(s.redirect.path, "/oauth2/callback");
+        assert_eq!(s.provider_authority, "iam.example.com");
+        assert_eq!(
+            s.discovery_path(),
+            "/realms/picluster/.well-known/openid-configuration"
+        );
+        assert_eq!(s.key[1], 1);
+        assert!(s.session_cookie.starts_with("portcullis-session-"));
+        assert_eq!(s.flow_cookie, format!("{}-flow", s.session_cookie));
+        // Serializable for a translator, and the output parses back to the same config.
+        let out = serde_json::to_string(&s.config).unwrap();
+        let back = Settings::from_json(out.as_bytes()).unwrap();
+        assert_eq!(back.config, s.config);
+    }
+
+    #[test]
+    fn names_differ_per_client() {
+        let a = Settings::from_json(sample().to_string().as_bytes()).unwrap();
+        let mut v = sample();
+        v["client_id"] = "hubble".into();
+        let b = Settings::from_json(v.to_string().as_bytes()).unwrap();
+        assert_ne!(a.session_cookie, b.session_cookie);
+        assert_ne!(a.flow_cookie, b.flow_cookie);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            (
+                "/cookie/secret",
+                serde_json::json!("c2hvcnQ="),
+                "cookie.secret",
+            ),
+            (
+                "/cookie/max_chunks",
+                serde_json::json!(0),
+                "cookie.max_chunks",
+            ),
+            (
+                "/redirect_uri",
+                serde_json::json!("not a url"),
+                "redirect_uri",
+            ),
+            ("/scopes", serde_json::json!(["email"]), "scopes"),
+            (
+                "/claims_to_headers",
+                serde_json::json!({"email": "X-Bad Header"}),
+                "claims_to_headers.email",
+            ),
+            (
+                "/surprise",
+                serde_json::json!(1),
+                "unknown field `surprise`",
+            ),
+        ];
+        for (ptr, val, field) in cases {
+            let mut v = sample();
+            let (parent, key) = ptr.rsplit_once('/').unwrap();
+            let target = if parent.is_empty() {
+                &mut v
+            } else {
+                v.pointer_mut(parent).unwrap()
+            };
+            target[key] = val;
+            let err = Settings::from_json(v.to_string().as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(field), "{ptr}: {err}");
+        }
+        let mut v = sample();
+        v["cookie"]["same_site"] = "None".into();
+        v["cookie"]["secure"] = false.into();
+        assert_eq!(
+            Settings::from_json(v.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "cookie.same_site"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! `portcullis run` end to end with real Envoy 1.40: Envoy spawned per Gateway, traffic, live
+//! edits over a kept-alive connection, bad manifests isolated, supervision, SIGTERM drain.
+
+use portcullis_integration::controller::{conditions_of, pid_gone, resource, Controller, KeepAlive, CONVERGE};
+use portcullis_integration::echo::{Echo, EchoServer};
+use portcullis_integration::process::{free_port, wait_until};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
+const NODE: &str = "default/gw";
+
+fn gateway(port: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {{name: http, port: {port}, protocol: HTTP}}
+"#
+    )
+}
+
+fn backend(name: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: {name}, namespace: default}}
+spec:
+  endpoints:
+  - ip: {{address: 127.0.0.1, port: {port}}}
+"#
+    )
+}
+
+/// A route on `prefix` to Backend `backend` that tags responses with `x-route: tag`.
+fn route(name: &str, prefix: &str, backend: &str, tag: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{{name: x-route, value: {tag}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {backend}}}]
+"#
+    )
+}
+
+fn start(echo_port: u16, gw_port: u16, extra: &[&str]) -> Controller {
+    Controller::builder(BIN)
+        .manifest("gateway.yaml", gateway(gw_port))
+        .manifest("backend.yaml", backend("echo", echo_port))
+        .manifest("routes/a.yaml", route("a", "/a", "echo", "v1"))
+        .args(extra.iter().copied())
+        .start()
+        .expect("controller starts")
+}
+
+/// GET on a fresh connection until `check` accepts the response.
+fn wait_http(c: &mut Controller, port: u16, path: &str, what: &str, check: impl Fn(&portcullis_integration::controller::RawResponse) -> bool) {
+    let path = path.to_string();
+    c.process()
+        .wait_until(what, CONVERGE, || {
+            let r = KeepAlive::connect(port).and_then(|mut k| k.get("example.com", &path, &[])).map_err(|e| e.to_string())?;
+            if check(&r) {
+                Ok(())
+            } else {
+                Err(format!("HTTP {} x-route={:?} body={}", r.status, r.header("x-route"), r.body))
+            }
+        })
+        .expect(what);
+}
+
+fn live_edit_keeps_connection(extra: &[&str]) {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, extra);
+    wait_http(&mut c, gw_port, "/a/x", "route a serves v1", |r| r.status == 200 && r.header("x-route") == Some("v1"));
+    c.wait_synced(NODE).expect("synced");
+    let envoy_pids = c.envoy_pids();
+    assert_eq!(envoy_pids.len(), 1, "one Envoy for one Gateway");
+
+    // Open a keep-alive connection and use it before and after the edit.
+    let mut conn = KeepAlive::connect(gw_port).expect("connect");
+    let before = conn.get("example.com", "/a/1", &[]).expect("request before edit");
+    assert_eq!(before.status, 200);
+    assert_eq!(before.header("x-route"), Some("v1"));
+    let echoed: Echo = serde_json::from_str(&before.body).expect("echo body");
+    assert_eq!(echoed.path, "/a/1");
+
+    let gen_before = c.status().expect("status")["xds"]["generation"].as_u64().unwrap_or(0);
+    c.write_manifest("routes/a.yaml", &route("a", "/a", "echo", "v2")).expect("edit");
+    c.wait_status("new generation published", |d| {
+        let g = d["xds"]["generation"].as_u64().unwrap_or(0);
+        if g > gen_before { Ok(()) } else { Err(format!("generation {g}")) }
+    })
+    .expect("new generation");
+    c.wait_synced(NODE).expect("Envoy ACKed the edit");
+
+    // Same TCP connection, new config.
+    let after = conn.get("example.com", "/a/2", &[]).expect("request after edit on the same connection");
+    assert_eq!(after.status, 200);
+    assert_eq!(after.header("x-route"), Some("v2"), "edit applied live");
+    assert_ne!(after.header("connection"), Some("close"));
+    let again = conn.get("example.com", "/a/3", &[]).expect("the connection is still usable");
+    assert_eq!(again.header("x-route"), Some("v2"));
+
+    // No Envoy restart happened.
+    assert_eq!(c.envoy_pids(), envoy_pids, "Envoy was not restarted");
+    let starts = c.status().expect("status")["envoys"][0]["starts"].as_u64();
+    assert_eq!(starts, Some(1));
+}
+
+#[test]
+fn live_edit_applies_without_restart_and_keeps_connections_sotw() {
+    live_edit_keeps_connection(&[]);
+}
+
+#[test]
+fn live_edit_applies_without_restart_and_keeps_connections_delta() {
+    live_edit_keeps_connection(&["--xds-mode", "delta"]);
+}
+
+#[test]
+fn bad_manifest_reports_reason_while_the_rest_keeps_serving() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
+
+    // Broken YAML, plus a route to a Backend that does not exist.
+    c.write_manifest("broken.yaml", "apiVersion: v1\nkind: [unclosed\n").expect("write");
+    c.write_manifest("routes/b.yaml", &route("b", "/b", "missing", "b")).expect("write");
+    let doc = c
+        .wait_status("load error and BackendNotFound reported", |d| {
+            let load_err = d["loadErrors"].as_array().into_iter().flatten().any(|e| e["source"].as_str().is_some_and(|s| s.ends_with("broken.yaml")));
+            let route_b = resource(d, "HTTPRoute", Some("default"), "b").map(|r| conditions_of(&r["status"], "ResolvedRefs")).unwrap_or_default();
+            let not_found = route_b.iter().any(|(s, reason, _)| s == "False" && reason == "BackendNotFound");
+            if load_err && not_found { Ok(d.clone()) } else { Err(format!("loadErrors={} b={route_b:?}", d["loadErrors"])) }
+        })
+        .expect("statuses");
+    let a = resource(&doc, "HTTPRoute", Some("default"), "a").expect("route a in status");
+    assert!(conditions_of(&a["status"], "Accepted").iter().all(|(s, _, _)| s == "True"), "route a unaffected: {a}");
+    c.wait_synced(NODE).expect("synced");
+
+    // Route a still serves; route b answers 500 as the spec says for an unresolvable backend.
+    let mut conn = KeepAlive::connect(gw_port).expect("connect");
+    assert_eq!(conn.get("example.com", "/a", &[]).expect("a").status, 200);
+    assert_eq!(conn.get("example.com", "/b", &[]).expect("b").status, 500);
+
+    // `portcullis status` shows both.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--admin-addr", &format!("127.0.0.1:{}", c.admin_port)])
+        .output()
+        .expect("portcullis status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("BackendNotFound"), "{text}");
+    assert!(text.contains("broken.yaml"), "{text}");
+    assert!(text.contains("default/gw"), "{text}");
+
+    // Fixing the manifests clears the errors.
+    c.remove_manifest("broken.yaml").expect("rm");
+    c.write_manifest("backend-missing.yaml", &backend("missing", echo.port())).expect("write");
+    c.wait_status("errors cleared", |d| {
+        let errs = d["loadErrors"].as_array().map(Vec::len).unwrap_or(0);
+        let b = resource(d, "HTTPRoute", Some("default"), "b").map(|r| conditions_of(&r["status"], "ResolvedRefs")).unwrap_or_default();
+        if errs == 0 && !b.is_empty() && b.iter().all(|(s, _, _)| s == "True") { Ok(()) } else { Err(format!("{errs} errors, b={b:?}")) }
+    })
+    .expect("cleared");
+    wait_http(&mut c, gw_port, "/b", "route b serves once its backend exists", |r| r.status == 200 && r.header("x-route") == Some("b"));
+}
+
+#[test]
+fn envoy_is_restarted_when_it_dies_and_gateways_removed_stop_theirs() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
+    let pids = c.envoy_pids();
+    assert_eq!(pids.len(), 1);
+    // SAFETY: kill(2) on the Envoy our controller started.
+    unsafe {
+        libc::kill(pids[0] as libc::pid_t, libc::SIGKILL);
+    }
+    c.wait_status("Envoy restarted", |d| {
+        let e = &d["envoys"][0];
+        let pid = e["pid"].as_u64().map(|p| p as u32);
+        if e["starts"].as_u64() == Some(2) && e["state"] == "running" && pid.is_some() && pid != Some(pids[0]) { Ok(()) } else { Err(e.to_string()) }
+    })
+    .expect("restart");
+    wait_http(&mut c, gw_port, "/a", "route a serves again after the restart", |r| r.status == 200);
+
+    // Removing the Gateway drains and stops its Envoy.
+    let new_pid = c.envoy_pids()[0];
+    c.remove_manifest("gateway.yaml").expect("rm");
+    c.wait_status("Envoy stopped with its Gateway", |d| {
+        let n = d["envoys"].as_array().map(Vec::len).unwrap_or(0);
+        if n == 0 { Ok(()) } else { Err(d["envoys"].to_string()) }
+    })
+    .expect("stopped");
+    wait_until("Envoy process gone", CONVERGE, || if pid_gone(new_pid) { Ok(()) } else { Err("alive") }).expect("gone");
+}
+
+#[test]
+fn sigterm_drains_envoy_and_exits_cleanly() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
+    c.wait_synced(NODE).expect("synced");
+    let pids = c.envoy_pids();
+    assert_eq!(pids.len(), 1);
+    let status = c.terminate(Duration::from_secs(60)).expect("controller exits");
+    assert!(status.success(), "clean exit, got {status}");
+    assert!(pid_gone(pids[0]), "no orphan Envoy");
+    let logs = c.logs();
+    assert!(logs.contains("draining Envoy listeners"), "Envoy was drained:\n{logs}");
+    assert!(logs.contains("Envoy stopped"), "{logs}");
+}
+
+#[test]
+fn metrics_and_healthz() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    c.wait_synced(NODE).expect("synced");
+    let m = c.metrics().expect("metrics");
+    for name in ["portcullis_xds_acks_total", "portcullis_snapshot_generation", "portcullis_envoys_running 1", "portcullis_translations_total"] {
+        assert!(m.contains(name), "{name} missing from:\n{m}");
+    }
+    let health = reqwest::blocking::get(c.admin_url("/healthz")).expect("healthz");
+    assert!(health.status().is_success());
+}
+
+#[test]
+fn envoy_nack_shows_in_status_and_last_good_config_keeps_serving() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200 && r.header("x-route") == Some("v1"));
+    c.wait_synced(NODE).expect("synced");
+
+    // Valid for the translator, but Envoy's RE2 rejects a program this large: a NACK.
+    let greedy = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: greedy, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/re/(a{1000}b{1000})+"}}]
+    backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: echo}]
+"#;
+    c.write_manifest("routes/greedy.yaml", greedy).expect("write");
+    c.write_manifest("routes/a.yaml", &route("a", "/a", "echo", "v2")).expect("edit a in the same change");
+    let nack = c
+        .wait_status("NACK reported", |d| {
+            let t = &d["xds"]["nodes"][NODE]["types"]["RouteConfiguration"]["nack"];
+            if t.is_object() { Ok(t.clone()) } else { Err(d["xds"].to_string()) }
+        })
+        .expect("nack");
+    assert!(nack["error"].as_str().is_some_and(|e| e.contains("program size")), "Envoy's reason: {nack}");
+    // The rejected route table is not applied: route a still answers with the last good (v1).
+    let r = KeepAlive::connect(gw_port).and_then(|mut k| k.get("example.com", "/a", &[])).expect("a");
+    assert_eq!((r.status, r.header("x-route")), (200, Some("v1")), "last good config serves");
+    assert!(c.logs().contains("Envoy rejected xDS (NACK)"), "NACK logged");
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--admin-addr", &format!("127.0.0.1:{}", c.admin_port)])
+        .output()
+        .expect("portcullis status");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("program size"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Removing the offending route fixes it: new config ACKed, NACK cleared.
+    c.remove_manifest("routes/greedy.yaml").expect("rm");
+    c.wait_status("NACK cleared", |d| {
+        let t = &d["xds"]["nodes"][NODE]["types"]["RouteConfiguration"]["nack"];
+        if t.is_null() { Ok(()) } else { Err(t.to_string()) }
+    })
+    .expect("cleared");
+    wait_http(&mut c, gw_port, "/a", "route a serves v2", |r| r.status == 200 && r.header("x-route") == Some("v2"));
+}

@@ -1,0 +1,312 @@
+//! oidc filter end to end over HTTP: real Envoy + the wasm module, a real oidc-provider
+//! (devInteractions login form submitted by the test), an echo upstream.
+
+use base64::Engine;
+use portcullis_integration::oidc_env::{Agent, EnvOptions, OidcEnv};
+use portcullis_integration::oidc_provider::ProviderOptions;
+use serde_json::json;
+
+fn b64url(v: &serde_json::Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn session_cookies(agent: &Agent, policy_name_prefix: &str) -> Vec<String> {
+    agent
+        .jar
+        .keys()
+        .filter(|k| k.starts_with(policy_name_prefix) && !k.ends_with("-flow"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn login_session_policies_attacks_bearer_and_logout() {
+    let env = OidcEnv::start(EnvOptions {
+        clients: vec!["app-a".into(), "app-b".into()],
+        ..EnvOptions::default()
+    })
+    .expect("environment");
+    let issuer = env.provider.issuer();
+
+    // API path and non-browser requests: 401 JSON with WWW-Authenticate, never a redirect.
+    let mut anon = Agent::new();
+    let r = anon.send(
+        "GET",
+        &env.url(0, "/api/items"),
+        &[("accept", "text/html")],
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r = anon.send(
+        "GET",
+        &env.url(0, "/page"),
+        &[("accept", "application/json")],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    // Pass-through path reaches the upstream without login.
+    let r = anon.send(
+        "GET",
+        &env.url(0, "/healthz"),
+        &[("x-user-email", "root@evil.example")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.echo().header("x-user-email"),
+        None,
+        "forged identity header removed"
+    );
+
+    // Browser request: 302 to the provider with PKCE S256.
+    let mut agent = Agent::new();
+    let r = agent.get(&env.url(0, "/dashboard?tab=1"));
+    assert_eq!(r.status, 302);
+    let loc = r.location().unwrap();
+    assert!(loc.starts_with(&format!("{issuer}/auth?")), "{loc}");
+    assert!(
+        loc.contains("code_challenge_method=S256")
+            && loc.contains("nonce=")
+            && loc.contains("state=")
+    );
+
+    // Log in through the provider's form and land on the original URL.
+    let done = agent.follow(r, "alice", false);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.url, env.url(0, "/dashboard?tab=1"));
+    let echo = done.echo();
+    assert_eq!(echo.path, "/dashboard?tab=1");
+    assert_eq!(echo.header("x-user-email"), Some("alice@example.com"));
+    assert_eq!(echo.header("x-user-groups"), Some("admins,dev"));
+    assert!(echo.header("authorization").unwrap().starts_with("Bearer "));
+    let cookie_upstream = echo.header("cookie").unwrap_or("");
+    assert!(
+        !cookie_upstream.contains("portcullis-"),
+        "session cookies stripped: {cookie_upstream}"
+    );
+    let a_cookies = session_cookies(&agent, "portcullis-");
+    assert!(!a_cookies.is_empty());
+    let id_token = echo.header("x-id-token").unwrap().to_string();
+    assert!(env.counter("portcullis_oidc_logins_total") >= 1);
+
+    // Reload: still logged in, no redirect; a forged identity header is replaced.
+    let r = agent.send(
+        "GET",
+        &env.url(0, "/dashboard"),
+        &[
+            ("accept", "text/html"),
+            ("x-user-email", "mallory@evil.example"),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().header_all("x-user-email"), ["alice@example.com"]);
+    assert!(env.counter("portcullis_oidc_sessions_valid_total") >= 2);
+
+    // Second policy on the same provider (other port, same cookie jar): its own login,
+    // and neither session disturbs the other.
+    let r = agent.get(&env.url(1, "/"));
+    assert_eq!(r.status, 302, "policy B must not accept policy A's session");
+    let b = agent.follow(r, "alice", false);
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert_eq!(b.echo().header("x-user-email"), Some("alice@example.com"));
+    let all = session_cookies(&agent, "portcullis-");
+    assert!(all.len() > a_cookies.len(), "both sessions kept: {all:?}");
+    assert_eq!(agent.get(&env.url(0, "/")).status, 200);
+    assert_eq!(agent.get(&env.url(1, "/")).status, 200);
+
+    // Tampered session cookie: treated as no session.
+    let mut tampered = agent.clone();
+    let name = a_cookies[0].clone();
+    let v = tampered.jar.get_mut(&name).unwrap();
+    let mid = v.len() / 2;
+    let flipped = if &v[mid..mid + 1] == "A" { "B" } else { "A" };
+    v.replace_range(mid..mid + 1, flipped);
+    assert_eq!(tampered.get(&env.url(0, "/")).status, 302);
+    assert_eq!(
+        tampered
+            .send("GET", &env.url(0, "/api/x"), &[], None)
+            .status,
+        401
+    );
+    // Forged session cookie.
+    let mut forged = Agent::new();
+    forged.jar.insert(name.clone(), "AQ".repeat(40));
+    assert_eq!(forged.get(&env.url(0, "/")).status, 302);
+    assert!(env.counter("portcullis_oidc_rejected_bad_session_total") >= 2);
+
+    // State mismatch: a callback whose state is not the one in the flow cookie.
+    let mut csrf = Agent::new();
+    let r = csrf.get(&env.url(0, "/"));
+    assert_eq!(r.status, 302);
+    let r = csrf.get(&env.url(0, "/oauth2/callback?code=abc&state=not-the-state"));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(env.counter("portcullis_oidc_rejected_bad_state_total") >= 1);
+
+    // Replayed code: log in, then replay the callback URL with the cookies sent with it.
+    let mut replay = Agent::new();
+    assert_eq!(replay.login(&env.url(0, "/"), "alice").status, 200);
+    let (sent, callback) = replay
+        .find("/oauth2/callback?")
+        .cloned()
+        .expect("saw the callback");
+    let mut attacker = Agent::new();
+    attacker.set_cookies(&sent);
+    let r = attacker.get(&callback.url);
+    assert_eq!(r.status, 401, "replayed code must be refused: {}", r.body);
+    assert!(env.counter("portcullis_oidc_rejected_code_exchange_failed_total") >= 1);
+
+    // Open redirect: the return URL stays on this origin.
+    let mut evil = Agent::new();
+    let done = evil.login(&env.url(0, "//evil.example/steal"), "alice");
+    assert_eq!(done.status, 200, "{}", done.body);
+    let (_, cb) = evil.find("/oauth2/callback?").expect("saw the callback");
+    assert_eq!(
+        cb.location(),
+        Some(env.url(0, "/")),
+        "return URL must be same-origin"
+    );
+
+    // Bearer: the provider-signed ID token (aud = app-a) is accepted by A, refused by B.
+    let auth = format!("Bearer {id_token}");
+    let r = anon.send(
+        "GET",
+        &env.url(0, "/api/items"),
+        &[("authorization", &auth), ("x-user-email", "forged")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.echo().header("x-user-email"), Some("alice@example.com"));
+    let r = anon.send(
+        "GET",
+        &env.url(1, "/api/items"),
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 401, "wrong audience");
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+    // alg none with the same claims.
+    let payload = id_token.split('.').nth(1).unwrap();
+    let none = format!(
+        "{}.{payload}.",
+        b64url(&json!({"alg": "none", "kid": "rsa-1"}))
+    );
+    let r = anon.send(
+        "GET",
+        &env.url(0, "/api/items"),
+        &[("authorization", &format!("Bearer {none}"))],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    assert!(env.counter("portcullis_oidc_rejected_bad_alg_total") >= 1);
+    assert!(env.counter("portcullis_oidc_rejected_bad_audience_total") >= 1);
+
+    // Logout: session cleared, provider end_session with id_token_hint, then back to login.
+    let r = agent.get(&env.url(0, "/logout"));
+    assert_eq!(r.status, 302);
+    let loc = r.location().unwrap();
+    assert!(
+        loc.starts_with(&format!("{issuer}/session/end?")) && loc.contains("id_token_hint="),
+        "{loc}"
+    );
+    assert!(
+        session_cookies(&agent, &name[..name.len() - 2]).is_empty(),
+        "A's session deleted"
+    );
+    let after = agent.follow(r, "", true);
+    // After the provider's logout we come back to `/`, which sends us to log in again.
+    assert!(
+        after.body.contains("name=\"login\""),
+        "expected the login form, got {} {}",
+        after.status,
+        after.url
+    );
+    assert_eq!(
+        agent.send("GET", &env.url(0, "/api/x"), &[], None).status,
+        401
+    );
+}
+
+#[test]
+fn refresh_large_tokens_expiry_and_require() {
+    let env = OidcEnv::start(EnvOptions {
+        clients: vec!["big".into()],
+        provider: ProviderOptions {
+            access_token_ttl: 3,
+            id_token_ttl: 4,
+            big_claim_bytes: 6000,
+            ..ProviderOptions::default()
+        },
+        edit: Box::new(|_, c| {
+            c["scopes"] = json!(["openid", "email", "groups", "big"]);
+            c["require"] = json!({"groups": ["admins"]});
+        }),
+        ..EnvOptions::default()
+    })
+    .expect("environment");
+
+    // A token over 4 KB still logs in: the session is split into several cookies.
+    let mut agent = Agent::new();
+    let done = agent.login(&env.url(0, "/big"), "alice");
+    assert_eq!(done.status, 200, "{}", done.body);
+    let chunks = session_cookies(&agent, "portcullis-");
+    assert!(
+        chunks.len() >= 2,
+        "expected a chunked session, got {chunks:?}"
+    );
+    assert!(agent.jar.values().all(|v| v.len() < 4000));
+    let first_at = done.echo().header("authorization").unwrap().to_string();
+    let id_token = done.echo().header("x-id-token").unwrap().to_string();
+    assert!(id_token.len() > 4096);
+
+    // After the access token expires, the next request refreshes transparently.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let r = agent.get(&env.url(0, "/after-expiry"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new_at = r.echo().header("authorization").unwrap().to_string();
+    assert_ne!(new_at, first_at, "a new access token after refresh");
+    assert!(
+        !r.all("set-cookie").is_empty(),
+        "refreshed session cookies set"
+    );
+    assert!(env.counter("portcullis_oidc_refresh_total") >= 1);
+    // The API path works with the refreshed session too.
+    assert_eq!(
+        agent.send("GET", &env.url(0, "/api/x"), &[], None).status,
+        200
+    );
+
+    // An expired ID token used as a bearer token is refused.
+    let r = Agent::new().send(
+        "GET",
+        &env.url(0, "/api/x"),
+        &[("authorization", &format!("Bearer {id_token}"))],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    assert!(env.counter("portcullis_oidc_rejected_expired_total") >= 1);
+
+    // `require`: bob is only in "viewers": 403.
+    let mut bob = Agent::new();
+    let r = bob.login(&env.url(0, "/"), "bob");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(env.counter("portcullis_oidc_rejected_forbidden_total") >= 1);
+}
+
+#[test]
+fn provider_unreachable_gives_503_not_a_redirect() {
+    let env = OidcEnv::start(EnvOptions {
+        provider_down: true,
+        ..EnvOptions::default()
+    })
+    .expect("environment");
+    let r = Agent::new().get(&env.url(0, "/"));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("discovery pending"));
+    assert!(r.header("location").is_none());
+}

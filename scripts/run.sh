@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Local quickstart (what `make run` calls after `make build`): the echo upstream, then Envoy
+# with both Portcullis filters (examples/local/envoy-static.yaml) in front of it, on 127.0.0.1.
+# Stays in the foreground until Ctrl-C and stops both children on exit.
+#
+# Environment:
+#   PORTCULLIS_HTTP_PORT  (10000)  Envoy listener
+#   PORTCULLIS_ADMIN_PORT (9901)   Envoy admin
+#   PORTCULLIS_ECHO_PORT  (18080)  echo upstream
+#   ENVOY_BIN                      Envoy binary (default .bin/envoy from `make setup`)
+#   ECHO_UPSTREAM_BIN              echo-upstream binary (default: built with cargo)
+#   PORTCULLIS_RUN_DIR             where logs and the rendered config go (default target/run)
+set -euo pipefail
+
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+HTTP_PORT="${PORTCULLIS_HTTP_PORT:-10000}"
+ADMIN_PORT="${PORTCULLIS_ADMIN_PORT:-9901}"
+ECHO_PORT="${PORTCULLIS_ECHO_PORT:-18080}"
+ENVOY="${ENVOY_BIN:-$ROOT/.bin/envoy}"
+RUN_DIR="${PORTCULLIS_RUN_DIR:-$ROOT/target/run}"
+
+die() { printf '\033[1;31m[run]\033[0m %s\n' "$*" >&2; exit 1; }
+log() { printf '\033[1;34m[run]\033[0m %s\n' "$*" >&2; }
+
+[ -x "$ENVOY" ] || die "Envoy not found at $ENVOY: run \`make setup\` (or set ENVOY_BIN)"
+for f in ua_block headers; do
+  [ -f "dist/wasm/$f.wasm" ] || die "dist/wasm/$f.wasm is missing: run \`make build-wasm\`"
+done
+
+port_free() {
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
+for p in "$HTTP_PORT" "$ADMIN_PORT" "$ECHO_PORT"; do
+  port_free "$p" || die "port $p on 127.0.0.1 is in use; stop what uses it or set PORTCULLIS_HTTP_PORT / PORTCULLIS_ADMIN_PORT / PORTCULLIS_ECHO_PORT"
+done
+
+if [ -z "${ECHO_UPSTREAM_BIN:-}" ]; then
+  log "building the echo upstream"
+  cargo build -q -p portcullis-integration --bin echo-upstream
+  ECHO_UPSTREAM_BIN="$ROOT/target/debug/echo-upstream"
+fi
+
+mkdir -p "$RUN_DIR"
+CONFIG="$RUN_DIR/envoy.yaml"
+sed -e "s/port_value: 10000 }/port_value: $HTTP_PORT }/" \
+    -e "s/port_value: 9901 }/port_value: $ADMIN_PORT }/" \
+    -e "s/port_value: 18080 }/port_value: $ECHO_PORT }/" \
+    examples/local/envoy-static.yaml > "$CONFIG"
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'log "stopping"; exit 0' INT TERM
+
+"$ECHO_UPSTREAM_BIN" --addr "127.0.0.1:$ECHO_PORT" > "$RUN_DIR/echo.log" 2>&1 &
+pids+=($!)
+"$ENVOY" -c "$CONFIG" --concurrency 2 --disable-hot-restart -l info > "$RUN_DIR/envoy.log" 2>&1 &
+pids+=($!)
+
+ready=""
+for _ in $(seq 1 300); do
+  if [ "$(curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = "LIVE" ]; then
+    ready=1; break
+  fi
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$RUN_DIR/envoy.log" "$RUN_DIR/echo.log" >&2; die "a process exited during startup (logs above)"; }
+  done
+  sleep 0.2
+done
+[ -n "$ready" ] || { tail -n 30 "$RUN_DIR/envoy.log" >&2; die "Envoy did not become ready within 60s"; }
+
+U="http://127.0.0.1:$HTTP_PORT"
+cat <<MSG
+
+Portcullis is running (Ctrl-C to stop).
+  proxy      $U/          (ua-block + headers in front of the echo upstream)
+  admin      http://127.0.0.1:$ADMIN_PORT/    metrics: http://127.0.0.1:$ADMIN_PORT/stats?filter=portcullis
+  upstream   http://127.0.0.1:$ECHO_PORT/          (answers with the request it saw, as JSON)
+  logs       $RUN_DIR/envoy.log, $RUN_DIR/echo.log
+  config     examples/local/envoy-static.yaml (rendered: $CONFIG)
+
+Try:
+  curl -i $U/ -A 'Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)'    # 403: ai-crawlers preset
+  curl -i $U/ -A 'python-requests/2.32'                                                # 403: custom deny
+  curl -i $U/ -A 'Mozilla/5.0 Googlebot/2.1 GPTBot'                                    # 200: allow wins over deny
+  curl -i $U/ -H 'User-Agent:'                                                         # 403: missing user-agent
+  curl -i $U/hello -A 'Mozilla/5.0' -H 'x-debug: 1' -H 'x-internal-token: s3cret'      # 200: see the JSON the upstream got
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats?filter=portcullis                          # counters
+MSG
+
+# Run until Ctrl-C or until a child dies.
+while :; do
+  for pid in "${pids[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 30 "$RUN_DIR/envoy.log" "$RUN_DIR/echo.log" >&2
+      die "a child process exited unexpectedly (logs above)"
+    fi
+  done
+  sleep 1
+done

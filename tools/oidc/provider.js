@@ -1,0 +1,121 @@
+// OpenID provider for Portcullis end-to-end tests. Test traffic only, on 127.0.0.1.
+//
+// Environment:
+//   PORT             port to listen on (required)
+//   ISSUER           issuer URL (default http://127.0.0.1:$PORT)
+//   CLIENTS          JSON array of {client_id, client_secret, redirect_uris, post_logout_redirect_uris}
+//   AT_TTL           access-token lifetime in seconds (default 300)
+//   ID_TTL           ID-token lifetime in seconds (default 3600)
+//   BIG_CLAIM_BYTES  size of the "big" claim (scope "big"), to push tokens past 4 KB (default 0)
+// Users: any login and password; user "bob" is in group "viewers", everyone else in "admins","dev".
+// Prints "ready <issuer>" once listening.
+import crypto from 'node:crypto';
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.PORT);
+if (!port) {
+  console.error('PORT is required');
+  process.exit(2);
+}
+const issuer = process.env.ISSUER || `http://127.0.0.1:${port}`;
+const atTtl = Number(process.env.AT_TTL || 300);
+const idTtl = Number(process.env.ID_TTL || 3600);
+const bigBytes = Number(process.env.BIG_CLAIM_BYTES || 0);
+const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  token_endpoint_auth_method: 'client_secret_basic',
+  ...c,
+}));
+
+// Fresh signing keys per run: one RSA key (RS256, used for ID tokens) and one EC key.
+const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+const jwks = {
+  keys: [
+    { ...rsa, kid: 'rsa-1', use: 'sig', alg: 'RS256' },
+    { ...ec, kid: 'ec-1', use: 'sig', alg: 'ES256' },
+  ],
+};
+
+const bigValue = bigBytes > 0 ? 'b'.repeat(bigBytes) : undefined;
+
+const configuration = {
+  clients,
+  jwks,
+  cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    groups: ['groups'],
+    big: ['big'],
+  },
+  scopes: ['openid', 'offline_access', 'email', 'groups', 'big'],
+  // Put scope claims into the ID token even in the code flow (the gateway reads them there).
+  conformIdTokenClaims: false,
+  findAccount: async (ctx, id) => ({
+    accountId: id,
+    async claims() {
+      const claims = {
+        sub: id,
+        email: `${id}@example.com`,
+        email_verified: true,
+        groups: id === 'bob' ? ['viewers'] : ['admins', 'dev'],
+      };
+      if (bigValue) claims.big = bigValue;
+      return claims;
+    },
+  }),
+  // Tests log in without a consent screen: grant whatever the client asked for.
+  loadExistingGrant: async (ctx) => {
+    const grantId = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+    if (grantId) {
+      const existing = await ctx.oidc.provider.Grant.find(grantId);
+      if (existing) return existing;
+    }
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope(ctx.oidc.params.scope || 'openid');
+    await grant.save();
+    return grant;
+  },
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  ttl: {
+    AccessToken: atTtl,
+    IdToken: idTtl,
+    AuthorizationCode: 60,
+    RefreshToken: 24 * 3600,
+    Grant: 24 * 3600,
+    Interaction: 3600,
+    Session: 24 * 3600,
+  },
+  features: {
+    devInteractions: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // A page with the confirmation button; tests (and the browser test) press it.
+      logoutSource: async (ctx, form) => {
+        ctx.body = `<!DOCTYPE html><html><head><title>Sign out</title></head><body>
+<h1>Sign out of the test provider?</h1>${form}
+<button id="logout-yes" type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+</body></html>`;
+      },
+    },
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+provider.proxy = false;
+provider.on('server_error', (ctx, err) => console.error('server_error', err));
+provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description || ''));
+provider.on('end_session.error', (ctx, err) => console.error('end_session.error', err.message, err.error_description || ''));
+provider.on('authorization.error', (ctx, err) => console.error('authorization.error', err.message, err.error_description || ''));
+
+const server = provider.listen(port, '127.0.0.1', () => {
+  console.log(`ready ${issuer}`);
+});
+const stop = () => server.close(() => process.exit(0));
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
