@@ -34,6 +34,8 @@ pub struct Board {
     pub load_errors: Vec<LoadErrorView>,
     pub gateways: Vec<GatewayInfra>,
     pub translations: u64,
+    /// Wall time of the last read + parse + translate, in milliseconds.
+    pub last_translate_ms: u64,
 }
 
 #[derive(Clone)]
@@ -51,6 +53,7 @@ pub struct AdminState {
 pub struct StatusDoc<'a> {
     pub controller_name: &'a str,
     pub translations: u64,
+    pub last_translate_ms: u64,
     pub resources: &'a [ResourceStatus],
     pub load_errors: &'a [LoadErrorView],
     pub gateways: &'a [GatewayInfra],
@@ -78,7 +81,13 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
 }
 
 async fn status(State(s): State<AdminState>) -> impl IntoResponse {
@@ -86,6 +95,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
     let doc = StatusDoc {
         controller_name: &board.controller_name,
         translations: board.translations,
+        last_translate_ms: board.last_translate_ms,
         resources: &board.resources,
         load_errors: &board.load_errors,
         gateways: &board.gateways,

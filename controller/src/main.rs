@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use portcullis::cli;
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about = "Envoy extension suite controller: Gateway API + EnvoyExtensionPolicy -> Envoy xDS")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Envoy extension suite controller: Gateway API + EnvoyExtensionPolicy -> Envoy xDS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -62,18 +62,61 @@ impl Metrics {
             envoys_running: Gauge::default(),
             load_errors: Gauge::default(),
         };
-        r.register("translations", "Translation runs by result", m.translations.clone());
-        r.register("snapshot_generation", "Generation of the xDS snapshot being served", m.snapshot_generation.clone());
+        r.register(
+            "translations",
+            "Translation runs by result",
+            m.translations.clone(),
+        );
+        r.register(
+            "snapshot_generation",
+            "Generation of the xDS snapshot being served",
+            m.snapshot_generation.clone(),
+        );
         r.register("xds_streams", "Open ADS streams", m.xds_streams.clone());
-        r.register("xds_pushes", "xDS responses sent, by type", m.xds_pushes.clone());
-        r.register("xds_acks", "xDS responses ACKed by Envoy, by type", m.xds_acks.clone());
-        r.register("xds_nacks", "xDS responses rejected (NACKed) by Envoy, by type", m.xds_nacks.clone());
-        r.register("wasm_fetches", "Wasm module fetch attempts by result", m.wasm_fetches.clone());
-        r.register("wasm_cache_bytes", "Bytes of wasm modules in the disk cache", m.wasm_cache_bytes.clone());
-        r.register("envoy_starts", "Envoy process starts, by Gateway", m.envoy_starts.clone());
-        r.register("envoys_running", "Envoy processes running", m.envoys_running.clone());
-        r.register("load_errors", "Manifests or documents that failed to load", m.load_errors.clone());
-        Metrics { registry: Arc::new(r), ..m }
+        r.register(
+            "xds_pushes",
+            "xDS responses sent, by type",
+            m.xds_pushes.clone(),
+        );
+        r.register(
+            "xds_acks",
+            "xDS responses ACKed by Envoy, by type",
+            m.xds_acks.clone(),
+        );
+        r.register(
+            "xds_nacks",
+            "xDS responses rejected (NACKed) by Envoy, by type",
+            m.xds_nacks.clone(),
+        );
+        r.register(
+            "wasm_fetches",
+            "Wasm module fetch attempts by result",
+            m.wasm_fetches.clone(),
+        );
+        r.register(
+            "wasm_cache_bytes",
+            "Bytes of wasm modules in the disk cache",
+            m.wasm_cache_bytes.clone(),
+        );
+        r.register(
+            "envoy_starts",
+            "Envoy process starts, by Gateway",
+            m.envoy_starts.clone(),
+        );
+        r.register(
+            "envoys_running",
+            "Envoy processes running",
+            m.envoys_running.clone(),
+        );
+        r.register(
+            "load_errors",
+            "Manifests or documents that failed to load",
+            m.load_errors.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
     }
 
     /// Prometheus/OpenMetrics text exposition.
@@ -86,7 +129,9 @@ impl Metrics {
 }
 
 pub fn type_label(type_url: &str) -> TypeLabel {
-    TypeLabel { type_url: short_type(type_url).to_string() }
+    TypeLabel {
+        type_url: short_type(type_url).to_string(),
+    }
 }
 
 /// `type.googleapis.com/envoy.config.listener.v3.Listener` -> `Listener`.

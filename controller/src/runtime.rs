@@ -47,11 +47,16 @@ pub struct EnvoyConfig {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot bind the {what} on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the {what} on {addr}"))
 }
 
 /// Run until `shutdown` resolves, then drain Envoys and return.
-pub async fn run(cfg: RuntimeConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: RuntimeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let provider = FileProvider::new(cfg.paths.clone()).context("reading manifests")?;
 
@@ -78,8 +83,9 @@ pub async fn run(cfg: RuntimeConfig, shutdown: impl std::future::Future<Output =
     let xds = XdsServer::new(metrics.clone());
     let infra = match &cfg.envoy {
         Some(e) => {
-            let bin = find_envoy(e.bin.as_deref())
-                .context("Envoy not found: pass --envoy-bin or put `envoy` on PATH (or use --no-envoy)")?;
+            let bin = find_envoy(e.bin.as_deref()).context(
+                "Envoy not found: pass --envoy-bin or put `envoy` on PATH (or use --no-envoy)",
+            )?;
             Some(Arc::new(HostInfra::new(
                 HostConfig {
                     envoy_bin: bin,
@@ -96,7 +102,10 @@ pub async fn run(cfg: RuntimeConfig, shutdown: impl std::future::Future<Output =
         }
         None => None,
     };
-    let board = Arc::new(RwLock::new(Board { controller_name: cfg.controller_name.clone(), ..Board::default() }));
+    let board = Arc::new(RwLock::new(Board {
+        controller_name: cfg.controller_name.clone(),
+        ..Board::default()
+    }));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -110,23 +119,48 @@ pub async fn run(cfg: RuntimeConfig, shutdown: impl std::future::Future<Output =
     let wasm_task = {
         let app = crate::wasm::serve::router(cfg.cache_dir.clone());
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { axum::serve(wasm_listener, app).with_graceful_shutdown(stop).await })
+        tokio::spawn(async move {
+            axum::serve(wasm_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        })
     };
     let admin_task = {
-        let state = AdminState { metrics: metrics.clone(), xds: xds.clone(), infra: infra.clone(), cache: cache.clone(), board: board.clone() };
+        let state = AdminState {
+            metrics: metrics.clone(),
+            xds: xds.clone(),
+            infra: infra.clone(),
+            cache: cache.clone(),
+            board: board.clone(),
+        };
         let app = admin::router(state);
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { axum::serve(admin_listener, app).with_graceful_shutdown(stop).await })
+        tokio::spawn(async move {
+            axum::serve(admin_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        })
     };
     tracing::info!(%xds_addr, %wasm_addr, %admin_addr, mode = ?cfg.xds_mode, paths = ?cfg.paths, "portcullis controller listening");
 
-    let _watcher = provider.watch(trigger_tx.clone()).context("watching manifests")?;
+    let _watcher = provider
+        .watch(trigger_tx.clone())
+        .context("watching manifests")?;
     let opts = TranslateOptions {
         controller_name: cfg.controller_name.clone(),
         listener_address: cfg.listener_address.clone(),
         ..TranslateOptions::default()
     };
-    let ctx = Reconciler { provider, opts, cache, xds: xds.clone(), infra: infra.clone(), board, metrics };
+    let ctx = Reconciler {
+        provider,
+        opts,
+        cache,
+        xds: xds.clone(),
+        infra: infra.clone(),
+        board,
+        metrics,
+        last_good: Default::default(),
+    };
 
     tokio::pin!(shutdown);
     ctx.reconcile().await;
@@ -172,6 +206,8 @@ struct Reconciler {
     infra: Option<Arc<HostInfra>>,
     board: Arc<RwLock<Board>>,
     metrics: Metrics,
+    /// Content of each file when it last loaded without errors.
+    last_good: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Reconciler {
@@ -180,24 +216,62 @@ impl Reconciler {
         let provider = self.provider.clone();
         let opts = self.opts.clone();
         let cache = self.cache.clone();
+        let last_good = self.last_good.clone();
         // Reading and translating are blocking work; keep them off the async workers.
         let done = tokio::task::spawn_blocking(move || {
             let mut parsed = Vec::new();
             let mut load_errors = Vec::new();
-            for f in provider.read_all() {
-                match &f.content {
+            let mut last_good = last_good.lock().unwrap_or_else(|p| p.into_inner());
+            let files = provider.read_all();
+            last_good.retain(|name, _| files.iter().any(|f| &f.name == name));
+            for f in files {
+                // Like `kubectl apply` rejecting an invalid object: a file that does not load
+                // keeps its last good version (a half-written save cannot take a Gateway down).
+                let (docs, errs) = match &f.content {
                     Ok(text) => {
                         let (res, errs) = parse_documents(&f.name, text);
-                        parsed.extend(res);
-                        load_errors.extend(errs.into_iter().map(|e| LoadErrorView {
-                            source: e.source_name,
-                            document: Some(e.index),
-                            reason: e.reason,
+                        let errs: Vec<LoadErrorView> = errs
+                            .into_iter()
+                            .map(|e| LoadErrorView {
+                                source: e.source_name,
+                                document: Some(e.index),
+                                reason: e.reason,
+                            })
+                            .collect();
+                        if errs.is_empty() {
+                            last_good.insert(f.name.clone(), text.clone());
+                        }
+                        (res, errs)
+                    }
+                    Err(reason) => (
+                        Vec::new(),
+                        vec![LoadErrorView {
+                            source: f.name.clone(),
+                            document: None,
+                            reason: reason.clone(),
+                        }],
+                    ),
+                };
+                if errs.is_empty() {
+                    parsed.extend(docs);
+                    continue;
+                }
+                match last_good.get(&f.name) {
+                    Some(previous) => {
+                        parsed.extend(parse_documents(&f.name, previous).0);
+                        load_errors.extend(errs.into_iter().map(|mut e| {
+                            e.reason
+                                .push_str(" (serving the last good version of this file)");
+                            e
                         }));
                     }
-                    Err(reason) => load_errors.push(LoadErrorView { source: f.name.clone(), document: None, reason: reason.clone() }),
+                    None => {
+                        parsed.extend(docs);
+                        load_errors.extend(errs);
+                    }
                 }
             }
+            drop(last_good);
             let resources = Resources::from_parsed(parsed);
             let mut out = translate(&resources, &opts, &cache);
             cache.set_pull_secrets(pull_secrets(&resources, &out.wasm_needed));
@@ -205,15 +279,20 @@ impl Reconciler {
             if cache.ensure(&out.wasm_needed) {
                 out = translate(&resources, &opts, &cache);
             }
-            (out, load_errors)
+            (out, load_errors, started.elapsed())
         })
         .await;
-        let (out, load_errors) = match done {
+        let (out, load_errors, translate_time) = match done {
             Ok(v) => v,
             Err(e) => {
                 // A translator panic must not stop the controller: keep serving the last snapshot.
                 tracing::error!(error = %e, "translation failed; keeping the last good snapshot");
-                self.metrics.translations.get_or_create(&ResultLabel { result: "panic".into() }).inc();
+                self.metrics
+                    .translations
+                    .get_or_create(&ResultLabel {
+                        result: "panic".into(),
+                    })
+                    .inc();
                 return;
             }
         };
@@ -233,23 +312,44 @@ impl Reconciler {
             b.load_errors = load_errors;
             b.gateways = out.gateways;
             b.translations += 1;
+            b.last_translate_ms = translate_time.as_millis() as u64;
         }
-        self.metrics.translations.get_or_create(&ResultLabel { result: "ok".into() }).inc();
-        tracing::info!(generation, gateways = nodes.len(), took_ms = started.elapsed().as_millis() as u64, "translated");
+        self.metrics
+            .translations
+            .get_or_create(&ResultLabel {
+                result: "ok".into(),
+            })
+            .inc();
+        tracing::info!(
+            generation,
+            gateways = nodes.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "translated"
+        );
     }
 }
 
 /// `.dockerconfigjson` of every Secret a needed image references (data is base64, as in
 /// Kubernetes; stringData is plain).
-fn pull_secrets(resources: &Resources, needed: &[portcullis_translator::wasm::source::WasmSource]) -> PullSecrets {
+fn pull_secrets(
+    resources: &Resources,
+    needed: &[portcullis_translator::wasm::source::WasmSource],
+) -> PullSecrets {
     use base64::Engine;
     let mut out = PullSecrets::new();
     for key in needed.iter().filter_map(|s| s.pull_secret.as_ref()) {
-        let Some(secret) = resources.secrets.get(key) else { continue };
+        let Some(secret) = resources.secrets.get(key) else {
+            continue;
+        };
         let body = &secret.spec;
-        let json = match (body.string_data.get(".dockerconfigjson"), body.data.get(".dockerconfigjson")) {
+        let json = match (
+            body.string_data.get(".dockerconfigjson"),
+            body.data.get(".dockerconfigjson"),
+        ) {
             (Some(plain), _) => Some(plain.as_bytes().to_vec()),
-            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok(),
             (None, None) => None,
         };
         if let Some(j) = json {

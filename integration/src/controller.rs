@@ -54,14 +54,35 @@ impl ControllerBuilder {
 
     /// Start and wait until the admin endpoint says the first translation is done.
     pub fn start(self) -> Result<Controller, Error> {
-        let manifest_dir = tempfile::Builder::new().prefix("portcullis-manifests-").tempdir().map_err(|e| Error::io("manifest dir", e))?;
-        let cache_dir = tempfile::Builder::new().prefix("portcullis-wasm-cache-").tempdir().map_err(|e| Error::io("cache dir", e))?;
+        let manifest_dir = tempfile::Builder::new()
+            .prefix("portcullis-manifests-")
+            .tempdir()
+            .map_err(|e| Error::io("manifest dir", e))?;
+        let cache_dir = tempfile::Builder::new()
+            .prefix("portcullis-wasm-cache-")
+            .tempdir()
+            .map_err(|e| Error::io("cache dir", e))?;
         for (name, yaml) in &self.manifests {
             write_atomic(&manifest_dir.path().join(name), yaml)?;
         }
         let (admin_port, xds_port, wasm_port) = (free_port()?, free_port()?, free_port()?);
         let envoy = envoy_bin()?;
-        let bin = std::env::var_os("PORTCULLIS_BIN").filter(|b| !b.is_empty()).map(PathBuf::from).unwrap_or(self.bin);
+        let bin = std::env::var_os("PORTCULLIS_BIN")
+            .filter(|b| !b.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or(self.bin);
+        // Test defaults, unless the test sets the flag itself.
+        let mut defaults: Vec<String> = Vec::new();
+        for (flag, value) in [
+            ("--listener-address", "127.0.0.1"),
+            ("--envoy-concurrency", "1"),
+            ("--drain-timeout", "2"),
+            ("--envoy-log-level", "info"),
+        ] {
+            if !self.args.iter().any(|a| a == flag) {
+                defaults.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         let mut process = ProcessBuilder::new("portcullis", &bin)
             .arg("run")
             .arg("-f")
@@ -73,10 +94,12 @@ impl ControllerBuilder {
             .arg(&envoy)
             .arg("--cache-dir")
             .arg(cache_dir.path())
-            .args(["--listener-address", "127.0.0.1", "--envoy-concurrency", "1", "--drain-timeout", "2"])
-            .args(["--envoy-log-level", "info"])
+            .args(&defaults)
             .args(&self.args)
-            .env("RUST_LOG", "info,portcullis=debug,h2=warn,tower=warn,hyper=warn")
+            .env(
+                "RUST_LOG",
+                "info,portcullis=debug,h2=warn,tower=warn,hyper=warn",
+            )
             .spawn()?;
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -84,21 +107,33 @@ impl ControllerBuilder {
             .map_err(|e| Error::io("http client", std::io::Error::other(e)))?;
         let ready = format!("http://127.0.0.1:{admin_port}/readyz");
         process.wait_until("controller ready (/readyz)", CONVERGE, || {
-            http.get(&ready).send().map_err(|e| e.to_string()).and_then(|r| {
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}", r.status()))
-                }
-            })
+            http.get(&ready)
+                .send()
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    if r.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {}", r.status()))
+                    }
+                })
         })?;
-        Ok(Controller { process, manifest_dir, cache_dir, admin_port, xds_port, wasm_port, http })
+        Ok(Controller {
+            process,
+            manifest_dir,
+            cache_dir,
+            admin_port,
+            xds_port,
+            wasm_port,
+            http,
+        })
     }
 }
 
 fn write_atomic(path: &Path, content: &str) -> Result<(), Error> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
     }
     // Write beside, then rename: the watcher never sees a half-written file.
     let tmp = path.with_extension("tmp~");
@@ -108,7 +143,11 @@ fn write_atomic(path: &Path, content: &str) -> Result<(), Error> {
 
 impl Controller {
     pub fn builder(bin: impl Into<PathBuf>) -> ControllerBuilder {
-        ControllerBuilder { bin: bin.into(), manifests: Vec::new(), args: Vec::new() }
+        ControllerBuilder {
+            bin: bin.into(),
+            manifests: Vec::new(),
+            args: Vec::new(),
+        }
     }
 
     pub fn manifest_dir(&self) -> &Path {
@@ -142,7 +181,11 @@ impl Controller {
     }
 
     fn get_text(&self, path: &str) -> Result<String, String> {
-        let r = self.http.get(self.admin_url(path)).send().map_err(|e| e.to_string())?;
+        let r = self
+            .http
+            .get(self.admin_url(path))
+            .send()
+            .map_err(|e| e.to_string())?;
         if !r.status().is_success() {
             return Err(format!("{path}: HTTP {}", r.status()));
         }
@@ -160,11 +203,19 @@ impl Controller {
     }
 
     /// Poll `/status` until `check` accepts it (fails fast if the controller exits).
-    pub fn wait_status<T>(&mut self, what: &str, mut check: impl FnMut(&Value) -> Result<T, String>) -> Result<T, Error> {
+    pub fn wait_status<T>(
+        &mut self,
+        what: &str,
+        mut check: impl FnMut(&Value) -> Result<T, String>,
+    ) -> Result<T, Error> {
         let http = self.http.clone();
         let url = self.admin_url("/status");
         self.process.wait_until(what, CONVERGE, || {
-            let doc: Value = http.get(&url).send().and_then(|r| r.json()).map_err(|e| e.to_string())?;
+            let doc: Value = http
+                .get(&url)
+                .send()
+                .and_then(|r| r.json())
+                .map_err(|e| e.to_string())?;
             check(&doc)
         })
     }
@@ -172,15 +223,18 @@ impl Controller {
     /// Wait until Envoy for `node` has ACKed every type of the current snapshot generation.
     pub fn wait_synced(&mut self, node: &str) -> Result<u64, Error> {
         let node = node.to_string();
-        self.wait_status(&format!("Envoy {node} in sync with the xDS snapshot"), |doc| {
-            let gen = doc["xds"]["generation"].as_u64().unwrap_or(0);
-            let synced = doc["xds"]["nodes"][&node]["syncedGeneration"].as_u64();
-            if gen > 0 && synced == Some(gen) {
-                Ok(gen)
-            } else {
-                Err(format!("generation {gen}, node synced at {synced:?}"))
-            }
-        })
+        self.wait_status(
+            &format!("Envoy {node} in sync with the xDS snapshot"),
+            |doc| {
+                let gen = doc["xds"]["generation"].as_u64().unwrap_or(0);
+                let synced = doc["xds"]["nodes"][&node]["syncedGeneration"].as_u64();
+                if gen > 0 && synced == Some(gen) {
+                    Ok(gen)
+                } else {
+                    Err(format!("generation {gen}, node synced at {synced:?}"))
+                }
+            },
+        )
     }
 
     /// PIDs of the Envoys the controller reports running.
@@ -206,9 +260,16 @@ impl Controller {
 }
 
 /// Status block of one resource in a `/status` document.
-pub fn resource<'a>(doc: &'a Value, kind: &str, namespace: Option<&str>, name: &str) -> Option<&'a Value> {
+pub fn resource<'a>(
+    doc: &'a Value,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<&'a Value> {
     doc["resources"].as_array()?.iter().find(|r| {
-        r["kind"] == kind && r["metadata"]["name"] == name && r["metadata"]["namespace"].as_str() == namespace
+        r["kind"] == kind
+            && r["metadata"]["name"] == name
+            && r["metadata"]["namespace"].as_str() == namespace
     })
 }
 
@@ -220,7 +281,12 @@ pub fn conditions_of(v: &Value, ty: &str) -> Vec<(String, String, String)> {
         match v {
             Value::Object(m) => {
                 if m.get("type").and_then(Value::as_str) == Some(ty) && m.contains_key("status") {
-                    let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                    let s = |k: &str| {
+                        m.get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
                     out.push((s("status"), s("reason"), s("message")));
                 }
                 m.values().for_each(|c| walk(c, ty, out));
@@ -236,7 +302,11 @@ pub fn conditions_of(v: &Value, ty: &str) -> Vec<(String, String, String)> {
 /// True if the process with this pid is gone (or a zombie nobody reaped).
 pub fn pid_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().map(|rest| rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|rest| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => true,
     }
 }
@@ -259,7 +329,10 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -268,11 +341,19 @@ impl KeepAlive {
         let s = std::net::TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let local_addr = s.local_addr()?;
-        Ok(KeepAlive { stream: std::io::BufReader::new(s), local_addr })
+        Ok(KeepAlive {
+            stream: std::io::BufReader::new(s),
+            local_addr,
+        })
     }
 
     /// GET `path` with `Host: host` plus `headers`, on this connection.
-    pub fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<RawResponse> {
+    pub fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<RawResponse> {
         use std::io::{BufRead, Read, Write};
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
         for (k, v) in headers {
@@ -283,9 +364,16 @@ impl KeepAlive {
         let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
         let mut line = String::new();
         if self.stream.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(format!("status line {line:?}")))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("status line {line:?}")))?;
         let mut headers = Vec::new();
         loop {
             line.clear();
@@ -298,17 +386,25 @@ impl KeepAlive {
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v): &(String, String)| v.clone());
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v): &(String, String)| v.clone())
+        };
         let mut body = Vec::new();
         if let Some(len) = find("content-length") {
-            let len: usize = len.parse().map_err(|_| bad(format!("content-length {len}")))?;
+            let len: usize = len
+                .parse()
+                .map_err(|_| bad(format!("content-length {len}")))?;
             body.resize(len, 0);
             self.stream.read_exact(&mut body)?;
         } else if find("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             loop {
                 line.clear();
                 self.stream.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).map_err(|_| bad(format!("chunk size {line:?}")))?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                    .map_err(|_| bad(format!("chunk size {line:?}")))?;
                 let mut chunk = vec![0; size + 2];
                 self.stream.read_exact(&mut chunk)?;
                 if size == 0 {
@@ -317,6 +413,10 @@ impl KeepAlive {
                 body.extend_from_slice(&chunk[..size]);
             }
         }
-        Ok(RawResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+        Ok(RawResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 }

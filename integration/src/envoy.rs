@@ -110,6 +110,7 @@ pub struct EnvoyBuilder {
     log_level: String,
     component_log_level: Option<String>,
     hcm_extra: serde_json::Map<String, Value>,
+    lds: bool,
 }
 
 impl Default for EnvoyBuilder {
@@ -132,6 +133,7 @@ impl EnvoyBuilder {
             log_level: "info".into(),
             component_log_level: None,
             hcm_extra: serde_json::Map::new(),
+            lds: false,
         }
     }
 
@@ -157,7 +159,12 @@ impl EnvoyBuilder {
     }
 
     /// Appends a wasm filter with a config string passed verbatim (e.g. malformed JSON).
-    pub fn wasm_raw(mut self, name: &str, module: impl AsRef<Path>, config: impl Into<String>) -> Self {
+    pub fn wasm_raw(
+        mut self,
+        name: &str,
+        module: impl AsRef<Path>,
+        config: impl Into<String>,
+    ) -> Self {
         self.filters.push(HttpFilter::Wasm {
             name: name.to_string(),
             module: module.as_ref().to_path_buf(),
@@ -210,8 +217,22 @@ impl EnvoyBuilder {
         self
     }
 
-    /// The bootstrap for the given ports (exposed so tests can inspect or validate it).
-    pub fn bootstrap(&self, http_port: u16, https_port: Option<u16>, admin_port: u16) -> Value {
+    /// Serve the listeners through file-based LDS (`lds.json` in the process dir) instead of
+    /// `static_resources`, so a test can change them at runtime with
+    /// [`Envoy::set_dynamic_listeners`] and see how Envoy treats a rejected update.
+    pub fn dynamic_listeners(mut self) -> Self {
+        self.lds = true;
+        self
+    }
+
+    /// The listeners this builder describes (`http`, and `https` with TLS), on these ports.
+    /// Listener names get `name_prefix` so they can be added to another Envoy's LDS.
+    pub fn listeners(
+        &self,
+        name_prefix: &str,
+        http_port: u16,
+        https_port: Option<u16>,
+    ) -> Vec<Value> {
         let mut http_filters: Vec<Value> = self
             .filters
             .iter()
@@ -223,7 +244,9 @@ impl EnvoyBuilder {
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
         let route = match &self.route {
-            Route::Upstream(_) => json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}),
+            Route::Upstream(_) => {
+                json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}})
+            }
             Route::Direct { status, body } => json!({
                 "match": {"prefix": "/"},
                 "direct_response": {"status": status, "body": {"inline_string": body}}
@@ -249,13 +272,13 @@ impl EnvoyBuilder {
             hcm
         };
         let mut listeners = vec![json!({
-            "name": "http",
+            "name": format!("{name_prefix}http"),
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": http_port}},
             "filter_chains": [{"filters": [hcm("http")]}]
         })];
         if let (Some(tls), Some(port)) = (&self.tls, https_port) {
             listeners.push(json!({
-                "name": "https",
+                "name": format!("{name_prefix}https"),
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
                 "filter_chains": [{
                     "filters": [hcm("https")],
@@ -274,6 +297,22 @@ impl EnvoyBuilder {
                 }]
             }));
         }
+        listeners
+    }
+
+    /// The bootstrap for the given ports (exposed so tests can inspect or validate it). With
+    /// [`dynamic_listeners`](Self::dynamic_listeners), listeners come from `lds_path`.
+    pub fn bootstrap(
+        &self,
+        http_port: u16,
+        https_port: Option<u16>,
+        admin_port: u16,
+        lds_path: Option<&Path>,
+    ) -> Value {
+        let listeners = match lds_path {
+            Some(_) => Vec::new(),
+            None => self.listeners("", http_port, https_port),
+        };
         let mut clusters = Vec::new();
         if let Route::Upstream(addr) = &self.route {
             clusters.push(json!({
@@ -288,14 +327,22 @@ impl EnvoyBuilder {
                 }
             }));
         }
-        json!({
+        let mut bootstrap = json!({
+            // Required by xDS (file-based too); harmless otherwise.
+            "node": {"id": "portcullis-test", "cluster": "portcullis-test"},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
             "static_resources": {"listeners": listeners, "clusters": clusters}
-        })
+        });
+        if let Some(path) = lds_path {
+            bootstrap["dynamic_resources"] = json!({
+                "lds_config": {"path_config_source": {"path": path}, "resource_api_version": "V3"}
+            });
+        }
+        bootstrap
     }
 
     /// Writes the bootstrap and spawns Envoy without waiting; returns the process and ports.
-    fn spawn(&self) -> Result<(Process, u16, Option<u16>, u16), Error> {
+    fn spawn(&self) -> Result<Spawned, Error> {
         let http_port = free_port()?;
         let https_port = match self.tls {
             Some(_) => Some(free_port()?),
@@ -310,7 +357,11 @@ impl EnvoyBuilder {
                 source: e,
             })?;
         let config_path = dir.path().join("envoy.json");
-        let bootstrap = self.bootstrap(http_port, https_port, admin_port);
+        let lds_path = self.lds.then(|| dir.path().join("lds.json"));
+        if let Some(lds) = &lds_path {
+            write_lds(lds, 1, &self.listeners("", http_port, https_port))?;
+        }
+        let bootstrap = self.bootstrap(http_port, https_port, admin_port, lds_path.as_deref());
         let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| Error::Io {
             what: "serialize bootstrap".into(),
             source: e.into(),
@@ -329,12 +380,24 @@ impl EnvoyBuilder {
             b = b.args(["--component-log-level", levels]);
         }
         let process = b.spawn_in(dir)?;
-        Ok((process, http_port, https_port, admin_port))
+        Ok(Spawned {
+            process,
+            http_port,
+            https_port,
+            admin_port,
+            lds_path,
+        })
     }
 
     /// Starts Envoy and waits until admin `/ready` answers `LIVE`.
     pub fn start(&self) -> Result<Envoy, Error> {
-        let (mut process, http_port, https_port, admin_port) = self.spawn()?;
+        let Spawned {
+            mut process,
+            http_port,
+            https_port,
+            admin_port,
+            lds_path,
+        } = self.spawn()?;
         let client = admin_client();
         let ready = format!("http://127.0.0.1:{admin_port}/ready");
         process.wait_until("Envoy admin /ready to say LIVE", READY_TIMEOUT, || {
@@ -347,12 +410,21 @@ impl EnvoyBuilder {
                 Err(format!("{status}: {}", body.trim()))
             }
         })?;
+        let listeners = match &lds_path {
+            Some(_) => self.listeners("", http_port, https_port),
+            None => Vec::new(),
+        };
         Ok(Envoy {
             process,
             http_port,
             https_port,
             admin_port,
             client,
+            lds: lds_path.map(|path| Lds {
+                path,
+                version: 1,
+                listeners,
+            }),
         })
     }
 
@@ -360,7 +432,11 @@ impl EnvoyBuilder {
     /// exit status and its log. Fails if it becomes LIVE instead, or is still running after
     /// [`READY_TIMEOUT`].
     pub fn start_expect_exit(&self) -> Result<(ExitStatus, String), Error> {
-        let (mut process, _, _, admin_port) = self.spawn()?;
+        let Spawned {
+            mut process,
+            admin_port,
+            ..
+        } = self.spawn()?;
         let client = admin_client();
         let ready = format!("http://127.0.0.1:{admin_port}/ready");
         let outcome = process.wait_until("Envoy to exit", READY_TIMEOUT, || {
@@ -386,6 +462,40 @@ impl EnvoyBuilder {
             }),
         }
     }
+}
+
+/// A just-spawned Envoy, not yet known to be ready.
+struct Spawned {
+    process: Process,
+    http_port: u16,
+    https_port: Option<u16>,
+    admin_port: u16,
+    lds_path: Option<PathBuf>,
+}
+
+/// Writes an LDS discovery response next to `path` and renames it into place: Envoy's file
+/// watcher reacts to the move, and never reads a half-written file.
+fn write_lds(path: &Path, version: u64, listeners: &[Value]) -> Result<(), Error> {
+    let resources: Vec<Value> = listeners
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            l["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+            l
+        })
+        .collect();
+    let doc = json!({"version_info": version.to_string(), "resources": resources});
+    let tmp = path.with_extension(format!("tmp{version}"));
+    std::fs::write(&tmp, doc.to_string())
+        .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("rename to {}", path.display()), e))
+}
+
+/// File-based LDS state of an Envoy started with [`EnvoyBuilder::dynamic_listeners`].
+struct Lds {
+    path: PathBuf,
+    version: u64,
+    listeners: Vec<Value>,
 }
 
 fn admin_client() -> reqwest::blocking::Client {
@@ -422,6 +532,7 @@ pub struct Envoy {
     https_port: Option<u16>,
     admin_port: u16,
     client: reqwest::blocking::Client,
+    lds: Option<Lds>,
 }
 
 impl Envoy {
@@ -451,7 +562,11 @@ impl Envoy {
     /// GET on the admin interface, e.g. `/stats?filter=portcullis`; the body as text.
     pub fn admin_get(&self, path: &str) -> Result<String, Error> {
         let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
-        let resp = self.client.get(&url).send().map_err(|e| http_err(&url, e))?;
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .map_err(|e| http_err(&url, e))?;
         resp.text().map_err(|e| http_err(&url, e))
     }
 
@@ -483,6 +598,85 @@ impl Envoy {
             .collect();
         assert!(hits.len() <= 1, "counter {name} is ambiguous: {hits:?}");
         Ok(hits.first().map(|(_, v)| **v))
+    }
+
+    /// The listeners currently served through LDS (empty without
+    /// [`EnvoyBuilder::dynamic_listeners`]).
+    pub fn dynamic_listeners(&self) -> Vec<Value> {
+        self.lds
+            .as_ref()
+            .map(|l| l.listeners.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the LDS listeners (see [`EnvoyBuilder::listeners`] to build some) and returns
+    /// the new version. Envoy applies or rejects the update asynchronously: wait on
+    /// `listener_manager.lds.update_success` / `update_rejected` with [`Envoy::counter`].
+    pub fn set_dynamic_listeners(&mut self, listeners: Vec<Value>) -> Result<u64, Error> {
+        let lds = self.lds.as_mut().ok_or_else(|| {
+            Error::io(
+                "set_dynamic_listeners",
+                std::io::Error::other("Envoy was not started with dynamic_listeners()"),
+            )
+        })?;
+        lds.version += 1;
+        write_lds(&lds.path, lds.version, &listeners)?;
+        lds.listeners = listeners;
+        Ok(lds.version)
+    }
+
+    /// [`set_dynamic_listeners`](Self::set_dynamic_listeners), then waits until Envoy either
+    /// accepts the update (`true`) or rejects it (`false`; Envoy keeps serving the previous
+    /// listeners, and so does this handle's record of them).
+    pub fn apply_dynamic_listeners(&mut self, listeners: Vec<Value>) -> Result<bool, Error> {
+        const OK: &str = "listener_manager.lds.update_success";
+        const REJECTED: &str = "listener_manager.lds.update_rejected";
+        let before = (
+            self.counter(OK)?.unwrap_or(0),
+            self.counter(REJECTED)?.unwrap_or(0),
+        );
+        let previous = self.dynamic_listeners();
+        let version = self.set_dynamic_listeners(listeners)?;
+        let admin = format!(
+            "http://127.0.0.1:{}/stats?filter=listener_manager.lds.update_",
+            self.admin_port
+        );
+        let client = self.client.clone();
+        let accepted = self.process.wait_until(
+            &format!("Envoy to accept or reject LDS version {version}"),
+            READY_TIMEOUT,
+            || {
+                let body = client
+                    .get(&admin)
+                    .send()
+                    .and_then(|r| r.text())
+                    .map_err(|e| e.to_string())?;
+                let value = |name: &str| {
+                    body.lines()
+                        .find_map(|l| {
+                            l.strip_prefix(name)?
+                                .strip_prefix(": ")?
+                                .trim()
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .unwrap_or(0)
+                };
+                if value(OK) > before.0 {
+                    Ok(true)
+                } else if value(REJECTED) > before.1 {
+                    Ok(false)
+                } else {
+                    Err(body)
+                }
+            },
+        )?;
+        if !accepted {
+            if let Some(lds) = self.lds.as_mut() {
+                lds.listeners = previous;
+            }
+        }
+        Ok(accepted)
     }
 
     /// Everything Envoy logged so far.

@@ -26,7 +26,11 @@ fn builder() -> reqwest::blocking::ClientBuilder {
 
 /// GET `url` with the given User-Agent: `None` sends no User-Agent header at all,
 /// `Some("")` sends an empty one.
-pub fn get_with_ua(client: &Client, url: &str, user_agent: Option<&str>) -> reqwest::Result<Response> {
+pub fn get_with_ua(
+    client: &Client,
+    url: &str,
+    user_agent: Option<&str>,
+) -> reqwest::Result<Response> {
     let mut req = client.get(url);
     if let Some(ua) = user_agent {
         req = req.header(reqwest::header::USER_AGENT, ua);

@@ -69,13 +69,16 @@ pub struct Policy {
     pub config: Value,
 }
 
+/// Edits a policy's config: (policy index, config).
+pub type ConfigEdit = Box<dyn Fn(usize, &mut Value)>;
+
 /// Options for [`OidcEnv::start`].
 pub struct EnvOptions {
     /// Client ids, one listener each.
     pub clients: Vec<String>,
     pub provider: ProviderOptions,
     /// Edits each policy's config (index, config) before Envoy starts.
-    pub edit: Box<dyn Fn(usize, &mut Value)>,
+    pub edit: ConfigEdit,
     /// Point `provider_cluster` at a port where nothing listens.
     pub provider_down: bool,
 }

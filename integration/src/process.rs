@@ -157,7 +157,8 @@ pub fn free_port() -> Result<u16, Error> {
     const HIGH: u16 = 32000;
     const TRIES: usize = 2000;
     let lock_dir = std::env::temp_dir().join("portcullis-ports");
-    fs::create_dir_all(&lock_dir).map_err(|e| Error::io(format!("mkdir {}", lock_dir.display()), e))?;
+    fs::create_dir_all(&lock_dir)
+        .map_err(|e| Error::io(format!("mkdir {}", lock_dir.display()), e))?;
     let mut reg = port_registry().lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..TRIES {
         let port = fastrand::u16(LOW..HIGH);
@@ -327,7 +328,13 @@ impl ProcessBuilder {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -546,7 +553,10 @@ mod tests {
         let st = p.wait_exit(Duration::from_secs(10)).unwrap();
         assert_eq!(st.code(), Some(3));
         let logs = p.logs();
-        assert!(logs.contains("out-line") && logs.contains("err-line"), "{logs}");
+        assert!(
+            logs.contains("out-line") && logs.contains("err-line"),
+            "{logs}"
+        );
     }
 
     #[test]
@@ -592,7 +602,8 @@ mod tests {
         drop(p);
         // The grandchild was reparented; once killed it is gone or a zombie awaiting init.
         wait_until("grandchild to die", Duration::from_secs(10), || {
-            let status = fs::read_to_string(format!("/proc/{grandchild}/status")).unwrap_or_default();
+            let status =
+                fs::read_to_string(format!("/proc/{grandchild}/status")).unwrap_or_default();
             let alive = status
                 .lines()
                 .any(|l| l.starts_with("State:") && !l.contains("Z (zombie)"));

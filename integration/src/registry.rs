@@ -1,6 +1,7 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (distribution 2.8) on a free
 //! 127.0.0.1 port, filesystem storage in a temp dir, optionally behind htpasswd (bcrypt) auth
-//! or behind token auth (the Docker token flow, with a token server the test runs).
+//! or behind token auth (the Docker token flow, with a token server the test runs), or serving
+//! HTTPS with a certificate the test made.
 //!
 //! ```no_run
 //! use portcullis_integration::registry::Registry;
@@ -48,25 +49,34 @@ pub struct Registry {
     process: Process,
     port: u16,
     credentials: Option<(String, String)>,
+    tls: bool,
 }
 
 impl Registry {
     /// An anonymous registry (anyone may push and pull).
     pub fn start() -> Result<Self, Error> {
-        Self::spawn(AuthMode::None)
+        Self::spawn(AuthMode::None, None)
     }
 
     /// A registry that demands HTTP Basic auth (htpasswd, bcrypt) for every request.
     pub fn start_with_auth(username: &str, password: &str) -> Result<Self, Error> {
-        Self::spawn(AuthMode::Htpasswd(username.to_string(), password.to_string()))
+        Self::spawn(
+            AuthMode::Htpasswd(username.to_string(), password.to_string()),
+            None,
+        )
     }
 
     /// A registry that demands Bearer tokens from the given token server.
     pub fn start_with_token_auth(token: TokenAuth) -> Result<Self, Error> {
-        Self::spawn(AuthMode::Token(token))
+        Self::spawn(AuthMode::Token(token), None)
     }
 
-    fn spawn(mode: AuthMode) -> Result<Self, Error> {
+    /// An anonymous registry serving HTTPS only, with this PEM certificate (chain) and key.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        Self::spawn(AuthMode::None, Some((cert_pem, key_pem)))
+    }
+
+    fn spawn(mode: AuthMode, tls: Option<(&str, &str)>) -> Result<Self, Error> {
         let port = free_port()?;
         let dir = tempfile::Builder::new()
             .prefix("portcullis-registry-")
@@ -81,6 +91,16 @@ impl Registry {
              http:\n  addr: 127.0.0.1:{port}\n  secret: portcullis-test-only\n",
             storage = storage.display()
         );
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&cert_path, cert).map_err(|e| io_err("write TLS certificate", e))?;
+            std::fs::write(&key_path, key).map_err(|e| io_err("write TLS key", e))?;
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert_path.display(),
+                key_path.display()
+            ));
+        }
         let mut credentials = None;
         match &mode {
             AuthMode::None => {}
@@ -95,7 +115,8 @@ impl Registry {
             }
             AuthMode::Token(t) => {
                 let bundle = dir.path().join("token-root.pem");
-                std::fs::write(&bundle, &t.root_cert_pem).map_err(|e| io_err("write token root cert", e))?;
+                std::fs::write(&bundle, &t.root_cert_pem)
+                    .map_err(|e| io_err("write token root cert", e))?;
                 // JSON strings are valid YAML scalars, so any realm/service text is quoted safely.
                 let q = |v: &str| serde_json::Value::from(v).to_string();
                 config.push_str(&format!(
@@ -122,6 +143,12 @@ impl Registry {
             .build()
             .map_err(|e| io_err("build HTTP client", std::io::Error::other(e)))?;
         process.wait_until("registry /v2/ to answer", Duration::from_secs(30), || {
+            if tls.is_some() {
+                // The test's CA is not ours to trust here; a TCP connect shows it is serving.
+                return std::net::TcpStream::connect(("127.0.0.1", port))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+            }
             match client.get(&url).send() {
                 // 401 is the answer of a registry with auth: it is up.
                 Ok(r) if r.status().is_success() || r.status().as_u16() == 401 => Ok(()),
@@ -133,6 +160,7 @@ impl Registry {
             process,
             port,
             credentials,
+            tls: tls.is_some(),
         })
     }
 
@@ -145,9 +173,10 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The username and password when started with auth.
@@ -193,7 +222,12 @@ fn write_htpasswd(path: &Path, user: &str, pass: &str) -> Result<(), Error> {
     let out = Command::new("htpasswd")
         .args(["-Bbn", user, pass])
         .output()
-        .map_err(|e| io_err("run htpasswd (install apache2-utils: `bash scripts/setup.sh registry`)", e))?;
+        .map_err(|e| {
+            io_err(
+                "run htpasswd (install apache2-utils: `bash scripts/setup.sh registry`)",
+                e,
+            )
+        })?;
     if !out.status.success() {
         return Err(io_err(
             "htpasswd",

@@ -45,20 +45,33 @@ fn find<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
     let found = find(objs, kind);
-    assert_eq!(found.len(), 1, "expected exactly one {kind}, got {}", found.len());
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind}, got {}",
+        found.len()
+    );
     found[0]
 }
 
 fn templates(report: &Value, scenario: &str) -> Vec<String> {
     report["scenarios"][scenario]["templates"]
         .as_array()
-        .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -71,17 +84,26 @@ fn chart_renders_lints_and_validates() {
     // ---- defaults
     let objs = objects(&report, "defaults");
     let dep = one(objs, "Deployment");
-    assert_eq!(dep["spec"]["replicas"], 2, "2 controller replicas by default");
+    assert_eq!(
+        dep["spec"]["replicas"], 2,
+        "2 controller replicas by default"
+    );
     let pod = &dep["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let c = &pod["containers"][0];
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(strings(&c["securityContext"]["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(
+        strings(&c["securityContext"]["capabilities"]["drop"]),
+        ["ALL"]
+    );
     assert!(c["resources"]["requests"]["cpu"].is_string());
     assert!(c["resources"]["limits"]["memory"].is_string());
     let args = strings(&c["args"]);
-    assert!(args.contains(&"--provider=kubernetes".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--provider=kubernetes".to_string()),
+        "{args:?}"
+    );
     assert!(
         args.contains(&"--controller-name=portcullis.dev/gatewayclass-controller".to_string()),
         "{args:?}"
@@ -116,17 +138,31 @@ fn chart_renders_lints_and_validates() {
         ]
     );
     // The Service selects exactly the Deployment's pods.
-    assert_eq!(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        svc["spec"]["selector"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
 
     let gc = one(objs, "GatewayClass");
     assert_eq!(gc["metadata"]["name"], "portcullis");
-    assert_eq!(gc["spec"]["controllerName"], "portcullis.dev/gatewayclass-controller");
+    assert_eq!(
+        gc["spec"]["controllerName"],
+        "portcullis.dev/gatewayclass-controller"
+    );
     let pdb = one(objs, "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
-    assert_eq!(pdb["spec"]["selector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"]);
-    assert!(find(objs, "ServiceMonitor").is_empty(), "ServiceMonitor is opt-in");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
     assert!(
-        templates(&report, "defaults").iter().any(|t| t.contains("portcullis-crds")),
+        find(objs, "ServiceMonitor").is_empty(),
+        "ServiceMonitor is opt-in"
+    );
+    assert!(
+        templates(&report, "defaults")
+            .iter()
+            .any(|t| t.contains("portcullis-crds")),
         "crds subchart enabled by default"
     );
     let sa = one(objs, "ServiceAccount");
@@ -143,8 +179,15 @@ fn chart_renders_lints_and_validates() {
             );
         }
         let verbs = strings(&rule["verbs"]);
-        for status_res in strings(&rule["resources"]).iter().filter(|r| r.ends_with("/status")) {
-            assert_eq!(verbs, ["patch"], "{status_res}: status is only patched (SSA)");
+        for status_res in strings(&rule["resources"])
+            .iter()
+            .filter(|r| r.ends_with("/status"))
+        {
+            assert_eq!(
+                verbs,
+                ["patch"],
+                "{status_res}: status is only patched (SSA)"
+            );
         }
         assert!(
             !verbs.contains(&"update".to_string()) && !verbs.contains(&"escalate".to_string()),
@@ -173,18 +216,31 @@ fn chart_renders_lints_and_validates() {
         ("", "namespaces"),
         ("discovery.k8s.io", "endpointslices"),
     ] {
-        assert!(allowed(g, r, "list") && allowed(g, r, "watch"), "{g}/{r} must be watchable");
+        assert!(
+            allowed(g, r, "list") && allowed(g, r, "watch"),
+            "{g}/{r} must be watchable"
+        );
     }
     assert!(allowed("apps", "deployments", "patch") && allowed("apps", "deployments", "create"));
-    assert!(!allowed("gateway.networking.k8s.io", "gateways", "patch"), "specs are never written");
+    assert!(
+        !allowed("gateway.networking.k8s.io", "gateways", "patch"),
+        "specs are never written"
+    );
     assert!(!allowed("", "secrets", "delete"));
-    assert!(!allowed("coordination.k8s.io", "leases", "get"), "Lease access is namespaced");
+    assert!(
+        !allowed("coordination.k8s.io", "leases", "get"),
+        "Lease access is namespaced"
+    );
     let role = one(objs, "Role");
     assert_eq!(role["metadata"]["namespace"], "portcullis-system");
     for rule in role["rules"].as_array().expect("Role rules") {
         let verbs = strings(&rule["verbs"]);
         if verbs != ["create"] {
-            assert_eq!(strings(&rule["resourceNames"]), ["portcullis-leader"], "{rule}");
+            assert_eq!(
+                strings(&rule["resourceNames"]),
+                ["portcullis-leader"],
+                "{rule}"
+            );
         }
     }
     let crb = one(objs, "ClusterRoleBinding");
@@ -194,32 +250,53 @@ fn chart_renders_lints_and_validates() {
     // ---- custom: CRDs off, ServiceMonitor on, one replica, digest, parametersRef
     let objs = objects(&report, "custom");
     assert!(
-        !templates(&report, "custom").iter().any(|t| t.contains("portcullis-crds")),
+        !templates(&report, "custom")
+            .iter()
+            .any(|t| t.contains("portcullis-crds")),
         "crds.enabled=false drops the CRD subchart"
     );
     let sm = one(objs, "ServiceMonitor");
     assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
-    assert!(find(objs, "PodDisruptionBudget").is_empty(), "no PDB for one replica");
+    assert!(
+        find(objs, "PodDisruptionBudget").is_empty(),
+        "no PDB for one replica"
+    );
     let dep = one(objs, "Deployment");
     assert_eq!(dep["spec"]["replicas"], 1);
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["image"], format!("ghcr.io/portcullis-dev/portcullis@sha256:{}", "a".repeat(64)));
+    assert_eq!(
+        c["image"],
+        format!(
+            "ghcr.io/portcullis-dev/portcullis@sha256:{}",
+            "a".repeat(64)
+        )
+    );
     assert!(strings(&c["args"]).contains(&"--log-format=json".to_string()));
     assert!(strings(&c["args"]).contains(&"--controller-name=example.com/edge".to_string()));
     let gc = one(objs, "GatewayClass");
     assert_eq!(gc["metadata"]["name"], "edge");
     assert_eq!(gc["spec"]["controllerName"], "example.com/edge");
     assert_eq!(gc["spec"]["parametersRef"]["kind"], "EnvoyProxy");
-    assert_eq!(one(objs, "Service")["metadata"]["annotations"]["example.com/owner"], "platform");
-    assert!(objs.iter().all(|o| o["metadata"]["labels"]["team"] == "platform"));
+    assert_eq!(
+        one(objs, "Service")["metadata"]["annotations"]["example.com/owner"],
+        "platform"
+    );
+    assert!(objs
+        .iter()
+        .all(|o| o["metadata"]["labels"]["team"] == "platform"));
 
     // ---- minimal: no RBAC, no GatewayClass, existing ServiceAccount, no leader election
     let objs = objects(&report, "minimal");
     let kinds: Vec<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(kinds, ["Deployment", "Service"]);
     let dep = one(objs, "Deployment");
-    assert_eq!(dep["spec"]["template"]["spec"]["serviceAccountName"], "existing");
-    assert!(strings(&dep["spec"]["template"]["spec"]["containers"][0]["args"])
-        .contains(&"--leader-election=false".to_string()));
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["serviceAccountName"],
+        "existing"
+    );
+    assert!(
+        strings(&dep["spec"]["template"]["spec"]["containers"][0]["args"])
+            .contains(&"--leader-election=false".to_string())
+    );
 }

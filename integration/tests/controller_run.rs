@@ -1,7 +1,9 @@
 //! `portcullis run` end to end with real Envoy 1.40: Envoy spawned per Gateway, traffic, live
 //! edits over a kept-alive connection, bad manifests isolated, supervision, SIGTERM drain.
 
-use portcullis_integration::controller::{conditions_of, pid_gone, resource, Controller, KeepAlive, CONVERGE};
+use portcullis_integration::controller::{
+    conditions_of, pid_gone, resource, Controller, KeepAlive, CONVERGE,
+};
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::process::{free_port, wait_until};
 use std::time::Duration;
@@ -69,15 +71,28 @@ fn start(echo_port: u16, gw_port: u16, extra: &[&str]) -> Controller {
 }
 
 /// GET on a fresh connection until `check` accepts the response.
-fn wait_http(c: &mut Controller, port: u16, path: &str, what: &str, check: impl Fn(&portcullis_integration::controller::RawResponse) -> bool) {
+fn wait_http(
+    c: &mut Controller,
+    port: u16,
+    path: &str,
+    what: &str,
+    check: impl Fn(&portcullis_integration::controller::RawResponse) -> bool,
+) {
     let path = path.to_string();
     c.process()
         .wait_until(what, CONVERGE, || {
-            let r = KeepAlive::connect(port).and_then(|mut k| k.get("example.com", &path, &[])).map_err(|e| e.to_string())?;
+            let r = KeepAlive::connect(port)
+                .and_then(|mut k| k.get("example.com", &path, &[]))
+                .map_err(|e| e.to_string())?;
             if check(&r) {
                 Ok(())
             } else {
-                Err(format!("HTTP {} x-route={:?} body={}", r.status, r.header("x-route"), r.body))
+                Err(format!(
+                    "HTTP {} x-route={:?} body={}",
+                    r.status,
+                    r.header("x-route"),
+                    r.body
+                ))
             }
         })
         .expect(what);
@@ -87,34 +102,49 @@ fn live_edit_keeps_connection(extra: &[&str]) {
     let echo = EchoServer::start().expect("echo");
     let gw_port = free_port().expect("port");
     let mut c = start(echo.port(), gw_port, extra);
-    wait_http(&mut c, gw_port, "/a/x", "route a serves v1", |r| r.status == 200 && r.header("x-route") == Some("v1"));
+    wait_http(&mut c, gw_port, "/a/x", "route a serves v1", |r| {
+        r.status == 200 && r.header("x-route") == Some("v1")
+    });
     c.wait_synced(NODE).expect("synced");
     let envoy_pids = c.envoy_pids();
     assert_eq!(envoy_pids.len(), 1, "one Envoy for one Gateway");
 
     // Open a keep-alive connection and use it before and after the edit.
     let mut conn = KeepAlive::connect(gw_port).expect("connect");
-    let before = conn.get("example.com", "/a/1", &[]).expect("request before edit");
+    let before = conn
+        .get("example.com", "/a/1", &[])
+        .expect("request before edit");
     assert_eq!(before.status, 200);
     assert_eq!(before.header("x-route"), Some("v1"));
     let echoed: Echo = serde_json::from_str(&before.body).expect("echo body");
     assert_eq!(echoed.path, "/a/1");
 
-    let gen_before = c.status().expect("status")["xds"]["generation"].as_u64().unwrap_or(0);
-    c.write_manifest("routes/a.yaml", &route("a", "/a", "echo", "v2")).expect("edit");
+    let gen_before = c.status().expect("status")["xds"]["generation"]
+        .as_u64()
+        .unwrap_or(0);
+    c.write_manifest("routes/a.yaml", &route("a", "/a", "echo", "v2"))
+        .expect("edit");
     c.wait_status("new generation published", |d| {
         let g = d["xds"]["generation"].as_u64().unwrap_or(0);
-        if g > gen_before { Ok(()) } else { Err(format!("generation {g}")) }
+        if g > gen_before {
+            Ok(())
+        } else {
+            Err(format!("generation {g}"))
+        }
     })
     .expect("new generation");
     c.wait_synced(NODE).expect("Envoy ACKed the edit");
 
     // Same TCP connection, new config.
-    let after = conn.get("example.com", "/a/2", &[]).expect("request after edit on the same connection");
+    let after = conn
+        .get("example.com", "/a/2", &[])
+        .expect("request after edit on the same connection");
     assert_eq!(after.status, 200);
     assert_eq!(after.header("x-route"), Some("v2"), "edit applied live");
     assert_ne!(after.header("connection"), Some("close"));
-    let again = conn.get("example.com", "/a/3", &[]).expect("the connection is still usable");
+    let again = conn
+        .get("example.com", "/a/3", &[])
+        .expect("the connection is still usable");
     assert_eq!(again.header("x-route"), Some("v2"));
 
     // No Envoy restart happened.
@@ -141,18 +171,37 @@ fn bad_manifest_reports_reason_while_the_rest_keeps_serving() {
     wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
 
     // Broken YAML, plus a route to a Backend that does not exist.
-    c.write_manifest("broken.yaml", "apiVersion: v1\nkind: [unclosed\n").expect("write");
-    c.write_manifest("routes/b.yaml", &route("b", "/b", "missing", "b")).expect("write");
+    c.write_manifest("broken.yaml", "apiVersion: v1\nkind: [unclosed\n")
+        .expect("write");
+    c.write_manifest("routes/b.yaml", &route("b", "/b", "missing", "b"))
+        .expect("write");
     let doc = c
         .wait_status("load error and BackendNotFound reported", |d| {
-            let load_err = d["loadErrors"].as_array().into_iter().flatten().any(|e| e["source"].as_str().is_some_and(|s| s.ends_with("broken.yaml")));
-            let route_b = resource(d, "HTTPRoute", Some("default"), "b").map(|r| conditions_of(&r["status"], "ResolvedRefs")).unwrap_or_default();
-            let not_found = route_b.iter().any(|(s, reason, _)| s == "False" && reason == "BackendNotFound");
-            if load_err && not_found { Ok(d.clone()) } else { Err(format!("loadErrors={} b={route_b:?}", d["loadErrors"])) }
+            let load_err = d["loadErrors"].as_array().into_iter().flatten().any(|e| {
+                e["source"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with("broken.yaml"))
+            });
+            let route_b = resource(d, "HTTPRoute", Some("default"), "b")
+                .map(|r| conditions_of(&r["status"], "ResolvedRefs"))
+                .unwrap_or_default();
+            let not_found = route_b
+                .iter()
+                .any(|(s, reason, _)| s == "False" && reason == "BackendNotFound");
+            if load_err && not_found {
+                Ok(d.clone())
+            } else {
+                Err(format!("loadErrors={} b={route_b:?}", d["loadErrors"]))
+            }
         })
         .expect("statuses");
     let a = resource(&doc, "HTTPRoute", Some("default"), "a").expect("route a in status");
-    assert!(conditions_of(&a["status"], "Accepted").iter().all(|(s, _, _)| s == "True"), "route a unaffected: {a}");
+    assert!(
+        conditions_of(&a["status"], "Accepted")
+            .iter()
+            .all(|(s, _, _)| s == "True"),
+        "route a unaffected: {a}"
+    );
     c.wait_synced(NODE).expect("synced");
 
     // Route a still serves; route b answers 500 as the spec says for an unresolvable backend.
@@ -162,25 +211,46 @@ fn bad_manifest_reports_reason_while_the_rest_keeps_serving() {
 
     // `portcullis status` shows both.
     let out = std::process::Command::new(BIN)
-        .args(["status", "--admin-addr", &format!("127.0.0.1:{}", c.admin_port)])
+        .args([
+            "status",
+            "--admin-addr",
+            &format!("127.0.0.1:{}", c.admin_port),
+        ])
         .output()
         .expect("portcullis status");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("BackendNotFound"), "{text}");
     assert!(text.contains("broken.yaml"), "{text}");
     assert!(text.contains("default/gw"), "{text}");
 
     // Fixing the manifests clears the errors.
     c.remove_manifest("broken.yaml").expect("rm");
-    c.write_manifest("backend-missing.yaml", &backend("missing", echo.port())).expect("write");
+    c.write_manifest("backend-missing.yaml", &backend("missing", echo.port()))
+        .expect("write");
     c.wait_status("errors cleared", |d| {
         let errs = d["loadErrors"].as_array().map(Vec::len).unwrap_or(0);
-        let b = resource(d, "HTTPRoute", Some("default"), "b").map(|r| conditions_of(&r["status"], "ResolvedRefs")).unwrap_or_default();
-        if errs == 0 && !b.is_empty() && b.iter().all(|(s, _, _)| s == "True") { Ok(()) } else { Err(format!("{errs} errors, b={b:?}")) }
+        let b = resource(d, "HTTPRoute", Some("default"), "b")
+            .map(|r| conditions_of(&r["status"], "ResolvedRefs"))
+            .unwrap_or_default();
+        if errs == 0 && !b.is_empty() && b.iter().all(|(s, _, _)| s == "True") {
+            Ok(())
+        } else {
+            Err(format!("{errs} errors, b={b:?}"))
+        }
     })
     .expect("cleared");
-    wait_http(&mut c, gw_port, "/b", "route b serves once its backend exists", |r| r.status == 200 && r.header("x-route") == Some("b"));
+    wait_http(
+        &mut c,
+        gw_port,
+        "/b",
+        "route b serves once its backend exists",
+        |r| r.status == 200 && r.header("x-route") == Some("b"),
+    );
 }
 
 #[test]
@@ -198,20 +268,45 @@ fn envoy_is_restarted_when_it_dies_and_gateways_removed_stop_theirs() {
     c.wait_status("Envoy restarted", |d| {
         let e = &d["envoys"][0];
         let pid = e["pid"].as_u64().map(|p| p as u32);
-        if e["starts"].as_u64() == Some(2) && e["state"] == "running" && pid.is_some() && pid != Some(pids[0]) { Ok(()) } else { Err(e.to_string()) }
+        if e["starts"].as_u64() == Some(2)
+            && e["state"] == "running"
+            && pid.is_some()
+            && pid != Some(pids[0])
+        {
+            Ok(())
+        } else {
+            Err(e.to_string())
+        }
     })
     .expect("restart");
-    wait_http(&mut c, gw_port, "/a", "route a serves again after the restart", |r| r.status == 200);
+    wait_http(
+        &mut c,
+        gw_port,
+        "/a",
+        "route a serves again after the restart",
+        |r| r.status == 200,
+    );
 
     // Removing the Gateway drains and stops its Envoy.
     let new_pid = c.envoy_pids()[0];
     c.remove_manifest("gateway.yaml").expect("rm");
     c.wait_status("Envoy stopped with its Gateway", |d| {
         let n = d["envoys"].as_array().map(Vec::len).unwrap_or(0);
-        if n == 0 { Ok(()) } else { Err(d["envoys"].to_string()) }
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(d["envoys"].to_string())
+        }
     })
     .expect("stopped");
-    wait_until("Envoy process gone", CONVERGE, || if pid_gone(new_pid) { Ok(()) } else { Err("alive") }).expect("gone");
+    wait_until("Envoy process gone", CONVERGE, || {
+        if pid_gone(new_pid) {
+            Ok(())
+        } else {
+            Err("alive")
+        }
+    })
+    .expect("gone");
 }
 
 #[test]
@@ -223,11 +318,16 @@ fn sigterm_drains_envoy_and_exits_cleanly() {
     c.wait_synced(NODE).expect("synced");
     let pids = c.envoy_pids();
     assert_eq!(pids.len(), 1);
-    let status = c.terminate(Duration::from_secs(60)).expect("controller exits");
+    let status = c
+        .terminate(Duration::from_secs(60))
+        .expect("controller exits");
     assert!(status.success(), "clean exit, got {status}");
     assert!(pid_gone(pids[0]), "no orphan Envoy");
     let logs = c.logs();
-    assert!(logs.contains("draining Envoy listeners"), "Envoy was drained:\n{logs}");
+    assert!(
+        logs.contains("draining Envoy listeners"),
+        "Envoy was drained:\n{logs}"
+    );
     assert!(logs.contains("Envoy stopped"), "{logs}");
 }
 
@@ -238,7 +338,12 @@ fn metrics_and_healthz() {
     let mut c = start(echo.port(), gw_port, &[]);
     c.wait_synced(NODE).expect("synced");
     let m = c.metrics().expect("metrics");
-    for name in ["portcullis_xds_acks_total", "portcullis_snapshot_generation", "portcullis_envoys_running 1", "portcullis_translations_total"] {
+    for name in [
+        "portcullis_xds_acks_total",
+        "portcullis_snapshot_generation",
+        "portcullis_envoys_running 1",
+        "portcullis_translations_total",
+    ] {
         assert!(m.contains(name), "{name} missing from:\n{m}");
     }
     let health = reqwest::blocking::get(c.admin_url("/healthz")).expect("healthz");
@@ -250,7 +355,9 @@ fn envoy_nack_shows_in_status_and_last_good_config_keeps_serving() {
     let echo = EchoServer::start().expect("echo");
     let gw_port = free_port().expect("port");
     let mut c = start(echo.port(), gw_port, &[]);
-    wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200 && r.header("x-route") == Some("v1"));
+    wait_http(&mut c, gw_port, "/a", "route a serves", |r| {
+        r.status == 200 && r.header("x-route") == Some("v1")
+    });
     c.wait_synced(NODE).expect("synced");
 
     // Valid for the translator, but Envoy's RE2 rejects a program this large: a NACK.
@@ -263,31 +370,65 @@ spec:
   - matches: [{path: {type: RegularExpression, value: "/re/(a{1000}b{1000})+"}}]
     backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: echo}]
 "#;
-    c.write_manifest("routes/greedy.yaml", greedy).expect("write");
-    c.write_manifest("routes/a.yaml", &route("a", "/a", "echo", "v2")).expect("edit a in the same change");
+    c.write_manifest("routes/greedy.yaml", greedy)
+        .expect("write");
+    c.write_manifest("routes/a.yaml", &route("a", "/a", "echo", "v2"))
+        .expect("edit a in the same change");
     let nack = c
         .wait_status("NACK reported", |d| {
             let t = &d["xds"]["nodes"][NODE]["types"]["RouteConfiguration"]["nack"];
-            if t.is_object() { Ok(t.clone()) } else { Err(d["xds"].to_string()) }
+            if t.is_object() {
+                Ok(t.clone())
+            } else {
+                Err(d["xds"].to_string())
+            }
         })
         .expect("nack");
-    assert!(nack["error"].as_str().is_some_and(|e| e.contains("program size")), "Envoy's reason: {nack}");
+    assert!(
+        nack["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("program size")),
+        "Envoy's reason: {nack}"
+    );
     // The rejected route table is not applied: route a still answers with the last good (v1).
-    let r = KeepAlive::connect(gw_port).and_then(|mut k| k.get("example.com", "/a", &[])).expect("a");
-    assert_eq!((r.status, r.header("x-route")), (200, Some("v1")), "last good config serves");
-    assert!(c.logs().contains("Envoy rejected xDS (NACK)"), "NACK logged");
+    let r = KeepAlive::connect(gw_port)
+        .and_then(|mut k| k.get("example.com", "/a", &[]))
+        .expect("a");
+    assert_eq!(
+        (r.status, r.header("x-route")),
+        (200, Some("v1")),
+        "last good config serves"
+    );
+    assert!(
+        c.logs().contains("Envoy rejected xDS (NACK)"),
+        "NACK logged"
+    );
     let out = std::process::Command::new(BIN)
-        .args(["status", "--admin-addr", &format!("127.0.0.1:{}", c.admin_port)])
+        .args([
+            "status",
+            "--admin-addr",
+            &format!("127.0.0.1:{}", c.admin_port),
+        ])
         .output()
         .expect("portcullis status");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("program size"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("program size"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Removing the offending route fixes it: new config ACKed, NACK cleared.
     c.remove_manifest("routes/greedy.yaml").expect("rm");
     c.wait_status("NACK cleared", |d| {
         let t = &d["xds"]["nodes"][NODE]["types"]["RouteConfiguration"]["nack"];
-        if t.is_null() { Ok(()) } else { Err(t.to_string()) }
+        if t.is_null() {
+            Ok(())
+        } else {
+            Err(t.to_string())
+        }
     })
     .expect("cleared");
-    wait_http(&mut c, gw_port, "/a", "route a serves v2", |r| r.status == 200 && r.header("x-route") == Some("v2"));
+    wait_http(&mut c, gw_port, "/a", "route a serves v2", |r| {
+        r.status == 200 && r.header("x-route") == Some("v2")
+    });
 }

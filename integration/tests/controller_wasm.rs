@@ -3,7 +3,9 @@
 //! URL is unreachable, only the targeted routes are affected (failOpen false: error; failOpen
 //! true: unfiltered); once it comes back, the retry re-drives translation with no restart.
 
-use portcullis_integration::controller::{conditions_of, resource, Controller, KeepAlive, RawResponse, CONVERGE};
+use portcullis_integration::controller::{
+    conditions_of, resource, Controller, KeepAlive, RawResponse, CONVERGE,
+};
 use portcullis_integration::echo::EchoServer;
 use portcullis_integration::process::free_port;
 use portcullis_integration::wasm::module;
@@ -39,14 +41,24 @@ impl Origin {
                     if u.load(Ordering::SeqCst) {
                         (axum::http::StatusCode::OK, wasm)
                     } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, b"down".to_vec())
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            b"down".to_vec(),
+                        )
                     }
                 }
             }),
         );
-        let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).expect("bind origin");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind origin");
         rt.spawn(async move { axum::serve(listener, app).await });
-        Origin { port, up, hits, _rt: rt }
+        Origin {
+            port,
+            up,
+            hits,
+            _rt: rt,
+        }
     }
 
     fn url(&self) -> String {
@@ -119,7 +131,9 @@ spec:
 }
 
 fn get(port: u16, path: &str, ua: &str) -> Result<RawResponse, String> {
-    KeepAlive::connect(port).and_then(|mut k| k.get("example.com", path, &[("user-agent", ua)])).map_err(|e| e.to_string())
+    KeepAlive::connect(port)
+        .and_then(|mut k| k.get("example.com", path, &[("user-agent", ua)]))
+        .map_err(|e| e.to_string())
 }
 
 /// Wait until every `(path, user agent, expected status)` holds.
@@ -129,7 +143,10 @@ fn wait_statuses(c: &mut Controller, port: u16, what: &str, expect: &[(&str, &st
             for (path, ua, want) in expect {
                 let r = get(port, path, ua)?;
                 if r.status != *want {
-                    return Err(format!("{path} as {ua}: HTTP {} (want {want}) {}", r.status, r.body));
+                    return Err(format!(
+                        "{path} as {ua}: HTTP {} (want {want}) {}",
+                        r.status, r.body
+                    ));
                 }
             }
             Ok(())
@@ -139,14 +156,23 @@ fn wait_statuses(c: &mut Controller, port: u16, what: &str, expect: &[(&str, &st
 
 #[test]
 fn unreachable_wasm_url_is_isolated_and_recovers_without_restart() {
-    let wasm = std::fs::read(module("ua_block").expect("ua_block.wasm (make build-wasm)")).expect("read module");
+    let wasm = std::fs::read(module("ua_block").expect("ua_block.wasm (make build-wasm)"))
+        .expect("read module");
     let sha = hex::encode(Sha256::digest(&wasm));
     let origin = Origin::start(wasm);
     let echo = EchoServer::start().expect("echo");
     let gw_port = free_port().expect("port");
     let mut c = Controller::builder(BIN)
-        .manifest("all.yaml", manifests(gw_port, echo.port(), &origin.url(), &sha))
-        .args(["--wasm-retry-initial-ms", "200", "--wasm-retry-max-ms", "1000"])
+        .manifest(
+            "all.yaml",
+            manifests(gw_port, echo.port(), &origin.url(), &sha),
+        )
+        .args([
+            "--wasm-retry-initial-ms",
+            "200",
+            "--wasm-retry-max-ms",
+            "1000",
+        ])
         .start()
         .expect("controller");
 
@@ -154,21 +180,45 @@ fn unreachable_wasm_url_is_isolated_and_recovers_without_restart() {
     let url = origin.url();
     let doc = c
         .wait_status("policy reports the failed fetch", |d| {
-            let p = resource(d, "EnvoyExtensionPolicy", Some("default"), "closed-policy").ok_or("no policy status")?;
+            let p = resource(d, "EnvoyExtensionPolicy", Some("default"), "closed-policy")
+                .ok_or("no policy status")?;
             let acc = conditions_of(&p["status"], "Accepted");
-            if acc.iter().any(|(s, _, m)| s == "False" && m.contains(&url) && m.contains("503")) { Ok(d.clone()) } else { Err(format!("{acc:?}")) }
+            if acc
+                .iter()
+                .any(|(s, _, m)| s == "False" && m.contains(&url) && m.contains("503"))
+            {
+                Ok(d.clone())
+            } else {
+                Err(format!("{acc:?}"))
+            }
         })
         .expect("failed fetch reported");
-    assert!(doc["wasm"].as_array().into_iter().flatten().any(|m| m["state"] == "failed"), "{}", doc["wasm"]);
+    assert!(
+        doc["wasm"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["state"] == "failed"),
+        "{}",
+        doc["wasm"]
+    );
     c.wait_synced(NODE).expect("synced");
     wait_statuses(
         &mut c,
         gw_port,
         "fail-closed route errors, fail-open route passes, neighbour works",
-        &[("/plain", BAD_UA, 200), ("/open", BAD_UA, 200), ("/open", "curl/8", 200)],
+        &[
+            ("/plain", BAD_UA, 200),
+            ("/open", BAD_UA, 200),
+            ("/open", "curl/8", 200),
+        ],
     );
     let closed = get(gw_port, "/closed", "curl/8").expect("closed route answers");
-    assert!(closed.status >= 500, "failOpen false answers an error while the module is missing, got {}", closed.status);
+    assert!(
+        closed.status >= 500,
+        "failOpen false answers an error while the module is missing, got {}",
+        closed.status
+    );
     let envoy_pid = c.envoy_pids();
 
     // Origin back: a retry fetches it and re-drives translation; the filter now runs.
@@ -177,26 +227,62 @@ fn unreachable_wasm_url_is_isolated_and_recovers_without_restart() {
         &mut c,
         gw_port,
         "filter active on both policy routes after recovery",
-        &[("/closed", BAD_UA, 403), ("/closed", "curl/8", 200), ("/open", BAD_UA, 403), ("/plain", BAD_UA, 200)],
+        &[
+            ("/closed", BAD_UA, 403),
+            ("/closed", "curl/8", 200),
+            ("/open", BAD_UA, 403),
+            ("/plain", BAD_UA, 200),
+        ],
     );
     let doc = c.status().expect("status");
-    let p = resource(&doc, "EnvoyExtensionPolicy", Some("default"), "closed-policy").expect("policy");
-    assert!(conditions_of(&p["status"], "Accepted").iter().all(|(s, _, _)| s == "True"), "{p}");
-    let module = doc["wasm"].as_array().and_then(|a| a.first()).cloned().unwrap_or_default();
+    let p = resource(
+        &doc,
+        "EnvoyExtensionPolicy",
+        Some("default"),
+        "closed-policy",
+    )
+    .expect("policy");
+    assert!(
+        conditions_of(&p["status"], "Accepted")
+            .iter()
+            .all(|(s, _, _)| s == "True"),
+        "{p}"
+    );
+    let module = doc["wasm"]
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(module["state"], "ready");
     assert_eq!(module["sha256"], sha.as_str());
-    assert!(c.cache_dir().join(format!("{sha}.wasm")).is_file(), "module cached on disk by digest");
+    assert!(
+        c.cache_dir().join(format!("{sha}.wasm")).is_file(),
+        "module cached on disk by digest"
+    );
 
     // Envoy loaded it from the controller, not the origin: the origin saw only the controller's
     // fetches (one per attempt), and Envoy was never restarted.
     let attempts = module["attempts"].as_u64().unwrap_or(0) as usize;
-    assert_eq!(origin.hits.load(Ordering::SeqCst), attempts, "every origin hit is a controller fetch attempt");
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        attempts,
+        "every origin hit is a controller fetch attempt"
+    );
     assert_eq!(c.envoy_pids(), envoy_pid, "no Envoy restart");
 
     // The serving endpoint hands out exactly the cached bytes, by digest only.
-    let served = reqwest::blocking::get(format!("http://127.0.0.1:{}/wasm/{sha}.wasm", c.wasm_port)).expect("wasm endpoint");
+    let served =
+        reqwest::blocking::get(format!("http://127.0.0.1:{}/wasm/{sha}.wasm", c.wasm_port))
+            .expect("wasm endpoint");
     assert_eq!(served.status(), 200);
-    assert_eq!(hex::encode(Sha256::digest(served.bytes().expect("body"))), sha);
-    let bad = reqwest::blocking::get(format!("http://127.0.0.1:{}/wasm/..%2f..%2fetc%2fpasswd", c.wasm_port)).expect("wasm endpoint");
+    assert_eq!(
+        hex::encode(Sha256::digest(served.bytes().expect("body"))),
+        sha
+    );
+    let bad = reqwest::blocking::get(format!(
+        "http://127.0.0.1:{}/wasm/..%2f..%2fetc%2fpasswd",
+        c.wasm_port
+    ))
+    .expect("wasm endpoint");
     assert_eq!(bad.status(), 404);
 }

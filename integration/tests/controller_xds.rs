@@ -9,9 +9,9 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use portcullis::infra::host::{bootstrap, XdsMode};
 use portcullis::metrics::Metrics;
+use portcullis::translator::xds::snapshot::{XdsResources, XdsSnapshot, LISTENER_TYPE, ROUTE_TYPE};
 use portcullis::xds::server::XdsServer;
 use portcullis_integration::process::{envoy_bin, free_port, wait_until, ProcessBuilder};
-use portcullis::translator::xds::snapshot::{XdsResources, XdsSnapshot, LISTENER_TYPE, ROUTE_TYPE};
 use prost::Message;
 use std::time::Duration;
 
@@ -19,13 +19,18 @@ const NODE: &str = "test/gw";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
-    prost_types::Any { type_url: type_url.to_string(), value: m.encode_to_vec() }
+    prost_types::Any {
+        type_url: type_url.to_string(),
+        value: m.encode_to_vec(),
+    }
 }
 
 fn ads() -> core::ConfigSource {
     core::ConfigSource {
         resource_api_version: core::ApiVersion::V3 as i32,
-        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(core::AggregatedConfigSource {})),
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
         ..Default::default()
     }
 }
@@ -33,16 +38,21 @@ fn ads() -> core::ConfigSource {
 fn http_listener(port: u16) -> listener::Listener {
     let manager = hcm::HttpConnectionManager {
         stat_prefix: "test".into(),
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-            config_source: Some(ads()),
-            route_config_name: "routes".into(),
-        })),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: "routes".into(),
+            },
+        )),
         http_filters: vec![hcm::HttpFilter {
             name: "envoy.filters.http.router".into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(envoy_types::pb::google::protobuf::Any {
-                type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router".into(),
-                value: Router::default().encode_to_vec(),
-            })),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                        .into(),
+                    value: Router::default().encode_to_vec(),
+                },
+            )),
             ..Default::default()
         }],
         ..Default::default()
@@ -81,14 +91,16 @@ fn routes(body: &str, broken: bool) -> route::RouteConfiguration {
                 path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
                 ..Default::default()
             }),
-            action: Some(route::route::Action::DirectResponse(route::DirectResponseAction {
-                status: 200,
-                body: Some(core::DataSource {
-                    specifier: Some(core::data_source::Specifier::InlineString(body.into())),
+            action: Some(route::route::Action::DirectResponse(
+                route::DirectResponseAction {
+                    status: 200,
+                    body: Some(core::DataSource {
+                        specifier: Some(core::data_source::Specifier::InlineString(body.into())),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            })),
+                },
+            )),
             ..Default::default()
         }],
         ..Default::default()
@@ -97,12 +109,20 @@ fn routes(body: &str, broken: bool) -> route::RouteConfiguration {
     if broken {
         virtual_hosts.push(vhost("b"));
     }
-    route::RouteConfiguration { name: "routes".into(), virtual_hosts, ..Default::default() }
+    route::RouteConfiguration {
+        name: "routes".into(),
+        virtual_hosts,
+        ..Default::default()
+    }
 }
 
 fn snapshot(port: u16, body: &str, broken: bool) -> XdsSnapshot {
     let mut r = XdsResources::default();
-    r.insert(LISTENER_TYPE, "http", any(LISTENER_TYPE, &http_listener(port)));
+    r.insert(
+        LISTENER_TYPE,
+        "http",
+        any(LISTENER_TYPE, &http_listener(port)),
+    );
     r.insert(ROUTE_TYPE, "routes", any(ROUTE_TYPE, &routes(body, broken)));
     XdsSnapshot::from([(NODE.to_string(), r)])
 }
@@ -120,27 +140,47 @@ fn serve_update_nack_recover(mode: XdsMode) {
     let url = format!("http://127.0.0.1:{http_port}/");
     {
         let xds = xds.clone();
-        let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", xds_port))).expect("bind xDS");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", xds_port)))
+            .expect("bind xDS");
         rt.spawn(async move { xds.serve(listener, std::future::pending()).await });
     }
     xds.publish(&snapshot(http_port, "v1", false));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let boot = bootstrap(NODE, format!("127.0.0.1:{xds_port}").parse().expect("addr"), mode);
+    let boot = bootstrap(
+        NODE,
+        format!("127.0.0.1:{xds_port}").parse().expect("addr"),
+        mode,
+    );
     let boot_path = dir.path().join("bootstrap.json");
     std::fs::write(&boot_path, serde_json::to_vec(&boot).expect("json")).expect("write bootstrap");
     let mut envoy = ProcessBuilder::new("envoy", envoy_bin().expect("envoy"))
         .arg("-c")
         .arg(&boot_path)
-        .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "info"])
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "info",
+        ])
         .spawn()
         .expect("start envoy");
 
-    envoy.wait_until("Envoy serves v1 from xDS", WAIT, || get(&url).and_then(|b| if b == "v1" { Ok(()) } else { Err(b) })).expect("v1");
+    envoy
+        .wait_until("Envoy serves v1 from xDS", WAIT, || {
+            get(&url).and_then(|b| if b == "v1" { Ok(()) } else { Err(b) })
+        })
+        .expect("v1");
 
     // A live update.
     xds.publish(&snapshot(http_port, "v2", false));
-    envoy.wait_until("Envoy serves v2", WAIT, || get(&url).and_then(|b| if b == "v2" { Ok(()) } else { Err(b) })).expect("v2");
+    envoy
+        .wait_until("Envoy serves v2", WAIT, || {
+            get(&url).and_then(|b| if b == "v2" { Ok(()) } else { Err(b) })
+        })
+        .expect("v2");
     let synced = xds.status().nodes[NODE].synced_generation;
     assert_eq!(synced, Some(2), "node ACKed generation 2");
 
@@ -148,19 +188,41 @@ fn serve_update_nack_recover(mode: XdsMode) {
     xds.publish(&snapshot(http_port, "v3-broken", true));
     let nack = wait_until("NACK recorded", WAIT, || {
         let st = xds.status();
-        st.nodes[NODE].types.get("RouteConfiguration").and_then(|t| t.nack.clone()).ok_or("no NACK yet")
+        st.nodes[NODE]
+            .types
+            .get("RouteConfiguration")
+            .and_then(|t| t.nack.clone())
+            .ok_or("no NACK yet")
     })
     .expect("nack");
-    assert!(nack.error.contains("domain"), "Envoy's reason is kept: {}", nack.error);
-    assert_eq!(get(&url).expect("still serving"), "v2", "last good config keeps serving");
+    assert!(
+        nack.error.contains("domain"),
+        "Envoy's reason is kept: {}",
+        nack.error
+    );
+    assert_eq!(
+        get(&url).expect("still serving"),
+        "v2",
+        "last good config keeps serving"
+    );
     // The rejected version is not re-sent in a loop: exactly one push for it.
     let route_status = xds.status().nodes[NODE].types["RouteConfiguration"].clone();
-    assert_eq!(route_status.sent_version.as_deref(), Some(nack.version.as_str()));
-    assert_ne!(route_status.acked_version.as_deref(), Some(nack.version.as_str()));
+    assert_eq!(
+        route_status.sent_version.as_deref(),
+        Some(nack.version.as_str())
+    );
+    assert_ne!(
+        route_status.acked_version.as_deref(),
+        Some(nack.version.as_str())
+    );
 
     // A fix goes out and clears the NACK.
     xds.publish(&snapshot(http_port, "v4", false));
-    envoy.wait_until("Envoy serves v4", WAIT, || get(&url).and_then(|b| if b == "v4" { Ok(()) } else { Err(b) })).expect("v4");
+    envoy
+        .wait_until("Envoy serves v4", WAIT, || {
+            get(&url).and_then(|b| if b == "v4" { Ok(()) } else { Err(b) })
+        })
+        .expect("v4");
     wait_until("NACK cleared", WAIT, || {
         let st = xds.status();
         match &st.nodes[NODE].types["RouteConfiguration"].nack {

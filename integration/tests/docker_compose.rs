@@ -30,11 +30,18 @@ fn binds(service: &Value) -> Vec<(PathBuf, String)> {
         .unwrap_or(&[])
         .iter()
         .map(|v| {
-            let spec = v.as_str().unwrap_or_else(|| panic!("use the short volume syntax: {v:?}"));
+            let spec = v
+                .as_str()
+                .unwrap_or_else(|| panic!("use the short volume syntax: {v:?}"));
             let mut parts = spec.split(':');
             let host = parts.next().unwrap();
-            let container = parts.next().unwrap_or_else(|| panic!("no container path: {spec}"));
-            assert!(host.starts_with('.') || host.starts_with('/'), "not a bind mount: {spec}");
+            let container = parts
+                .next()
+                .unwrap_or_else(|| panic!("no container path: {spec}"));
+            assert!(
+                host.starts_with('.') || host.starts_with('/'),
+                "not a bind mount: {spec}"
+            );
             (dir.join(host), container.to_string())
         })
         .collect()
@@ -45,7 +52,9 @@ fn compose_file_parses_and_pins_envoy_1_40() {
     let c = compose();
     let services = c["services"].as_mapping().expect("services");
     assert!(services.len() >= 2, "envoy and a backend: {services:?}");
-    let image = c["services"]["envoy"]["image"].as_str().expect("envoy image");
+    let image = c["services"]["envoy"]["image"]
+        .as_str()
+        .expect("envoy image");
     assert_eq!(image, "envoyproxy/envoy:v1.40.0");
     // Same version as the Envoy the tests run.
     let out = std::process::Command::new(envoy_bin().unwrap())
@@ -56,9 +65,14 @@ fn compose_file_parses_and_pins_envoy_1_40() {
     assert!(version.contains("/1.40.0/"), "{version}");
     // Every image is pinned to a version, never `latest`.
     for (name, svc) in services {
-        let image = svc["image"].as_str().unwrap_or_else(|| panic!("{name:?}: no image"));
+        let image = svc["image"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name:?}: no image"));
         let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
-        assert!(!tag.is_empty() && tag != "latest", "{name:?}: unpinned image {image}");
+        assert!(
+            !tag.is_empty() && tag != "latest",
+            "{name:?}: unpinned image {image}"
+        );
     }
     // The backend the Envoy config routes to is a service of this file.
     assert!(services.contains_key("echo"));
@@ -74,17 +88,28 @@ fn every_mounted_path_exists_after_build() {
     let mut n = 0;
     for (name, svc) in services {
         for (host, container) in binds(svc) {
-            assert!(host.exists(), "{name:?} mounts missing {} at {container}", host.display());
+            assert!(
+                host.exists(),
+                "{name:?} mounts missing {} at {container}",
+                host.display()
+            );
             n += 1;
         }
     }
-    assert!(n >= 2, "expected the Envoy config and dist/wasm to be mounted");
+    assert!(
+        n >= 2,
+        "expected the Envoy config and dist/wasm to be mounted"
+    );
     let wasm_dir = binds(&c["services"]["envoy"])
         .into_iter()
         .find(|(_, c)| c == "/etc/envoy/wasm")
         .expect("dist/wasm mounted at /etc/envoy/wasm");
     for m in ["ua_block.wasm", "headers.wasm"] {
-        assert!(wasm_dir.0.join(m).is_file(), "{m} not in {}", wasm_dir.0.display());
+        assert!(
+            wasm_dir.0.join(m).is_file(),
+            "{m} not in {}",
+            wasm_dir.0.display()
+        );
     }
 }
 
@@ -122,7 +147,10 @@ fn mounted_envoy_config_passes_envoy_validate() {
     let filenames: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split("filename:").nth(1))
-        .map(|f| f.trim().trim_end_matches('}').trim())
+        .map(|f| {
+            f.trim_end_matches(|c: char| c == '}' || c.is_whitespace())
+                .trim()
+        })
         .collect();
     assert_eq!(filenames.len(), 2, "{filenames:?}");
     for f in &filenames {
@@ -132,13 +160,23 @@ fn mounted_envoy_config_passes_envoy_validate() {
     let rewritten = dir.path().join("envoy.yaml");
     std::fs::write(&rewritten, &text).unwrap();
     let (status, logs) = validate(&rewritten).unwrap();
-    assert!(status.success(), "envoy --mode validate failed ({status}):\n{logs}");
+    assert!(
+        status.success(),
+        "envoy --mode validate failed ({status}):\n{logs}"
+    );
     assert!(logs.contains("OK"), "{logs}");
 
     // And validation is a real check: a broken filter config in the same file fails it.
-    let broken = text.replacen("\"missing_user_agent\": \"deny\"", "\"missing_user_agent\": \"maybe\"", 1);
+    let broken = text.replacen(
+        "\"missing_user_agent\": \"deny\"",
+        "\"missing_user_agent\": \"maybe\"",
+        1,
+    );
     assert_ne!(broken, text, "the config changed shape; update this test");
     std::fs::write(&rewritten, &broken).unwrap();
     let (status, logs) = validate(&rewritten).unwrap();
-    assert!(!status.success(), "a bad filter config passed validation:\n{logs}");
+    assert!(
+        !status.success(),
+        "a bad filter config passed validation:\n{logs}"
+    );
 }

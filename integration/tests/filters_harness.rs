@@ -42,9 +42,7 @@ fn proxies_to_echo_upstream_with_repeated_headers() {
 fn lua_filter_and_direct_response() {
     let envoy = EnvoyBuilder::new()
         .direct_response(202, "direct\n")
-        .lua(
-            r#"function envoy_on_response(h) h:headers():add("x-lua", "ran") end"#,
-        )
+        .lua(r#"function envoy_on_response(h) h:headers():add("x-lua", "ran") end"#)
         .start()
         .unwrap();
     let resp = client().get(envoy.url("/")).send().unwrap();
@@ -85,8 +83,10 @@ fn tls_listener_serves_the_same_chain() {
 #[test]
 fn broken_bootstrap_exits_non_zero_with_reason() {
     let (status, logs) = EnvoyBuilder::new()
-        .raw_filter(json!({"name": "envoy.filters.http.does_not_exist", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope"}}))
+        .raw_filter(
+            json!({"name": "envoy.filters.http.does_not_exist", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope"}}),
+        )
         .start_expect_exit()
         .unwrap();
     assert_eq!(status.code(), Some(1), "{logs}");

@@ -35,7 +35,8 @@ const BASIC_HSTS: &str = "max-age=31536000";
 const HSTS: &str = "strict-transport-security";
 
 fn tls() -> Tls {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     Tls {
         cert_pem: cert.cert.pem(),
         key_pem: cert.signing_key.serialize_pem(),
@@ -45,13 +46,23 @@ fn tls() -> Tls {
 /// Envoy with the headers filter in front of `echo`, a TLS listener too, and the upstream's
 /// `server` header passed through to the filter (Envoy overwrites it by default).
 fn start(echo: &EchoServer, config: Value) -> Envoy {
-    EnvoyBuilder::new()
-        .upstream(echo.addr())
-        .hcm("server_header_transformation", json!("PASS_THROUGH"))
-        .tls(tls())
-        .wasm("headers", wasm::module("headers").unwrap(), config)
-        .start()
-        .unwrap()
+    start_with(echo, config, |b| b)
+}
+
+fn start_with(
+    echo: &EchoServer,
+    config: Value,
+    more: impl FnOnce(EnvoyBuilder) -> EnvoyBuilder,
+) -> Envoy {
+    more(
+        EnvoyBuilder::new()
+            .upstream(echo.addr())
+            .hcm("server_header_transformation", json!("PASS_THROUGH"))
+            .tls(tls()),
+    )
+    .wasm("headers", wasm::module("headers").unwrap(), config)
+    .start()
+    .unwrap()
 }
 
 fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
@@ -113,7 +124,11 @@ fn request_operations() {
         ],
         &[],
     );
-    assert_eq!(seen.header_all("x-env"), ["prod"], "set replaces every value");
+    assert_eq!(
+        seen.header_all("x-env"),
+        ["prod"],
+        "set replaces every value"
+    );
     assert_eq!(seen.header_all("x-trace"), ["0", "1"], "add appends");
     assert!(seen.header_all("x-debug").is_empty(), "remove: {seen:?}");
     assert!(seen.header_all("x-internal-token").is_empty(), "{seen:?}");
@@ -134,7 +149,7 @@ fn response_operations() {
         json!({
             "response": {
                 "set": { "x-served-by": "portcullis" },
-                "add": { "vary": "origin" },
+                "add": { "x-tag": "b", "vary": "origin" },
                 "remove": ["server", "x-powered-by"],
                 "remove_matching": ["^x-envoy-"],
                 "set_if_absent": { "cache-control": "no-store" }
@@ -150,6 +165,7 @@ fn response_operations() {
             ("x-powered-by", "PHP/8"),
             ("x-envoy-foo", "leak"),
             ("x-served-by", "upstream"),
+            ("x-tag", "a"),
             ("vary", "accept"),
             ("x-other", "kept"),
         ],
@@ -162,11 +178,26 @@ fn response_operations() {
         "{h:?}"
     );
     assert_eq!(values(&h, "x-served-by"), ["portcullis"]);
-    assert_eq!(values(&h, "vary"), ["accept", "origin"]);
+    assert_eq!(values(&h, "x-tag"), ["a", "b"]);
+    // Envoy keeps some headers (vary among them) as one comma-joined value: same meaning.
+    let vary: Vec<String> = values(&h, "vary")
+        .iter()
+        .flat_map(|v| {
+            v.split(',')
+                .map(|p| p.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(vary, ["accept", "origin"]);
     assert_eq!(values(&h, "x-other"), ["kept"]);
     assert_eq!(values(&h, "cache-control"), ["no-store"]);
     // set_if_absent keeps what the upstream sent.
-    let (h, _) = exchange(&client(), &envoy.url("/"), &[], &[("cache-control", "max-age=60")]);
+    let (h, _) = exchange(
+        &client(),
+        &envoy.url("/"),
+        &[],
+        &[("cache-control", "max-age=60")],
+    );
     assert_eq!(values(&h, "cache-control"), ["max-age=60"]);
 }
 
@@ -183,15 +214,44 @@ fn assert_preset(h: &HeaderMap, preset: &[(&str, &str)], hsts: Option<&str>) {
 #[test]
 fn strict_preset_with_and_without_https() {
     let echo = EchoServer::start().unwrap();
-    let envoy = start(&echo, json!({ "security_headers": "strict" }));
-    let (h, _) = exchange(&client(), &envoy.url("/"), &[], &[]);
+    // An edge Envoy (use_remote_address) sets x-forwarded-proto and :scheme from the connection.
+    let envoy = start_with(&echo, json!({ "security_headers": "strict" }), |b| {
+        b.hcm("use_remote_address", json!(true))
+    });
+    let (h, seen) = exchange(&client(), &envoy.url("/"), &[], &[]);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_preset(&h, STRICT, None);
-    // A client claiming HTTPS over plain HTTP gets no HSTS either.
-    let (h, _) = exchange(&client(), &envoy.url("/"), &[("x-forwarded-proto", "https")], &[]);
+    // A client claiming HTTPS over plain HTTP gets no HSTS at the edge.
+    let (h, seen) = exchange(
+        &client(),
+        &envoy.url("/"),
+        &[("x-forwarded-proto", "https")],
+        &[],
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_preset(&h, STRICT, None);
     let https = envoy.https_url("/").unwrap();
     let (h, seen) = exchange(&insecure_client(), &https, &[], &[]);
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_preset(&h, STRICT, Some(STRICT_HSTS));
+}
+
+/// Behind another proxy (Envoy's default, `use_remote_address: false`) Envoy trusts the
+/// x-forwarded-proto it receives and derives `:scheme` from it, so the filter treats such a
+/// request as HTTPS. Browsers ignore HSTS received over plain HTTP (RFC 6797 8.1), so this
+/// only matters for deployments that expose a non-edge Envoy directly: use the edge setting.
+#[test]
+fn behind_a_proxy_forwarded_proto_decides_https() {
+    let echo = EchoServer::start().unwrap();
+    let envoy = start(&echo, json!({ "security_headers": "strict" }));
+    let (h, _) = exchange(&client(), &envoy.url("/"), &[], &[]);
+    assert_preset(&h, STRICT, None);
+    let (h, _) = exchange(
+        &client(),
+        &envoy.url("/"),
+        &[("x-forwarded-proto", "https")],
+        &[],
+    );
     assert_preset(&h, STRICT, Some(STRICT_HSTS));
 }
 
@@ -208,7 +268,10 @@ fn basic_preset_with_and_without_https() {
 #[test]
 fn off_preset_adds_nothing() {
     let echo = EchoServer::start().unwrap();
-    let envoy = start(&echo, json!({ "security_headers": "off", "response": { "set": { "x-marker": "1" } } }));
+    let envoy = start(
+        &echo,
+        json!({ "security_headers": "off", "response": { "set": { "x-marker": "1" } } }),
+    );
     for (c, url) in [
         (client(), envoy.url("/")),
         (insecure_client(), envoy.https_url("/").unwrap()),
@@ -231,7 +294,12 @@ fn preset_never_overwrites_upstream_headers() {
         ("referrer-policy", "origin"),
         (HSTS, "max-age=60"),
     ];
-    let (h, _) = exchange(&insecure_client(), &envoy.https_url("/").unwrap(), &[], &upstream);
+    let (h, _) = exchange(
+        &insecure_client(),
+        &envoy.https_url("/").unwrap(),
+        &[],
+        &upstream,
+    );
     for (name, value) in upstream {
         assert_eq!(values(&h, name), [value], "{name} was overwritten: {h:?}");
     }
@@ -242,45 +310,123 @@ fn preset_never_overwrites_upstream_headers() {
         ["frame-ancestors 'none'"]
     );
     // 3 of 6 preset headers were kept, 3 added.
-    assert_eq!(envoy.counter("portcullis_headers_preset_kept_total").unwrap(), Some(3));
-    assert_eq!(envoy.counter("portcullis_headers_preset_added_total").unwrap(), Some(3));
+    assert_eq!(
+        envoy
+            .counter("portcullis_headers_preset_kept_total")
+            .unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        envoy
+            .counter("portcullis_headers_preset_added_total")
+            .unwrap(),
+        Some(3)
+    );
 }
 
+/// Envoy sends a local reply back through the encoder side of the filters *before* the one
+/// that replied: put headers before ua-block so blocked responses get the preset too.
 #[test]
-fn filters_chain_in_order_with_ua_block() {
-    // ua-block answers locally; the headers filter after it still sees the local response.
+fn filter_order_decides_whether_local_replies_get_headers() {
     let echo = EchoServer::start().unwrap();
-    let envoy = EnvoyBuilder::new()
-        .upstream(echo.addr())
-        .wasm(
-            "ua_block",
+    let ua_block = || {
+        (
             wasm::module("ua_block").unwrap(),
             json!({ "deny": { "contains": ["GPTBot"] } }),
         )
-        .wasm(
-            "headers",
+    };
+    let headers = || {
+        (
             wasm::module("headers").unwrap(),
             json!({ "security_headers": "strict", "request": { "set": { "x-env": "prod" } } }),
         )
+    };
+    let (ub, ub_cfg) = ua_block();
+    let (hd, hd_cfg) = headers();
+    let headers_first = EnvoyBuilder::new()
+        .upstream(echo.addr())
+        .wasm("headers", &hd, hd_cfg.clone())
+        .wasm("ua_block", &ub, ub_cfg.clone())
         .start()
         .unwrap();
-    let resp = client().get(envoy.url("/")).header("user-agent", "GPTBot").send().unwrap();
-    assert_eq!(resp.status().as_u16(), 403);
-    assert_preset(resp.headers(), STRICT, None);
-    let (h, seen) = exchange(&client(), &envoy.url("/"), &[], &[]);
-    assert_preset(&h, STRICT, None);
-    assert_eq!(seen.header_all("x-env"), ["prod"]);
+    let ua_block_first = EnvoyBuilder::new()
+        .upstream(echo.addr())
+        .wasm("ua_block", &ub, ub_cfg)
+        .wasm("headers", &hd, hd_cfg)
+        .start()
+        .unwrap();
+    for envoy in [&headers_first, &ua_block_first] {
+        // Proxied responses pass through both filters either way.
+        let (h, seen) = exchange(&client(), &envoy.url("/"), &[], &[]);
+        assert_preset(&h, STRICT, None);
+        assert_eq!(seen.header_all("x-env"), ["prod"]);
+    }
+    let blocked = |envoy: &Envoy| {
+        let resp = client()
+            .get(envoy.url("/"))
+            .header("user-agent", "GPTBot")
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 403);
+        resp.headers().clone()
+    };
+    assert_preset(&blocked(&headers_first), STRICT, None);
+    let h = blocked(&ua_block_first);
+    assert!(values(&h, "x-frame-options").is_empty(), "{h:?}");
 }
 
-fn assert_config_refused(config: &str, expected_in_log: &[&str]) {
+/// Envoy refuses a static bootstrap whose wasm filter fails `on_configure`: it exits with
+/// status 1 (no crash, no signal), and one log line from the filter names the field and the
+/// reason.
+fn assert_config_refused(config: &str, expected_in_line: &[&str]) {
     let (status, logs) = EnvoyBuilder::new()
         .wasm_raw("headers", wasm::module("headers").unwrap(), config)
         .start_expect_exit()
         .unwrap();
-    assert_eq!(status.code(), Some(1), "config {config}: {status:?}\n{logs}");
-    for needle in expected_in_log {
-        assert!(logs.contains(needle), "config {config}: {needle:?} not in log:\n{logs}");
-    }
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "config {config}: {status:?}\n{logs}"
+    );
+    assert!(logs.contains("Unable to create Wasm plugin"), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("wasm log")
+            && l.contains("invalid config")
+            && expected_in_line.iter().all(|n| l.contains(n))),
+        "config {config}: no filter log line with {expected_in_line:?}:\n{logs}"
+    );
+}
+
+/// Under a control plane (file-based LDS here) the invalid listener is rejected and Envoy
+/// keeps serving what it had.
+#[test]
+fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
+    let echo = EchoServer::start().unwrap();
+    let module = wasm::module("headers").unwrap();
+    let mut envoy = EnvoyBuilder::new()
+        .upstream(echo.addr())
+        .dynamic_listeners()
+        .wasm("headers", &module, json!({ "security_headers": "strict" }))
+        .start()
+        .unwrap();
+    let bad = EnvoyBuilder::new()
+        .wasm_raw("headers", &module, r#"{"security_headers": "extreme"}"#)
+        .listeners(
+            "bad-",
+            portcullis_integration::process::free_port().unwrap(),
+            None,
+        );
+    let mut listeners = envoy.dynamic_listeners();
+    listeners.extend(bad);
+    assert!(!envoy.apply_dynamic_listeners(listeners).unwrap());
+    assert!(envoy.process().try_status().is_none(), "Envoy exited");
+    assert!(
+        envoy.logs().contains("unknown variant `extreme`"),
+        "{}",
+        envoy.logs()
+    );
+    let (h, _) = exchange(&client(), &envoy.url("/"), &[], &[]);
+    assert_preset(&h, STRICT, None);
 }
 
 #[test]
@@ -305,7 +451,10 @@ fn invalid_config_wrong_type() {
         r#"{"security_headers": "extreme"}"#,
         &["security_headers", "unknown variant `extreme`"],
     );
-    assert_config_refused(r#"{"request": {"remove": "x-debug"}}"#, &["request.remove", "invalid type"]);
+    assert_config_refused(
+        r#"{"request": {"remove": "x-debug"}}"#,
+        &["request.remove", "invalid type"],
+    );
     assert_config_refused(
         r#"{"response": {"set": {"bad header": "v"}}}"#,
         &["response.set", "bad header"],

@@ -27,7 +27,12 @@ fn lua_list(lua: &str, name: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no `local {name} = {{` in the Lua script"));
     let block = &lua[start..];
     let block = &block[..block.find('}').expect("unterminated table")];
-    block.split('"').skip(1).step_by(2).map(str::to_string).collect()
+    block
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 /// The right-hand side of `local NAME = value` (comment stripped).
@@ -100,7 +105,9 @@ fn send(envoy: &Envoy, uas: &[&str]) -> (u16, String) {
     for ua in uas {
         req = req.header("user-agent", *ua);
     }
-    let resp = req.send().unwrap_or_else(|e| panic!("request with UA {uas:?}: {e}"));
+    let resp = req
+        .send()
+        .unwrap_or_else(|e| panic!("request with UA {uas:?}: {e}"));
     let status = resp.status().as_u16();
     (status, resp.text().unwrap_or_default())
 }

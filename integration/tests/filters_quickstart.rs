@@ -25,7 +25,11 @@ fn make_run_serves_both_filters_and_cleans_up() {
     wasm::module("ua_block").unwrap();
     wasm::module("headers").unwrap();
     let root = workspace_root();
-    let (http, admin, echo) = (free_port().unwrap(), free_port().unwrap(), free_port().unwrap());
+    let (http, admin, echo) = (
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    );
     let run_dir = tempfile::tempdir().unwrap();
     let mut run = ProcessBuilder::new("make-run", "bash")
         .arg(root.join("scripts/run.sh"))
@@ -38,18 +42,25 @@ fn make_run_serves_both_filters_and_cleans_up() {
         .spawn()
         .unwrap();
     let log_path = run.log_path().to_path_buf();
-    run.wait_until("run.sh to print its banner", Duration::from_secs(120), || {
-        let out = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if out.contains("Portcullis is running") {
-            Ok(())
-        } else {
-            Err("no banner yet")
-        }
-    })
+    run.wait_until(
+        "run.sh to print its banner",
+        Duration::from_secs(120),
+        || {
+            let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if out.contains("Portcullis is running") {
+                Ok(())
+            } else {
+                Err("no banner yet")
+            }
+        },
+    )
     .unwrap();
     let banner = run.logs();
     let base = format!("http://127.0.0.1:{http}");
-    assert!(banner.contains(&format!("curl -i {base}/ -A 'python-requests/2.32'")), "{banner}");
+    assert!(
+        banner.contains(&format!("curl -i {base}/ -A 'python-requests/2.32'")),
+        "{banner}"
+    );
 
     // The documented behaviour of examples/local/envoy-static.yaml.
     let c = client();
@@ -62,6 +73,8 @@ fn make_run_serves_both_filters_and_cleans_up() {
     ] {
         let resp = get_with_ua(&c, &format!("{base}/"), ua).unwrap();
         assert_eq!(resp.status().as_u16(), 403, "UA {ua:?}");
+        // headers runs before ua-block, so blocked responses carry the preset too.
+        assert_eq!(resp.headers()["x-frame-options"], "DENY");
         assert_eq!(resp.text().unwrap(), blocked);
     }
     let resp = c
@@ -75,14 +88,21 @@ fn make_run_serves_both_filters_and_cleans_up() {
     let h = resp.headers().clone();
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["cache-control"], "no-store");
-    assert!(h.get("server").is_none() && h.get("x-envoy-upstream-service-time").is_none(), "{h:?}");
+    assert!(
+        h.get("server").is_none() && h.get("x-envoy-upstream-service-time").is_none(),
+        "{h:?}"
+    );
     let seen: Echo = resp.json().unwrap();
     assert_eq!(seen.path, "/hello");
     assert_eq!(seen.header_all("x-env"), ["local"]);
     assert_eq!(seen.header_all("x-trace"), ["1"]);
-    assert!(seen.header_all("x-debug").is_empty() && seen.header_all("x-internal-token").is_empty());
+    assert!(
+        seen.header_all("x-debug").is_empty() && seen.header_all("x-internal-token").is_empty()
+    );
     let stats = c
-        .get(format!("http://127.0.0.1:{admin}/stats?filter=portcullis_ua_block_denied_total"))
+        .get(format!(
+            "http://127.0.0.1:{admin}/stats?filter=portcullis_ua_block_denied_total"
+        ))
         .send()
         .unwrap()
         .text()
@@ -92,14 +112,20 @@ fn make_run_serves_both_filters_and_cleans_up() {
     // Ctrl-C on the script alone: it stops Envoy and the upstream itself, and exits 0.
     run.signal(libc::SIGINT);
     let status = run.wait_exit(Duration::from_secs(60)).unwrap();
-    assert!(status.success(), "run.sh exited with {status}:\n{}", run.logs());
+    assert!(
+        status.success(),
+        "run.sh exited with {status}:\n{}",
+        run.logs()
+    );
     for port in [http, admin, echo] {
-        wait_until(&format!("port {port} to close"), Duration::from_secs(30), || {
-            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        wait_until(
+            &format!("port {port} to close"),
+            Duration::from_secs(30),
+            || match std::net::TcpStream::connect(("127.0.0.1", port)) {
                 Ok(_) => Err("still accepting"),
                 Err(_) => Ok(()),
-            }
-        })
+            },
+        )
         .unwrap();
     }
 }

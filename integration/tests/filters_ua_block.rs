@@ -39,7 +39,11 @@ fn assert_passed(envoy: &Envoy, ua: Option<&str>) {
 
 fn assert_blocked(envoy: &Envoy, ua: Option<&str>, status: u16, body: &str) {
     let got = get(envoy, ua);
-    assert_eq!(got, (status, body.to_string()), "UA {ua:?} should be blocked");
+    assert_eq!(
+        got,
+        (status, body.to_string()),
+        "UA {ua:?} should be blocked"
+    );
 }
 
 fn counters(envoy: &Envoy) -> (Option<u64>, Option<u64>, Option<u64>) {
@@ -69,9 +73,12 @@ fn deny_allow_exact_regex_and_metrics() {
     forbidden("CURL/7.0"); // exact, case-insensitive
     forbidden("Python-Requests/2.31.0"); // regex
     assert_passed(&envoy, Some("curl/7.0.1")); // exact means the whole value
-    assert_passed(&envoy, Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"));
+    assert_passed(
+        &envoy,
+        Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
+    );
     assert_passed(&envoy, Some("python-request")); // regex does not match
-    // Allow wins over deny, in either order inside the header.
+                                                   // Allow wins over deny, in either order inside the header.
     assert_passed(&envoy, Some("Googlebot/2.1 GPTBot"));
     assert_passed(&envoy, Some("GPTBot Googlebot/2.1"));
     // Missing and empty UA pass by default.
@@ -164,7 +171,10 @@ fn ai_crawlers_preset_blocks_every_listed_agent() {
         .iter()
         .map(|p| p.as_str().unwrap())
         .collect();
-    assert!(patterns.len() >= 20, "suspiciously short preset: {patterns:?}");
+    assert!(
+        patterns.len() >= 20,
+        "suspiciously short preset: {patterns:?}"
+    );
     assert!(patterns.contains(&"GPTBot"));
 
     let echo = EchoServer::start().unwrap();
@@ -172,13 +182,18 @@ fn ai_crawlers_preset_blocks_every_listed_agent() {
     for p in &patterns {
         assert_blocked(
             &envoy,
-            Some(&format!("Mozilla/5.0 (compatible; {p}/1.0; +https://example.com/bot)")),
+            Some(&format!(
+                "Mozilla/5.0 (compatible; {p}/1.0; +https://example.com/bot)"
+            )),
             403,
             "Forbidden\n",
         );
         assert_blocked(&envoy, Some(&p.to_uppercase()), 403, "Forbidden\n");
     }
-    assert_passed(&envoy, Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0"));
+    assert_passed(
+        &envoy,
+        Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0"),
+    );
     assert_passed(&envoy, Some("Mozilla/5.0 (compatible; Googlebot/2.1)"));
     let n = patterns.len() as u64 * 2;
     assert_eq!(counters(&envoy), (Some(n), Some(2), Some(0)));
@@ -227,16 +242,25 @@ fn several_workers_share_config_and_counters() {
 }
 
 /// Envoy refuses a static bootstrap whose wasm filter fails `on_configure`: it exits with
-/// status 1 (no crash, no signal) and the log names the field and the reason.
-fn assert_config_refused(config: &str, expected_in_log: &[&str]) {
+/// status 1 (no crash, no signal), and one log line from the filter names the field and the
+/// reason.
+fn assert_config_refused(config: &str, expected_in_line: &[&str]) {
     let (status, logs) = EnvoyBuilder::new()
         .wasm_raw("ua_block", wasm::module("ua_block").unwrap(), config)
         .start_expect_exit()
         .unwrap();
-    assert_eq!(status.code(), Some(1), "config {config}: {status:?}\n{logs}");
-    for needle in expected_in_log {
-        assert!(logs.contains(needle), "config {config}: {needle:?} not in log:\n{logs}");
-    }
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "config {config}: {status:?}\n{logs}"
+    );
+    assert!(logs.contains("Unable to create Wasm plugin"), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("wasm log")
+            && l.contains("ua-block: invalid config")
+            && expected_in_line.iter().all(|n| l.contains(n))),
+        "config {config}: no filter log line with {expected_in_line:?}:\n{logs}"
+    );
 }
 
 #[test]
@@ -263,10 +287,78 @@ fn invalid_config_wrong_type() {
         r#"{"missing_user_agent": "block"}"#,
         &["missing_user_agent", "unknown variant `block`"],
     );
-    assert_config_refused(r#"{"deny": {"contains": "GPTBot"}}"#, &["deny.contains", "invalid type"]);
+    assert_config_refused(
+        r#"{"deny": {"contains": "GPTBot"}}"#,
+        &["deny.contains", "invalid type"],
+    );
     assert_config_refused(
         r#"{"deny": {"presets": ["ai-crawler"]}}"#,
         &["deny.presets", "ai-crawler"],
     );
     assert_config_refused(r#"{"deny": "#, &["EOF"]);
+}
+
+/// Under a control plane (here file-based LDS) a listener whose ua-block config is invalid is
+/// rejected with the same log line, while Envoy keeps running and serving the listener it has.
+#[test]
+fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
+    let echo = EchoServer::start().unwrap();
+    let module = wasm::module("ua_block").unwrap();
+    let mut envoy = EnvoyBuilder::new()
+        .upstream(echo.addr())
+        .dynamic_listeners()
+        .wasm(
+            "ua_block",
+            &module,
+            json!({ "deny": { "contains": ["GPTBot"] } }),
+        )
+        .start()
+        .unwrap();
+    assert_blocked(&envoy, Some("GPTBot"), 403, "Forbidden\n");
+
+    let bad_port = portcullis_integration::process::free_port().unwrap();
+    let bad = EnvoyBuilder::new()
+        .wasm_raw("ua_block", &module, r#"{"deny": {"regex": ["(unclosed"]}}"#)
+        .listeners("bad-", bad_port, None);
+    let mut listeners = envoy.dynamic_listeners();
+    listeners.extend(bad);
+    assert!(
+        !envoy.apply_dynamic_listeners(listeners).unwrap(),
+        "the bad listener was accepted"
+    );
+
+    assert!(envoy.process().try_status().is_none(), "Envoy exited");
+    let logs = envoy.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("wasm log")
+            && l.contains("deny.regex[0]")
+            && l.contains("unclosed group")),
+        "{logs}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", bad_port)).is_err());
+    assert_blocked(&envoy, Some("GPTBot"), 403, "Forbidden\n");
+    assert_passed(&envoy, Some("Mozilla/5.0"));
+
+    // A valid update afterwards is accepted: nothing was left half-configured.
+    let good_port = portcullis_integration::process::free_port().unwrap();
+    let good = EnvoyBuilder::new()
+        .direct_response(200, "second\n")
+        .wasm(
+            "ua_block",
+            &module,
+            json!({ "deny": { "contains": ["ClaudeBot"] } }),
+        )
+        .listeners("second-", good_port, None);
+    let mut listeners = envoy.dynamic_listeners();
+    listeners.extend(good);
+    assert!(envoy.apply_dynamic_listeners(listeners).unwrap());
+    let second = format!("http://127.0.0.1:{good_port}/");
+    let c = client();
+    let resp = get_with_ua(&c, &second, Some("ClaudeBot")).unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let resp = get_with_ua(&c, &second, Some("GPTBot")).unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.text().unwrap()),
+        (200, "second\n".to_string())
+    );
 }

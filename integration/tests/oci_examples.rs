@@ -24,10 +24,19 @@ fn kubernetes_examples_pin_images_and_configs_parse() {
                 let image = &wasm["code"]["image"];
                 let url = image["url"].as_str().unwrap();
                 let (_, tag) = url.rsplit_once(':').unwrap();
-                assert!(!tag.contains('/') && !tag.is_empty(), "{}: {url} has no tag", path.display());
-                let sha = image["sha256"].as_str().unwrap_or_else(|| panic!("{}: no sha256", path.display()));
                 assert!(
-                    sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                    !tag.contains('/') && !tag.is_empty(),
+                    "{}: {url} has no tag",
+                    path.display()
+                );
+                let sha = image["sha256"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}: no sha256", path.display()));
+                assert!(
+                    sha.len() == 64
+                        && sha
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
                     "{}: sha256 {sha:?} is not 64 lowercase hex characters",
                     path.display()
                 );
@@ -44,5 +53,9 @@ fn kubernetes_examples_pin_images_and_configs_parse() {
             }
         }
     }
-    assert!(checked >= 3, "only {checked} wasm entries found in {}", dir.display());
+    assert!(
+        checked >= 3,
+        "only {checked} wasm entries found in {}",
+        dir.display()
+    );
 }

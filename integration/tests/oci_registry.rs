@@ -67,8 +67,14 @@ fn round_trip_both_formats_with_stable_digests() {
             assert_eq!(pulled.wasm_sha256, sha256_hex(&wasm));
 
             // Pull by digest.
-            let by_digest = format!("{}/portcullis/rt-{format}@{}", reg.host(), first.manifest_digest);
-            let pulled = pull_wasm(&by_digest, &PullOptions::default()).await.unwrap();
+            let by_digest = format!(
+                "{}/portcullis/rt-{format}@{}",
+                reg.host(),
+                first.manifest_digest
+            );
+            let pulled = pull_wasm(&by_digest, &PullOptions::default())
+                .await
+                .unwrap();
             assert_eq!(pulled.wasm, wasm);
 
             // Inspect sees the layout without downloading the module.
@@ -91,8 +97,18 @@ fn round_trip_both_formats_with_stable_digests() {
             }
         }
         // Two formats of one module are two different images.
-        let c = inspect(&format!("{}/portcullis/rt-compat:v1", reg.host()), &PullOptions::default()).await.unwrap();
-        let a = inspect(&format!("{}/portcullis/rt-artifact:v1", reg.host()), &PullOptions::default()).await.unwrap();
+        let c = inspect(
+            &format!("{}/portcullis/rt-compat:v1", reg.host()),
+            &PullOptions::default(),
+        )
+        .await
+        .unwrap();
+        let a = inspect(
+            &format!("{}/portcullis/rt-artifact:v1", reg.host()),
+            &PullOptions::default(),
+        )
+        .await
+        .unwrap();
         assert_ne!(c.manifest_digest, a.manifest_digest);
     });
 }
@@ -104,13 +120,18 @@ fn pinned_digest_is_enforced() {
     rt().block_on(async {
         let r = format!("{}/portcullis/pin:v1", reg.host());
         let pushed = push_wasm(&wasm, &r, &PushOptions::default()).await.unwrap();
-        let hex = pushed.manifest_digest.trim_start_matches("sha256:").to_string();
+        let hex = pushed
+            .manifest_digest
+            .trim_start_matches("sha256:")
+            .to_string();
         for pin in [hex.clone(), format!("sha256:{hex}"), hex.to_uppercase()] {
             let opts = PullOptions {
                 expected_digest: Some(pin.clone()),
                 ..PullOptions::default()
             };
-            let pulled = pull_wasm(&r, &opts).await.unwrap_or_else(|e| panic!("pin {pin}: {e}"));
+            let pulled = pull_wasm(&r, &opts)
+                .await
+                .unwrap_or_else(|e| panic!("pin {pin}: {e}"));
             assert_eq!(pulled.wasm, wasm);
         }
         // The wasm's own sha256 is not the image digest: it must be rejected like any other.
@@ -122,17 +143,28 @@ fn pinned_digest_is_enforced() {
             let err = pull_wasm(&r, &opts).await.unwrap_err();
             assert!(matches!(err, OciError::DigestMismatch { .. }), "{err}");
             let msg = err.to_string();
-            assert!(msg.contains(&wrong) && msg.contains(&hex) && msg.contains(&reg.host()), "{msg}");
+            assert!(
+                msg.contains(&wrong) && msg.contains(&hex) && msg.contains(&reg.host()),
+                "{msg}"
+            );
         }
         let bad = PullOptions {
             expected_digest: Some("sha256:1234".into()),
             ..PullOptions::default()
         };
-        assert!(matches!(pull_wasm(&r, &bad).await, Err(OciError::InvalidDigest(_))));
+        assert!(matches!(
+            pull_wasm(&r, &bad).await,
+            Err(OciError::InvalidDigest(_))
+        ));
 
         // Unknown tag and unknown repository: NotFound naming the registry.
-        for missing in [format!("{}/portcullis/pin:nope", reg.host()), format!("{}/nothing/here:v1", reg.host())] {
-            let err = pull_wasm(&missing, &PullOptions::default()).await.unwrap_err();
+        for missing in [
+            format!("{}/portcullis/pin:nope", reg.host()),
+            format!("{}/nothing/here:v1", reg.host()),
+        ] {
+            let err = pull_wasm(&missing, &PullOptions::default())
+                .await
+                .unwrap_err();
             assert!(matches!(err, OciError::NotFound { .. }), "{err}");
             assert!(err.to_string().contains(&reg.host()), "{err}");
         }
@@ -162,13 +194,19 @@ fn basic_auth_good_and_wrong_credentials() {
         assert_eq!(pull_wasm(&r, &opts).await.unwrap().wasm, wasm);
 
         // Wrong password, and no credentials at all: a clear 401 naming the registry.
-        for auth in [RegistryAuth::basic("alice", "wrong"), RegistryAuth::Anonymous] {
+        for auth in [
+            RegistryAuth::basic("alice", "wrong"),
+            RegistryAuth::Anonymous,
+        ] {
             let opts = PullOptions {
                 auth: auth.clone(),
                 ..PullOptions::default()
             };
             let err = pull_wasm(&r, &opts).await.unwrap_err();
-            assert!(matches!(err, OciError::Unauthorized { status: 401, .. }), "{auth:?}: {err}");
+            assert!(
+                matches!(err, OciError::Unauthorized { status: 401, .. }),
+                "{auth:?}: {err}"
+            );
             let msg = err.to_string();
             assert!(msg.contains(&reg.host()) && msg.contains("401"), "{msg}");
             let push = PushOptions {
@@ -176,7 +214,10 @@ fn basic_auth_good_and_wrong_credentials() {
                 ..PushOptions::default()
             };
             let err = push_wasm(&wasm, &r, &push).await.unwrap_err();
-            assert!(matches!(err, OciError::Unauthorized { status: 401, .. }), "{err}");
+            assert!(
+                matches!(err, OciError::Unauthorized { status: 401, .. }),
+                "{err}"
+            );
         }
     });
 }
@@ -190,10 +231,17 @@ fn registry_down_fails_fast_and_clearly() {
         let start = Instant::now();
         let err = pull_wasm(&r, &PullOptions::default()).await.unwrap_err();
         assert!(matches!(err, OciError::Unreachable { .. }), "{err}");
-        assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
         // Refused connections are retried a bounded number of times (default policy: 4 tries,
         // 0.2 + 0.4 + 0.8 s backoff), far below the 120 s overall bound.
-        assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
     });
 }
 
@@ -211,8 +259,15 @@ fn silent_registry_hits_the_timeout() {
         let start = Instant::now();
         let err = pull_wasm(&r, &opts).await.unwrap_err();
         assert!(matches!(err, OciError::Timeout { .. }), "{err}");
-        assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
-        assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
     });
     drop(listener);
 }
@@ -231,8 +286,14 @@ async fn flaky_proxy(upstream: String, fail: usize) -> (String, Arc<AtomicUsize>
         let upstream = upstream.clone();
         let hits = hits.clone();
         async move {
-            let path_q = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-            if req.uri().path().contains("/manifests/") && hits.fetch_add(1, Ordering::SeqCst) < fail {
+            let path_q = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            if req.uri().path().contains("/manifests/")
+                && hits.fetch_add(1, Ordering::SeqCst) < fail
+            {
                 return Response::builder()
                     .status(StatusCode::INTERNAL_SERVER_ERROR)
                     .body(Body::from("injected failure"))
@@ -244,7 +305,9 @@ async fn flaky_proxy(upstream: String, fail: usize) -> (String, Arc<AtomicUsize>
                     fwd = fwd.header(k, v);
                 }
             }
-            let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap();
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .unwrap();
             let resp = fwd.body(body).send().await.unwrap();
             let mut out = Response::builder().status(resp.status().as_u16());
             for (k, v) in resp.headers() {
@@ -264,15 +327,22 @@ fn server_errors_are_retried_with_backoff() {
     let reg = Registry::start().unwrap();
     let wasm = sample_wasm("flaky");
     rt().block_on(async {
-        let pushed = push_wasm(&wasm, &format!("{}/portcullis/flaky:v1", reg.host()), &PushOptions::default())
-            .await
-            .unwrap();
+        let pushed = push_wasm(
+            &wasm,
+            &format!("{}/portcullis/flaky:v1", reg.host()),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
 
         // Two failures, then success: the pull succeeds on the third try.
         let (proxy, hits) = flaky_proxy(reg.url(), 2).await;
-        let pulled = pull_wasm(&format!("{proxy}/portcullis/flaky:v1"), &PullOptions::default())
-            .await
-            .unwrap();
+        let pulled = pull_wasm(
+            &format!("{proxy}/portcullis/flaky:v1"),
+            &PullOptions::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(pulled.wasm, wasm);
         assert_eq!(pulled.manifest_digest, pushed.manifest_digest);
         assert_eq!(hits.load(Ordering::SeqCst), 3);
@@ -288,9 +358,14 @@ fn server_errors_are_retried_with_backoff() {
             },
             ..PullOptions::default()
         };
-        let err = pull_wasm(&format!("{proxy}/portcullis/flaky:v1"), &opts).await.unwrap_err();
+        let err = pull_wasm(&format!("{proxy}/portcullis/flaky:v1"), &opts)
+            .await
+            .unwrap_err();
         assert!(matches!(err, OciError::Http { status: 500, .. }), "{err}");
-        assert!(err.to_string().contains(&proxy) && err.to_string().contains("500"), "{err}");
+        assert!(
+            err.to_string().contains(&proxy) && err.to_string().contains("500"),
+            "{err}"
+        );
         assert_eq!(hits.load(Ordering::SeqCst), 3);
     });
 }
@@ -300,10 +375,18 @@ fn server_errors_are_retried_with_backoff() {
 /// Uploads one blob monolithically (POST then PUT ?digest=), per the distribution spec.
 async fn raw_push_blob(client: &reqwest::Client, reg: &str, repo: &str, data: &[u8]) -> String {
     let digest = format!("sha256:{}", sha256_hex(data));
-    let resp = client.post(format!("{reg}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+    let resp = client
+        .post(format!("{reg}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
-    let location = if location.starts_with('/') { format!("{reg}{location}") } else { location };
+    let location = if location.starts_with('/') {
+        format!("{reg}{location}")
+    } else {
+        location
+    };
     let sep = if location.contains('?') { '&' } else { '?' };
     let resp = client
         .put(format!("{location}{sep}digest={digest}"))
@@ -316,7 +399,14 @@ async fn raw_push_blob(client: &reqwest::Client, reg: &str, repo: &str, data: &[
     digest
 }
 
-async fn raw_push_manifest(client: &reqwest::Client, reg: &str, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
+async fn raw_push_manifest(
+    client: &reqwest::Client,
+    reg: &str,
+    repo: &str,
+    tag: &str,
+    media_type: &str,
+    body: &[u8],
+) {
     let resp = client
         .put(format!("{reg}/v2/{repo}/manifests/{tag}"))
         .header("content-type", media_type)
@@ -401,7 +491,12 @@ fn pulls_docker_v2_image_built_by_hand() {
 }
 
 /// Pushes an OCI compat image whose tar.gz layer holds `plugin` as plugin.wasm.
-async fn push_raw_compat(reg: &Registry, repo: &str, plugin_gz: &[u8], plugin_tar_digest: &str) -> String {
+async fn push_raw_compat(
+    reg: &Registry,
+    repo: &str,
+    plugin_gz: &[u8],
+    plugin_tar_digest: &str,
+) -> String {
     let http = reqwest::Client::new();
     let config = serde_json::json!({
         "architecture": "wasm", "os": "wasi",
@@ -417,7 +512,15 @@ async fn push_raw_compat(reg: &Registry, repo: &str, plugin_gz: &[u8], plugin_ta
         "layers": [{"mediaType": image::OCI_LAYER_TAR_GZIP, "size": plugin_gz.len(), "digest": layer}],
     })
     .to_string();
-    raw_push_manifest(&http, &reg.url(), repo, "v1", image::OCI_MANIFEST, manifest.as_bytes()).await;
+    raw_push_manifest(
+        &http,
+        &reg.url(),
+        repo,
+        "v1",
+        image::OCI_MANIFEST,
+        manifest.as_bytes(),
+    )
+    .await;
     format!("{}/{repo}:v1", reg.host())
 }
 
@@ -427,7 +530,13 @@ fn rejects_bad_magic_and_oversized_modules() {
     rt().block_on(async {
         // Not wasm.
         let (gz, tar) = tar_gz(&[("plugin.wasm", b"#!/bin/sh\necho not wasm\n")]);
-        let r = push_raw_compat(&reg, "bad/magic", &gz, &format!("sha256:{}", sha256_hex(&tar))).await;
+        let r = push_raw_compat(
+            &reg,
+            "bad/magic",
+            &gz,
+            &format!("sha256:{}", sha256_hex(&tar)),
+        )
+        .await;
         let err = pull_wasm(&r, &PullOptions::default()).await.unwrap_err();
         assert!(matches!(err, OciError::NotWasm { .. }), "{err}");
         assert!(err.to_string().contains("\\0asm"), "{err}");
@@ -438,7 +547,9 @@ fn rejects_bad_magic_and_oversized_modules() {
         let mut header = tar::Header::new_ustar();
         header.set_size(size);
         header.set_mode(0o644);
-        let content = (&b"\0asm\x01\0\0\0"[..]).chain(std::io::repeat(0)).take(size);
+        let content = (&b"\0asm\x01\0\0\0"[..])
+            .chain(std::io::repeat(0))
+            .take(size);
         let mut hasher = Sha256::new();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         {
@@ -460,15 +571,25 @@ fn rejects_bad_magic_and_oversized_modules() {
         }
         let gz = gz.finish().unwrap();
         assert!(gz.len() < 2 << 20, "compressed to {} bytes", gz.len());
-        let r = push_raw_compat(&reg, "too/large", &gz, &format!("sha256:{}", hex::encode(hasher.finalize()))).await;
+        let r = push_raw_compat(
+            &reg,
+            "too/large",
+            &gz,
+            &format!("sha256:{}", hex::encode(hasher.finalize())),
+        )
+        .await;
         let err = pull_wasm(&r, &PullOptions::default()).await.unwrap_err();
         assert!(matches!(err, OciError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("256 MiB"), "{err}");
 
         // Pushing such a module is refused before any upload.
-        let err = push_wasm(b"not wasm at all", &format!("{}/x/y:v1", reg.host()), &PushOptions::default())
-            .await
-            .unwrap_err();
+        let err = push_wasm(
+            b"not wasm at all",
+            &format!("{}/x/y:v1", reg.host()),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, OciError::NotWasm { .. }), "{err}");
     });
 }
@@ -484,7 +605,10 @@ fn cli_push_pull_inspect() {
     }
     async fn run(args: &[&str]) -> anyhow::Result<()> {
         let cli = Cli::try_parse_from(std::iter::once("oci").chain(args.iter().copied()))?;
-        portcullis_oci::cli::run(portcullis_oci::cli::OciArgs { command: cli.command }).await
+        portcullis_oci::cli::run(portcullis_oci::cli::OciArgs {
+            command: cli.command,
+        })
+        .await
     }
 
     let reg = Registry::start_with_auth("carol", "pw-for-cli").unwrap();
@@ -498,31 +622,230 @@ fn cli_push_pull_inspect() {
     let r = format!("{}/cli/filter:v1", reg.host());
     let out = dir.path().join("out.wasm");
     let out_s = out.to_str().unwrap();
-    let expected = image::build_image(&wasm, ImageFormat::Artifact).unwrap().manifest_digest;
+    let expected = image::build_image(&wasm, ImageFormat::Artifact)
+        .unwrap()
+        .manifest_digest;
 
     rt().block_on(async {
-        run(&["push", input.to_str().unwrap(), &r, "--format", "artifact", "--docker-config", cfg, "-q"])
-            .await
-            .unwrap();
+        run(&[
+            "push",
+            input.to_str().unwrap(),
+            &r,
+            "--format",
+            "artifact",
+            "--docker-config",
+            cfg,
+            "-q",
+        ])
+        .await
+        .unwrap();
         run(&["inspect", &r, "--docker-config", cfg]).await.unwrap();
-        run(&["pull", &r, "-o", out_s, "--sha256", &expected, "--docker-config", cfg]).await.unwrap();
+        run(&[
+            "pull",
+            &r,
+            "-o",
+            out_s,
+            "--sha256",
+            &expected,
+            "--docker-config",
+            cfg,
+        ])
+        .await
+        .unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), wasm);
 
         // A wrong pin fails and leaves the previous output untouched.
         std::fs::remove_file(&out).unwrap();
-        let err = run(&["pull", &r, "-o", out_s, "--sha256", &"ab".repeat(32), "--docker-config", cfg])
-            .await
-            .unwrap_err();
+        let err = run(&[
+            "pull",
+            &r,
+            "-o",
+            out_s,
+            "--sha256",
+            &"ab".repeat(32),
+            "--docker-config",
+            cfg,
+        ])
+        .await
+        .unwrap_err();
         assert!(format!("{err:#}").contains("digest mismatch"), "{err:#}");
         assert!(!out.exists());
 
         // Without credentials (an empty Docker config): 401 naming the registry.
         let empty = dir.path().join("empty.json");
         std::fs::write(&empty, "{}").unwrap();
-        let err = run(&["inspect", &r, "--docker-config", empty.to_str().unwrap()]).await.unwrap_err();
+        let err = run(&["inspect", &r, "--docker-config", empty.to_str().unwrap()])
+            .await
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("401") && msg.contains(&reg.host()), "{msg}");
         // Explicit --username/--password win over the config file.
-        run(&["inspect", &r, "--username", "carol", "--password", "pw-for-cli"]).await.unwrap();
+        run(&[
+            "inspect",
+            &r,
+            "--username",
+            "carol",
+            "--password",
+            "pw-for-cli",
+        ])
+        .await
+        .unwrap();
+    });
+}
+
+/// HTTPS with a private CA: `ca_file` makes it trusted; without it the TLS error names the registry.
+#[test]
+fn https_registry_with_custom_ca() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+    let reg = Registry::start_with_tls(&leaf.pem(), &leaf_key.serialize_pem()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+
+    let wasm = sample_wasm("tls");
+    let r = format!("{}/secure/filter:v1", reg.host());
+    rt().block_on(async {
+        let push = PushOptions {
+            ca_file: Some(ca_file.clone()),
+            ..PushOptions::default()
+        };
+        let pushed = push_wasm(&wasm, &r, &push).await.unwrap();
+        let pull = PullOptions {
+            ca_file: Some(ca_file.clone()),
+            expected_digest: Some(pushed.manifest_digest),
+            ..PullOptions::default()
+        };
+        assert_eq!(pull_wasm(&r, &pull).await.unwrap().wasm, wasm);
+
+        // HTTPS without our CA: refused, with the registry named and the reason kept.
+        let untrusted = PullOptions {
+            insecure: Some(false),
+            ..PullOptions::default()
+        };
+        let err = pull_wasm(&r, &untrusted).await.unwrap_err();
+        assert!(matches!(err, OciError::Tls { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&reg.host()), "{msg}");
+        assert!(
+            msg.to_lowercase().contains("certificate") || msg.contains("UnknownIssuer"),
+            "{msg}"
+        );
+
+        // A CA file that is not PEM is reported as such, not silently ignored.
+        let bogus = dir.path().join("bogus.pem");
+        std::fs::write(&bogus, "not a certificate").unwrap();
+        let opts = PullOptions {
+            ca_file: Some(bogus),
+            ..PullOptions::default()
+        };
+        let err = pull_wasm(&r, &opts).await.unwrap_err();
+        assert!(matches!(err, OciError::CaFile { .. }), "{err}");
+        assert!(err.to_string().contains("bogus.pem"), "{err}");
+        let missing = PullOptions {
+            ca_file: Some(dir.path().join("missing.pem")),
+            ..PullOptions::default()
+        };
+        assert!(matches!(
+            pull_wasm(&r, &missing).await,
+            Err(OciError::CaFile { .. })
+        ));
+    });
+}
+
+/// What `docker buildx` pushes: an OCI index with the image and an attestation manifest
+/// (`unknown/unknown`). Pull picks the image; a pin may name the index or the image.
+#[test]
+fn pulls_through_an_image_index() {
+    let reg = Registry::start().unwrap();
+    let wasm = sample_wasm("index");
+    let other = sample_wasm("attestation-stand-in");
+    rt().block_on(async {
+        let repo = "buildx/filter";
+        let img = push_wasm(
+            &wasm,
+            &format!("{}/{repo}:img", reg.host()),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        let att = push_wasm(
+            &other,
+            &format!("{}/{repo}:att", reg.host()),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        // Index entries carry the size of the manifest they point at.
+        let img_len = image::build_image(&wasm, ImageFormat::Compat)
+            .unwrap()
+            .manifest
+            .len();
+        let att_len = image::build_image(&other, ImageFormat::Compat)
+            .unwrap()
+            .manifest
+            .len();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": image::OCI_INDEX,
+            "manifests": [
+                {"mediaType": image::OCI_MANIFEST, "digest": att.manifest_digest, "size": att_len,
+                 "platform": {"architecture": "unknown", "os": "unknown"}},
+                {"mediaType": image::OCI_MANIFEST, "digest": img.manifest_digest, "size": img_len,
+                 "platform": {"architecture": "wasm", "os": "wasi"}},
+            ],
+        })
+        .to_string();
+        let http = reqwest::Client::new();
+        raw_push_manifest(
+            &http,
+            &reg.url(),
+            repo,
+            "v1",
+            image::OCI_INDEX,
+            index.as_bytes(),
+        )
+        .await;
+        let index_digest = format!("sha256:{}", sha256_hex(index.as_bytes()));
+
+        let r = format!("{}/{repo}:v1", reg.host());
+        for pin in [
+            None,
+            Some(index_digest.clone()),
+            Some(img.manifest_digest.clone()),
+        ] {
+            let opts = PullOptions {
+                expected_digest: pin.clone(),
+                ..PullOptions::default()
+            };
+            let pulled = pull_wasm(&r, &opts)
+                .await
+                .unwrap_or_else(|e| panic!("pin {pin:?}: {e}"));
+            assert_eq!(pulled.wasm, wasm);
+            assert_eq!(pulled.manifest_digest, img.manifest_digest);
+        }
+        let opts = PullOptions {
+            expected_digest: Some(att.manifest_digest.clone()),
+            ..PullOptions::default()
+        };
+        assert!(matches!(
+            pull_wasm(&r, &opts).await,
+            Err(OciError::DigestMismatch { .. })
+        ));
+        let info = inspect(&r, &PullOptions::default()).await.unwrap();
+        assert_eq!(info.index_digest.as_deref(), Some(index_digest.as_str()));
+        assert_eq!(info.manifest_digest, img.manifest_digest);
     });
 }

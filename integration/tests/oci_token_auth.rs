@@ -54,7 +54,10 @@ async fn token(
             Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
         })
         .collect();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = serde_json::json!({
         "iss": ISSUER, "sub": USER, "aud": SERVICE,
         "iat": now - 5, "nbf": now - 5, "exp": now + 300,
@@ -88,7 +91,9 @@ fn bearer_token_flow_with_docker_config_credentials() {
         refused: Mutex::new(0),
     });
 
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let realm = format!("http://{}/token", listener.local_addr().unwrap());
     let app = axum::Router::new()
         .route("/token", axum::routing::get(token))
@@ -109,8 +114,14 @@ fn bearer_token_flow_with_docker_config_credentials() {
         // No token: the registry itself says so with a Bearer challenge.
         let resp = reqwest::get(format!("{}/v2/", reg.url())).await.unwrap();
         assert_eq!(resp.status().as_u16(), 401);
-        let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_string();
-        assert!(challenge.starts_with("Bearer ") && challenge.contains(SERVICE), "{challenge}");
+        let challenge = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains(SERVICE),
+            "{challenge}"
+        );
 
         let push = PushOptions {
             auth: RegistryAuth::basic(USER, PASS),
@@ -119,7 +130,8 @@ fn bearer_token_flow_with_docker_config_credentials() {
         let pushed = push_wasm(&wasm, &r, &push).await.unwrap();
 
         // Pull with the credentials from a .dockerconfigjson.
-        let cfg = serde_json::json!({"auths": {reg.host(): {"username": USER, "password": PASS}}}).to_string();
+        let cfg = serde_json::json!({"auths": {reg.host(): {"username": USER, "password": PASS}}})
+            .to_string();
         let opts = PullOptions {
             auth: RegistryAuth::from_docker_config_json(cfg.as_bytes(), &reg.host()).unwrap(),
             expected_digest: Some(pushed.manifest_digest.clone()),
@@ -129,8 +141,16 @@ fn bearer_token_flow_with_docker_config_credentials() {
         assert_eq!(pulled.wasm, wasm);
 
         let issued = issuer.issued.lock().unwrap().clone();
-        assert!(issued.iter().any(|s| s == "repository:private/tok:pull,push"), "{issued:?}");
-        assert!(issued.iter().any(|s| s == "repository:private/tok:pull"), "{issued:?}");
+        assert!(
+            issued
+                .iter()
+                .any(|s| s == "repository:private/tok:pull,push"),
+            "{issued:?}"
+        );
+        assert!(
+            issued.iter().any(|s| s == "repository:private/tok:pull"),
+            "{issued:?}"
+        );
 
         // Wrong password: the token server refuses, and the error names the registry and 401.
         let refused_before = *issuer.refused.lock().unwrap();
@@ -139,7 +159,10 @@ fn bearer_token_flow_with_docker_config_credentials() {
             ..PullOptions::default()
         };
         let err = pull_wasm(&r, &opts).await.unwrap_err();
-        assert!(matches!(err, OciError::Unauthorized { status: 401, .. }), "{err}");
+        assert!(
+            matches!(err, OciError::Unauthorized { status: 401, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains(&reg.host()), "{err}");
         assert!(*issuer.refused.lock().unwrap() > refused_before);
     });

@@ -310,3 +310,67 @@ fn provider_unreachable_gives_503_not_a_redirect() {
     assert!(r.body.contains("discovery pending"));
     assert!(r.header("location").is_none());
 }
+
+#[test]
+fn invalid_config_is_refused_by_envoy() {
+    use portcullis_integration::envoy::EnvoyBuilder;
+    let module = portcullis_integration::oidc_env::oidc_module().expect("module");
+    let mut bad = portcullis_integration::oidc_env::default_config("http://127.0.0.1:1", "x", 1);
+    bad["cookie"]["secret"] = json!("dG9vIHNob3J0");
+    let (status, logs) = EnvoyBuilder::new()
+        .wasm("oidc", &module, bad)
+        .start_expect_exit()
+        .expect("envoy exits");
+    assert!(!status.success());
+    assert!(
+        logs.contains("oidc: invalid config: cookie.secret"),
+        "{logs}"
+    );
+}
+
+/// Throughput of authenticated requests through Envoy (one worker) with wrk: a valid session
+/// (one AES-GCM open per request), a cached bearer token, and a pass-through path for
+/// reference. Prints the figures; run with `--ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: needs wrk, prints figures"]
+fn perf_authenticated_request() {
+    let env = OidcEnv::start(EnvOptions::default()).expect("environment");
+    let mut agent = Agent::new();
+    let done = agent.login(&env.url(0, "/"), "alice");
+    assert_eq!(done.status, 200);
+    let id_token = done.echo().header("x-id-token").unwrap().to_string();
+    let cookie = agent.cookie_header();
+    let run = |label: &str, path: &str, headers: &[String]| {
+        let mut cmd = std::process::Command::new("wrk");
+        cmd.args(["-t1", "-c16", "-d8s", "--latency"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.arg(env.url(0, path)).output().expect("wrk");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("Non-2xx"),
+            "{label}: non-2xx responses\n{text}"
+        );
+        let rps = text
+            .lines()
+            .find(|l| l.starts_with("Requests/sec"))
+            .unwrap_or("?");
+        let p50 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("50%"))
+            .unwrap_or("?");
+        println!("{label:<28} {rps}   p50 {}", p50.trim());
+    };
+    run("pass-through (/healthz)", "/healthz", &[]);
+    run(
+        "session cookie",
+        "/",
+        &[format!("Cookie: {cookie}"), "Accept: text/html".into()],
+    );
+    run(
+        "bearer (cached)",
+        "/api/x",
+        &[format!("Authorization: Bearer {id_token}")],
+    );
+}

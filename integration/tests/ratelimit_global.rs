@@ -258,3 +258,17 @@ fn server_limits_from_config_file_without_override() {
         ]
     );
 }
+
+#[test]
+fn missing_cluster_follows_failure_mode() {
+    // No `ratelimit` cluster in this Envoy: the call cannot even be dispatched.
+    let allow = RateLimitEnvoy::new(global_cfg(1, "allow", 100)).start().unwrap();
+    let deny = RateLimitEnvoy::new(global_cfg(1, "deny", 100)).start().unwrap();
+    let c = client();
+    for _ in 0..2 {
+        assert_eq!(call(&c, &allow, "k").status(), 200);
+        assert_eq!(call(&c, &deny, "k").status(), 429);
+    }
+    assert_eq!(allow.counter("portcullis_ratelimit_global_errors_total"), 2);
+    assert!(deny.logs().contains("cannot call cluster"), "{}", deny.logs());
+}

@@ -83,8 +83,49 @@ fn exact_count_across_two_workers() {
         THREADS * PER_THREAD - LIMIT
     );
     eprintln!(
-        "cas fallbacks: {}, per worker connections: {per_worker:?}",
+        "cas retries: {}, cas fallbacks: {}, per worker connections: {per_worker:?}",
+        envoy.counter("portcullis_ratelimit_cas_retries_total"),
         envoy.counter("portcullis_ratelimit_cas_fallback_total")
+    );
+}
+
+#[test]
+fn exact_under_contention_on_one_shared_bucket() {
+    // One bucket for everything, hammered from 8 keep-alive clients over 2 workers.
+    const LIMIT: u64 = 300;
+    const THREADS: u64 = 8;
+    const PER_THREAD: u64 = 100;
+    let cfg = json!({"rules": [{"name": "all", "limit": {"requests": LIMIT, "unit": "day"}}]});
+    let envoy = Arc::new(RateLimitEnvoy::new(cfg).concurrency(2).start().unwrap());
+    let ok = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (ok, envoy) = (ok.clone(), envoy.clone());
+            std::thread::spawn(move || {
+                let client = Client::new();
+                for _ in 0..PER_THREAD {
+                    if get(&client, &envoy, None).status() == 200 {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let per_worker = envoy.connections_per_worker();
+    assert!(
+        per_worker.iter().filter(|c| **c > 0).count() >= 2,
+        "{per_worker:?}"
+    );
+    let fallbacks = envoy.counter("portcullis_ratelimit_cas_fallback_total");
+    assert_eq!(fallbacks, 0, "64 attempts are plenty for 2 workers");
+    assert_eq!(ok.load(Ordering::SeqCst), LIMIT);
+    eprintln!(
+        "contention: {} lost compare-and-swaps for {} requests, {fallbacks} fallbacks, connections per worker {per_worker:?}",
+        envoy.counter("portcullis_ratelimit_cas_retries_total"),
+        THREADS * PER_THREAD
     );
 }
 

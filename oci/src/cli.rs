@@ -104,11 +104,7 @@ impl RegistryArgs {
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             return Ok(RegistryAuth::basic(u, p));
         }
-        let host = reference
-            .parse::<oci_client::Reference>()
-            .with_context(|| format!("invalid image reference {reference:?}"))?
-            .resolve_registry()
-            .to_string();
+        let host = crate::registry_host(reference)?;
         let (path, explicit) = match &self.docker_config {
             Some(p) => (Some(p.clone()), true),
             None => (auth::default_docker_config_path(), false),

@@ -36,6 +36,9 @@ pub enum OciError {
     #[error("registry {registry} is unreachable: {detail}")]
     Unreachable { registry: String, detail: String },
 
+    #[error("TLS with registry {registry} failed: {detail} (for a private CA, pass its PEM with --ca-file / `ca_file`)")]
+    Tls { registry: String, detail: String },
+
     #[error("timed out after {after:?} talking to registry {registry}")]
     Timeout { registry: String, after: Duration },
 

@@ -28,7 +28,7 @@ use std::time::Duration;
 pub use auth::RegistryAuth;
 pub use error::OciError;
 pub use image::Descriptor;
-pub use remote::{inspect, pull_wasm, push_wasm};
+pub use remote::{inspect, pull_wasm, push_wasm, registry_host};
 
 /// Largest wasm module we accept (the same limit as Envoy Gateway): 256 MiB.
 pub const MAX_WASM_SIZE: u64 = 256 * 1024 * 1024;

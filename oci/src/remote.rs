@@ -41,13 +41,22 @@ struct Session {
 }
 
 fn parse_reference(reference: &str) -> Result<Reference, OciError> {
-    reference
-        .trim()
+    // Istio writes image URLs as `oci://registry/repo:tag`.
+    let trimmed = reference.trim();
+    trimmed
+        .strip_prefix("oci://")
+        .unwrap_or(trimmed)
         .parse::<Reference>()
         .map_err(|e| OciError::InvalidReference {
             reference: reference.to_string(),
             reason: e.to_string(),
         })
+}
+
+/// The registry host (`host[:port]`) a reference points at, as credentials are looked up:
+/// `ghcr.io/org/f:1` gives `ghcr.io`, `org/f:1` gives `index.docker.io`, `oci://` is accepted.
+pub fn registry_host(reference: &str) -> Result<String, OciError> {
+    Ok(parse_reference(reference)?.resolve_registry().to_string())
 }
 
 fn is_loopback(registry: &str) -> bool {
@@ -75,6 +84,17 @@ impl Session {
                 path: path.clone(),
                 source,
             })?;
+            // reqwest accepts a PEM file without certificates; say so instead of failing later
+            // with an unknown-issuer TLS error.
+            if !data
+                .windows(b"-----BEGIN CERTIFICATE-----".len())
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+            {
+                return Err(OciError::CaFile {
+                    path: path.clone(),
+                    source: io::Error::other("it holds no PEM certificate"),
+                });
+            }
             extra_root_certificates.push(Certificate {
                 encoding: CertificateEncoding::Pem,
                 data,
@@ -214,6 +234,13 @@ impl Session {
             detail = format!("{detail}: {s}");
             source = s.source();
         }
+        // A certificate problem will not go away on retry; name it as such.
+        if detail.contains("certificate") {
+            return OciError::Tls {
+                registry: self.registry.clone(),
+                detail,
+            };
+        }
         if e.is_connect() {
             OciError::Unreachable {
                 registry: self.registry.clone(),
@@ -317,6 +344,44 @@ impl Session {
                     }),
                 }
             }
+        }
+    }
+
+    /// Uploads one blob in chunks, advancing `bar` as chunks are handed to the client; falls
+    /// back to oci-client's monolithic-capable upload if the registry rejects chunked uploads.
+    async fn push_blob(
+        &self,
+        data: bytes::Bytes,
+        digest: &str,
+        bar: &ProgressBar,
+    ) -> Result<(), OciError> {
+        const CHUNK: usize = 1 << 20;
+        let what = format!("blob {digest}");
+        let pieces: Vec<bytes::Bytes> = (0..data.len())
+            .step_by(CHUNK)
+            .map(|start| data.slice(start..(start + CHUNK).min(data.len())))
+            .collect();
+        let progress = bar.clone();
+        let stream = futures_util::stream::iter(pieces.into_iter().map(move |piece| {
+            progress.inc(piece.len() as u64);
+            Ok(piece)
+        }));
+        let size = Some(data.len() as u64);
+        match self
+            .client
+            .push_blob_stream(&self.reference, stream, digest, size)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(OciDistributionError::SpecViolationError(violation)) => {
+                tracing::debug!(%violation, "chunked upload refused; uploading in one request");
+                self.client
+                    .push_blob(&self.reference, data.clone(), digest)
+                    .await
+                    .map(|_| bar.set_position(bar.position().max(data.len() as u64)))
+                    .map_err(|e| self.map_err(e, &what))
+            }
+            Err(e) => Err(self.map_err(e, &what)),
         }
     }
 
@@ -511,16 +576,13 @@ pub async fn push_wasm(
                     return Err(e);
                 }
                 let data = bytes::Bytes::from(blob.data.clone());
+                let done_before = bar.position();
                 session
                     .retry(&what, || async {
-                        session
-                            .client
-                            .push_blob(&session.reference, data.clone(), digest)
-                            .await
-                            .map_err(|e| session.map_err(e, &what))
+                        bar.set_position(done_before);
+                        session.push_blob(data.clone(), digest, &bar).await
                     })
                     .await?;
-                bar.inc(blob.data.len() as u64);
             }
             bar.finish_and_clear();
             let content_type = http::HeaderValue::from_static(image::OCI_MANIFEST);
@@ -610,6 +672,17 @@ mod tests {
         ] {
             assert!(!is_loopback(r), "{r}");
         }
+    }
+
+    #[test]
+    fn registry_host_resolves_docker_hub_and_oci_scheme() {
+        assert_eq!(
+            registry_host("oci://127.0.0.1:5000/a/b:1").unwrap(),
+            "127.0.0.1:5000"
+        );
+        assert!(registry_host("ghcr.io/org/f@sha256:").is_err());
+        assert_eq!(registry_host("org/filter:1").unwrap(), "index.docker.io");
+        assert_eq!(registry_host("ghcr.io/org/filter").unwrap(), "ghcr.io");
     }
 
     #[test]

@@ -64,7 +64,11 @@ fn ca_params(now: OffsetDateTime) -> CertificateParams {
     dn.push(DnType::OrganizationName, "portcullis");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = now - time::Duration::minutes(5);
     p.not_after = now + time::Duration::try_from(CA_VALIDITY).unwrap_or(time::Duration::days(365));
     p
@@ -78,7 +82,9 @@ pub struct CertAuthority {
 
 impl std::fmt::Debug for CertAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertAuthority").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+        f.debug_struct("CertAuthority")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +93,10 @@ impl CertAuthority {
     pub fn generate(now: OffsetDateTime) -> Result<Self> {
         let key = KeyPair::generate()?;
         let cert = ca_params(now).self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), key })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key,
+        })
     }
 
     /// A CA from its stored PEMs.
@@ -95,7 +104,10 @@ impl CertAuthority {
         if !cert_pem.contains("BEGIN CERTIFICATE") {
             return Err(Error::Certs("CA certificate is not PEM".into()));
         }
-        Ok(Self { cert_pem: cert_pem.to_string(), key: KeyPair::from_pem(key_pem)? })
+        Ok(Self {
+            cert_pem: cert_pem.to_string(),
+            key: KeyPair::from_pem(key_pem)?,
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -108,27 +120,56 @@ impl CertAuthority {
         Issuer::new(ca_params(OffsetDateTime::now_utc()), &self.key)
     }
 
-    fn issue(&self, mut p: CertificateParams, now: OffsetDateTime, validity: Duration) -> Result<IssuedCert> {
+    fn issue(
+        &self,
+        mut p: CertificateParams,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<IssuedCert> {
         p.not_before = now - time::Duration::minutes(5);
         p.not_after = now + time::Duration::try_from(validity).unwrap_or(time::Duration::days(30));
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &self.issuer())?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), not_after: p.not_after })
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after: p.not_after,
+        })
     }
 
     /// A server certificate for the controller's xDS/wasm endpoints.
-    pub fn issue_server(&self, dns_names: &[String], now: OffsetDateTime, validity: Duration) -> Result<IssuedCert> {
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<IssuedCert> {
         let mut p = CertificateParams::new(dns_names.to_vec())?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, dns_names.first().map(String::as_str).unwrap_or("portcullis"));
+        dn.push(
+            DnType::CommonName,
+            dns_names
+                .first()
+                .map(String::as_str)
+                .unwrap_or("portcullis"),
+        );
         p.distinguished_name = dn;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(p, now, validity)
     }
 
     /// A client certificate for the Envoy fleet of Gateway `namespace/name`.
-    pub fn issue_client(&self, namespace: &str, name: &str, now: OffsetDateTime, validity: Duration) -> Result<IssuedCert> {
+    pub fn issue_client(
+        &self,
+        namespace: &str,
+        name: &str,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<IssuedCert> {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("gateway:{namespace}/{name}"));
@@ -142,8 +183,14 @@ impl CertAuthority {
     /// The CA as a Secret.
     pub fn to_secret(&self, namespace: &str, name: &str) -> Secret {
         let mut data = BTreeMap::new();
-        data.insert("ca.crt".to_string(), ByteString(self.cert_pem.clone().into_bytes()));
-        data.insert("ca.key".to_string(), ByteString(self.key.serialize_pem().into_bytes()));
+        data.insert(
+            "ca.crt".to_string(),
+            ByteString(self.cert_pem.clone().into_bytes()),
+        );
+        data.insert(
+            "ca.key".to_string(),
+            ByteString(self.key.serialize_pem().into_bytes()),
+        );
         Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
@@ -179,7 +226,10 @@ impl CertAuthority {
             return Self::from_secret(&s);
         }
         let ca = Self::generate(OffsetDateTime::now_utc())?;
-        match api.create(&PostParams::default(), &ca.to_secret(namespace, name)).await {
+        match api
+            .create(&PostParams::default(), &ca.to_secret(namespace, name))
+            .await
+        {
             Ok(_) => {
                 tracing::info!(namespace, name, "created the xDS CA");
                 Ok(ca)
@@ -201,12 +251,18 @@ mod tests {
         let secret = ca.to_secret("ns", "ca");
         let again = CertAuthority::from_secret(&secret).expect("reload");
         assert_eq!(again.cert_pem(), ca.cert_pem());
-        let c = again.issue_client("infra", "web", now, LEAF_VALIDITY).expect("client");
+        let c = again
+            .issue_client("infra", "web", now, LEAF_VALIDITY)
+            .expect("client");
         assert!(c.cert_pem.contains("BEGIN CERTIFICATE"));
         assert!(c.key_pem.contains("PRIVATE KEY"));
         assert_eq!(c.fingerprint().len(), 64);
         assert!(!needs_renewal(c.not_after, now, LEAF_VALIDITY));
-        assert!(needs_renewal(c.not_after, now + time::Duration::days(61), LEAF_VALIDITY));
+        assert!(needs_renewal(
+            c.not_after,
+            now + time::Duration::days(61),
+            LEAF_VALIDITY
+        ));
         assert!(CertAuthority::from_pem("nope", &c.key_pem).is_err());
     }
 }

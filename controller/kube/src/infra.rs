@@ -141,7 +141,11 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 
 /// Merge defaults, the Gateway's `spec.infrastructure` and an EnvoyProxy into fleet parameters,
 /// and list the EnvoyProxy fields (dotted paths) that are not supported.
-pub fn fleet_params(cfg: &InfraConfig, gateway: &Value, envoy_proxy: Option<&Value>) -> (FleetParams, Vec<String>) {
+pub fn fleet_params(
+    cfg: &InfraConfig,
+    gateway: &Value,
+    envoy_proxy: Option<&Value>,
+) -> (FleetParams, Vec<String>) {
     let infra = gateway.pointer("/spec/infrastructure");
     let mut p = FleetParams {
         replicas: 1,
@@ -169,7 +173,10 @@ pub fn fleet_params(cfg: &InfraConfig, gateway: &Value, envoy_proxy: Option<&Val
             p.service_type = t.to_string();
         }
         p.service_annotations = string_map(k("/envoyService/annotations"));
-        if let Some(l) = ep.pointer("/spec/logging/level/default").and_then(Value::as_str) {
+        if let Some(l) = ep
+            .pointer("/spec/logging/level/default")
+            .and_then(Value::as_str)
+        {
             p.log_level = l.to_string();
         }
         if let Some(t) = ep.pointer("/spec/provider/type").and_then(Value::as_str) {
@@ -199,7 +206,13 @@ pub fn fleet_params(cfg: &InfraConfig, gateway: &Value, envoy_proxy: Option<&Val
 pub fn fleet_name(gateway: &str) -> String {
     let clean: String = gateway
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let plain = format!("portcullis-{clean}");
     if clean == gateway && plain.len() <= 63 {
@@ -353,9 +366,17 @@ pub fn fleet_objects(
     client_cert: &IssuedCert,
     ca_pem: &str,
 ) -> Result<Fleet> {
-    let ns = gw_str(gateway, "/metadata/namespace").unwrap_or("default").to_string();
-    let gw_name = gw_str(gateway, "/metadata/name").unwrap_or_default().to_string();
-    let err = |reason: &str| Error::Gateway { namespace: ns.clone(), name: gw_name.clone(), reason: reason.into() };
+    let ns = gw_str(gateway, "/metadata/namespace")
+        .unwrap_or("default")
+        .to_string();
+    let gw_name = gw_str(gateway, "/metadata/name")
+        .unwrap_or_default()
+        .to_string();
+    let err = |reason: &str| Error::Gateway {
+        namespace: ns.clone(),
+        name: gw_name.clone(),
+        reason: reason.into(),
+    };
     if gw_name.is_empty() {
         return Err(err("no name"));
     }
@@ -363,13 +384,21 @@ pub fn fleet_objects(
     let name = fleet_name(&gw_name);
     let node_id = format!("{ns}/{gw_name}");
 
-    let mut labels: Map<String, Value> = params.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let mut labels: Map<String, Value> = params
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     labels.insert("app.kubernetes.io/name".into(), json!("envoy"));
     labels.insert("app.kubernetes.io/component".into(), json!("proxy"));
     labels.insert("app.kubernetes.io/managed-by".into(), json!("portcullis"));
     labels.insert(FLEET_LABEL.into(), json!(name));
     let selector = json!({"app.kubernetes.io/name": "envoy", FLEET_LABEL: name});
-    let annotations: Map<String, Value> = params.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let annotations: Map<String, Value> = params
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     let owner = json!([{
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
@@ -380,7 +409,8 @@ pub fn fleet_objects(
     let meta = |extra_annotations: Map<String, Value>| {
         let mut a = annotations.clone();
         a.extend(extra_annotations);
-        let mut m = json!({"name": name, "namespace": ns, "labels": labels, "ownerReferences": owner});
+        let mut m =
+            json!({"name": name, "namespace": ns, "labels": labels, "ownerReferences": owner});
         if !a.is_empty() {
             m["annotations"] = Value::Object(a);
         }
@@ -396,7 +426,10 @@ pub fn fleet_objects(
 
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let mut cert_ann = Map::new();
-    cert_ann.insert(NOT_AFTER_ANNOTATION.into(), json!(client_cert.not_after.unix_timestamp().to_string()));
+    cert_ann.insert(
+        NOT_AFTER_ANNOTATION.into(),
+        json!(client_cert.not_after.unix_timestamp().to_string()),
+    );
     let mut secret_meta = meta(cert_ann);
     secret_meta["name"] = json!(format!("{name}-xds"));
     let secret = json!({
@@ -417,9 +450,18 @@ pub fn fleet_objects(
     // (the xDS listeners use it as is), so the pod allows unprivileged binds below 1024 with the
     // namespaced, "safe" sysctl instead of running as root or adding NET_BIND_SERVICE.
     let mut ports: BTreeMap<i64, String> = BTreeMap::new();
-    for l in gateway.pointer("/spec/listeners").and_then(Value::as_array).into_iter().flatten() {
+    for l in gateway
+        .pointer("/spec/listeners")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(port) = l.get("port").and_then(Value::as_i64) {
-            let proto = l.get("protocol").and_then(Value::as_str).unwrap_or("HTTP").to_ascii_lowercase();
+            let proto = l
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("HTTP")
+                .to_ascii_lowercase();
             ports.entry(port).or_insert(proto);
         }
     }
@@ -506,7 +548,15 @@ pub fn fleet_objects(
             }
         }
     });
-    Ok(Fleet { name, namespace: ns, service_account, secret, config_map, service, deployment })
+    Ok(Fleet {
+        name,
+        namespace: ns,
+        service_account,
+        secret,
+        config_map,
+        service,
+        deployment,
+    })
 }
 
 /// Add a condition for unsupported EnvoyProxy fields to the GatewayClass records (creating the
@@ -531,7 +581,9 @@ pub fn add_param_conditions(records: &mut Vec<StatusRecord>, unsupported: &[Unsu
             "reason": "UnsupportedField",
             "message": format!("EnvoyProxy fields not supported by portcullis (ignored): {}", fields.join(", "))
         });
-        let existing = records.iter_mut().find(|r| r.kind == "GatewayClass" && r.metadata.name == class);
+        let existing = records
+            .iter_mut()
+            .find(|r| r.kind == "GatewayClass" && r.metadata.name == class);
         match existing {
             Some(r) => {
                 if !r.status.is_object() {
@@ -539,7 +591,9 @@ pub fn add_param_conditions(records: &mut Vec<StatusRecord>, unsupported: &[Unsu
                 }
                 match r.status.get_mut("conditions").and_then(Value::as_array_mut) {
                     Some(c) => {
-                        c.retain(|x| x.get("type").and_then(Value::as_str) != Some(UNSUPPORTED_CONDITION));
+                        c.retain(|x| {
+                            x.get("type").and_then(Value::as_str) != Some(UNSUPPORTED_CONDITION)
+                        });
                         c.push(cond);
                     }
                     None => r.status["conditions"] = json!([cond]),
@@ -548,10 +602,59 @@ pub fn add_param_conditions(records: &mut Vec<StatusRecord>, unsupported: &[Unsu
             None => records.push(StatusRecord {
                 api_version: "gateway.networking.k8s.io/v1".into(),
                 kind: "GatewayClass".into(),
-                metadata: RecordMeta { namespace: None, name: class.to_string() },
+                metadata: RecordMeta {
+                    namespace: None,
+                    name: class.to_string(),
+                },
                 status: json!({"conditions": [cond]}),
             }),
         }
+    }
+}
+
+/// Set each Gateway record's `status.addresses` from its fleet Service as the watch shows it:
+/// LoadBalancer ingress IPs/hostnames, else the cluster IP of a ClusterIP Service. Nothing is set
+/// while a LoadBalancer is still pending.
+pub fn add_gateway_addresses(records: &mut [StatusRecord], snapshot: &Snapshot) {
+    for r in records.iter_mut().filter(|r| r.kind == "Gateway") {
+        let Some(ns) = r.metadata.namespace.as_deref() else {
+            continue;
+        };
+        let key = ObjectKey::new("", "Service", Some(ns), &fleet_name(&r.metadata.name));
+        let Some(svc) = snapshot.get(&key) else {
+            continue;
+        };
+        let mut addrs = Vec::new();
+        for ing in svc
+            .pointer("/status/loadBalancer/ingress")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(ip) = ing.get("ip").and_then(Value::as_str) {
+                addrs.push(json!({"type": "IPAddress", "value": ip}));
+            } else if let Some(h) = ing.get("hostname").and_then(Value::as_str) {
+                addrs.push(json!({"type": "Hostname", "value": h}));
+            }
+        }
+        if addrs.is_empty()
+            && svc.pointer("/spec/type").and_then(Value::as_str) == Some("ClusterIP")
+        {
+            if let Some(ip) = svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .filter(|ip| *ip != "None")
+            {
+                addrs.push(json!({"type": "IPAddress", "value": ip}));
+            }
+        }
+        if addrs.is_empty() {
+            continue;
+        }
+        if !r.status.is_object() {
+            r.status = json!({});
+        }
+        r.status["addresses"] = Value::Array(addrs);
     }
 }
 
@@ -594,11 +697,17 @@ fn decode_b64(v: Option<&Value>) -> Option<String> {
 }
 
 fn to_offset(t: Timestamp) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(t.as_second()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    time::OffsetDateTime::from_unix_timestamp(t.as_second())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 impl InfraReconciler {
-    pub fn new(client: Client, cfg: InfraConfig, leader: LeaderState, ca: Arc<CertAuthority>) -> Self {
+    pub fn new(
+        client: Client,
+        cfg: InfraConfig,
+        leader: LeaderState,
+        ca: Arc<CertAuthority>,
+    ) -> Self {
         Self {
             client,
             cfg,
@@ -612,7 +721,13 @@ impl InfraReconciler {
 
     /// The client certificate for a fleet: cached, else the one in its Secret if still good and
     /// from our CA, else a new one.
-    fn client_cert(&mut self, snapshot: &Snapshot, ns: &str, gw: &str, now: Timestamp) -> Result<IssuedCert> {
+    fn client_cert(
+        &mut self,
+        snapshot: &Snapshot,
+        ns: &str,
+        gw: &str,
+        now: Timestamp,
+    ) -> Result<IssuedCert> {
         let key = (ns.to_string(), gw.to_string());
         let now_o = to_offset(now);
         if let Some(c) = self.certs.get(&key) {
@@ -623,7 +738,10 @@ impl InfraReconciler {
         let secret_key = ObjectKey::new("", "Secret", Some(ns), &format!("{}-xds", fleet_name(gw)));
         let stored = snapshot.get(&secret_key).and_then(|s| {
             let not_after = s
-                .pointer(&format!("/metadata/annotations/{}", NOT_AFTER_ANNOTATION.replace('/', "~1")))
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    NOT_AFTER_ANNOTATION.replace('/', "~1")
+                ))
                 .and_then(Value::as_str)?
                 .parse::<i64>()
                 .ok()?;
@@ -643,9 +761,18 @@ impl InfraReconciler {
         Ok(cert)
     }
 
-    fn envoy_proxy<'a>(snapshot: &'a Snapshot, gateway: &Value, ns: &str) -> (Option<&'a Value>, String) {
+    fn envoy_proxy<'a>(
+        snapshot: &'a Snapshot,
+        gateway: &Value,
+        ns: &str,
+    ) -> (Option<&'a Value>, String) {
         let lookup = |ns: &str, name: &str| {
-            snapshot.get(&ObjectKey::new(crate::types::EG_GROUP, "EnvoyProxy", Some(ns), name))
+            snapshot.get(&ObjectKey::new(
+                crate::types::EG_GROUP,
+                "EnvoyProxy",
+                Some(ns),
+                name,
+            ))
         };
         if let Some(r) = gateway.pointer("/spec/infrastructure/parametersRef") {
             if r.get("kind").and_then(Value::as_str) == Some("EnvoyProxy") {
@@ -654,10 +781,18 @@ impl InfraReconciler {
             }
         }
         let class = gw_str(gateway, "/spec/gatewayClassName").unwrap_or_default();
-        let gc = snapshot.get(&ObjectKey::new("gateway.networking.k8s.io", "GatewayClass", None, class));
+        let gc = snapshot.get(&ObjectKey::new(
+            "gateway.networking.k8s.io",
+            "GatewayClass",
+            None,
+            class,
+        ));
         if let Some(r) = gc.and_then(|g| g.pointer("/spec/parametersRef")) {
             if r.get("kind").and_then(Value::as_str) == Some("EnvoyProxy") {
-                let pns = r.get("namespace").and_then(Value::as_str).unwrap_or_default();
+                let pns = r
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
                 return (lookup(pns, name), format!("{pns}/{name}"));
             }
@@ -666,16 +801,39 @@ impl InfraReconciler {
     }
 
     async fn apply(&self, kind: &str, ns: &str, obj: &Value) -> Result<()> {
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let pp = PatchParams::apply(&self.cfg.field_manager).force();
         let patch = Patch::Apply(obj);
         let c = self.client.clone();
         match kind {
-            "ServiceAccount" => drop(Api::<ServiceAccount>::namespaced(c, ns).patch(name, &pp, &patch).await?),
-            "Secret" => drop(Api::<Secret>::namespaced(c, ns).patch(name, &pp, &patch).await?),
-            "ConfigMap" => drop(Api::<ConfigMap>::namespaced(c, ns).patch(name, &pp, &patch).await?),
-            "Service" => drop(Api::<Service>::namespaced(c, ns).patch(name, &pp, &patch).await?),
-            _ => drop(Api::<Deployment>::namespaced(c, ns).patch(name, &pp, &patch).await?),
+            "ServiceAccount" => drop(
+                Api::<ServiceAccount>::namespaced(c, ns)
+                    .patch(name, &pp, &patch)
+                    .await?,
+            ),
+            "Secret" => drop(
+                Api::<Secret>::namespaced(c, ns)
+                    .patch(name, &pp, &patch)
+                    .await?,
+            ),
+            "ConfigMap" => drop(
+                Api::<ConfigMap>::namespaced(c, ns)
+                    .patch(name, &pp, &patch)
+                    .await?,
+            ),
+            "Service" => drop(
+                Api::<Service>::namespaced(c, ns)
+                    .patch(name, &pp, &patch)
+                    .await?,
+            ),
+            _ => drop(
+                Api::<Deployment>::namespaced(c, ns)
+                    .patch(name, &pp, &patch)
+                    .await?,
+            ),
         }
         Ok(())
     }
@@ -687,9 +845,24 @@ impl InfraReconciler {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             other => other,
         };
-        ignore_404(Api::<Deployment>::namespaced(c.clone(), ns).delete(name, &dp).await.map(drop))?;
-        ignore_404(Api::<Service>::namespaced(c.clone(), ns).delete(name, &dp).await.map(drop))?;
-        ignore_404(Api::<ServiceAccount>::namespaced(c, ns).delete(name, &dp).await.map(drop))?;
+        ignore_404(
+            Api::<Deployment>::namespaced(c.clone(), ns)
+                .delete(name, &dp)
+                .await
+                .map(drop),
+        )?;
+        ignore_404(
+            Api::<Service>::namespaced(c.clone(), ns)
+                .delete(name, &dp)
+                .await
+                .map(drop),
+        )?;
+        ignore_404(
+            Api::<ServiceAccount>::namespaced(c, ns)
+                .delete(name, &dp)
+                .await
+                .map(drop),
+        )?;
         Ok(())
     }
 
@@ -704,7 +877,9 @@ impl InfraReconciler {
             let (_, unsupported) = fleet_params(&self.cfg, gw, ep);
             if !unsupported.is_empty() {
                 report.unsupported.push(UnsupportedParams {
-                    gateway_class: gw_str(gw, "/spec/gatewayClassName").unwrap_or_default().to_string(),
+                    gateway_class: gw_str(gw, "/spec/gatewayClassName")
+                        .unwrap_or_default()
+                        .to_string(),
                     envoy_proxy: ep_name,
                     fields: unsupported,
                 });
@@ -719,7 +894,9 @@ impl InfraReconciler {
         }
         let mut seen = Vec::new();
         for gw in gateways {
-            let ns = gw_str(gw, "/metadata/namespace").unwrap_or_default().to_string();
+            let ns = gw_str(gw, "/metadata/namespace")
+                .unwrap_or_default()
+                .to_string();
             let name = gw_str(gw, "/metadata/name").unwrap_or_default().to_string();
             let key = (ns.clone(), name.clone());
             seen.push(key.clone());
@@ -736,10 +913,16 @@ impl InfraReconciler {
                 }
                 Ok(false) => report.unchanged += 1,
                 Err(e) => {
-                    let (_, backoff) = self.retry.entry(key.clone()).or_insert_with(|| (now, Backoff::default()));
+                    let (_, backoff) = self
+                        .retry
+                        .entry(key.clone())
+                        .or_insert_with(|| (now, Backoff::default()));
                     let delay = backoff.next_delay();
                     let at = now
-                        .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)))
+                        .checked_add(
+                            SignedDuration::try_from(delay)
+                                .unwrap_or(SignedDuration::from_secs(60)),
+                        )
                         .unwrap_or(now);
                     tracing::warn!(gateway = %format!("{ns}/{name}"), error = %e, retry_in = ?delay, "fleet reconcile failed");
                     if let Some(r) = self.retry.get_mut(&key) {
@@ -750,9 +933,16 @@ impl InfraReconciler {
                 }
             }
         }
-        let gone: Vec<(String, String)> = self.applied.keys().filter(|k| !seen.contains(k)).cloned().collect();
+        let gone: Vec<(String, String)> = self
+            .applied
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .cloned()
+            .collect();
         for key in gone {
-            let Some(a) = self.applied.remove(&key) else { continue };
+            let Some(a) = self.applied.remove(&key) else {
+                continue;
+            };
             self.certs.remove(&key);
             self.retry.remove(&key);
             // Gateway deleted: garbage collection already removes the fleet (404s are fine).
@@ -768,14 +958,22 @@ impl InfraReconciler {
         report
     }
 
-    async fn reconcile_one(&mut self, snapshot: &Snapshot, gw: &Value, ns: &str, name: &str, now: Timestamp) -> Result<bool> {
+    async fn reconcile_one(
+        &mut self,
+        snapshot: &Snapshot,
+        gw: &Value,
+        ns: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
         let key = (ns.to_string(), name.to_string());
         let (ep, _) = Self::envoy_proxy(snapshot, gw, ns);
         let (params, _) = fleet_params(&self.cfg, gw, ep);
         let cert = self.client_cert(snapshot, ns, name, now)?;
         let fleet = fleet_objects(gw, &params, &self.cfg, &cert, self.ca.cert_pem())?;
         let digest = fleet.digest();
-        let resync = SignedDuration::try_from(self.cfg.resync).unwrap_or(SignedDuration::from_secs(600));
+        let resync =
+            SignedDuration::try_from(self.cfg.resync).unwrap_or(SignedDuration::from_secs(600));
         if let Some(a) = self.applied.get(&key) {
             let fresh = a.at.checked_add(resync).map(|t| now < t).unwrap_or(true);
             if a.digest == digest && fresh {
@@ -786,7 +984,87 @@ impl InfraReconciler {
             self.apply(kind, ns, obj).await?;
         }
         tracing::info!(gateway = %format!("{ns}/{name}"), fleet = %fleet.name, "fleet applied");
-        self.applied.insert(key, Applied { digest, at: now, fleet_name: fleet.name });
+        self.applied.insert(
+            key,
+            Applied {
+                digest,
+                at: now,
+                fleet_name: fleet.name,
+            },
+        );
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gw_record() -> StatusRecord {
+        StatusRecord {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "Gateway".into(),
+            metadata: RecordMeta {
+                namespace: Some("infra".into()),
+                name: "web".into(),
+            },
+            status: json!({"conditions": []}),
+        }
+    }
+
+    fn svc(spec_type: &str, status: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "portcullis-web", "namespace": "infra"},
+               "spec": {"type": spec_type, "clusterIP": "10.96.0.7"}, "status": status})
+    }
+
+    #[test]
+    fn addresses_come_from_the_fleet_service() {
+        let mut recs = vec![gw_record()];
+        let pending = Snapshot::from_objects([svc("LoadBalancer", json!({"loadBalancer": {}}))]);
+        add_gateway_addresses(&mut recs, &pending);
+        assert!(
+            recs[0].status.get("addresses").is_none(),
+            "pending LoadBalancer: no address"
+        );
+
+        let ready = Snapshot::from_objects([svc(
+            "LoadBalancer",
+            json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}, {"hostname": "lb.example.com"}]}}),
+        )]);
+        add_gateway_addresses(&mut recs, &ready);
+        assert_eq!(
+            recs[0].status["addresses"],
+            json!([{"type": "IPAddress", "value": "192.0.2.10"}, {"type": "Hostname", "value": "lb.example.com"}])
+        );
+
+        let mut recs = vec![gw_record()];
+        add_gateway_addresses(
+            &mut recs,
+            &Snapshot::from_objects([svc("ClusterIP", json!({}))]),
+        );
+        assert_eq!(
+            recs[0].status["addresses"],
+            json!([{"type": "IPAddress", "value": "10.96.0.7"}])
+        );
+    }
+
+    #[test]
+    fn fleet_names_are_dns_labels() {
+        assert_eq!(fleet_name("web"), "portcullis-web");
+        let dotted = fleet_name("web.example");
+        assert!(
+            dotted.starts_with("portcullis-web-example-") && dotted.len() <= 63,
+            "{dotted}"
+        );
+        let long = fleet_name(&"a".repeat(200));
+        assert!(
+            long.len() <= 63 && long.starts_with("portcullis-aaa"),
+            "{long}"
+        );
+        assert_ne!(fleet_name(&"a".repeat(200)), fleet_name(&"a".repeat(201)));
+        assert!(fleet_name("Web")
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
     }
 }

@@ -37,7 +37,8 @@ impl LeaderState {
         self.0.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set(&self, leader: bool) {
+    /// Set by the elector; also for tests and single-replica setups.
+    pub fn set(&self, leader: bool) {
         let was = self.0.swap(leader, Ordering::AcqRel);
         if was != leader {
             tracing::info!(leader, "leadership changed");
@@ -173,7 +174,11 @@ impl LeaderElector {
         }
         lease.spec = Some(next);
         // resourceVersion from the GET makes this PUT a compare-and-swap.
-        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(Error::Kube(e)),
@@ -211,7 +216,11 @@ impl LeaderElector {
             return Ok(());
         }
         spec.holder_identity = None;
-        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if is_conflict(&e) => Ok(()),
             Err(e) => Err(Error::Kube(e)),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod infra;
 pub mod leader;
 pub mod provider;
+pub mod reconcile;
 pub mod snapshot;
 pub mod status;
 pub mod types;

@@ -35,7 +35,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::snapshot::{relevant, Snapshot};
-use crate::types::{Backend, BackendTrafficPolicy, EnvoyExtensionPolicy, EnvoyProxy, SecurityPolicy};
+use crate::types::{
+    Backend, BackendTrafficPolicy, EnvoyExtensionPolicy, EnvoyProxy, SecurityPolicy,
+};
 
 /// Provider settings.
 #[derive(Debug, Clone)]
@@ -69,7 +71,10 @@ pub struct WatchHealth {
 impl WatchHealth {
     /// Whether every watch has completed its initial list.
     pub fn all_synced(&self) -> bool {
-        self.synced.lock().map(|m| !m.is_empty() && m.values().all(|s| *s)).unwrap_or(false)
+        self.synced
+            .lock()
+            .map(|m| !m.is_empty() && m.values().all(|s| *s))
+            .unwrap_or(false)
     }
 
     /// Per kind: has it completed its initial list.
@@ -176,7 +181,11 @@ where
             }
         }
     });
-    Box::new(TypedStore { store, api_version, kind })
+    Box::new(TypedStore {
+        store,
+        api_version,
+        kind,
+    })
 }
 
 /// Dynamic kinds use an [`ApiResource`] as their dynamic type, which has no `Default`.
@@ -213,12 +222,20 @@ fn spawn_dynamic_watch(
             }
         }
     });
-    Box::new(TypedStore::<DynamicObject> { store, api_version, kind })
+    Box::new(TypedStore::<DynamicObject> {
+        store,
+        api_version,
+        kind,
+    })
 }
 
 /// Wait for the next batch of change notifications: returns once `debounce` passed without a
 /// new one, or `max_delay` after the first, whichever is sooner. `None` when the channel closed.
-pub async fn next_batch(rx: &mut mpsc::UnboundedReceiver<()>, debounce: Duration, max_delay: Duration) -> Option<usize> {
+pub async fn next_batch(
+    rx: &mut mpsc::UnboundedReceiver<()>,
+    debounce: Duration,
+    max_delay: Duration,
+) -> Option<usize> {
     rx.recv().await?;
     let mut n = 1;
     let deadline = tokio::time::Instant::now() + max_delay;
@@ -277,22 +294,95 @@ impl Provider {
         let health = WatchHealth::default();
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let c = &self.client;
-        let gw = |ar: ApiResource, label| spawn_dynamic_watch(c, ar, label, health.clone(), tx.clone());
+        let gw =
+            |ar: ApiResource, label| spawn_dynamic_watch(c, ar, label, health.clone(), tx.clone());
         let stores: Vec<Box<dyn KindStore>> = vec![
-            gw(ApiResource::erase::<gateway_api::gatewayclasses::GatewayClass>(&()), "GatewayClass"),
-            gw(ApiResource::erase::<gateway_api::gateways::Gateway>(&()), "Gateway"),
-            gw(ApiResource::erase::<gateway_api::httproutes::HttpRoute>(&()), "HTTPRoute"),
-            gw(ApiResource::erase::<gateway_api::referencegrants::ReferenceGrant>(&()), "ReferenceGrant"),
-            spawn_watch(Api::<Service>::all(c.clone()), (), "Service", health.clone(), tx.clone()),
-            spawn_watch(Api::<EndpointSlice>::all(c.clone()), (), "EndpointSlice", health.clone(), tx.clone()),
-            spawn_watch(Api::<Secret>::all(c.clone()), (), "Secret", health.clone(), tx.clone()),
-            spawn_watch(Api::<ConfigMap>::all(c.clone()), (), "ConfigMap", health.clone(), tx.clone()),
-            spawn_watch(Api::<Namespace>::all(c.clone()), (), "Namespace", health.clone(), tx.clone()),
-            spawn_watch(Api::<EnvoyExtensionPolicy>::all(c.clone()), (), "EnvoyExtensionPolicy", health.clone(), tx.clone()),
-            spawn_watch(Api::<SecurityPolicy>::all(c.clone()), (), "SecurityPolicy", health.clone(), tx.clone()),
-            spawn_watch(Api::<BackendTrafficPolicy>::all(c.clone()), (), "BackendTrafficPolicy", health.clone(), tx.clone()),
-            spawn_watch(Api::<Backend>::all(c.clone()), (), "Backend", health.clone(), tx.clone()),
-            spawn_watch(Api::<EnvoyProxy>::all(c.clone()), (), "EnvoyProxy", health.clone(), tx.clone()),
+            gw(
+                ApiResource::erase::<gateway_api::gatewayclasses::GatewayClass>(&()),
+                "GatewayClass",
+            ),
+            gw(
+                ApiResource::erase::<gateway_api::gateways::Gateway>(&()),
+                "Gateway",
+            ),
+            gw(
+                ApiResource::erase::<gateway_api::httproutes::HttpRoute>(&()),
+                "HTTPRoute",
+            ),
+            gw(
+                ApiResource::erase::<gateway_api::referencegrants::ReferenceGrant>(&()),
+                "ReferenceGrant",
+            ),
+            spawn_watch(
+                Api::<Service>::all(c.clone()),
+                (),
+                "Service",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<EndpointSlice>::all(c.clone()),
+                (),
+                "EndpointSlice",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<Secret>::all(c.clone()),
+                (),
+                "Secret",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<ConfigMap>::all(c.clone()),
+                (),
+                "ConfigMap",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<Namespace>::all(c.clone()),
+                (),
+                "Namespace",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<EnvoyExtensionPolicy>::all(c.clone()),
+                (),
+                "EnvoyExtensionPolicy",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<SecurityPolicy>::all(c.clone()),
+                (),
+                "SecurityPolicy",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<BackendTrafficPolicy>::all(c.clone()),
+                (),
+                "BackendTrafficPolicy",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<Backend>::all(c.clone()),
+                (),
+                "Backend",
+                health.clone(),
+                tx.clone(),
+            ),
+            spawn_watch(
+                Api::<EnvoyProxy>::all(c.clone()),
+                (),
+                "EnvoyProxy",
+                health.clone(),
+                tx.clone(),
+            ),
         ];
         drop(tx);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -318,7 +408,10 @@ impl Provider {
                 }
             }
         });
-        ProviderHandle { snapshots: snap_rx, health }
+        ProviderHandle {
+            snapshots: snap_rx,
+            health,
+        }
     }
 }
 
@@ -349,7 +442,13 @@ mod tests {
             }
         });
         let mut batches = Vec::new();
-        while let Some(n) = next_batch(&mut rx, Duration::from_millis(100), Duration::from_millis(300)).await {
+        while let Some(n) = next_batch(
+            &mut rx,
+            Duration::from_millis(100),
+            Duration::from_millis(300),
+        )
+        .await
+        {
             batches.push(n);
         }
         assert_eq!(batches.iter().sum::<usize>(), 100);

@@ -146,9 +146,7 @@ pub fn relevant(all: &Snapshot, controller_name: &str) -> Snapshot {
         .collect();
     let gateways: BTreeSet<(String, String)> = all
         .of_kind("Gateway")
-        .filter(|g| {
-            str_at(g, &["spec", "gatewayClassName"]).is_some_and(|c| classes.contains(c))
-        })
+        .filter(|g| str_at(g, &["spec", "gatewayClassName"]).is_some_and(|c| classes.contains(c)))
         .filter_map(|g| Some((ns_of(g)?.to_string(), name_of(g)?.to_string())))
         .collect();
     let route_attached = |r: &Value| {
@@ -205,7 +203,10 @@ pub fn relevant(all: &Snapshot, controller_name: &str) -> Snapshot {
         if name_of(gc).is_some_and(|n| classes.contains(n)) {
             if let Some(p) = gc.pointer("/spec/parametersRef") {
                 if p.get("kind").and_then(Value::as_str) == Some("EnvoyProxy") {
-                    let ns = p.get("namespace").and_then(Value::as_str).unwrap_or_default();
+                    let ns = p
+                        .get("namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
                     proxies.insert((ns.to_string(), name.to_string()));
                 }
@@ -228,17 +229,14 @@ pub fn relevant(all: &Snapshot, controller_name: &str) -> Snapshot {
     }
 
     let keep = |k: &ObjectKey, v: &Value| -> bool {
-        let key = || {
-            (
-                k.namespace.clone().unwrap_or_default(),
-                k.name.clone(),
-            )
-        };
+        let key = || (k.namespace.clone().unwrap_or_default(), k.name.clone());
         match k.kind.as_str() {
             "GatewayClass" => classes.contains(k.name.as_str()),
             "Gateway" => gateways.contains(&key()),
             "HTTPRoute" => routes.contains(&key()),
-            "EnvoyExtensionPolicy" | "SecurityPolicy" | "BackendTrafficPolicy" => policy_relevant(v),
+            "EnvoyExtensionPolicy" | "SecurityPolicy" | "BackendTrafficPolicy" => {
+                policy_relevant(v)
+            }
             "EnvoyProxy" => proxies.contains(&key()),
             _ => true,
         }

@@ -102,7 +102,8 @@ fn api_resource(api_version: &str, kind: &str) -> ApiResource {
 }
 
 /// Lists of `status` that are `listType=atomic` and hold per-controller entries.
-const ATOMIC_ENTRY_LISTS: [(&str, &str); 2] = [("parents", "parentRef"), ("ancestors", "ancestorRef")];
+const ATOMIC_ENTRY_LISTS: [(&str, &str); 2] =
+    [("parents", "parentRef"), ("ancestors", "ancestorRef")];
 
 fn controller_of(entry: &Value) -> Option<&str> {
     entry.get("controllerName").and_then(Value::as_str)
@@ -174,7 +175,12 @@ pub fn desired_status(
                 .and_then(Value::as_array)
                 .and_then(|ls| ls.iter().find(|x| x.get("name") == l.get("name")));
             if let Some(conds) = l.get_mut("conditions") {
-                stamp_conditions(conds, live_l.and_then(|x| x.get("conditions")), generation, &now);
+                stamp_conditions(
+                    conds,
+                    live_l.and_then(|x| x.get("conditions")),
+                    generation,
+                    &now,
+                );
             }
         }
     }
@@ -198,7 +204,12 @@ pub fn desired_status(
                 controller_of(x) == controller_of(&e) && x.get(ref_field) == e.get(ref_field)
             });
             if let Some(conds) = e.get_mut("conditions") {
-                stamp_conditions(conds, live_e.and_then(|x| x.get("conditions")), generation, &now);
+                stamp_conditions(
+                    conds,
+                    live_e.and_then(|x| x.get("conditions")),
+                    generation,
+                    &now,
+                );
             }
             merged.push(e);
         }
@@ -252,7 +263,12 @@ impl StatusWriter {
     }
 
     /// Write every record whose status changed, against the objects in `live`.
-    pub async fn write(&mut self, records: &[StatusRecord], live: &Snapshot, now: Timestamp) -> WriteReport {
+    pub async fn write(
+        &mut self,
+        records: &[StatusRecord],
+        live: &Snapshot,
+        now: Timestamp,
+    ) -> WriteReport {
         let mut report = WriteReport::default();
         if !self.leader.is_leader() {
             report.not_leader = records.len();
@@ -278,13 +294,21 @@ impl StatusWriter {
         report
     }
 
-    async fn write_one(&mut self, rec: &StatusRecord, key: &ObjectKey, mut live: Value, now: Timestamp) -> Result<bool> {
+    async fn write_one(
+        &mut self,
+        rec: &StatusRecord,
+        key: &ObjectKey,
+        mut live: Value,
+        now: Timestamp,
+    ) -> Result<bool> {
         let ar = api_resource(&rec.api_version, &rec.kind);
         let api: Api<DynamicObject> = match &rec.metadata.namespace {
             Some(ns) if !ns.is_empty() => Api::namespaced_with(self.client.clone(), ns, &ar),
             _ => Api::all_with(self.client.clone(), &ar),
         };
-        let atomic = ATOMIC_ENTRY_LISTS.iter().any(|(l, _)| rec.status.get(*l).is_some());
+        let atomic = ATOMIC_ENTRY_LISTS
+            .iter()
+            .any(|(l, _)| rec.status.get(*l).is_some());
         for attempt in 0..3 {
             let desired = desired_status(&rec.status, &live, &self.controller_name, now);
             let live_rv = live
@@ -292,7 +316,8 @@ impl StatusWriter {
                 .and_then(Value::as_str)
                 .map(str::to_string);
             if !status_changed(&desired, &live) {
-                self.written.insert(key.clone(), (live_rv, normalized(&desired)));
+                self.written
+                    .insert(key.clone(), (live_rv, normalized(&desired)));
                 return Ok(false);
             }
             if let Some((rv, last)) = self.written.get(key) {
@@ -316,10 +341,14 @@ impl StatusWriter {
                 "status": desired,
             });
             let pp = PatchParams::apply(&self.field_manager).force();
-            match api.patch_status(&rec.metadata.name, &pp, &Patch::Apply(&body)).await {
+            match api
+                .patch_status(&rec.metadata.name, &pp, &Patch::Apply(&body))
+                .await
+            {
                 Ok(_) => {
                     tracing::debug!(object = %key, "status written");
-                    self.written.insert(key.clone(), (live_rv, normalized(&desired)));
+                    self.written
+                        .insert(key.clone(), (live_rv, normalized(&desired)));
                     return Ok(true);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 && atomic && attempt < 2 => {
@@ -369,13 +398,23 @@ mod tests {
         ]});
         let d = desired_status(&record, &live, OURS, ts("2026-01-01T00:00:00Z"));
         let parents = d["parents"].as_array().expect("parents");
-        assert_eq!(parents.len(), 2, "other controller kept, our stale 'gone' entry dropped");
+        assert_eq!(
+            parents.len(),
+            2,
+            "other controller kept, our stale 'gone' entry dropped"
+        );
         assert_eq!(parents[0], live["status"]["parents"][0], "theirs untouched");
         let c = &parents[1]["conditions"];
         assert_eq!(c[0]["observedGeneration"], 7);
-        assert_eq!(c[0]["lastTransitionTime"], "2021-01-01T00:00:00Z", "unchanged status keeps its time");
+        assert_eq!(
+            c[0]["lastTransitionTime"], "2021-01-01T00:00:00Z",
+            "unchanged status keeps its time"
+        );
         assert_eq!(c[1]["observedGeneration"], 7);
-        assert_eq!(c[1]["lastTransitionTime"], "2026-01-01T00:00:00Z", "flipped status gets now");
+        assert_eq!(
+            c[1]["lastTransitionTime"], "2026-01-01T00:00:00Z",
+            "flipped status gets now"
+        );
         assert!(status_changed(&d, &live));
     }
 
@@ -389,10 +428,16 @@ mod tests {
         });
         let record = json!({"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "ok"}]});
         let d = desired_status(&record, &live, OURS, ts("2026-01-01T00:00:00Z"));
-        assert!(!status_changed(&d, &live), "same conditions, same generation: no write");
+        assert!(
+            !status_changed(&d, &live),
+            "same conditions, same generation: no write"
+        );
         let bumped = json!({"metadata": {"generation": 3}, "status": live["status"].clone()});
         let d = desired_status(&record, &bumped, OURS, ts("2026-01-01T00:00:00Z"));
-        assert!(status_changed(&d, &bumped), "new generation must be observed");
+        assert!(
+            status_changed(&d, &bumped),
+            "new generation must be observed"
+        );
     }
 
     #[test]
@@ -404,8 +449,14 @@ mod tests {
             {"name": "http", "attachedRoutes": 0, "supportedKinds": [], "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed", "message": ""}]},
             {"name": "https", "attachedRoutes": 2, "supportedKinds": [], "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed", "message": ""}]}]});
         let d = desired_status(&record, &live, OURS, ts("2026-01-01T00:00:00Z"));
-        assert_eq!(d["listeners"][0]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
-        assert_eq!(d["listeners"][1]["conditions"][0]["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        assert_eq!(
+            d["listeners"][0]["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            d["listeners"][1]["conditions"][0]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
         assert_eq!(d["listeners"][1]["conditions"][0]["observedGeneration"], 1);
     }
 
@@ -422,12 +473,21 @@ mod tests {
         let r = StatusRecord::from_serializable(&Like {
             api_version: "gateway.networking.k8s.io/v1".into(),
             kind: "HTTPRoute".into(),
-            metadata: RecordMeta { namespace: Some("apps".into()), name: "a".into() },
+            metadata: RecordMeta {
+                namespace: Some("apps".into()),
+                name: "a".into(),
+            },
             status: json!({"parents": []}),
         })
         .expect("convert");
-        assert_eq!(r.key(), ObjectKey::new("gateway.networking.k8s.io", "HTTPRoute", Some("apps"), "a"));
+        assert_eq!(
+            r.key(),
+            ObjectKey::new("gateway.networking.k8s.io", "HTTPRoute", Some("apps"), "a")
+        );
         assert_eq!(api_resource(&r.api_version, &r.kind).plural, "httproutes");
-        assert_eq!(api_resource("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy").plural, "envoyextensionpolicies");
+        assert_eq!(
+            api_resource("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy").plural,
+            "envoyextensionpolicies"
+        );
     }
 }

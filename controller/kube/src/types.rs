@@ -162,7 +162,8 @@ mod tests {
     #[test]
     fn odd_shapes_do_not_fail() {
         // No spec at all, and a singular targetRef: both are accepted.
-        let p: SecurityPolicy = serde_json::from_value(json!({"metadata": {"name": "x"}})).expect("decode");
+        let p: SecurityPolicy =
+            serde_json::from_value(json!({"metadata": {"name": "x"}})).expect("decode");
         assert_eq!(p.spec.targets().count(), 0);
         let p: BackendTrafficPolicy = serde_json::from_value(json!({
             "metadata": {"name": "x"},

@@ -20,13 +20,17 @@ fn root() -> PathBuf {
 }
 
 fn tool(env: &str, rel: &str) -> PathBuf {
-    std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| root().join(rel))
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(rel))
 }
 
 fn fleet() -> (infra::Fleet, CertAuthority) {
     let now = time::OffsetDateTime::now_utc();
     let ca = CertAuthority::generate(now).expect("ca");
-    let cert = ca.issue_client("infra", "web", now, LEAF_VALIDITY).expect("cert");
+    let cert = ca
+        .issue_client("infra", "web", now, LEAF_VALIDITY)
+        .expect("cert");
     let gw = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "web", "namespace": "infra", "uid": "u-1"},
         "spec": {"gatewayClassName": "portcullis", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}});
@@ -41,20 +45,28 @@ fn fleet() -> (infra::Fleet, CertAuthority) {
 
 fn secret_file(secret: &Value, key: &str) -> Vec<u8> {
     let s = secret["data"][key].as_str().expect("data");
-    base64::engine::general_purpose::STANDARD.decode(s).expect("base64")
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
 }
 
 #[test]
 fn bootstrap_from_the_configmap_passes_envoy_validate() {
     let envoy = tool("PORTCULLIS_ENVOY", ".bin/envoy");
-    assert!(envoy.exists(), "{} missing: run `make setup`", envoy.display());
+    assert!(
+        envoy.exists(),
+        "{} missing: run `make setup`",
+        envoy.display()
+    );
     let (fleet, _) = fleet();
     let dir = tempfile::tempdir().expect("tempdir");
     // What the Secret volume would hold at /etc/envoy/certs.
     for k in ["tls.crt", "tls.key", "ca.crt"] {
         std::fs::write(dir.path().join(k), secret_file(&fleet.secret, k)).expect("write cert");
     }
-    let boot = fleet.config_map["data"][infra::BOOTSTRAP_FILE].as_str().expect("bootstrap");
+    let boot = fleet.config_map["data"][infra::BOOTSTRAP_FILE]
+        .as_str()
+        .expect("bootstrap");
     assert!(boot.contains(infra::CERT_DIR));
     let boot = boot.replace(infra::CERT_DIR, &dir.path().display().to_string());
     let file = dir.path().join("bootstrap.json");
@@ -72,11 +84,20 @@ fn bootstrap_from_the_configmap_passes_envoy_validate() {
     );
 
     // A broken variant must fail, or this test proves nothing: point the key at a missing file.
-    let bad = std::fs::read_to_string(&file).expect("read").replace("tls.key", "missing.key");
+    let bad = std::fs::read_to_string(&file)
+        .expect("read")
+        .replace("tls.key", "missing.key");
     let bad_file = dir.path().join("bad.json");
     std::fs::write(&bad_file, bad).expect("write");
-    let out = Command::new(&envoy).args(["--mode", "validate", "-c"]).arg(&bad_file).output().expect("run envoy");
-    assert!(!out.status.success(), "envoy accepted a bootstrap with a missing key file");
+    let out = Command::new(&envoy)
+        .args(["--mode", "validate", "-c"])
+        .arg(&bad_file)
+        .output()
+        .expect("run envoy");
+    assert!(
+        !out.status.success(),
+        "envoy accepted a bootstrap with a missing key file"
+    );
 }
 
 #[test]
@@ -87,7 +108,11 @@ fn certificates_chain_to_the_ca() {
         std::fs::write(dir.path().join(k), secret_file(&fleet.secret, k)).expect("write");
     }
     let server = ca
-        .issue_server(&["portcullis.portcullis-system.svc".into()], time::OffsetDateTime::now_utc(), LEAF_VALIDITY)
+        .issue_server(
+            &["portcullis.portcullis-system.svc".into()],
+            time::OffsetDateTime::now_utc(),
+            LEAF_VALIDITY,
+        )
         .expect("server cert");
     std::fs::write(dir.path().join("server.crt"), &server.cert_pem).expect("write");
     let other = CertAuthority::generate(time::OffsetDateTime::now_utc()).expect("ca");
@@ -101,17 +126,34 @@ fn certificates_chain_to_the_ca() {
             .status
             .success()
     };
-    assert!(verify("ca.crt", "tls.crt", "sslclient"), "client cert chains to the CA");
-    assert!(verify("ca.crt", "server.crt", "sslserver"), "server cert chains to the CA");
-    assert!(!verify("other.crt", "tls.crt", "sslclient"), "and not to another CA");
+    assert!(
+        verify("ca.crt", "tls.crt", "sslclient"),
+        "client cert chains to the CA"
+    );
+    assert!(
+        verify("ca.crt", "server.crt", "sslserver"),
+        "server cert chains to the CA"
+    );
+    assert!(
+        !verify("other.crt", "tls.crt", "sslclient"),
+        "and not to another CA"
+    );
 }
 
 #[test]
 fn fleet_objects_validate_against_kubernetes_schemas() {
     let py = tool("PORTCULLIS_PYTHON", ".venv/bin/python");
-    assert!(py.exists(), "{} missing: run scripts/chart-setup.sh", py.display());
+    assert!(
+        py.exists(),
+        "{} missing: run scripts/chart-setup.sh",
+        py.display()
+    );
     let (fleet, _) = fleet();
-    let objs: Vec<Value> = fleet.objects().into_iter().map(|(_, o)| o.clone()).collect();
+    let objs: Vec<Value> = fleet
+        .objects()
+        .into_iter()
+        .map(|(_, o)| o.clone())
+        .collect();
     assert_eq!(objs.len(), 5);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("objs.json");
@@ -127,7 +169,12 @@ for o in json.load(open(sys.argv[1])):
         print(o["kind"], e.message, list(e.absolute_path))
 sys.exit(1 if bad else 0)
 "#;
-    let out = Command::new(&py).arg("-c").arg(script).arg(&file).output().expect("run python");
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .expect("run python");
     assert!(
         out.status.success(),
         "invalid objects:\n{}{}",

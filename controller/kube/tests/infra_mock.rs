@@ -50,18 +50,33 @@ fn envoy_proxy() -> Value {
 fn assert_apply(got: &common::Got, path: &str) {
     assert_eq!(got.method, http::Method::PATCH, "{path}");
     assert_eq!(got.path, path);
-    assert_eq!(got.content_type.as_deref(), Some("application/apply-patch+yaml"));
-    assert!(got.query_has("fieldManager=portcullis.dev%2Fcontroller"), "{}", got.query);
+    assert_eq!(
+        got.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert!(
+        got.query_has("fieldManager=portcullis.dev%2Fcontroller"),
+        "{}",
+        got.query
+    );
     assert!(got.query_has("force=true"));
-    let owners = got.body["metadata"]["ownerReferences"].as_array().expect("ownerReferences");
+    let owners = got.body["metadata"]["ownerReferences"]
+        .as_array()
+        .expect("ownerReferences");
     assert_eq!(owners.len(), 1, "{path}");
     assert_eq!(
         owners[0],
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "web", "uid": "1111-2222", "controller": true})
     );
     assert_eq!(got.body["metadata"]["namespace"], "infra");
-    assert_eq!(got.body["metadata"]["labels"]["team"], "edge", "infrastructure labels on every object");
-    assert_eq!(got.body["metadata"]["labels"]["portcullis.dev/fleet"], "portcullis-web");
+    assert_eq!(
+        got.body["metadata"]["labels"]["team"], "edge",
+        "infrastructure labels on every object"
+    );
+    assert_eq!(
+        got.body["metadata"]["labels"]["portcullis.dev/fleet"],
+        "portcullis-web"
+    );
 }
 
 /// Serve one full fleet apply, echoing bodies; returns the bodies by kind.
@@ -111,57 +126,113 @@ async fn a_gateway_gets_its_fleet_with_owner_references_and_envoyproxy_params() 
     let secret = &bodies[1];
     assert_eq!(secret["type"], "kubernetes.io/tls");
     for k in ["tls.crt", "tls.key", "ca.crt"] {
-        assert!(secret["data"][k].as_str().is_some_and(|s| !s.is_empty()), "{k}");
+        assert!(
+            secret["data"][k].as_str().is_some_and(|s| !s.is_empty()),
+            "{k}"
+        );
     }
 
     let cm = &bodies[2];
-    let boot: Value = serde_json::from_str(cm["data"]["bootstrap.json"].as_str().expect("bootstrap")).expect("json");
+    let boot: Value =
+        serde_json::from_str(cm["data"]["bootstrap.json"].as_str().expect("bootstrap"))
+            .expect("json");
     assert_eq!(boot["node"]["id"], "infra/web");
     let xds = &boot["static_resources"]["clusters"][0];
-    assert_eq!(xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
-               json!({"address": "portcullis.portcullis-system.svc", "port_value": 18000}));
-    assert_eq!(xds["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"],
-               "/etc/envoy/certs/tls.crt");
+    assert_eq!(
+        xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"],
+        json!({"address": "portcullis.portcullis-system.svc", "port_value": 18000})
+    );
+    assert_eq!(
+        xds["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]
+            ["certificate_chain"]["filename"],
+        "/etc/envoy/certs/tls.crt"
+    );
 
     let svc = &bodies[3];
-    assert_eq!(svc["spec"]["type"], "NodePort", "EnvoyProxy envoyService.type");
-    assert_eq!(svc["metadata"]["annotations"]["io.cilium/lb-ipam-ips"], "10.0.0.10", "annotations passed through");
+    assert_eq!(
+        svc["spec"]["type"], "NodePort",
+        "EnvoyProxy envoyService.type"
+    );
+    assert_eq!(
+        svc["metadata"]["annotations"]["io.cilium/lb-ipam-ips"], "10.0.0.10",
+        "annotations passed through"
+    );
     assert_eq!(svc["metadata"]["annotations"]["example.com/owner"], "edge");
-    let ports: Vec<i64> = svc["spec"]["ports"].as_array().expect("ports").iter().filter_map(|p| p["port"].as_i64()).collect();
+    let ports: Vec<i64> = svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
     assert_eq!(ports, [80, 443], "one port per distinct listener port");
-    assert_eq!(svc["spec"]["selector"], json!({"app.kubernetes.io/name": "envoy", "portcullis.dev/fleet": "portcullis-web"}));
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"app.kubernetes.io/name": "envoy", "portcullis.dev/fleet": "portcullis-web"})
+    );
 
     let dep = &bodies[4];
     assert_eq!(dep["spec"]["replicas"], 3);
-    assert_eq!(dep["spec"]["selector"]["matchLabels"], svc["spec"]["selector"]);
+    assert_eq!(
+        dep["spec"]["selector"]["matchLabels"],
+        svc["spec"]["selector"]
+    );
     let pod = &dep["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "portcullis-web");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "example.com/envoy:1.40.1");
-    assert_eq!(c["resources"], json!({"requests": {"cpu": "200m", "memory": "256Mi"}}));
-    let args: Vec<&str> = c["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
-    assert_eq!(&args[..4], ["--config-path", "/etc/envoy/bootstrap/bootstrap.json", "--log-level", "debug"]);
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "200m", "memory": "256Mi"}})
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        &args[..4],
+        [
+            "--config-path",
+            "/etc/envoy/bootstrap/bootstrap.json",
+            "--log-level",
+            "debug"
+        ]
+    );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(pod["volumes"][1]["secret"]["secretName"], "portcullis-web-xds");
-    assert!(dep["spec"]["template"]["metadata"]["annotations"][infra::CERT_HASH_ANNOTATION].is_string());
+    assert_eq!(
+        pod["volumes"][1]["secret"]["secretName"],
+        "portcullis-web-xds"
+    );
+    assert!(
+        dep["spec"]["template"]["metadata"]["annotations"][infra::CERT_HASH_ANNOTATION].is_string()
+    );
 
     // Unsupported EnvoyProxy fields are reported, and become a GatewayClass condition.
     assert_eq!(report.unsupported.len(), 1);
     assert_eq!(report.unsupported[0].gateway_class, "portcullis");
     assert_eq!(
         report.unsupported[0].fields,
-        ["spec.provider.kubernetes.envoyDeployment.pod.nodeSelector.pool", "spec.telemetry.accessLog.disable"]
+        [
+            "spec.provider.kubernetes.envoyDeployment.pod.nodeSelector.pool",
+            "spec.telemetry.accessLog.disable"
+        ]
     );
     let mut records: Vec<StatusRecord> = vec![serde_json::from_value(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "portcullis"},
         "status": {"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": ""}]}}))
     .expect("record")];
     infra::add_param_conditions(&mut records, &report.unsupported);
-    let conds = records[0].status["conditions"].as_array().expect("conditions");
+    let conds = records[0].status["conditions"]
+        .as_array()
+        .expect("conditions");
     assert_eq!(conds.len(), 2, "translator's Accepted kept");
     assert_eq!(conds[1]["type"], infra::UNSUPPORTED_CONDITION);
-    assert!(conds[1]["message"].as_str().is_some_and(|m| m.contains("pod.nodeSelector")));
+    assert!(conds[1]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("pod.nodeSelector")));
 
     // Nothing changed: no requests.
     let r = rec.reconcile(&snap, ts("2026-05-01T12:00:05Z")).await;
@@ -172,8 +243,15 @@ async fn a_gateway_gets_its_fleet_with_owner_references_and_envoyproxy_params() 
 #[tokio::test]
 async fn followers_create_nothing() {
     let (client, mut server) = common::client();
-    let mut rec = InfraReconciler::new(client, InfraConfig::default(), LeaderState::follower(), ca());
-    let r = rec.reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z")).await;
+    let mut rec = InfraReconciler::new(
+        client,
+        InfraConfig::default(),
+        LeaderState::follower(),
+        ca(),
+    );
+    let r = rec
+        .reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+        .await;
     assert!(r.not_leader);
     assert!(r.applied.is_empty());
     assert_eq!(r.unsupported.len(), 1, "still reported for /status");
@@ -217,7 +295,13 @@ async fn a_gateway_leaving_our_class_loses_its_fleet() {
     serve_fleet(&mut server).await;
     let (mut rec, _) = task.await.expect("join");
 
-    let task = tokio::spawn(async move { rec.reconcile(&Snapshot::from_objects([class()]), ts("2026-05-01T12:01:00Z")).await });
+    let task = tokio::spawn(async move {
+        rec.reconcile(
+            &Snapshot::from_objects([class()]),
+            ts("2026-05-01T12:01:00Z"),
+        )
+        .await
+    });
     for path in [
         "/apis/apps/v1/namespaces/infra/deployments/portcullis-web",
         "/api/v1/namespaces/infra/services/portcullis-web",
@@ -237,16 +321,31 @@ async fn a_gateway_leaving_our_class_loses_its_fleet() {
 async fn a_new_leader_reuses_the_stored_client_certificate_until_renewal_is_due() {
     let authority = ca();
     let (client, mut server) = common::client();
-    let mut rec = InfraReconciler::new(client, InfraConfig::default(), LeaderState::always(), authority.clone());
-    let task = tokio::spawn(async move { rec.reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z")).await });
+    let mut rec = InfraReconciler::new(
+        client,
+        InfraConfig::default(),
+        LeaderState::always(),
+        authority.clone(),
+    );
+    let task = tokio::spawn(async move {
+        rec.reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+            .await
+    });
     let first = serve_fleet(&mut server).await;
     task.await.expect("join");
-    let hash = |dep: &Value| dep["spec"]["template"]["metadata"]["annotations"][infra::CERT_HASH_ANNOTATION].clone();
+    let hash = |dep: &Value| {
+        dep["spec"]["template"]["metadata"]["annotations"][infra::CERT_HASH_ANNOTATION].clone()
+    };
 
     // Another replica becomes leader; the Secret is in its snapshot as the watch delivered it.
     let secret = first[1].clone();
     let (client, mut server) = common::client();
-    let mut rec = InfraReconciler::new(client, InfraConfig::default(), LeaderState::always(), authority);
+    let mut rec = InfraReconciler::new(
+        client,
+        InfraConfig::default(),
+        LeaderState::always(),
+        authority,
+    );
     let snap = snapshot(vec![secret.clone()]);
     let task = tokio::spawn(async move {
         let r = rec.reconcile(&snap, ts("2026-05-02T12:00:00Z")).await;

@@ -37,7 +37,8 @@ async fn creates_the_lease_when_none_exists() {
     let el = LeaderElector::new(client, cfg());
     let state = el.state();
     assert!(!state.is_leader());
-    let task = tokio::spawn(async move { el.try_acquire_or_renew(ts("2026-05-01T12:00:00Z")).await });
+    let task =
+        tokio::spawn(async move { el.try_acquire_or_renew(ts("2026-05-01T12:00:00Z")).await });
     let got = server.next().await;
     assert_eq!(got.method, http::Method::GET);
     assert_eq!(got.path, format!("{LEASES}/portcullis-leader"));
@@ -48,7 +49,9 @@ async fn creates_the_lease_when_none_exists() {
     assert_eq!(got.body["spec"]["holderIdentity"], "pod-a");
     assert_eq!(got.body["spec"]["leaseDurationSeconds"], 15);
     assert_eq!(got.body["spec"]["leaseTransitions"], 0);
-    assert!(got.body["spec"]["renewTime"].as_str().is_some_and(|t| t.starts_with("2026-05-01T12:00:00")));
+    assert!(got.body["spec"]["renewTime"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("2026-05-01T12:00:00")));
     let body = got.body.clone();
     got.respond(201, body);
     assert!(task.await.expect("join").expect("round"));
@@ -65,7 +68,10 @@ async fn a_fresh_lease_held_by_another_is_left_alone() {
         let r = el.try_acquire_or_renew(ts("2026-05-01T12:00:10Z")).await;
         (el, r)
     });
-    server.next().await.ok(lease("pod-b", "2026-05-01T12:00:00.000000Z", 3));
+    server
+        .next()
+        .await
+        .ok(lease("pod-b", "2026-05-01T12:00:00.000000Z", 3));
     let (_el, r) = task.await.expect("join");
     assert!(!r.expect("round"));
     assert!(!state.is_leader());
@@ -77,12 +83,19 @@ async fn an_expired_lease_is_taken_over_with_compare_and_swap() {
     let (client, mut server) = common::client();
     let el = LeaderElector::new(client, cfg());
     let state = el.state();
-    let task = tokio::spawn(async move { el.try_acquire_or_renew(ts("2026-05-01T12:00:16Z")).await });
-    server.next().await.ok(lease("pod-b", "2026-05-01T12:00:00.000000Z", 3));
+    let task =
+        tokio::spawn(async move { el.try_acquire_or_renew(ts("2026-05-01T12:00:16Z")).await });
+    server
+        .next()
+        .await
+        .ok(lease("pod-b", "2026-05-01T12:00:00.000000Z", 3));
     let got = server.next().await;
     assert_eq!(got.method, http::Method::PUT);
     assert_eq!(got.path, format!("{LEASES}/portcullis-leader"));
-    assert_eq!(got.body["metadata"]["resourceVersion"], "5", "PUT is a compare-and-swap");
+    assert_eq!(
+        got.body["metadata"]["resourceVersion"], "5",
+        "PUT is a compare-and-swap"
+    );
     assert_eq!(got.body["spec"]["holderIdentity"], "pod-a");
     assert_eq!(got.body["spec"]["leaseTransitions"], 4);
     let body = got.body.clone();
@@ -100,7 +113,10 @@ async fn losing_the_race_means_follower_and_renewal_keeps_leadership() {
         let r = el.try_acquire_or_renew(ts("2026-05-01T12:00:16Z")).await;
         (el, r)
     });
-    server.next().await.ok(lease("pod-b", "2026-05-01T12:00:00.000000Z", 3));
+    server
+        .next()
+        .await
+        .ok(lease("pod-b", "2026-05-01T12:00:00.000000Z", 3));
     server.next().await.status(409, "Conflict");
     let (el, r) = task.await.expect("join");
     assert!(!r.expect("a lost race is not an error"));
@@ -111,12 +127,17 @@ async fn losing_the_race_means_follower_and_renewal_keeps_leadership() {
         let r = el.try_acquire_or_renew(ts("2026-05-01T12:01:00Z")).await;
         (el, r)
     });
-    server.next().await.ok(lease("pod-a", "2026-05-01T12:00:55.000000Z", 4));
+    server
+        .next()
+        .await
+        .ok(lease("pod-a", "2026-05-01T12:00:55.000000Z", 4));
     let got = server.next().await;
     assert_eq!(got.method, http::Method::PUT);
     assert_eq!(got.body["spec"]["holderIdentity"], "pod-a");
     assert_eq!(got.body["spec"]["leaseTransitions"], 4);
-    assert!(got.body["spec"]["renewTime"].as_str().is_some_and(|t| t.starts_with("2026-05-01T12:01:00")));
+    assert!(got.body["spec"]["renewTime"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("2026-05-01T12:01:00")));
     let body = got.body.clone();
     got.ok(body);
     let (el, r) = task.await.expect("join");
@@ -133,7 +154,8 @@ async fn losing_the_race_means_follower_and_renewal_keeps_leadership() {
     assert!(r.is_err());
     assert!(state.is_leader());
     // ... but not once 2/3 of the lease passed without a renewal.
-    let task = tokio::spawn(async move { el.try_acquire_or_renew(ts("2026-05-01T12:01:11Z")).await });
+    let task =
+        tokio::spawn(async move { el.try_acquire_or_renew(ts("2026-05-01T12:01:11Z")).await });
     server.next().await.status(500, "InternalError");
     assert!(task.await.expect("join").is_err());
     assert!(!state.is_leader());

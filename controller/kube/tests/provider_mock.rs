@@ -90,8 +90,16 @@ async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
         let got = server.next().await;
         assert_eq!(got.method, http::Method::GET);
         if got.query_has("watch=true") {
-            assert!(watches.insert(got.path.clone()), "second watch on {} before the burst", got.path);
-            assert!(got.query.contains("resourceVersion=1"), "{}: watch resumes from the list", got.query);
+            assert!(
+                watches.insert(got.path.clone()),
+                "second watch on {} before the burst",
+                got.path
+            );
+            assert!(
+                got.query.contains("resourceVersion=1"),
+                "{}: watch resumes from the list",
+                got.query
+            );
             if got.path == ROUTES {
                 route_watch = Some(got);
             } else {
@@ -109,13 +117,18 @@ async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
     // First the snapshot of the initial lists ...
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while handle.health.snapshots_emitted() < 1 {
-        assert!(tokio::time::Instant::now() < deadline, "no initial snapshot");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no initial snapshot"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(handle.snapshots.borrow().of_kind("HTTPRoute").count(), 0);
     assert!(handle.snapshots.borrow().of_kind("Gateway").count() == 1);
     // ... then the burst, on the open HTTPRoute watch.
-    route_watch.expect("HTTPRoute watch").respond_raw(200, route_events(1000));
+    route_watch
+        .expect("HTTPRoute watch")
+        .respond_raw(200, route_events(1000));
 
     // The route stream ends after the burst: the watcher re-watches; keep that open too.
     let rewatch = server.next().await;
@@ -130,7 +143,10 @@ async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
         if routes == 900 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "burst never reached a snapshot ({routes} routes)");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "burst never reached a snapshot ({routes} routes)"
+        );
         let _ = tokio::time::timeout(Duration::from_millis(200), handle.snapshots.changed()).await;
     }
     // Let any trailing batch out, then count.
@@ -139,19 +155,32 @@ async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
     assert_eq!(handle.health.events_seen(), 1000);
     let emitted = handle.health.snapshots_emitted();
     // One for the initial lists, one or two for the burst (max_delay may cut it once).
-    assert!((2..=3).contains(&emitted), "1,000 events gave {} snapshots", emitted - 1);
+    assert!(
+        (2..=3).contains(&emitted),
+        "1,000 events gave {} snapshots",
+        emitted - 1
+    );
 
     let snap = handle.snapshots.borrow().clone();
     let names: BTreeSet<String> = snap.iter().map(|(k, _)| k.to_string()).collect();
     assert!(names.contains("GatewayClass pc") && !names.contains("GatewayClass eg"));
     assert!(names.contains("Gateway infra/web") && !names.contains("Gateway infra/other"));
-    assert!(!names.contains("HTTPRoute apps/r0000"), "route of another controller's Gateway");
+    assert!(
+        !names.contains("HTTPRoute apps/r0000"),
+        "route of another controller's Gateway"
+    );
     assert!(names.contains("HTTPRoute apps/r0001"));
-    let eep = snap.of_kind("EnvoyExtensionPolicy").next().expect("policy kept");
+    let eep = snap
+        .of_kind("EnvoyExtensionPolicy")
+        .next()
+        .expect("policy kept");
     assert_eq!(eep["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
     assert_eq!(eep["spec"]["futureField"], 1, "unknown fields carried");
     assert_eq!(eep["spec"]["wasm"][0]["code"]["type"], "FutureType");
     let gwc = snap.of_kind("GatewayClass").next().expect("class");
-    assert_eq!(gwc["apiVersion"], "gateway.networking.k8s.io/v1", "apiVersion/kind set on list items");
+    assert_eq!(
+        gwc["apiVersion"], "gateway.networking.k8s.io/v1",
+        "apiVersion/kind set on list items"
+    );
     drop(pending);
 }

@@ -71,14 +71,28 @@ async fn gateway_status_is_applied_server_side_with_observed_generation() {
 
     let got = server.next().await;
     assert_eq!(got.method, http::Method::PATCH);
-    assert_eq!(got.path, "/apis/gateway.networking.k8s.io/v1/namespaces/infra/gateways/web/status");
-    assert!(got.query_has("fieldManager=portcullis.dev%2Fcontroller"), "{}", got.query);
+    assert_eq!(
+        got.path,
+        "/apis/gateway.networking.k8s.io/v1/namespaces/infra/gateways/web/status"
+    );
+    assert!(
+        got.query_has("fieldManager=portcullis.dev%2Fcontroller"),
+        "{}",
+        got.query
+    );
     assert!(got.query_has("force=true"), "{}", got.query);
-    assert_eq!(got.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(
+        got.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
     let body = got.body.clone();
     assert_eq!(body["apiVersion"], "gateway.networking.k8s.io/v1");
     assert_eq!(body["kind"], "Gateway");
-    assert_eq!(body["metadata"], json!({"name": "web", "namespace": "infra"}), "no resourceVersion for listType=map statuses");
+    assert_eq!(
+        body["metadata"],
+        json!({"name": "web", "namespace": "infra"}),
+        "no resourceVersion for listType=map statuses"
+    );
     let conds = body["status"]["conditions"].as_array().expect("conditions");
     assert_eq!(conds.len(), 2);
     for c in conds {
@@ -95,7 +109,12 @@ async fn gateway_status_is_applied_server_side_with_observed_generation() {
     let (mut writer, live, report) = task.await.expect("join");
     assert_eq!(
         report.written,
-        [ObjectKey::new("gateway.networking.k8s.io", "Gateway", Some("infra"), "web")]
+        [ObjectKey::new(
+            "gateway.networking.k8s.io",
+            "Gateway",
+            Some("infra"),
+            "web"
+        )]
     );
 
     // Same batch again before the watch shows our write: nothing is sent.
@@ -106,7 +125,13 @@ async fn gateway_status_is_applied_server_side_with_observed_generation() {
     // The watch now shows our write (new resourceVersion, same content): still nothing.
     let mut echoed = gateway(5, body["status"].clone());
     echoed["metadata"]["resourceVersion"] = json!("101");
-    let r = writer.write(&[gateway_record()], &Snapshot::from_objects([echoed]), now()).await;
+    let r = writer
+        .write(
+            &[gateway_record()],
+            &Snapshot::from_objects([echoed]),
+            now(),
+        )
+        .await;
     assert_eq!((r.written.len(), r.unchanged), (0, 1));
     server.expect_silence(100).await;
 }
@@ -149,9 +174,15 @@ async fn route_parents_keep_other_controllers_and_conflicts_are_re_merged() {
     // First apply: EG's entry carried over untouched, ours appended, resourceVersion pinned.
     let got = server.next().await;
     assert_eq!(got.method, http::Method::PATCH);
-    assert_eq!(got.path, "/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/a/status");
+    assert_eq!(
+        got.path,
+        "/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/a/status"
+    );
     assert_eq!(got.body["metadata"]["resourceVersion"], "10");
-    let parents = got.body["status"]["parents"].as_array().expect("parents").clone();
+    let parents = got.body["status"]["parents"]
+        .as_array()
+        .expect("parents")
+        .clone();
     assert_eq!(parents.len(), 2);
     assert_eq!(parents[0], eg_parent("eg-gw"));
     assert_eq!(parents[1]["controllerName"], OURS);
@@ -162,14 +193,23 @@ async fn route_parents_keep_other_controllers_and_conflicts_are_re_merged() {
     // The writer re-reads the status subresource ...
     let got = server.next().await;
     assert_eq!(got.method, http::Method::GET);
-    assert_eq!(got.path, "/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/a/status");
-    got.ok(route("11", json!([eg_parent("eg-gw"), eg_parent("eg-gw-2")])));
+    assert_eq!(
+        got.path,
+        "/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/a/status"
+    );
+    got.ok(route(
+        "11",
+        json!([eg_parent("eg-gw"), eg_parent("eg-gw-2")]),
+    ));
 
     // ... and applies again, keeping the entry written in between.
     let got = server.next().await;
     assert_eq!(got.method, http::Method::PATCH);
     assert_eq!(got.body["metadata"]["resourceVersion"], "11");
-    let parents = got.body["status"]["parents"].as_array().expect("parents").clone();
+    let parents = got.body["status"]["parents"]
+        .as_array()
+        .expect("parents")
+        .clone();
     assert_eq!(parents.len(), 3);
     assert_eq!(parents[0], eg_parent("eg-gw"));
     assert_eq!(parents[1], eg_parent("eg-gw-2"));
@@ -202,8 +242,14 @@ async fn policy_ancestors_are_merged_too() {
     let mut writer = StatusWriter::new(client, OURS, LeaderState::always());
     let task = tokio::spawn(async move { writer.write(&[rec], &live, now()).await });
     let got = server.next().await;
-    assert_eq!(got.path, "/apis/gateway.envoyproxy.io/v1alpha1/namespaces/apps/envoyextensionpolicies/ua/status");
-    let anc = got.body["status"]["ancestors"].as_array().expect("ancestors").clone();
+    assert_eq!(
+        got.path,
+        "/apis/gateway.envoyproxy.io/v1alpha1/namespaces/apps/envoyextensionpolicies/ua/status"
+    );
+    let anc = got.body["status"]["ancestors"]
+        .as_array()
+        .expect("ancestors")
+        .clone();
     assert_eq!(anc.len(), 2);
     assert_eq!(anc[0]["controllerName"], EG);
     assert_eq!(anc[1]["conditions"][0]["reason"], "Invalid");
@@ -218,7 +264,9 @@ async fn followers_never_write() {
     let leader = LeaderState::follower();
     let live = Snapshot::from_objects([gateway(5, json!({})), route("1", json!([]))]);
     let mut writer = StatusWriter::new(client, OURS, leader);
-    let r = writer.write(&[gateway_record(), route_record()], &live, now()).await;
+    let r = writer
+        .write(&[gateway_record(), route_record()], &live, now())
+        .await;
     assert_eq!(r.not_leader, 2);
     assert!(r.written.is_empty());
     server.expect_silence(200).await;
@@ -228,7 +276,9 @@ async fn followers_never_write() {
 async fn objects_missing_from_the_snapshot_are_skipped_and_failures_reported() {
     let (client, mut server) = common::client();
     let mut writer = StatusWriter::new(client, OURS, LeaderState::always());
-    let r = writer.write(&[gateway_record()], &Snapshot::default(), now()).await;
+    let r = writer
+        .write(&[gateway_record()], &Snapshot::default(), now())
+        .await;
     assert_eq!(r.missing, 1);
     server.expect_silence(100).await;
 

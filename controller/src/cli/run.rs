@@ -66,9 +66,13 @@ pub struct RunArgs {
 }
 
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -77,7 +81,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("portcullis-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&work_dir).with_context(|| format!("creating work dir {}", work_dir.display()))?;
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating work dir {}", work_dir.display()))?;
     let cfg = RuntimeConfig {
         paths: args.files.clone(),
         controller_name: args.controller_name.clone(),
@@ -91,10 +96,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             drain_timeout: Duration::from_secs(args.drain_timeout),
         }),
         xds_mode: args.xds_mode,
-        cache_dir: args.cache_dir.clone().unwrap_or_else(crate::wasm::cache::default_cache_dir),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::wasm::cache::default_cache_dir),
         cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
         wasm_retry_initial: Duration::from_millis(args.wasm_retry_initial_ms.max(1)),
-        wasm_retry_max: Duration::from_millis(args.wasm_retry_max_ms.max(args.wasm_retry_initial_ms).max(1)),
+        wasm_retry_max: Duration::from_millis(
+            args.wasm_retry_max_ms
+                .max(args.wasm_retry_initial_ms)
+                .max(1),
+        ),
         work_dir: work_dir.clone(),
         listener_address: args.listener_address.clone(),
         debounce: Duration::from_millis(args.debounce_ms),

@@ -17,11 +17,20 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let url = format!("http://{}/status", args.admin_addr);
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
-    let resp = client.get(&url).send().await.with_context(|| format!("cannot reach the controller at {url}"))?;
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the controller at {url}"))?;
     let status = resp.status();
     anyhow::ensure!(status.is_success(), "{url} answered HTTP {status}");
-    let doc: Value = resp.json().await.with_context(|| format!("{url} did not return JSON"))?;
+    let doc: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{url} did not return JSON"))?;
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -40,7 +49,11 @@ fn conditions(v: &Value, ctx: &str, out: &mut Vec<String>) {
                     let t = c["type"].as_str().unwrap_or("?");
                     let s = c["status"].as_str().unwrap_or("?");
                     let r = c["reason"].as_str().unwrap_or("");
-                    let prefix = if ctx.is_empty() { String::new() } else { format!("{ctx}:") };
+                    let prefix = if ctx.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{ctx}:")
+                    };
                     out.push(format!("{prefix}{t}={s}({r})"));
                 }
             }
@@ -66,12 +79,25 @@ fn conditions(v: &Value, ctx: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Messages of False conditions: the reasons a user needs to see.
+/// Condition types where True is the bad state (Gateway API "negative polarity").
+const NEGATIVE: [&str; 2] = ["Conflicted", "Detached"];
+
+/// Messages of conditions in their bad state: the reasons a user needs to see.
 fn problems(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
-            if m.get("status").and_then(Value::as_str) == Some("False") {
-                if let Some(msg) = m.get("message").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
+            let bad = if NEGATIVE.contains(&ty) {
+                "True"
+            } else {
+                "False"
+            };
+            if m.get("status").and_then(Value::as_str) == Some(bad) {
+                if let Some(msg) = m
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                {
                     out.push(msg.to_string());
                 }
             }
@@ -84,13 +110,27 @@ fn problems(v: &Value, out: &mut Vec<String>) {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut s = String::new();
     for r in rows {
         let line: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(i, cell)| if i + 1 == r.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[i]) })
+            .map(|(i, cell)| {
+                if i + 1 == r.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
             .collect();
         let _ = writeln!(s, "{}", line.join("  ").trim_end());
     }
@@ -107,12 +147,18 @@ fn str_of(v: &Value) -> String {
 
 pub fn render(doc: &Value) -> String {
     let mut out = String::new();
-    let mut rows = vec![vec!["KIND".to_string(), "NAMESPACE/NAME".into(), "CONDITIONS".into()]];
+    let mut rows = vec![vec![
+        "KIND".to_string(),
+        "NAMESPACE/NAME".into(),
+        "CONDITIONS".into(),
+    ]];
     let mut notes = Vec::new();
     for r in doc["resources"].as_array().into_iter().flatten() {
         let ns = r["metadata"]["namespace"].as_str();
         let name = r["metadata"]["name"].as_str().unwrap_or("?");
-        let id = ns.map(|n| format!("{n}/{name}")).unwrap_or_else(|| name.to_string());
+        let id = ns
+            .map(|n| format!("{n}/{name}"))
+            .unwrap_or_else(|| name.to_string());
         let mut cs = Vec::new();
         conditions(&r["status"], "", &mut cs);
         let mut probs = Vec::new();
@@ -121,7 +167,15 @@ pub fn render(doc: &Value) -> String {
         for p in probs {
             notes.push(format!("{} {id}: {p}", r["kind"].as_str().unwrap_or("?")));
         }
-        rows.push(vec![r["kind"].as_str().unwrap_or("?").to_string(), id, if cs.is_empty() { "-".into() } else { cs.join(" ") }]);
+        rows.push(vec![
+            r["kind"].as_str().unwrap_or("?").to_string(),
+            id,
+            if cs.is_empty() {
+                "-".into()
+            } else {
+                cs.join(" ")
+            },
+        ]);
     }
     out.push_str(&table(&rows));
     if !notes.is_empty() {
@@ -133,11 +187,26 @@ pub fn render(doc: &Value) -> String {
     if let Some(errs) = doc["loadErrors"].as_array().filter(|a| !a.is_empty()) {
         out.push_str("\nLOAD ERRORS\n");
         for e in errs {
-            let doc_ix = e["document"].as_u64().map(|d| format!(" (document {d})")).unwrap_or_default();
-            let _ = writeln!(out, "  {}{doc_ix}: {}", str_of(&e["source"]), str_of(&e["reason"]));
+            let doc_ix = e["document"]
+                .as_u64()
+                .map(|d| format!(" (document {d})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {}{doc_ix}: {}",
+                str_of(&e["source"]),
+                str_of(&e["reason"])
+            );
         }
     }
-    let mut x = vec![vec!["NODE".to_string(), "STREAMS".into(), "TYPE".into(), "SENT".into(), "ACKED".into(), "NACK".into()]];
+    let mut x = vec![vec![
+        "NODE".to_string(),
+        "STREAMS".into(),
+        "TYPE".into(),
+        "SENT".into(),
+        "ACKED".into(),
+        "NACK".into(),
+    ]];
     if let Some(nodes) = doc["xds"]["nodes"].as_object() {
         for (node, n) in nodes {
             for (t, ts) in n["types"].as_object().into_iter().flatten() {
@@ -145,25 +214,62 @@ pub fn render(doc: &Value) -> String {
                     Value::Null => "-".to_string(),
                     v => format!("{}: {}", str_of(&v["version"]), str_of(&v["error"])),
                 };
-                x.push(vec![node.clone(), str_of(&n["connectedStreams"]), t.clone(), str_of(&ts["sentVersion"]), str_of(&ts["ackedVersion"]), nack]);
+                x.push(vec![
+                    node.clone(),
+                    str_of(&n["connectedStreams"]),
+                    t.clone(),
+                    str_of(&ts["sentVersion"]),
+                    str_of(&ts["ackedVersion"]),
+                    nack,
+                ]);
             }
         }
     }
-    let _ = write!(out, "\nXDS (generation {})\n", str_of(&doc["xds"]["generation"]));
+    let _ = write!(
+        out,
+        "\nXDS (generation {})\n",
+        str_of(&doc["xds"]["generation"])
+    );
     out.push_str(&table(&x));
     if let Some(mods) = doc["wasm"].as_array().filter(|a| !a.is_empty()) {
-        let mut w = vec![vec!["WASM URL".to_string(), "STATE".into(), "SHA256 / REASON".into()]];
+        let mut w = vec![vec![
+            "WASM URL".to_string(),
+            "STATE".into(),
+            "SHA256 / REASON".into(),
+        ]];
         for m in mods {
-            let detail = if m["state"] == "ready" { str_of(&m["sha256"]) } else { str_of(&m["reason"]) };
-            w.push(vec![str_of(&m["source"]["url"]), str_of(&m["state"]), detail]);
+            let detail = if m["state"] == "ready" {
+                str_of(&m["sha256"])
+            } else {
+                str_of(&m["reason"])
+            };
+            w.push(vec![
+                str_of(&m["source"]["url"]),
+                str_of(&m["state"]),
+                detail,
+            ]);
         }
         out.push('\n');
         out.push_str(&table(&w));
     }
     if let Some(envoys) = doc["envoys"].as_array().filter(|a| !a.is_empty()) {
-        let mut e = vec![vec!["ENVOY NODE".to_string(), "STATE".into(), "PID".into(), "ADMIN".into(), "STARTS".into(), "LAST EXIT".into()]];
+        let mut e = vec![vec![
+            "ENVOY NODE".to_string(),
+            "STATE".into(),
+            "PID".into(),
+            "ADMIN".into(),
+            "STARTS".into(),
+            "LAST EXIT".into(),
+        ]];
         for v in envoys {
-            e.push(vec![str_of(&v["nodeId"]), str_of(&v["state"]), str_of(&v["pid"]), str_of(&v["adminAddr"]), str_of(&v["starts"]), str_of(&v["lastExit"])]);
+            e.push(vec![
+                str_of(&v["nodeId"]),
+                str_of(&v["state"]),
+                str_of(&v["pid"]),
+                str_of(&v["adminAddr"]),
+                str_of(&v["starts"]),
+                str_of(&v["lastExit"]),
+            ]);
         }
         out.push('\n');
         out.push_str(&table(&e));
@@ -181,7 +287,10 @@ mod tests {
             "resources": [{"kind": "HTTPRoute", "metadata": {"namespace": "default", "name": "r"},
                 "status": {"parents": [{"parentRef": {"name": "gw"}, "conditions": [
                     {"type": "Accepted", "status": "True", "reason": "Accepted"},
-                    {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "service default/x not found"}]}]}}],
+                    {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "service default/x not found"}]}]}},
+                {"kind": "Gateway", "metadata": {"namespace": "default", "name": "gw"},
+                "status": {"listeners": [{"name": "http", "conditions": [
+                    {"type": "Conflicted", "status": "False", "reason": "NoConflicts", "message": "No conflicts."}]}]}}],
             "loadErrors": [{"source": "bad.yaml", "document": 1, "reason": "invalid YAML"}],
             "xds": {"generation": 3, "nodes": {"default/gw": {"connectedStreams": 1, "types": {"Listener": {"sentVersion": "b", "ackedVersion": "a", "nack": {"version": "b", "error": "bad listener"}}}}}},
             "wasm": [], "envoys": []
@@ -193,5 +302,10 @@ mod tests {
         assert!(s.contains("bad.yaml (document 1): invalid YAML"), "{s}");
         assert!(s.contains("b: bad listener"), "{s}");
         assert!(s.contains("generation 3"), "{s}");
+        assert!(s.contains("http:Conflicted=False(NoConflicts)"), "{s}");
+        assert!(
+            !s.contains("No conflicts."),
+            "a good negative-polarity condition is no problem: {s}"
+        );
     }
 }

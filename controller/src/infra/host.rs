@@ -71,14 +71,19 @@ pub struct HostInfra {
 
 impl std::fmt::Debug for HostInfra {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostInfra").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("HostInfra")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("cannot create {path}: {source}")]
-    WorkDir { path: PathBuf, source: std::io::Error },
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot build HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -89,7 +94,9 @@ pub fn find_envoy(explicit: Option<&Path>) -> Option<PathBuf> {
         return Some(p.to_path_buf());
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("envoy")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("envoy"))
+        .find(|p| p.is_file())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,15 +105,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl HostInfra {
     pub fn new(cfg: HostConfig, metrics: Metrics) -> Result<Self, HostError> {
-        std::fs::create_dir_all(&cfg.work_dir).map_err(|source| HostError::WorkDir { path: cfg.work_dir.clone(), source })?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-        Ok(HostInfra { cfg, envoys: Mutex::new(BTreeMap::new()), stopping: Mutex::new(Vec::new()), metrics, http })
+        std::fs::create_dir_all(&cfg.work_dir).map_err(|source| HostError::WorkDir {
+            path: cfg.work_dir.clone(),
+            source,
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(HostInfra {
+            cfg,
+            envoys: Mutex::new(BTreeMap::new()),
+            stopping: Mutex::new(Vec::new()),
+            metrics,
+            http,
+        })
     }
 
     /// Run exactly one Envoy per node id in `wanted`: start missing ones, drain and stop the rest.
     pub fn reconcile(&self, wanted: &[String]) {
         let mut envoys = lock(&self.envoys);
-        let gone: Vec<String> = envoys.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+        let gone: Vec<String> = envoys
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
         for node in gone {
             if let Some(m) = envoys.remove(&node) {
                 tracing::info!(node, "Gateway gone: draining its Envoy");
@@ -143,7 +165,10 @@ impl HostInfra {
     }
 
     pub fn status(&self) -> Vec<EnvoyStatus> {
-        lock(&self.envoys).values().map(|m| lock(&m.status).clone()).collect()
+        lock(&self.envoys)
+            .values()
+            .map(|m| lock(&m.status).clone())
+            .collect()
     }
 
     /// Drain and stop every Envoy; returns when all have exited.
@@ -167,7 +192,15 @@ impl HostInfra {
 }
 
 fn sanitize(node: &str) -> String {
-    node.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+    node.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Envoy bootstrap for one Gateway.
@@ -253,7 +286,12 @@ impl Supervisor {
                     continue;
                 }
             };
-            self.metrics.envoy_starts.get_or_create(&GatewayLabel { gateway: self.node.clone() }).inc();
+            self.metrics
+                .envoy_starts
+                .get_or_create(&GatewayLabel {
+                    gateway: self.node.clone(),
+                })
+                .inc();
             self.metrics.envoys_running.inc();
             let pid = child.id();
             self.set(|s| {
@@ -303,7 +341,11 @@ impl Supervisor {
         tokio::fs::create_dir_all(&self.dir).await?;
         let boot = bootstrap(&self.node, self.cfg.xds_addr, self.cfg.xds_mode);
         let boot_path = self.dir.join("bootstrap.json");
-        tokio::fs::write(&boot_path, serde_json::to_vec_pretty(&boot).map_err(std::io::Error::other)?).await?;
+        tokio::fs::write(
+            &boot_path,
+            serde_json::to_vec_pretty(&boot).map_err(std::io::Error::other)?,
+        )
+        .await?;
         let admin_path = self.dir.join("admin-address");
         let _ = tokio::fs::remove_file(&admin_path).await;
         let mut cmd = Command::new(&self.cfg.envoy_bin);
@@ -319,7 +361,10 @@ impl Supervisor {
         if let Some(c) = self.cfg.concurrency {
             cmd.arg("--concurrency").arg(c.to_string());
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe; it only makes the kernel signal Envoy if the
         // controller dies without draining it (e.g. SIGKILL), so no Envoy is ever orphaned.
         unsafe {
@@ -331,7 +376,11 @@ impl Supervisor {
             });
         }
         let mut child = cmd.spawn()?;
-        let log = tokio::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("envoy.log")).await?;
+        let log = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("envoy.log"))
+            .await?;
         let log = Arc::new(tokio::sync::Mutex::new(log));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(forward_log(out, self.node.clone(), log.clone()));
@@ -355,24 +404,36 @@ impl Supervisor {
         let mut admin = lock(&self.status).admin_addr.clone();
         if admin.is_none() {
             // Stopped right after a start: Envoy may not have written its admin address yet.
-            admin = read_admin_address(&self.dir.join("admin-address"), Duration::from_secs(3)).await;
+            admin =
+                read_admin_address(&self.dir.join("admin-address"), Duration::from_secs(3)).await;
         }
         if let Some(admin) = admin {
             let base = format!("http://{admin}");
-            match self.http.post(format!("{base}/drain_listeners?graceful")).send().await {
+            match self
+                .http
+                .post(format!("{base}/drain_listeners?graceful"))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => {
                     tracing::info!(node = %self.node, "draining Envoy listeners");
                     let deadline = Instant::now() + self.cfg.drain_timeout;
                     while Instant::now() < deadline {
                         match self.active_connections(&base).await {
                             Some(0) | None => break,
-                            Some(n) => tracing::debug!(node = %self.node, active = n, "waiting for connections to drain"),
+                            Some(n) => {
+                                tracing::debug!(node = %self.node, active = n, "waiting for connections to drain")
+                            }
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-                Ok(r) => tracing::warn!(node = %self.node, status = %r.status(), "drain_listeners refused"),
-                Err(e) => tracing::warn!(node = %self.node, error = %e, "cannot reach Envoy admin to drain"),
+                Ok(r) => {
+                    tracing::warn!(node = %self.node, status = %r.status(), "drain_listeners refused")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.node, error = %e, "cannot reach Envoy admin to drain")
+                }
             }
             let _ = self.http.post(format!("{base}/quitquitquit")).send().await;
             if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
@@ -397,7 +458,15 @@ impl Supervisor {
 
     /// Open downstream connections of every HTTP connection manager.
     async fn active_connections(&self, base: &str) -> Option<u64> {
-        let text = self.http.get(format!("{base}/stats?filter=downstream_cx_active")).send().await.ok()?.text().await.ok()?;
+        let text = self
+            .http
+            .get(format!("{base}/stats?filter=downstream_cx_active"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         Some(
             text.lines()
                 .filter(|l| l.starts_with("http.") && !l.starts_with("http.admin."))
@@ -459,12 +528,28 @@ mod tests {
 
     #[test]
     fn bootstrap_points_at_the_controller() {
-        let b = bootstrap("ns/gw", "127.0.0.1:18000".parse().expect("addr"), XdsMode::Delta);
+        let b = bootstrap(
+            "ns/gw",
+            "127.0.0.1:18000".parse().expect("addr"),
+            XdsMode::Delta,
+        );
         assert_eq!(b["node"]["id"], "ns/gw");
-        assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
-        let clusters = b["static_resources"]["clusters"].as_array().expect("clusters");
-        assert_eq!(clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 18000);
-        assert!(clusters[0]["typed_extension_protocol_options"].is_object(), "xDS cluster speaks HTTP/2");
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        let clusters = b["static_resources"]["clusters"]
+            .as_array()
+            .expect("clusters");
+        assert_eq!(
+            clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"]["port_value"],
+            18000
+        );
+        assert!(
+            clusters[0]["typed_extension_protocol_options"].is_object(),
+            "xDS cluster speaks HTTP/2"
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ pub enum ProviderError {
     #[error("manifest path {path} does not exist")]
     Missing { path: PathBuf },
     #[error("cannot watch {path}: {source}")]
-    Watch { path: PathBuf, source: notify::Error },
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
 }
 
 /// One manifest file's contents, or why it could not be read.
@@ -59,7 +62,8 @@ impl FileProvider {
             .into_iter()
             .map(|f| ManifestFile {
                 name: f.display().to_string(),
-                content: std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display())),
+                content: std::fs::read_to_string(&f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display())),
             })
             .collect()
     }
@@ -67,30 +71,49 @@ impl FileProvider {
     /// Watch the paths; every relevant change sends one `()` (coalesced: the channel holds one).
     /// Keep the returned watcher alive for as long as events are wanted.
     pub fn watch(&self, tx: mpsc::Sender<()>) -> Result<RecommendedWatcher, ProviderError> {
-        let roots: Vec<PathBuf> = self.paths.iter().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone())).collect();
+        let roots: Vec<PathBuf> = self
+            .paths
+            .iter()
+            .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()))
+            .collect();
         let filter_roots = roots.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) => {
-                if ev.kind.is_access() {
-                    return;
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) => {
+                    if ev.kind.is_access() {
+                        return;
+                    }
+                    let relevant = ev.paths.iter().any(|p| {
+                        filter_roots.iter().any(|r| p.starts_with(r)) && is_manifest_path(p)
+                    }) || ev.paths.is_empty();
+                    if relevant {
+                        // Full channel means a reload is already pending: that one will see this change.
+                        let _ = tx.try_send(());
+                    }
                 }
-                let relevant = ev.paths.iter().any(|p| filter_roots.iter().any(|r| p.starts_with(r)) && is_manifest_path(p))
-                    || ev.paths.is_empty();
-                if relevant {
-                    // Full channel means a reload is already pending: that one will see this change.
-                    let _ = tx.try_send(());
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "file watch error"),
-        })
-        .map_err(|source| ProviderError::Watch { path: PathBuf::new(), source })?;
+                Err(e) => tracing::warn!(error = %e, "file watch error"),
+            })
+            .map_err(|source| ProviderError::Watch {
+                path: PathBuf::new(),
+                source,
+            })?;
         for r in &roots {
             let (target, mode) = if r.is_dir() {
                 (r.clone(), RecursiveMode::Recursive)
             } else {
-                (r.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), RecursiveMode::NonRecursive)
+                (
+                    r.parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| PathBuf::from(".")),
+                    RecursiveMode::NonRecursive,
+                )
             };
-            watcher.watch(&target, mode).map_err(|source| ProviderError::Watch { path: target.clone(), source })?;
+            watcher
+                .watch(&target, mode)
+                .map_err(|source| ProviderError::Watch {
+                    path: target.clone(),
+                    source,
+                })?;
         }
         Ok(watcher)
     }
@@ -102,7 +125,9 @@ fn is_hidden_or_backup(name: &str) -> bool {
 
 /// True for a manifest file, and for directories (a new directory may bring manifests).
 fn is_manifest_path(p: &Path) -> bool {
-    let Some(name) = p.file_name().and_then(|n| n.to_str()) else { return false };
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
     if is_hidden_or_backup(name) {
         return false;
     }
@@ -123,13 +148,18 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if is_hidden_or_backup(name) {
             continue;
         }
         if path.is_dir() {
             collect_dir(&path, out);
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
             out.push(path);
         }
     }
@@ -150,14 +180,28 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "t").expect("write");
         let p = FileProvider::new(vec![dir.path().to_path_buf()]).expect("provider");
         let files = p.read_all();
-        let names: Vec<_> = files.iter().map(|f| Path::new(&f.name).strip_prefix(dir.path()).expect("prefix").to_path_buf()).collect();
-        assert_eq!(names, vec![PathBuf::from("b.yaml"), PathBuf::from("sub/a.yml")]);
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| {
+                Path::new(&f.name)
+                    .strip_prefix(dir.path())
+                    .expect("prefix")
+                    .to_path_buf()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![PathBuf::from("b.yaml"), PathBuf::from("sub/a.yml")]
+        );
         assert_eq!(files[1].content.as_deref(), Ok("a"));
     }
 
     #[test]
     fn missing_path_is_an_error() {
-        assert!(matches!(FileProvider::new(vec![PathBuf::from("/nonexistent/portcullis")]), Err(ProviderError::Missing { .. })));
+        assert!(matches!(
+            FileProvider::new(vec![PathBuf::from("/nonexistent/portcullis")]),
+            Err(ProviderError::Missing { .. })
+        ));
     }
 
     #[tokio::test]

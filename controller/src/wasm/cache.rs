@@ -18,7 +18,10 @@ use tokio::task::AbortHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cannot create wasm cache directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot build HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -78,7 +81,9 @@ pub struct WasmCache {
 
 impl std::fmt::Debug for WasmCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmCache").field("dir", &self.inner.cfg.dir).finish_non_exhaustive()
+        f.debug_struct("WasmCache")
+            .field("dir", &self.inner.cfg.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,7 +99,9 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// Pinned digests may carry a `sha256:` prefix and upper case; compare in canonical form.
@@ -103,11 +110,28 @@ fn canonical_sha(s: &str) -> String {
 }
 
 impl WasmCache {
-    pub fn new(cfg: CacheConfig, changed: mpsc::Sender<()>, metrics: Metrics) -> Result<Self, CacheError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|source| CacheError::Dir { path: cfg.dir.clone(), source })?;
-        let client = reqwest::Client::builder().timeout(cfg.fetch_timeout).connect_timeout(Duration::from_secs(5)).build()?;
+    pub fn new(
+        cfg: CacheConfig,
+        changed: mpsc::Sender<()>,
+        metrics: Metrics,
+    ) -> Result<Self, CacheError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| CacheError::Dir {
+            path: cfg.dir.clone(),
+            source,
+        })?;
+        let client = reqwest::Client::builder()
+            .timeout(cfg.fetch_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
         let cache = WasmCache {
-            inner: Arc::new(Inner { cfg, client, entries: Mutex::new(BTreeMap::new()), pull_secrets: Mutex::new(BTreeMap::new()), changed, metrics }),
+            inner: Arc::new(Inner {
+                cfg,
+                client,
+                entries: Mutex::new(BTreeMap::new()),
+                pull_secrets: Mutex::new(BTreeMap::new()),
+                changed,
+                metrics,
+            }),
         };
         cache.update_size_metric();
         Ok(cache)
@@ -127,12 +151,20 @@ impl WasmCache {
 
     /// Image manifest digest -> sha256 of the module it holds (lets a pinned image start offline).
     fn index_path(&self, manifest_digest: &str) -> PathBuf {
-        self.inner.cfg.dir.join("index").join(canonical_sha(manifest_digest))
+        self.inner
+            .cfg
+            .dir
+            .join("index")
+            .join(canonical_sha(manifest_digest))
     }
 
     /// Pull secrets the next fetch attempts use (re-read on every attempt).
     pub fn set_pull_secrets(&self, secrets: PullSecrets) {
-        *self.inner.pull_secrets.lock().unwrap_or_else(|p| p.into_inner()) = secrets;
+        *self
+            .inner
+            .pull_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = secrets;
     }
 
     /// The module file a pinned source is known to resolve to, if it is on disk.
@@ -142,7 +174,10 @@ impl WasmCache {
         }
         let sha = match src.code_type {
             WasmCodeType::Http => pin.to_string(),
-            WasmCodeType::Image => std::fs::read_to_string(self.index_path(pin)).ok()?.trim().to_string(),
+            WasmCodeType::Image => std::fs::read_to_string(self.index_path(pin))
+                .ok()?
+                .trim()
+                .to_string(),
         };
         (is_sha256_hex(&sha) && self.path_for(&sha).is_file()).then_some(sha)
     }
@@ -169,19 +204,39 @@ impl WasmCache {
             }
             // A pinned module already on disk needs no network (pullPolicy Always excepted).
             let always = src.pull_policy.as_deref() == Some("Always");
-            if let Some(sha) = src.sha256.as_deref().map(canonical_sha).filter(|_| !always).and_then(|pin| self.cached_for_pin(src, &pin)) {
+            if let Some(sha) = src
+                .sha256
+                .as_deref()
+                .map(canonical_sha)
+                .filter(|_| !always)
+                .and_then(|pin| self.cached_for_pin(src, &pin))
+            {
                 let path = self.path_for(&sha);
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 tracing::info!(url = %src.url, sha256 = %sha, "wasm module found in disk cache");
                 touch(&path);
-                entries.insert(src.clone(), Entry { state: EntryState::Ready { sha256: sha, bytes }, attempts: 0, task: None });
+                entries.insert(
+                    src.clone(),
+                    Entry {
+                        state: EntryState::Ready { sha256: sha, bytes },
+                        attempts: 0,
+                        task: None,
+                    },
+                );
                 changed = true;
                 continue;
             }
             let this = self.clone();
             let s = src.clone();
             let task = tokio::spawn(async move { this.fetch_loop(s).await });
-            entries.insert(src.clone(), Entry { state: EntryState::Pending, attempts: 0, task: Some(task.abort_handle()) });
+            entries.insert(
+                src.clone(),
+                Entry {
+                    state: EntryState::Pending,
+                    attempts: 0,
+                    task: Some(task.abort_handle()),
+                },
+            );
         }
         changed
     }
@@ -189,7 +244,11 @@ impl WasmCache {
     pub fn modules(&self) -> Vec<ModuleStatus> {
         self.entries()
             .iter()
-            .map(|(s, e)| ModuleStatus { source: s.clone(), state: e.state.clone(), attempts: e.attempts })
+            .map(|(s, e)| ModuleStatus {
+                source: s.clone(),
+                state: e.state.clone(),
+                attempts: e.attempts,
+            })
             .collect()
     }
 
@@ -198,14 +257,23 @@ impl WasmCache {
         loop {
             let result = self.fetch_once(&src).await;
             let state = match &result {
-                Ok((sha256, bytes)) => EntryState::Ready { sha256: sha256.clone(), bytes: *bytes },
-                Err(reason) => EntryState::Failed { reason: reason.clone() },
+                Ok((sha256, bytes)) => EntryState::Ready {
+                    sha256: sha256.clone(),
+                    bytes: *bytes,
+                },
+                Err(reason) => EntryState::Failed {
+                    reason: reason.clone(),
+                },
             };
-            let label = ResultLabel { result: if result.is_ok() { "ok" } else { "error" }.into() };
+            let label = ResultLabel {
+                result: if result.is_ok() { "ok" } else { "error" }.into(),
+            };
             self.inner.metrics.wasm_fetches.get_or_create(&label).inc();
             let state_changed = {
                 let mut entries = self.entries();
-                let Some(e) = entries.get_mut(&src) else { return };
+                let Some(e) = entries.get_mut(&src) else {
+                    return;
+                };
                 e.attempts += 1;
                 let changed = e.state != state;
                 e.state = state;
@@ -215,8 +283,12 @@ impl WasmCache {
                 changed
             };
             match &result {
-                Ok((sha, _)) => tracing::info!(url = %src.url, sha256 = %sha, "wasm module fetched"),
-                Err(reason) => tracing::warn!(url = %src.url, retry_in = ?delay, %reason, "wasm fetch failed"),
+                Ok((sha, _)) => {
+                    tracing::info!(url = %src.url, sha256 = %sha, "wasm module fetched")
+                }
+                Err(reason) => {
+                    tracing::warn!(url = %src.url, retry_in = ?delay, %reason, "wasm fetch failed")
+                }
             }
             if state_changed {
                 // Full channel: a re-translation is already queued and will see this state.
@@ -239,14 +311,22 @@ impl WasmCache {
             }
         };
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(format!("{} is not a wasm module (bad magic number)", src.url));
+            return Err(format!(
+                "{} is not a wasm module (bad magic number)",
+                src.url
+            ));
         }
         let sha = hex::encode(Sha256::digest(&bytes));
         // For HTTP the pin is the module's digest; for images the oci crate checked the
         // manifest digest against it.
-        if let (WasmCodeType::Http, Some(pin)) = (&src.code_type, src.sha256.as_deref().map(canonical_sha)) {
+        if let (WasmCodeType::Http, Some(pin)) =
+            (&src.code_type, src.sha256.as_deref().map(canonical_sha))
+        {
             if pin != sha {
-                return Err(format!("sha256 mismatch for {}: expected {pin}, got {sha}", src.url));
+                return Err(format!(
+                    "sha256 mismatch for {}: expected {pin}, got {sha}",
+                    src.url
+                ));
             }
         }
         if let Some(d) = manifest_digest {
@@ -256,24 +336,39 @@ impl WasmCache {
             }
             let _ = tokio::fs::write(&idx, &sha).await;
         }
-        self.store(&sha, &bytes).await.map_err(|e| format!("cannot write {} to the wasm cache: {e}", src.url))?;
+        self.store(&sha, &bytes)
+            .await
+            .map_err(|e| format!("cannot write {} to the wasm cache: {e}", src.url))?;
         Ok((sha, bytes.len() as u64))
     }
 
     async fn fetch_http(&self, url: &str) -> Result<Vec<u8>, String> {
-        let resp = self.inner.client.get(url).send().await.map_err(|e| format!("fetching {url}: {}", error_chain(&e)))?;
+        let resp = self
+            .inner
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {url}: {}", error_chain(&e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("fetching {url}: HTTP {status}"));
         }
-        let body = resp.bytes().await.map_err(|e| format!("reading {url}: {}", error_chain(&e)))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("reading {url}: {}", error_chain(&e)))?;
         Ok(body.to_vec())
     }
 
     async fn store(&self, sha: &str, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.path_for(sha);
         if tokio::fs::metadata(&path).await.is_err() {
-            let tmp = self.inner.cfg.dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+            let tmp = self
+                .inner
+                .cfg
+                .dir
+                .join(format!(".{sha}.{}.tmp", std::process::id()));
             tokio::fs::write(&tmp, bytes).await?;
             tokio::fs::rename(&tmp, &path).await?;
         } else {
@@ -301,7 +396,10 @@ impl WasmCache {
             if total <= self.inner.cfg.max_bytes {
                 break;
             }
-            let sha = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let sha = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
             if in_use.contains(sha) {
                 continue;
             }
@@ -310,7 +408,9 @@ impl WasmCache {
                     tracing::info!(path = %path.display(), size, "evicted wasm module from cache");
                     total = total.saturating_sub(size);
                 }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot evict wasm module"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot evict wasm module")
+                }
             }
         }
         self.inner.metrics.wasm_cache_bytes.set(total as i64);
@@ -327,9 +427,14 @@ impl WasmResolver for WasmCache {
         match self.entries().get(source).map(|e| &e.state) {
             Some(EntryState::Ready { sha256, .. }) => WasmResolution::Ready {
                 sha256: sha256.clone(),
-                serve_url: format!("{}/wasm/{sha256}.wasm", self.inner.cfg.serve_base.trim_end_matches('/')),
+                serve_url: format!(
+                    "{}/wasm/{sha256}.wasm",
+                    self.inner.cfg.serve_base.trim_end_matches('/')
+                ),
             },
-            Some(EntryState::Failed { reason }) => WasmResolution::Failed { reason: reason.clone() },
+            Some(EntryState::Failed { reason }) => WasmResolution::Failed {
+                reason: reason.clone(),
+            },
             Some(EntryState::Pending) | None => WasmResolution::Pending,
         }
     }
@@ -343,7 +448,13 @@ impl WasmCache {
         let auth = match &src.pull_secret {
             None => portcullis_oci::RegistryAuth::Anonymous,
             Some((ns, name)) => {
-                let secret = self.inner.pull_secrets.lock().unwrap_or_else(|p| p.into_inner()).get(&(ns.clone(), name.clone())).cloned();
+                let secret = self
+                    .inner
+                    .pull_secrets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&(ns.clone(), name.clone()))
+                    .cloned();
                 let Some(json) = secret else {
                     return Err(format!("pulling {}: pull secret {ns}/{name} not found (or has no .dockerconfigjson)", src.url));
                 };
@@ -357,14 +468,18 @@ impl WasmCache {
             timeout: self.inner.cfg.fetch_timeout,
             ..portcullis_oci::PullOptions::default()
         };
-        let pulled = portcullis_oci::pull_wasm(reference, &opts).await.map_err(|e| format!("pulling {}: {}", src.url, error_chain(&e)))?;
+        let pulled = portcullis_oci::pull_wasm(reference, &opts)
+            .await
+            .map_err(|e| format!("pulling {}: {}", src.url, error_chain(&e)))?;
         Ok((pulled.wasm, pulled.manifest_digest))
     }
 }
 
 /// `(path, mtime, size)` of every cached module.
 fn cached_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     rd.flatten()
         .filter_map(|e| {
             let p = e.path();
@@ -417,15 +532,28 @@ mod tests {
     }
 
     fn http(url: &str, sha: Option<&str>) -> WasmSource {
-        WasmSource { code_type: WasmCodeType::Http, url: url.into(), sha256: sha.map(String::from), pull_secret: None, pull_policy: None }
+        WasmSource {
+            code_type: WasmCodeType::Http,
+            url: url.into(),
+            sha256: sha.map(String::from),
+            pull_secret: None,
+            pull_policy: None,
+        }
     }
 
     async fn serve_once(status: u16, body: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new().route(
             "/m.wasm",
-            axum::routing::get(move || async move { (axum::http::StatusCode::from_u16(status).expect("status"), body) }),
+            axum::routing::get(move || async move {
+                (
+                    axum::http::StatusCode::from_u16(status).expect("status"),
+                    body,
+                )
+            }),
         );
         let h = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -439,7 +567,10 @@ mod tests {
         let sha = hex::encode(Sha256::digest(WASM));
         std::fs::write(dir.path().join(format!("{sha}.wasm")), WASM).expect("write");
         let (c, _rx) = cache(dir.path(), 1 << 20);
-        let src = http("http://127.0.0.1:1/unreachable.wasm", Some(&format!("sha256:{}", sha.to_uppercase())));
+        let src = http(
+            "http://127.0.0.1:1/unreachable.wasm",
+            Some(&format!("sha256:{}", sha.to_uppercase())),
+        );
         assert!(c.ensure(std::slice::from_ref(&src)));
         match c.resolve(&src) {
             WasmResolution::Ready { sha256, serve_url } => {
@@ -463,14 +594,31 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let states = (c.resolve(&good), c.resolve(&wrong_pin), c.resolve(&missing));
-            if matches!(states, (WasmResolution::Ready { .. }, WasmResolution::Failed { .. }, WasmResolution::Failed { .. })) {
-                let WasmResolution::Failed { reason } = states.1 else { unreachable!() };
+            if matches!(
+                states,
+                (
+                    WasmResolution::Ready { .. },
+                    WasmResolution::Failed { .. },
+                    WasmResolution::Failed { .. }
+                )
+            ) {
+                let WasmResolution::Failed { reason } = states.1 else {
+                    unreachable!()
+                };
                 assert!(reason.contains("sha256 mismatch"), "{reason}");
-                let WasmResolution::Failed { reason } = states.2 else { unreachable!() };
-                assert!(reason.contains(&missing_url) && reason.contains("404"), "{reason}");
+                let WasmResolution::Failed { reason } = states.2 else {
+                    unreachable!()
+                };
+                assert!(
+                    reason.contains(&missing_url) && reason.contains("404"),
+                    "{reason}"
+                );
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no convergence: {states:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no convergence: {states:?}"
+            );
             let _ = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
         }
         let sha = hex::encode(Sha256::digest(WASM));

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub fn router(cache_dir: PathBuf) -> Router {
-    Router::new().route("/wasm/{file}", get(serve_module)).with_state(Arc::new(cache_dir))
+    Router::new()
+        .route("/wasm/{file}", get(serve_module))
+        .with_state(Arc::new(cache_dir))
 }
 
 async fn serve_module(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>) -> Response {
@@ -22,7 +24,9 @@ async fn serve_module(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>)
     }
     match tokio::fs::read(dir.join(format!("{sha}.wasm"))).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "no such module\n").into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, "no such module\n").into_response()
+        }
         Err(e) => {
             tracing::warn!(sha, error = %e, "cannot read cached wasm module");
             (StatusCode::INTERNAL_SERVER_ERROR, "cannot read module\n").into_response()

@@ -27,7 +27,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Push order: clusters before endpoints, secrets and listeners before routes (make before break).
-const PUSH_ORDER: [&str; 5] = [CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+const PUSH_ORDER: [&str; 5] = [
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    SECRET_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+];
 
 /// One type's resources for one node, with its content-hash version.
 #[derive(Debug)]
@@ -43,14 +49,21 @@ impl TypeSet {
         let mut all = Sha256::new();
         let mut resource_versions = BTreeMap::new();
         for (name, any) in &resources {
-            let h = Sha256::new().chain_update(any.type_url.as_bytes()).chain_update(&any.value).finalize();
+            let h = Sha256::new()
+                .chain_update(any.type_url.as_bytes())
+                .chain_update(&any.value)
+                .finalize();
             let v = hex::encode(&h[..8]);
             all.update(name.as_bytes());
             all.update([0]);
             all.update(v.as_bytes());
             resource_versions.insert(name.clone(), v);
         }
-        TypeSet { version: hex::encode(&all.finalize()[..8]), resources, resource_versions }
+        TypeSet {
+            version: hex::encode(&all.finalize()[..8]),
+            resources,
+            resource_versions,
+        }
     }
 }
 
@@ -127,38 +140,65 @@ impl Shared {
     fn desired(&self, published: &Published, node: &str, type_url: &str) -> Option<Arc<TypeSet>> {
         let current = published.type_set(node, type_url);
         let nodes = self.nodes();
-        let ts = nodes.get(node).and_then(|n| n.types.get(short_type(type_url)));
+        let ts = nodes
+            .get(node)
+            .and_then(|n| n.types.get(short_type(type_url)));
         match ts {
-            Some(TypeStatus { nack: Some(n), last_good, .. }) if n.version == current.version => {
-                last_good.clone()
-            }
+            Some(TypeStatus {
+                nack: Some(n),
+                last_good,
+                ..
+            }) if n.version == current.version => last_good.clone(),
             _ => Some(current),
         }
     }
 
     fn record_sent(&self, node: &str, type_url: &str, version: &str) {
-        self.metrics.xds_pushes.get_or_create(&type_label(type_url)).inc();
+        self.metrics
+            .xds_pushes
+            .get_or_create(&type_label(type_url))
+            .inc();
         let mut nodes = self.nodes();
-        let ts = nodes.entry(node.to_string()).or_default().types.entry(short_type(type_url).to_string()).or_default();
+        let ts = nodes
+            .entry(node.to_string())
+            .or_default()
+            .types
+            .entry(short_type(type_url).to_string())
+            .or_default();
         ts.sent_version = Some(version.to_string());
     }
 
     fn record_ack(&self, node: &str, type_url: &str, set: &Arc<TypeSet>) {
-        self.metrics.xds_acks.get_or_create(&type_label(type_url)).inc();
+        self.metrics
+            .xds_acks
+            .get_or_create(&type_label(type_url))
+            .inc();
         let published = self.snapshot.borrow().clone();
         let mut nodes = self.nodes();
         let ns = nodes.entry(node.to_string()).or_default();
-        let ts = ns.types.entry(short_type(type_url).to_string()).or_default();
+        let ts = ns
+            .types
+            .entry(short_type(type_url).to_string())
+            .or_default();
         ts.acked_version = Some(set.version.clone());
         ts.last_good = Some(set.clone());
         let current = published.type_set(node, type_url);
-        if ts.nack.as_ref().is_some_and(|n| n.version != current.version) && set.version == current.version {
+        if ts
+            .nack
+            .as_ref()
+            .is_some_and(|n| n.version != current.version)
+            && set.version == current.version
+        {
             tracing::info!(node, type_url = short_type(type_url), version = %set.version, "xDS recovered: new version ACKed");
             ts.nack = None;
         }
         // Synced when every type this node has seen is ACKed at the current version.
         let synced = ns.types.iter().all(|(t, s)| {
-            let full = PUSH_ORDER.iter().find(|u| short_type(u) == t).copied().unwrap_or(t);
+            let full = PUSH_ORDER
+                .iter()
+                .find(|u| short_type(u) == t)
+                .copied()
+                .unwrap_or(t);
             s.acked_version.as_deref() == Some(published.type_set(node, full).version.as_str())
         });
         if synced {
@@ -167,17 +207,41 @@ impl Shared {
     }
 
     fn record_nack(&self, node: &str, type_url: &str, version: &str, error: &str) {
-        self.metrics.xds_nacks.get_or_create(&type_label(type_url)).inc();
-        tracing::warn!(node, type_url = short_type(type_url), version, error, "Envoy rejected xDS (NACK); keeping the last good version");
-        let at_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        self.metrics
+            .xds_nacks
+            .get_or_create(&type_label(type_url))
+            .inc();
+        tracing::warn!(
+            node,
+            type_url = short_type(type_url),
+            version,
+            error,
+            "Envoy rejected xDS (NACK); keeping the last good version"
+        );
+        let at_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let mut nodes = self.nodes();
-        let ts = nodes.entry(node.to_string()).or_default().types.entry(short_type(type_url).to_string()).or_default();
-        ts.nack = Some(Nack { version: version.to_string(), error: error.to_string(), at_unix });
+        let ts = nodes
+            .entry(node.to_string())
+            .or_default()
+            .types
+            .entry(short_type(type_url).to_string())
+            .or_default();
+        ts.nack = Some(Nack {
+            version: version.to_string(),
+            error: error.to_string(),
+            at_unix,
+        });
     }
 
     fn stream_opened(&self, node: &str) {
         self.metrics.xds_streams.inc();
-        self.nodes().entry(node.to_string()).or_default().connected_streams += 1;
+        self.nodes()
+            .entry(node.to_string())
+            .or_default()
+            .connected_streams += 1;
     }
 
     fn stream_closed(&self, node: &str) {
@@ -204,7 +268,12 @@ impl XdsServer {
     pub fn new(metrics: Metrics) -> Self {
         let (snapshot, _) = watch::channel(Arc::new(Published::default()));
         XdsServer {
-            shared: Arc::new(Shared { snapshot, nodes: Mutex::new(BTreeMap::new()), nonce: AtomicU64::new(1), metrics }),
+            shared: Arc::new(Shared {
+                snapshot,
+                nodes: Mutex::new(BTreeMap::new()),
+                nonce: AtomicU64::new(1),
+                metrics,
+            }),
         }
     }
 
@@ -217,7 +286,15 @@ impl XdsServer {
             for (type_url, by_name) in &res.by_type {
                 let resources = by_name
                     .iter()
-                    .map(|(n, a)| (n.clone(), Any { type_url: a.type_url.clone(), value: a.value.clone() }))
+                    .map(|(n, a)| {
+                        (
+                            n.clone(),
+                            Any {
+                                type_url: a.type_url.clone(),
+                                value: a.value.clone(),
+                            },
+                        )
+                    })
                     .collect();
                 types.insert(type_url.clone(), Arc::new(TypeSet::new(resources)));
             }
@@ -225,15 +302,29 @@ impl XdsServer {
         }
         let current = self.shared.snapshot.borrow().clone();
         let same = current.nodes.len() == nodes.len()
-            && current.nodes.iter().zip(nodes.iter()).all(|((an, at), (bn, bt))| {
-                an == bn && at.len() == bt.len() && at.iter().zip(bt.iter()).all(|((ak, av), (bk, bv))| ak == bk && av.version == bv.version)
-            });
+            && current
+                .nodes
+                .iter()
+                .zip(nodes.iter())
+                .all(|((an, at), (bn, bt))| {
+                    an == bn
+                        && at.len() == bt.len()
+                        && at
+                            .iter()
+                            .zip(bt.iter())
+                            .all(|((ak, av), (bk, bv))| ak == bk && av.version == bv.version)
+                });
         if same && current.generation > 0 {
             return current.generation;
         }
         let generation = current.generation + 1;
-        self.shared.metrics.snapshot_generation.set(generation as i64);
-        self.shared.snapshot.send_replace(Arc::new(Published { generation, nodes }));
+        self.shared
+            .metrics
+            .snapshot_generation
+            .set(generation as i64);
+        self.shared
+            .snapshot
+            .send_replace(Arc::new(Published { generation, nodes }));
         tracing::debug!(generation, "published xDS snapshot");
         generation
     }
@@ -243,18 +334,25 @@ impl XdsServer {
     }
 
     pub fn status(&self) -> XdsStatus {
-        XdsStatus { generation: self.generation(), nodes: self.shared.nodes().clone() }
+        XdsStatus {
+            generation: self.generation(),
+            nodes: self.shared.nodes().clone(),
+        }
     }
 
     /// Forget the ACK/NACK history of nodes that are neither wanted nor connected (their
     /// Gateway is gone and its Envoy has stopped).
     pub fn retain_nodes(&self, wanted: &[String]) {
-        self.shared.nodes().retain(|node, n| n.connected_streams > 0 || wanted.contains(node));
+        self.shared
+            .nodes()
+            .retain(|node, n| n.connected_streams > 0 || wanted.contains(node));
     }
 
     pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(AdsService { shared: self.shared.clone() })
-            .max_decoding_message_size(64 << 20)
+        AggregatedDiscoveryServiceServer::new(AdsService {
+            shared: self.shared.clone(),
+        })
+        .max_decoding_message_size(64 << 20)
     }
 
     /// Serve ADS on `listener` until `shutdown` resolves.
@@ -265,7 +363,10 @@ impl XdsServer {
     ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
             .add_service(self.service())
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
             .await
     }
 }
@@ -287,7 +388,12 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let stream = SotwStream { shared: self.shared.clone(), node: None, watches: HashMap::new(), tx };
+        let stream = SotwStream {
+            shared: self.shared.clone(),
+            node: None,
+            watches: HashMap::new(),
+            tx,
+        };
         tokio::spawn(stream.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -297,7 +403,12 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let stream = DeltaStream { shared: self.shared.clone(), node: None, watches: HashMap::new(), tx };
+        let stream = DeltaStream {
+            shared: self.shared.clone(),
+            node: None,
+            watches: HashMap::new(),
+            tx,
+        };
         tokio::spawn(stream.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -362,7 +473,9 @@ impl SotwStream {
         if self.node.is_none() {
             let id = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
             if id.is_empty() {
-                return Err(Status::invalid_argument("first DiscoveryRequest must carry node.id"));
+                return Err(Status::invalid_argument(
+                    "first DiscoveryRequest must carry node.id",
+                ));
             }
             tracing::info!(node = %id, "ADS stream opened (SotW)");
             self.shared.stream_opened(&id);
@@ -379,7 +492,12 @@ impl SotwStream {
                     let set = set.clone();
                     w.in_flight = None;
                     match &req.error_detail {
-                        Some(err) => self.shared.record_nack(&node, &req.type_url, &set.version, &err.message),
+                        Some(err) => self.shared.record_nack(
+                            &node,
+                            &req.type_url,
+                            &set.version,
+                            &err.message,
+                        ),
                         None => self.shared.record_ack(&node, &req.type_url, &set),
                     }
                 }
@@ -388,8 +506,14 @@ impl SotwStream {
             }
         }
         let w = self.watches.entry(req.type_url.clone()).or_default();
-        w.names = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
-        w.wildcard = req.resource_names.iter().any(|n| n == "*") || (is_wildcard_type(&req.type_url) && req.resource_names.is_empty());
+        w.names = req
+            .resource_names
+            .iter()
+            .filter(|n| *n != "*")
+            .cloned()
+            .collect();
+        w.wildcard = req.resource_names.iter().any(|n| n == "*")
+            || (is_wildcard_type(&req.type_url) && req.resource_names.is_empty());
         w.envoy_version = req.version_info;
         let type_url = req.type_url;
         if self.maybe_send(&type_url).await {
@@ -400,7 +524,13 @@ impl SotwStream {
     }
 
     async fn push_all(&mut self) -> bool {
-        for t in PUSH_ORDER.iter().map(|s| s.to_string()).chain(self.watches.keys().filter(|k| !PUSH_ORDER.contains(&k.as_str())).cloned().collect::<Vec<_>>()) {
+        for t in PUSH_ORDER.iter().map(|s| s.to_string()).chain(
+            self.watches
+                .keys()
+                .filter(|k| !PUSH_ORDER.contains(&k.as_str()))
+                .cloned()
+                .collect::<Vec<_>>(),
+        ) {
             if self.watches.contains_key(&t) && !self.maybe_send(&t).await {
                 return false;
             }
@@ -411,13 +541,19 @@ impl SotwStream {
     /// Send `type_url` if Envoy lacks the desired version or asked for other names. Returns false
     /// once the stream is gone.
     async fn maybe_send(&mut self, type_url: &str) -> bool {
-        let Some(node) = self.node.clone() else { return true };
+        let Some(node) = self.node.clone() else {
+            return true;
+        };
         let published = self.shared.snapshot.borrow().clone();
-        let Some(w) = self.watches.get_mut(type_url) else { return true };
+        let Some(w) = self.watches.get_mut(type_url) else {
+            return true;
+        };
         if w.in_flight.is_some() {
             return true;
         }
-        let Some(set) = self.shared.desired(&published, &node, type_url) else { return true };
+        let Some(set) = self.shared.desired(&published, &node, type_url) else {
+            return true;
+        };
         let names = (w.names.clone(), w.wildcard);
         let first = w.sent_names.is_none();
         if !first && set.version == w.envoy_version && w.sent_names.as_ref() == Some(&names) {
@@ -508,7 +644,9 @@ impl DeltaStream {
         if self.node.is_none() {
             let id = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
             if id.is_empty() {
-                return Err(Status::invalid_argument("first DeltaDiscoveryRequest must carry node.id"));
+                return Err(Status::invalid_argument(
+                    "first DeltaDiscoveryRequest must carry node.id",
+                ));
             }
             tracing::info!(node = %id, "ADS stream opened (Delta)");
             self.shared.stream_opened(&id);
@@ -522,7 +660,11 @@ impl DeltaStream {
         if !w.started {
             w.started = true;
             w.wildcard = is_wildcard_type(&req.type_url) && req.resource_names_subscribe.is_empty();
-            w.known = req.initial_resource_versions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            w.known = req
+                .initial_resource_versions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
         }
         for n in &req.resource_names_subscribe {
             if n == "*" {
@@ -546,7 +688,12 @@ impl DeltaStream {
                     let (set, known) = (set.clone(), known.clone());
                     w.in_flight = None;
                     match &req.error_detail {
-                        Some(err) => self.shared.record_nack(&node, &req.type_url, &set.version, &err.message),
+                        Some(err) => self.shared.record_nack(
+                            &node,
+                            &req.type_url,
+                            &set.version,
+                            &err.message,
+                        ),
                         None => {
                             // Keep unsubscriptions that arrived with the ACK.
                             let w_names = (w.wildcard, w.names.clone());
@@ -570,13 +717,19 @@ impl DeltaStream {
     }
 
     async fn maybe_send(&mut self, type_url: &str) -> bool {
-        let Some(node) = self.node.clone() else { return true };
+        let Some(node) = self.node.clone() else {
+            return true;
+        };
         let published = self.shared.snapshot.borrow().clone();
-        let Some(w) = self.watches.get_mut(type_url) else { return true };
+        let Some(w) = self.watches.get_mut(type_url) else {
+            return true;
+        };
         if w.in_flight.is_some() {
             return true;
         }
-        let Some(set) = self.shared.desired(&published, &node, type_url) else { return true };
+        let Some(set) = self.shared.desired(&published, &node, type_url) else {
+            return true;
+        };
         let wanted = |n: &String| w.wildcard || w.names.contains(n);
         let mut resources = Vec::new();
         let mut next_known = w.known.clone();
@@ -592,10 +745,19 @@ impl DeltaStream {
                 next_known.insert(name.clone(), v);
             }
         }
-        let mut removed: Vec<String> =
-            w.known.keys().filter(|n| !set.resources.contains_key(*n) || !wanted(n)).cloned().collect();
+        let mut removed: Vec<String> = w
+            .known
+            .keys()
+            .filter(|n| !set.resources.contains_key(*n) || !wanted(n))
+            .cloned()
+            .collect();
         // Subscribed names that do not exist: say so, so Envoy stops waiting for them.
-        removed.extend(w.fresh.iter().filter(|n| !set.resources.contains_key(*n) && !w.known.contains_key(*n)).cloned());
+        removed.extend(
+            w.fresh
+                .iter()
+                .filter(|n| !set.resources.contains_key(*n) && !w.known.contains_key(*n))
+                .cloned(),
+        );
         for r in &removed {
             next_known.remove(r);
         }
@@ -628,7 +790,14 @@ mod tests {
     fn snap(node: &str, names: &[(&str, &[u8])]) -> XdsSnapshot {
         let mut r = XdsResources::default();
         for (n, v) in names {
-            r.insert(CLUSTER_TYPE, *n, prost_types::Any { type_url: CLUSTER_TYPE.into(), value: v.to_vec() });
+            r.insert(
+                CLUSTER_TYPE,
+                *n,
+                prost_types::Any {
+                    type_url: CLUSTER_TYPE.into(),
+                    value: v.to_vec(),
+                },
+            );
         }
         XdsSnapshot::from([(node.to_string(), r)])
     }
@@ -649,15 +818,28 @@ mod tests {
         s.shared.record_ack("ns/gw", CLUSTER_TYPE, &good);
         s.publish(&snap("ns/gw", &[("a", b"bad")]));
         let bad = s.shared.snapshot.borrow().type_set("ns/gw", CLUSTER_TYPE);
-        s.shared.record_nack("ns/gw", CLUSTER_TYPE, &bad.version, "boom");
+        s.shared
+            .record_nack("ns/gw", CLUSTER_TYPE, &bad.version, "boom");
         let published = s.shared.snapshot.borrow().clone();
-        let d = s.shared.desired(&published, "ns/gw", CLUSTER_TYPE).map(|t| t.version.clone());
+        let d = s
+            .shared
+            .desired(&published, "ns/gw", CLUSTER_TYPE)
+            .map(|t| t.version.clone());
         assert_eq!(d.as_deref(), Some(good.version.as_str()));
-        assert_eq!(s.status().nodes["ns/gw"].types["Cluster"].nack.as_ref().map(|n| n.error.as_str()), Some("boom"));
+        assert_eq!(
+            s.status().nodes["ns/gw"].types["Cluster"]
+                .nack
+                .as_ref()
+                .map(|n| n.error.as_str()),
+            Some("boom")
+        );
         // A fix (new version) is served, and its ACK clears the NACK.
         s.publish(&snap("ns/gw", &[("a", b"3")]));
         let published = s.shared.snapshot.borrow().clone();
-        let fixed = s.shared.desired(&published, "ns/gw", CLUSTER_TYPE).unwrap_or_else(|| good.clone());
+        let fixed = s
+            .shared
+            .desired(&published, "ns/gw", CLUSTER_TYPE)
+            .unwrap_or_else(|| good.clone());
         assert_ne!(fixed.version, good.version);
         s.shared.record_ack("ns/gw", CLUSTER_TYPE, &fixed);
         assert!(s.status().nodes["ns/gw"].types["Cluster"].nack.is_none());

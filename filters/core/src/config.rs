@@ -10,15 +10,31 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Json { path: String, message: String },
     #[error("{field}: invalid regex {pattern:?}: {reason}")]
-    Regex { field: String, pattern: String, reason: String },
+    Regex {
+        field: String,
+        pattern: String,
+        reason: String,
+    },
     #[error("{field}: unknown preset {name:?} (known: {known})")]
-    UnknownPreset { field: String, name: String, known: String },
+    UnknownPreset {
+        field: String,
+        name: String,
+        known: String,
+    },
     #[error("{field}: {value} is not a valid status for a local reply (use 200-599)")]
     Status { field: String, value: u16 },
     #[error("{field}: invalid header name {name:?}: {reason}")]
-    HeaderName { field: String, name: String, reason: String },
+    HeaderName {
+        field: String,
+        name: String,
+        reason: String,
+    },
     #[error("{field}: invalid value for header {name:?}: {reason}")]
-    HeaderValue { field: String, name: String, reason: String },
+    HeaderValue {
+        field: String,
+        name: String,
+        reason: String,
+    },
     /// Any other rule a field breaks (an empty pattern, a duplicate header, ...).
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
@@ -59,7 +75,11 @@ pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Conf
         // serde_path_to_error prints "." for the root and "?" for a key it has not read yet.
         let path = path.strip_suffix(".?").unwrap_or(&path);
         ConfigError::Json {
-            path: if path == "." || path == "?" { "config".to_string() } else { path.to_string() },
+            path: if path == "." || path == "?" {
+                "config".to_string()
+            } else {
+                path.to_string()
+            },
             message: e.into_inner().to_string(),
         }
     })?;
@@ -89,7 +109,8 @@ mod tests {
 
     #[test]
     fn regex_reason_is_one_line() {
-        let err = regex::Regex::new("(").unwrap_err();
+        let pattern = String::from("(");
+        let err = regex::Regex::new(&pattern).unwrap_err();
         let reason = regex_reason(&err);
         assert_eq!(reason, "unclosed group");
         assert!(!reason.contains('\n'));

@@ -99,28 +99,39 @@ impl Ops {
             remove.push(normalize_header_name(&format!("{dir}.remove[{i}]"), name)?);
         }
         for (i, pat) in c.remove_matching.iter().enumerate() {
-            RegexBuilder::new(pat).case_insensitive(true).build().map_err(|e| ConfigError::Regex {
-                field: format!("{dir}.remove_matching[{i}]"),
-                pattern: pat.clone(),
-                reason: regex_reason(&e),
-            })?;
+            RegexBuilder::new(pat)
+                .case_insensitive(true)
+                .build()
+                .map_err(|e| ConfigError::Regex {
+                    field: format!("{dir}.remove_matching[{i}]"),
+                    pattern: pat.clone(),
+                    reason: regex_reason(&e),
+                })?;
         }
         let remove_matching = if c.remove_matching.is_empty() {
             None
         } else {
-            Some(RegexSetBuilder::new(&c.remove_matching).case_insensitive(true).build().map_err(|e| {
-                ConfigError::Invalid {
-                    field: format!("{dir}.remove_matching"),
-                    reason: format!("the patterns together do not compile: {}", regex_reason(&e)),
-                }
-            })?)
+            Some(
+                RegexSetBuilder::new(&c.remove_matching)
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| ConfigError::Invalid {
+                        field: format!("{dir}.remove_matching"),
+                        reason: format!(
+                            "the patterns together do not compile: {}",
+                            regex_reason(&e)
+                        ),
+                    })?,
+            )
         };
         Ok(Self {
             remove,
             remove_matching,
             set: c.set.normalized(&format!("{dir}.set"))?,
             add: c.add.normalized(&format!("{dir}.add"))?,
-            set_if_absent: c.set_if_absent.normalized(&format!("{dir}.set_if_absent"))?,
+            set_if_absent: c
+                .set_if_absent
+                .normalized(&format!("{dir}.set_if_absent"))?,
         })
     }
 
@@ -193,14 +204,26 @@ impl HeadersFilter {
             SecurityHeaders::Strict => (STRICT, Some(STRICT_HSTS)),
         };
         // A header the user removes explicitly stays removed: the preset does not bring it back.
-        let preset = all.iter().copied().filter(|(n, _)| !response.remove.iter().any(|r| r == n)).collect();
+        let preset = all
+            .iter()
+            .copied()
+            .filter(|(n, _)| !response.remove.iter().any(|r| r == n))
+            .collect();
         let hsts = hsts.filter(|_| !response.remove.iter().any(|r| r == HSTS));
-        Ok(Self { request, response, preset, hsts })
+        Ok(Self {
+            request,
+            response,
+            preset,
+            hsts,
+        })
     }
 
     /// True when the filter changes nothing.
     pub fn is_noop(&self) -> bool {
-        self.request.is_empty() && self.response.is_empty() && self.preset.is_empty() && self.hsts.is_none()
+        self.request.is_empty()
+            && self.response.is_empty()
+            && self.preset.is_empty()
+            && self.hsts.is_none()
     }
 
     /// Request phase: apply the request operations and remember the scheme for HSTS.
@@ -208,7 +231,9 @@ impl HeadersFilter {
         // Envoy sets `:scheme` itself: from the TLS state of the connection, or from a trusted
         // x-forwarded-proto. The filter does not read x-forwarded-proto (clients can send it).
         let https = self.hsts.is_some()
-            && host.header(Direction::Request, ":scheme").is_some_and(|s| s.eq_ignore_ascii_case("https"));
+            && host
+                .header(Direction::Request, ":scheme")
+                .is_some_and(|s| s.eq_ignore_ascii_case("https"));
         self.request.apply(host, Direction::Request);
         StreamState { https }
     }
@@ -243,11 +268,14 @@ mod tests {
     use crate::testing::MemoryHost;
 
     fn filter(json: &str) -> HeadersFilter {
-        HeadersFilter::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config {json} rejected: {e}"))
+        HeadersFilter::from_json(json.as_bytes())
+            .unwrap_or_else(|e| panic!("config {json} rejected: {e}"))
     }
 
     fn pairs(h: &[(&str, &str)]) -> Vec<(String, String)> {
-        h.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        h.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// Run a whole stream: request phase on `req`, response phase on `resp`.
@@ -259,32 +287,46 @@ mod tests {
         host
     }
 
-    const REQ: &[(&str, &str)] = &[(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "a")];
+    const REQ: &[(&str, &str)] = &[
+        (":method", "GET"),
+        (":path", "/"),
+        (":scheme", "http"),
+        (":authority", "a"),
+    ];
     const RESP: &[(&str, &str)] = &[(":status", "200"), ("content-type", "text/plain")];
 
     #[test]
     fn set_replaces_in_both_directions() {
-        let f = filter(r#"{"request":{"set":{"x-env":"prod"}},"response":{"set":{"X-Served-By":"portcullis"}}}"#);
+        let f = filter(
+            r#"{"request":{"set":{"x-env":"prod"}},"response":{"set":{"X-Served-By":"portcullis"}}}"#,
+        );
         let mut req = REQ.to_vec();
         req.push(("x-env", "dev"));
         req.push(("x-env", "dev2"));
         let resp = [(":status", "200"), ("x-served-by", "upstream")];
         let h = stream(&f, &req, &resp);
         assert_eq!(h.values(Direction::Request, "x-env"), vec!["prod"]);
-        assert_eq!(h.values(Direction::Response, "x-served-by"), vec!["portcullis"]);
+        assert_eq!(
+            h.values(Direction::Response, "x-served-by"),
+            vec!["portcullis"]
+        );
         let h = stream(&f, REQ, RESP);
         assert_eq!(h.values(Direction::Request, "x-env"), vec!["prod"]);
     }
 
     #[test]
     fn add_appends_in_both_directions() {
-        let f = filter(r#"{"request":{"add":{"x-trace":"1"}},"response":{"add":{"vary":"origin"}}}"#);
+        let f =
+            filter(r#"{"request":{"add":{"x-trace":"1"}},"response":{"add":{"vary":"origin"}}}"#);
         let mut req = REQ.to_vec();
         req.push(("x-trace", "0"));
         let resp = [(":status", "200"), ("vary", "accept")];
         let h = stream(&f, &req, &resp);
         assert_eq!(h.values(Direction::Request, "x-trace"), vec!["0", "1"]);
-        assert_eq!(h.values(Direction::Response, "vary"), vec!["accept", "origin"]);
+        assert_eq!(
+            h.values(Direction::Response, "vary"),
+            vec!["accept", "origin"]
+        );
     }
 
     #[test]
@@ -292,7 +334,11 @@ mod tests {
         let f = filter(r#"{"request":{"remove":["X-Debug"]},"response":{"remove":["server"]}}"#);
         let mut req = REQ.to_vec();
         req.extend([("x-debug", "1"), ("x-debug", "2"), ("x-keep", "1")]);
-        let resp = [(":status", "200"), ("server", "nginx"), ("content-type", "a")];
+        let resp = [
+            (":status", "200"),
+            ("server", "nginx"),
+            ("content-type", "a"),
+        ];
         let h = stream(&f, &req, &resp);
         assert!(h.values(Direction::Request, "x-debug").is_empty());
         assert_eq!(h.values(Direction::Request, "x-keep"), vec!["1"]);
@@ -302,35 +348,60 @@ mod tests {
 
     #[test]
     fn remove_matching_in_both_directions_never_touches_pseudo_headers() {
-        let f = filter(r#"{"request":{"remove_matching":["^x-internal-", "^:", "path"]},"response":{"remove_matching":["^X-ENVOY-", ".*status.*"]}}"#);
+        let f = filter(
+            r#"{"request":{"remove_matching":["^x-internal-", "^:", "path"]},"response":{"remove_matching":["^X-ENVOY-", ".*status.*"]}}"#,
+        );
         let mut req = REQ.to_vec();
-        req.extend([("x-internal-a", "1"), ("x-internal-b", "2"), ("x-internalz", "3"), ("x-path", "4")]);
-        let resp = [(":status", "200"), ("x-envoy-upstream-service-time", "3"), ("x-status", "x"), ("server", "s")];
+        req.extend([
+            ("x-internal-a", "1"),
+            ("x-internal-b", "2"),
+            ("x-internalz", "3"),
+            ("x-path", "4"),
+        ]);
+        let resp = [
+            (":status", "200"),
+            ("x-envoy-upstream-service-time", "3"),
+            ("x-status", "x"),
+            ("server", "s"),
+        ];
         let h = stream(&f, &req, &resp);
         let names: Vec<&str> = h.request.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, vec![":method", ":path", ":scheme", ":authority", "x-internalz"]);
+        assert_eq!(
+            names,
+            vec![":method", ":path", ":scheme", ":authority", "x-internalz"]
+        );
         let names: Vec<&str> = h.response.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, vec![":status", "server"]);
     }
 
     #[test]
     fn set_if_absent_in_both_directions() {
-        let f = filter(r#"{"request":{"set_if_absent":{"x-env":"prod"}},"response":{"set_if_absent":{"cache-control":"no-store"}}}"#);
+        let f = filter(
+            r#"{"request":{"set_if_absent":{"x-env":"prod"}},"response":{"set_if_absent":{"cache-control":"no-store"}}}"#,
+        );
         let h = stream(&f, REQ, RESP);
         assert_eq!(h.values(Direction::Request, "x-env"), vec!["prod"]);
-        assert_eq!(h.values(Direction::Response, "cache-control"), vec!["no-store"]);
+        assert_eq!(
+            h.values(Direction::Response, "cache-control"),
+            vec!["no-store"]
+        );
         let mut req = REQ.to_vec();
         req.push(("x-env", "dev"));
         let resp = [(":status", "200"), ("cache-control", "max-age=60")];
         let h = stream(&f, &req, &resp);
         assert_eq!(h.values(Direction::Request, "x-env"), vec!["dev"]);
-        assert_eq!(h.values(Direction::Response, "cache-control"), vec!["max-age=60"]);
+        assert_eq!(
+            h.values(Direction::Response, "cache-control"),
+            vec!["max-age=60"]
+        );
     }
 
     #[test]
     fn operation_order() {
         // remove, then set, then add: the added value survives next to the set one.
-        let f = filter(r#"{"response":{"remove":["x-a"],"set":{"x-a":"set"},"add":{"x-a":"added"},"set_if_absent":{"x-a":"never"}}}"#);
+        let f = filter(
+            r#"{"response":{"remove":["x-a"],"set":{"x-a":"set"},"add":{"x-a":"added"},"set_if_absent":{"x-a":"never"}}}"#,
+        );
         let h = stream(&f, REQ, &[(":status", "200"), ("x-a", "upstream")]);
         assert_eq!(h.values(Direction::Response, "x-a"), vec!["set", "added"]);
     }
@@ -385,7 +456,10 @@ mod tests {
         host.response = pairs(RESP);
         f.on_response_headers(&mut host, StreamState::default());
         assert!(host.values(Direction::Response, HSTS).is_empty());
-        assert_eq!(host.values(Direction::Response, "x-frame-options"), vec!["DENY"]);
+        assert_eq!(
+            host.values(Direction::Response, "x-frame-options"),
+            vec!["DENY"]
+        );
     }
 
     #[test]
@@ -399,10 +473,19 @@ mod tests {
             ("strict-transport-security", "max-age=1"),
         ];
         let h = stream(&filter(r#"{"security_headers":"strict"}"#), &req, &resp);
-        assert_eq!(h.values(Direction::Response, "x-frame-options"), vec!["ALLOW-FROM https://a"]);
-        assert_eq!(h.values(Direction::Response, "content-security-policy"), vec!["default-src 'self'"]);
+        assert_eq!(
+            h.values(Direction::Response, "x-frame-options"),
+            vec!["ALLOW-FROM https://a"]
+        );
+        assert_eq!(
+            h.values(Direction::Response, "content-security-policy"),
+            vec!["default-src 'self'"]
+        );
         assert_eq!(h.values(Direction::Response, HSTS), vec!["max-age=1"]);
-        assert_eq!(h.values(Direction::Response, "referrer-policy"), vec!["no-referrer"]);
+        assert_eq!(
+            h.values(Direction::Response, "referrer-policy"),
+            vec!["no-referrer"]
+        );
         assert_eq!(h.counter(PRESET_KEPT_TOTAL), 3);
         assert_eq!(h.counter(PRESET_ADDED_TOTAL), 3);
     }
@@ -414,11 +497,21 @@ mod tests {
         let f = filter(
             r#"{"security_headers":"strict","response":{"set":{"referrer-policy":"origin"},"remove":["x-frame-options","strict-transport-security"]}}"#,
         );
-        let h = stream(&f, &req, &[(":status", "200"), ("x-frame-options", "SAMEORIGIN")]);
-        assert_eq!(h.values(Direction::Response, "referrer-policy"), vec!["origin"]);
+        let h = stream(
+            &f,
+            &req,
+            &[(":status", "200"), ("x-frame-options", "SAMEORIGIN")],
+        );
+        assert_eq!(
+            h.values(Direction::Response, "referrer-policy"),
+            vec!["origin"]
+        );
         assert!(h.values(Direction::Response, "x-frame-options").is_empty());
         assert!(h.values(Direction::Response, HSTS).is_empty());
-        assert_eq!(h.values(Direction::Response, "x-content-type-options"), vec!["nosniff"]);
+        assert_eq!(
+            h.values(Direction::Response, "x-content-type-options"),
+            vec!["nosniff"]
+        );
     }
 
     #[test]
@@ -446,26 +539,68 @@ mod tests {
     #[test]
     fn invalid_configs_name_the_field() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"request":{"sett":{}}}"#, "request.sett: unknown field `sett`"),
-            (r#"{"security":"basic"}"#, "security: unknown field `security`"),
-            (r#"{"security_headers":"max"}"#, "security_headers: unknown variant `max`"),
-            (r#"{"response":{"remove_matching":["^x-(", "ok"]}}"#, "response.remove_matching[0]: invalid regex \"^x-(\": unclosed group"),
-            (r#"{"request":{"set":{"x":1}}}"#, "request.set.x: invalid type: integer `1`, expected a string"),
-            (r#"{"request":{"set":["x"]}}"#, "request.set: invalid type: sequence, expected an object"),
-            (r#"{"request":{"remove":"x"}}"#, "request.remove: invalid type: string"),
-            (r#"{"request":{"set":{":path":"/x"}}}"#, "request.set: invalid header name \":path\": pseudo-headers"),
-            (r#"{"response":{"remove":[":status"]}}"#, "response.remove[0]: invalid header name \":status\": pseudo-headers"),
-            (r#"{"response":{"add":{"bad name":"v"}}}"#, "response.add: invalid header name \"bad name\""),
-            (r#"{"response":{"set_if_absent":{"x":"a\nb"}}}"#, "response.set_if_absent: invalid value for header \"x\": control character"),
-            (r#"{"request":{"set":{"x":"1","x":"2"}}}"#, "request.set: duplicate header \"x\""),
-            (r#"{"request":{"set":{"X":"1","x":"2"}}}"#, "request.set: header \"x\" is listed twice"),
+            (
+                r#"{"request":{"sett":{}}}"#,
+                "request.sett: unknown field `sett`",
+            ),
+            (
+                r#"{"security":"basic"}"#,
+                "security: unknown field `security`",
+            ),
+            (
+                r#"{"security_headers":"max"}"#,
+                "security_headers: unknown variant `max`",
+            ),
+            (
+                r#"{"response":{"remove_matching":["^x-(", "ok"]}}"#,
+                "response.remove_matching[0]: invalid regex \"^x-(\": unclosed group",
+            ),
+            (
+                r#"{"request":{"set":{"x":1}}}"#,
+                "request.set.x: invalid type: integer `1`, expected a string",
+            ),
+            (
+                r#"{"request":{"set":["x"]}}"#,
+                "request.set: invalid type: sequence, expected an object",
+            ),
+            (
+                r#"{"request":{"remove":"x"}}"#,
+                "request.remove: invalid type: string",
+            ),
+            (
+                r#"{"request":{"set":{":path":"/x"}}}"#,
+                "request.set: invalid header name \":path\": pseudo-headers",
+            ),
+            (
+                r#"{"response":{"remove":[":status"]}}"#,
+                "response.remove[0]: invalid header name \":status\": pseudo-headers",
+            ),
+            (
+                r#"{"response":{"add":{"bad name":"v"}}}"#,
+                "response.add: invalid header name \"bad name\"",
+            ),
+            (
+                r#"{"response":{"set_if_absent":{"x":"a\nb"}}}"#,
+                "response.set_if_absent: invalid value for header \"x\": control character",
+            ),
+            (
+                r#"{"request":{"set":{"x":"1","x":"2"}}}"#,
+                "request.set: duplicate header \"x\"",
+            ),
+            (
+                r#"{"request":{"set":{"X":"1","x":"2"}}}"#,
+                "request.set: header \"x\" is listed twice",
+            ),
         ];
         for (json, want) in cases {
             let e = match HeadersFilter::from_json(json.as_bytes()) {
                 Ok(_) => panic!("config {json} was accepted"),
                 Err(e) => e.to_string(),
             };
-            assert!(e.starts_with(want), "config {json}\n got: {e}\nwant: {want}...");
+            assert!(
+                e.starts_with(want),
+                "config {json}\n got: {e}\nwant: {want}..."
+            );
             assert!(!e.contains('\n'), "one line: {e}");
         }
     }

@@ -63,7 +63,12 @@ pub trait Host {
     fn shared_get(&self, key: &str) -> Option<SharedValue>;
     /// Write a shared-data value. With `cas`, the write fails with
     /// [`SharedDataError::CasMismatch`] when the value changed since that token was read.
-    fn shared_set(&mut self, key: &str, data: &[u8], cas: Option<u32>) -> Result<(), SharedDataError>;
+    fn shared_set(
+        &mut self,
+        key: &str,
+        data: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError>;
 
     /// Increment a counter named `portcullis_<filter>_<what>_total`.
     fn counter_add(&mut self, name: &str, by: u64);

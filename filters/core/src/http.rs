@@ -45,11 +45,16 @@ pub fn check_header_value(field: &str, name: &str, value: &str) -> Result<(), Co
         name: name.to_string(),
         reason,
     };
-    if let Some(c) = value.chars().find(|c| (c.is_ascii_control() && *c != '\t') || *c == '\u{7f}') {
+    if let Some(c) = value
+        .chars()
+        .find(|c| (c.is_ascii_control() && *c != '\t') || *c == '\u{7f}')
+    {
         return Err(err(format!("control character {c:?} is not allowed")));
     }
     if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
-        return Err(err("leading or trailing whitespace is not allowed".to_string()));
+        return Err(err(
+            "leading or trailing whitespace is not allowed".to_string()
+        ));
     }
     Ok(())
 }
@@ -74,7 +79,9 @@ impl HeaderList {
             if out.iter().any(|(n, _)| *n == lower) {
                 return Err(ConfigError::Invalid {
                     field: field.to_string(),
-                    reason: format!("header {lower:?} is listed twice (names are case-insensitive)"),
+                    reason: format!(
+                        "header {lower:?} is listed twice (names are case-insensitive)"
+                    ),
                 });
             }
             out.push((lower, value.clone()));
@@ -116,7 +123,11 @@ mod tests {
         let e = normalize_header_name("f", ":path").unwrap_err();
         assert!(e.to_string().contains("pseudo-header"), "{e}");
         let e = normalize_header_name("f", "bad name").unwrap_err();
-        assert!(e.to_string().starts_with("f: invalid header name \"bad name\""), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("f: invalid header name \"bad name\""),
+            "{e}"
+        );
         assert!(normalize_header_name("f", "").is_err());
         assert!(normalize_header_name("f", "x\u{e9}").is_err());
     }
@@ -134,11 +145,18 @@ mod tests {
     #[test]
     fn header_list_keeps_order_and_rejects_duplicates() {
         let l: HeaderList = serde_json::from_str(r#"{"b":"1","a":"2"}"#).unwrap();
-        assert_eq!(l.0, vec![("b".into(), "1".into()), ("a".into(), "2".into())]);
+        assert_eq!(
+            l.0,
+            vec![("b".into(), "1".into()), ("a".into(), "2".into())]
+        );
         let e = serde_json::from_str::<HeaderList>(r#"{"a":"1","a":"2"}"#).unwrap_err();
         assert!(e.to_string().contains("duplicate header"), "{e}");
         let l: HeaderList = serde_json::from_str(r#"{"X-A":"1","x-a":"2"}"#).unwrap();
         let e = l.normalized("response.set").unwrap_err();
-        assert!(e.to_string().starts_with("response.set: header \"x-a\" is listed twice"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("response.set: header \"x-a\" is listed twice"),
+            "{e}"
+        );
     }
 }

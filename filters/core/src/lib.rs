@@ -4,9 +4,9 @@
 
 pub mod config;
 pub mod headers;
-pub mod oidc;
 pub mod host;
 pub mod http;
+pub mod oidc;
 pub mod presets;
 pub mod ratelimit;
 pub mod testing;

@@ -36,17 +36,27 @@ mod tests {
     #[test]
     fn every_preset_loads_and_is_well_formed() {
         for name in PRESET_NAMES {
-            let p = preset(name).expect("listed preset exists").expect("preset file parses");
+            let p = preset(name)
+                .expect("listed preset exists")
+                .expect("preset file parses");
             assert_eq!(p.name, *name);
             assert!(!p.sources.is_empty());
             // YYYY-MM-DD
             assert_eq!(p.as_of.len(), 10, "as_of {:?}", p.as_of);
-            assert!(p.patterns.len() > 20, "{} has only {} patterns", name, p.patterns.len());
+            assert!(
+                p.patterns.len() > 20,
+                "{} has only {} patterns",
+                name,
+                p.patterns.len()
+            );
             let lower: Vec<String> = p.patterns.iter().map(|s| s.to_lowercase()).collect();
             let mut sorted = lower.clone();
             sorted.sort();
             sorted.dedup();
-            assert_eq!(lower, sorted, "{name}: keep patterns sorted case-insensitively, no duplicates");
+            assert_eq!(
+                lower, sorted,
+                "{name}: keep patterns sorted case-insensitively, no duplicates"
+            );
             for pat in &p.patterns {
                 // Short tokens match unrelated user agents as substrings.
                 assert!(pat.len() >= 5, "{name}: pattern {pat:?} is too short");

@@ -32,7 +32,10 @@ impl MemoryHost {
     /// A host with these request headers.
     pub fn with_request(headers: &[(&str, &str)]) -> Self {
         Self {
-            request: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            request: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Self::default()
         }
     }
@@ -43,7 +46,11 @@ impl MemoryHost {
 
     /// Every value of a header, in order.
     pub fn values(&self, dir: Direction, name: &str) -> Vec<String> {
-        self.map(dir).iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+        self.map(dir)
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     fn map(&self, dir: Direction) -> &Vec<(String, String)> {
@@ -63,7 +70,10 @@ impl MemoryHost {
 
 impl Host for MemoryHost {
     fn header(&self, dir: Direction, name: &str) -> Option<String> {
-        self.map(dir).iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.map(dir)
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 
     fn headers(&self, dir: Direction) -> Vec<(String, String)> {
@@ -72,11 +82,13 @@ impl Host for MemoryHost {
 
     fn set_header(&mut self, dir: Direction, name: &str, value: &str) {
         self.remove_header(dir, name);
-        self.map_mut(dir).push((name.to_string(), value.to_string()));
+        self.map_mut(dir)
+            .push((name.to_string(), value.to_string()));
     }
 
     fn add_header(&mut self, dir: Direction, name: &str, value: &str) {
-        self.map_mut(dir).push((name.to_string(), value.to_string()));
+        self.map_mut(dir)
+            .push((name.to_string(), value.to_string()));
     }
 
     fn remove_header(&mut self, dir: Direction, name: &str) {
@@ -86,27 +98,42 @@ impl Host for MemoryHost {
     fn send_local_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         self.local_response = Some(LocalResponse {
             status,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: body.to_vec(),
         });
     }
 
     fn now(&self) -> SystemTime {
-        self.now.unwrap_or(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        self.now
+            .unwrap_or(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
     }
 
     fn shared_get(&self, key: &str) -> Option<SharedValue> {
         self.shared.get(key).cloned()
     }
 
-    fn shared_set(&mut self, key: &str, data: &[u8], cas: Option<u32>) -> Result<(), SharedDataError> {
+    fn shared_set(
+        &mut self,
+        key: &str,
+        data: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
         let current = self.shared.get(key).map(|v| v.cas).unwrap_or(0);
         if let Some(expected) = cas {
             if expected != 0 && expected != current {
                 return Err(SharedDataError::CasMismatch);
             }
         }
-        self.shared.insert(key.to_string(), SharedValue { data: data.to_vec(), cas: current + 1 });
+        self.shared.insert(
+            key.to_string(),
+            SharedValue {
+                data: data.to_vec(),
+                cas: current + 1,
+            },
+        );
         Ok(())
     }
 

@@ -42,7 +42,10 @@ pub struct Patterns {
 
 impl Patterns {
     pub fn is_empty(&self) -> bool {
-        self.contains.is_empty() && self.exact.is_empty() && self.regex.is_empty() && self.presets.is_empty()
+        self.contains.is_empty()
+            && self.exact.is_empty()
+            && self.regex.is_empty()
+            && self.presets.is_empty()
     }
 }
 
@@ -126,7 +129,10 @@ struct Source {
 
 impl Source {
     fn hit(&self) -> Hit<'_> {
-        Hit { source: &self.source, pattern: &self.pattern }
+        Hit {
+            source: &self.source,
+            pattern: &self.pattern,
+        }
     }
 }
 
@@ -145,11 +151,12 @@ struct Matcher {
 }
 
 fn fold(s: &str, case_sensitive: bool) -> Cow<'_, str> {
-    if case_sensitive || !s.chars().any(char::is_uppercase) {
+    if case_sensitive || (s.is_ascii() && !s.bytes().any(|b| b.is_ascii_uppercase())) {
         Cow::Borrowed(s)
     } else if s.is_ascii() {
         Cow::Owned(s.to_ascii_lowercase())
     } else {
+        // Not only `is_uppercase` chars change: titlecase letters (U+01C5) lowercase too.
         Cow::Owned(s.to_lowercase())
     }
 }
@@ -177,8 +184,13 @@ impl Matcher {
             if pat.trim().is_empty() {
                 return Err(empty_pattern(format!("{list}.exact[{i}]")));
             }
-            m.exact.entry(fold(pat, case_sensitive).into_owned()).or_insert(m.exact_src.len());
-            m.exact_src.push(Source { source: format!("{list}.exact"), pattern: pat.clone() });
+            m.exact
+                .entry(fold(pat, case_sensitive).into_owned())
+                .or_insert(m.exact_src.len());
+            m.exact_src.push(Source {
+                source: format!("{list}.exact"),
+                pattern: pat.clone(),
+            });
         }
 
         let mut needles: Vec<String> = Vec::new();
@@ -187,7 +199,10 @@ impl Matcher {
                 return Err(empty_pattern(format!("{list}.contains[{i}]")));
             }
             needles.push(fold(pat, case_sensitive).into_owned());
-            m.contains_src.push(Source { source: format!("{list}.contains"), pattern: pat.clone() });
+            m.contains_src.push(Source {
+                source: format!("{list}.contains"),
+                pattern: pat.clone(),
+            });
         }
         let mut seen_presets: Vec<&str> = Vec::new();
         for (i, name) in p.presets.iter().enumerate() {
@@ -201,7 +216,10 @@ impl Matcher {
                     })
                 }
                 Some(Err(e)) => {
-                    return Err(ConfigError::Invalid { field, reason: format!("preset data is corrupt: {e}") })
+                    return Err(ConfigError::Invalid {
+                        field,
+                        reason: format!("preset data is corrupt: {e}"),
+                    })
                 }
                 Some(Ok(data)) => data,
             };
@@ -211,7 +229,10 @@ impl Matcher {
             seen_presets.push(name);
             for pat in data.patterns {
                 needles.push(fold(&pat, case_sensitive).into_owned());
-                m.contains_src.push(Source { source: format!("{list}.presets[{name}]"), pattern: pat });
+                m.contains_src.push(Source {
+                    source: format!("{list}.presets[{name}]"),
+                    pattern: pat,
+                });
             }
         }
         if !needles.is_empty() {
@@ -228,10 +249,18 @@ impl Matcher {
                 return Err(empty_pattern(field));
             }
             // Compile one by one first so an error names the pattern, not just the set.
-            RegexBuilder::new(pat).case_insensitive(!case_sensitive).build().map_err(|e| {
-                ConfigError::Regex { field, pattern: pat.clone(), reason: regex_reason(&e) }
-            })?;
-            m.regex_src.push(Source { source: format!("{list}.regex"), pattern: pat.clone() });
+            RegexBuilder::new(pat)
+                .case_insensitive(!case_sensitive)
+                .build()
+                .map_err(|e| ConfigError::Regex {
+                    field,
+                    pattern: pat.clone(),
+                    reason: regex_reason(&e),
+                })?;
+            m.regex_src.push(Source {
+                source: format!("{list}.regex"),
+                pattern: pat.clone(),
+            });
         }
         if !p.regex.is_empty() {
             let set = RegexSetBuilder::new(&p.regex)
@@ -257,7 +286,10 @@ impl Matcher {
         }
         if let Some(ac) = &self.contains {
             if let Some(m) = ac.find(folded.as_ref()) {
-                return self.contains_src.get(m.pattern().as_usize()).map(Source::hit);
+                return self
+                    .contains_src
+                    .get(m.pattern().as_usize())
+                    .map(Source::hit);
             }
         }
         if let Some(set) = &self.regex {
@@ -289,7 +321,10 @@ impl UaBlock {
 
     pub fn new(cfg: &UaBlockConfig) -> Result<Self, ConfigError> {
         if !(200..=599).contains(&cfg.status) {
-            return Err(ConfigError::Status { field: "status".to_string(), value: cfg.status });
+            return Err(ConfigError::Status {
+                field: "status".to_string(),
+                value: cfg.status,
+            });
         }
         Ok(Self {
             deny: Matcher::compile("deny", &cfg.deny, cfg.case_sensitive)?,
@@ -314,8 +349,11 @@ impl UaBlock {
     /// Decide for the values of every User-Agent header of one request. Allow wins if any value
     /// is allow-listed; otherwise any value matching a deny pattern denies.
     pub fn decide<'a, S: AsRef<str>>(&'a self, user_agents: &[S]) -> Decision<'a> {
-        let present: Vec<&str> =
-            user_agents.iter().map(|v| v.as_ref().trim()).filter(|v| !v.is_empty()).collect();
+        let present: Vec<&str> = user_agents
+            .iter()
+            .map(|v| v.as_ref().trim())
+            .filter(|v| !v.is_empty())
+            .collect();
         if present.is_empty() {
             return match self.missing {
                 MissingUserAgent::Allow => Decision::Pass,
@@ -347,7 +385,13 @@ impl UaBlock {
             }
             Decision::AllowListed(hit) => {
                 host.counter_add(ALLOWED_TOTAL, 1);
-                host.log(LogLevel::Debug, &format!("ua-block: allowed by {hit}, user-agent {}", shown(&user_agents)));
+                host.log(
+                    LogLevel::Debug,
+                    &format!(
+                        "ua-block: allowed by {hit}, user-agent {}",
+                        shown(&user_agents)
+                    ),
+                );
                 return Action::Continue;
             }
             Decision::DenyMissing => "missing user-agent".to_string(),
@@ -358,13 +402,25 @@ impl UaBlock {
             host.counter_add(DRY_RUN_TOTAL, 1);
             host.log(
                 LogLevel::Info,
-                &format!("ua-block: dry run, would deny ({reason}), user-agent {}", shown(&user_agents)),
+                &format!(
+                    "ua-block: dry run, would deny ({reason}), user-agent {}",
+                    shown(&user_agents)
+                ),
             );
             return Action::Continue;
         }
-        host.log(LogLevel::Debug, &format!("ua-block: denied ({reason}), user-agent {}", shown(&user_agents)));
-        let headers: Vec<(&str, &str)> =
-            self.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        host.log(
+            LogLevel::Debug,
+            &format!(
+                "ua-block: denied ({reason}), user-agent {}",
+                shown(&user_agents)
+            ),
+        );
+        let headers: Vec<(&str, &str)> = self
+            .response_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         host.send_local_response(self.status, &headers, self.body.as_bytes());
         Action::Stop
     }
@@ -387,7 +443,8 @@ mod tests {
     use crate::testing::MemoryHost;
 
     fn filter(json: &str) -> UaBlock {
-        UaBlock::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config {json} rejected: {e}"))
+        UaBlock::from_json(json.as_bytes())
+            .unwrap_or_else(|e| panic!("config {json} rejected: {e}"))
     }
 
     fn run(f: &UaBlock, ua: Option<&str>) -> (Action, MemoryHost) {
@@ -409,7 +466,10 @@ mod tests {
     #[test]
     fn blocked_gets_local_response_and_counts() {
         let f = filter(r#"{"deny":{"contains":["GPTBot"]}}"#);
-        let (action, host) = run(&f, Some("Mozilla/5.0 (compatible; GPTBot/1.1; +https://openai.com/gptbot)"));
+        let (action, host) = run(
+            &f,
+            Some("Mozilla/5.0 (compatible; GPTBot/1.1; +https://openai.com/gptbot)"),
+        );
         assert_eq!(action, Action::Stop);
         let resp = host.local_response.as_ref().expect("local response");
         assert_eq!(resp.status, 403);
@@ -438,7 +498,10 @@ mod tests {
         assert_eq!(action, Action::Stop);
         assert!(matches!(
             f.decide(&["Googlebot/2.1"]),
-            Decision::AllowListed(Hit { source: "allow.contains", pattern: "Googlebot" })
+            Decision::AllowListed(Hit {
+                source: "allow.contains",
+                pattern: "Googlebot"
+            })
         ));
     }
 
@@ -447,7 +510,8 @@ mod tests {
         let f = filter(r#"{"deny":{"contains":["evil"]},"allow":{"exact":["friend"]}}"#);
         assert!(f.decide(&["fine", "evil"]).is_deny());
         assert!(!f.decide(&["evil", "friend"]).is_deny());
-        let mut host = MemoryHost::with_request(&[("user-agent", "fine"), ("user-agent", "evil/1")]);
+        let mut host =
+            MemoryHost::with_request(&[("user-agent", "fine"), ("user-agent", "evil/1")]);
         assert_eq!(f.on_request_headers(&mut host), Action::Stop);
     }
 
@@ -462,7 +526,10 @@ mod tests {
             let (a, h) = run(&deny, ua);
             assert_eq!(a, Action::Stop, "ua {ua:?}");
             assert_eq!(h.counter(DENIED_TOTAL), 1);
-            assert_eq!(deny.decide(&ua.into_iter().collect::<Vec<_>>()), Decision::DenyMissing);
+            assert_eq!(
+                deny.decide(&ua.into_iter().collect::<Vec<_>>()),
+                Decision::DenyMissing
+            );
         }
         // The default is allow.
         let (a, _) = run(&filter(r#"{"deny":{"contains":["x"]}}"#), None);
@@ -492,7 +559,10 @@ mod tests {
         let ci = filter(r#"{"deny":{"exact":["curl/7.0"]}}"#);
         assert!(ci.decide(&["CURL/7.0"]).is_deny());
         assert!(ci.decide(&["curl/7.0"]).is_deny());
-        assert!(!ci.decide(&["curl/7.01"]).is_deny(), "exact is not a prefix match");
+        assert!(
+            !ci.decide(&["curl/7.01"]).is_deny(),
+            "exact is not a prefix match"
+        );
         assert!(!ci.decide(&["xcurl/7.0"]).is_deny());
         let cs = filter(r#"{"deny":{"exact":["curl/7.0"]},"case_sensitive":true}"#);
         assert!(!cs.decide(&["CURL/7.0"]).is_deny());
@@ -508,7 +578,8 @@ mod tests {
         assert!(!cs.decide(&["Python-requests/2"]).is_deny());
         assert!(cs.decide(&["python-requests/2"]).is_deny());
         // An inline flag in the pattern wins over the global setting.
-        let inline = filter(r#"{"deny":{"regex":["(?i)python-requests/.*"]},"case_sensitive":true}"#);
+        let inline =
+            filter(r#"{"deny":{"regex":["(?i)python-requests/.*"]},"case_sensitive":true}"#);
         assert!(inline.decide(&["PYTHON-REQUESTS/1"]).is_deny());
     }
 
@@ -518,12 +589,21 @@ mod tests {
         assert!(f.decide(&["x äbot"]).is_deny());
         assert!(f.decide(&["éclair"]).is_deny());
         assert!(f.decide(&["STRAßE"]).is_deny());
+        // A titlecase letter is not uppercase, but still folds.
+        let t = filter(r#"{"deny":{"contains":["\u01c6"]}}"#);
+        assert!(t.decide(&["x\u{01c5}y"]).is_deny());
     }
 
     #[test]
     fn regex_hit_names_pattern() {
         let f = filter(r#"{"deny":{"regex":["aaa","b+c"]}}"#);
-        assert_eq!(f.decide(&["xbbc"]), Decision::DenyMatched(Hit { source: "deny.regex", pattern: "b+c" }));
+        assert_eq!(
+            f.decide(&["xbbc"]),
+            Decision::DenyMatched(Hit {
+                source: "deny.regex",
+                pattern: "b+c"
+            })
+        );
     }
 
     #[test]
@@ -598,7 +678,11 @@ mod tests {
         let ua = format!("bad\n[error] forged{}", "x".repeat(1000));
         let (_, host) = run(&f, Some(&ua));
         let logs = host.logs.borrow();
-        let line = &logs.iter().find(|(l, _)| *l == LogLevel::Info).expect("dry-run log").1;
+        let line = &logs
+            .iter()
+            .find(|(l, _)| *l == LogLevel::Info)
+            .expect("dry-run log")
+            .1;
         assert!(!line.contains('\n'), "{line}");
         assert!(line.len() < 600, "UA is cut: {} bytes", line.len());
     }
@@ -616,30 +700,72 @@ mod tests {
     #[test]
     fn invalid_configs_name_the_field() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"deny":{"contain":["x"]}}"#, "deny.contain: unknown field `contain`, expected one of `contains`"),
+            (
+                r#"{"deny":{"contain":["x"]}}"#,
+                "deny.contain: unknown field `contain`, expected one of `contains`",
+            ),
             (r#"{"colour":1}"#, "colour: unknown field `colour`"),
-            (r#"{"deny":{"regex":["ok","(x"]}}"#, "deny.regex[1]: invalid regex \"(x\": unclosed group"),
-            (r#"{"allow":{"regex":["["]}}"#, "allow.regex[0]: invalid regex \"[\""),
-            (r#"{"status":"403"}"#, "status: invalid type: string \"403\", expected u16"),
+            (
+                r#"{"deny":{"regex":["ok","(x"]}}"#,
+                "deny.regex[1]: invalid regex \"(x\": unclosed group",
+            ),
+            (
+                r#"{"allow":{"regex":["["]}}"#,
+                "allow.regex[0]: invalid regex \"[\"",
+            ),
+            (
+                r#"{"status":"403"}"#,
+                "status: invalid type: string \"403\", expected u16",
+            ),
             (r#"{"status":99}"#, "status: 99 is not a valid status"),
             (r#"{"status":600}"#, "status: 600 is not a valid status"),
-            (r#"{"status":70000}"#, "status: invalid value: integer `70000`"),
-            (r#"{"deny":{"contains":"GPTBot"}}"#, "deny.contains: invalid type: string \"GPTBot\", expected a sequence"),
-            (r#"{"deny":{"contains":["a",3]}}"#, "deny.contains[1]: invalid type: integer `3`"),
-            (r#"{"deny":{"presets":["ai-crawler"]}}"#, "deny.presets[0]: unknown preset \"ai-crawler\" (known: ai-crawlers)"),
-            (r#"{"deny":{"contains":[""]}}"#, "deny.contains[0]: empty pattern"),
-            (r#"{"deny":{"exact":["ok", " "]}}"#, "deny.exact[1]: empty pattern"),
+            (
+                r#"{"status":70000}"#,
+                "status: invalid value: integer `70000`",
+            ),
+            (
+                r#"{"deny":{"contains":"GPTBot"}}"#,
+                "deny.contains: invalid type: string \"GPTBot\", expected a sequence",
+            ),
+            (
+                r#"{"deny":{"contains":["a",3]}}"#,
+                "deny.contains[1]: invalid type: integer `3`",
+            ),
+            (
+                r#"{"deny":{"presets":["ai-crawler"]}}"#,
+                "deny.presets[0]: unknown preset \"ai-crawler\" (known: ai-crawlers)",
+            ),
+            (
+                r#"{"deny":{"contains":[""]}}"#,
+                "deny.contains[0]: empty pattern",
+            ),
+            (
+                r#"{"deny":{"exact":["ok", " "]}}"#,
+                "deny.exact[1]: empty pattern",
+            ),
             (r#"{"deny":{"regex":[""]}}"#, "deny.regex[0]: empty pattern"),
-            (r#"{"missing_user_agent":"block"}"#, "missing_user_agent: unknown variant `block`"),
+            (
+                r#"{"missing_user_agent":"block"}"#,
+                "missing_user_agent: unknown variant `block`",
+            ),
             (r#"{"dry_run":"yes"}"#, "dry_run: invalid type"),
-            (r#"{"response_headers":{"bad name":"x"}}"#, "response_headers: invalid header name \"bad name\""),
-            (r#"{"response_headers":{"x":"a\r\nb"}}"#, "response_headers: invalid value for header \"x\""),
+            (
+                r#"{"response_headers":{"bad name":"x"}}"#,
+                "response_headers: invalid header name \"bad name\"",
+            ),
+            (
+                r#"{"response_headers":{"x":"a\r\nb"}}"#,
+                "response_headers: invalid value for header \"x\"",
+            ),
             (r#"{"deny":"#, "deny: EOF while parsing"),
             (r#"[]"#, "config: expected a JSON object"),
         ];
         for (json, want) in cases {
             let e = err(json).to_string();
-            assert!(e.starts_with(want), "config {json}\n got: {e}\nwant: {want}...");
+            assert!(
+                e.starts_with(want),
+                "config {json}\n got: {e}\nwant: {want}..."
+            );
             assert!(!e.contains('\n'), "one line: {e}");
         }
     }

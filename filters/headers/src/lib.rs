@@ -30,7 +30,10 @@ impl RootContext for Root {
             return false;
         };
         if filter.is_noop() {
-            log(LogLevel::Info, "headers: empty config, the filter changes nothing");
+            log(
+                LogLevel::Info,
+                "headers: empty config, the filter changes nothing",
+            );
         }
         self.metrics = Metrics::define(METRICS);
         self.filter = Some(Rc::new(filter));

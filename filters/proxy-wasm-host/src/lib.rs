@@ -59,7 +59,10 @@ impl Metrics {
                 Some(id)
             }
             Err(status) => {
-                log(LogLevel::Warn, &format!("cannot define metric {name}: {status:?}"));
+                log(
+                    LogLevel::Warn,
+                    &format!("cannot define metric {name}: {status:?}"),
+                );
                 None
             }
         }
@@ -90,7 +93,10 @@ fn lossy(bytes: Vec<u8>) -> String {
 
 impl Host for WasmHost {
     fn header(&self, dir: Direction, name: &str) -> Option<String> {
-        hostcalls::get_map_value_bytes(map_type(dir), name).ok().flatten().map(lossy)
+        hostcalls::get_map_value_bytes(map_type(dir), name)
+            .ok()
+            .flatten()
+            .map(lossy)
     }
 
     fn headers(&self, dir: Direction) -> Vec<(String, String)> {
@@ -121,12 +127,20 @@ impl Host for WasmHost {
 
     fn shared_get(&self, key: &str) -> Option<SharedValue> {
         match hostcalls::get_shared_data(key) {
-            Ok((Some(data), cas)) => Some(SharedValue { data, cas: cas.unwrap_or(0) }),
+            Ok((Some(data), cas)) => Some(SharedValue {
+                data,
+                cas: cas.unwrap_or(0),
+            }),
             _ => None,
         }
     }
 
-    fn shared_set(&mut self, key: &str, data: &[u8], cas: Option<u32>) -> Result<(), SharedDataError> {
+    fn shared_set(
+        &mut self,
+        key: &str,
+        data: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
         match hostcalls::set_shared_data(key, Some(data), cas) {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
@@ -145,13 +159,19 @@ impl Host for WasmHost {
 
 /// The plugin configuration bytes; empty when the filter has none.
 pub fn plugin_config() -> Vec<u8> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default()
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Read and compile the plugin configuration for `on_configure`. On error it writes exactly one
 /// error line, `<filter>: invalid config: <field>: <reason>`, and returns `None`: the caller then
 /// returns `false` and Envoy refuses the filter.
-pub fn configure<T>(filter: &str, compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>) -> Option<T> {
+pub fn configure<T>(
+    filter: &str,
+    compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>,
+) -> Option<T> {
     match compile(&plugin_config()) {
         Ok(compiled) => Some(compiled),
         Err(e) => {

@@ -30,7 +30,10 @@ impl RootContext for Root {
             return false;
         };
         if filter.is_noop() {
-            log(LogLevel::Warn, "ua-block: no deny patterns and missing_user_agent is allow: every request passes");
+            log(
+                LogLevel::Warn,
+                "ua-block: no deny patterns and missing_user_agent is allow: every request passes",
+            );
         }
         self.metrics = Metrics::define(METRICS);
         self.filter = Some(Rc::new(filter));
@@ -38,7 +41,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { filter: self.filter.clone(), host: WasmHost::new(self.metrics.clone()) }))
+        Some(Box::new(Stream {
+            filter: self.filter.clone(),
+            host: WasmHost::new(self.metrics.clone()),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -6,7 +6,10 @@ use clap::Parser;
 use portcullis::cli;
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", about = "portcullis run/status, for end-to-end tests")]
+#[command(
+    name = "portcullis",
+    about = "portcullis run/status, for end-to-end tests"
+)]
 enum Command {
     Run(cli::run::RunArgs),
     Status(cli::status::StatusArgs),

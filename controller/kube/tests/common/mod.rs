@@ -92,7 +92,14 @@ impl MockServer {
         } else {
             serde_json::from_slice(&bytes).expect("JSON body")
         };
-        Got { method, path, query, content_type, body, send }
+        Got {
+            method,
+            path,
+            query,
+            content_type,
+            body,
+            send,
+        }
     }
 
     /// Assert the client sends nothing more within `ms` milliseconds.

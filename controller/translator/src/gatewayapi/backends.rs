@@ -1,15 +1,37 @@
 //! backendRefs -> clusters: Service + EndpointSlices, and Envoy Gateway `Backend`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::reference_granted;
 use crate::ir::{ClusterIr, ClusterKind, EndpointIr};
-use crate::resources::{ObjectRef, Resources, EG_GROUP, GATEWAY_GROUP};
+use crate::resources::{
+    EndpointSliceBody, NsName, Object, ObjectRef, Resources, EG_GROUP, GATEWAY_GROUP,
+};
 
 /// A failed reference: `(reason, message)` with the Gateway API's ResolvedRefs reasons.
 pub type RefError = (&'static str, String);
 
-pub fn resolve(res: &Resources, route_ns: &str, r: &ObjectRef) -> Result<ClusterIr, RefError> {
+/// EndpointSlices by `(namespace, kubernetes.io/service-name)`, built once per translation.
+pub type SliceIndex<'a> = BTreeMap<NsName, Vec<&'a Object<EndpointSliceBody>>>;
+
+pub fn slice_index(res: &Resources) -> SliceIndex<'_> {
+    let mut idx: SliceIndex<'_> = BTreeMap::new();
+    for slice in res.endpoint_slices.values() {
+        if let Some(svc) = slice.meta.labels.get("kubernetes.io/service-name") {
+            idx.entry((slice.namespace().to_string(), svc.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    idx
+}
+
+pub fn resolve(
+    res: &Resources,
+    slices: &SliceIndex<'_>,
+    route_ns: &str,
+    r: &ObjectRef,
+) -> Result<ClusterIr, RefError> {
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
     let ns = r.namespace.as_deref().unwrap_or(route_ns);
@@ -58,12 +80,7 @@ pub fn resolve(res: &Resources, route_ns: &str, r: &ObjectRef) -> Result<Cluster
             })?;
         let mut endpoints = BTreeSet::new();
         let mut any_slice = false;
-        for slice in res.endpoint_slices.values() {
-            if slice.namespace() != ns
-                || slice.meta.labels.get("kubernetes.io/service-name") != Some(&r.name)
-            {
-                continue;
-            }
+        for slice in slices.get(&key).into_iter().flatten() {
             any_slice = true;
             let Some(target) = slice
                 .spec

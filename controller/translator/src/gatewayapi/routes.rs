@@ -75,7 +75,11 @@ struct RulesOutput {
     unsupported: Vec<String>,
 }
 
-fn translate_rules(res: &Resources, route: &Object<HttpRouteSpec>) -> RulesOutput {
+fn translate_rules(
+    res: &Resources,
+    slices: &backends::SliceIndex<'_>,
+    route: &Object<HttpRouteSpec>,
+) -> RulesOutput {
     let ns = route.namespace().to_string();
     let mut clusters: Vec<ClusterIr> = Vec::new();
     let mut ref_errors: Vec<(&'static str, String)> = Vec::new();
@@ -114,7 +118,7 @@ fn translate_rules(res: &Resources, route: &Object<HttpRouteSpec>) -> RulesOutpu
                 "URLRewrite" => rewrite = f.url_rewrite.clone(),
                 "RequestMirror" => {
                     let Some(m) = &f.request_mirror else { continue };
-                    match backends::resolve(res, &ns, &m.backend_ref) {
+                    match backends::resolve(res, slices, &ns, &m.backend_ref) {
                         Ok(c) => {
                             let per_million = match (&m.fraction, m.percent) {
                                 (Some(fr), _) => {
@@ -150,7 +154,7 @@ fn translate_rules(res: &Resources, route: &Object<HttpRouteSpec>) -> RulesOutpu
                 ));
                 broken = true;
             }
-            match backends::resolve(res, &ns, &b.object_ref()) {
+            match backends::resolve(res, slices, &ns, &b.object_ref()) {
                 Ok(c) => {
                     let weight = b.weight.unwrap_or(1);
                     if weight > 0 {
@@ -202,13 +206,9 @@ fn translate_rules(res: &Resources, route: &Object<HttpRouteSpec>) -> RulesOutpu
                 ActionIr::Redirect {
                     scheme: r.scheme.clone(),
                     host: r.hostname.clone(),
-                    // Spec: a scheme change without a port goes to the scheme's well-known
-                    // port, which Envoy then leaves out of the Location header.
-                    port: r.port.or(match r.scheme.as_deref() {
-                        Some("https") => Some(443),
-                        Some("http") => Some(80),
-                        _ => None,
-                    }),
+                    // Without a port Envoy drops a default port (:80 -> https) as the spec asks;
+                    // setting 443 here would print ":443" in the Location header.
+                    port: r.port,
                     path: r.path.as_ref().and_then(|p| path_rewrite(p, &path)),
                     status: r.status_code.unwrap_or(302),
                 }
@@ -278,6 +278,7 @@ pub fn translate_routes(
         attachments: vec![],
         routes: BTreeMap::new(),
     };
+    let slices = backends::slice_index(res);
     for (key, route) in &res.http_routes {
         let (ns, name) = key;
         let generation = route.meta.generation;
@@ -286,7 +287,7 @@ pub fn translate_routes(
             clusters,
             resolved,
             mut unsupported,
-        } = translate_rules(res, route);
+        } = translate_rules(res, &slices, route);
         unsupported.extend(route.unsupported.iter().cloned());
         let mut parents = Vec::new();
         let mut seen_refs = BTreeSet::new();
@@ -517,6 +518,7 @@ pub fn build_gateway_ir(
         let mut chains = Vec::new();
         for (chain_name, members) in groups {
             let mut vhosts: BTreeMap<String, Vec<(PrecedenceKey, RouteIr)>> = BTreeMap::new();
+            let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
             for a in routes
                 .attachments
                 .iter()
@@ -554,9 +556,12 @@ pub fn build_gateway_ir(
                         }
                         let k = precedence(&r, &tr.age, ri, mi);
                         for h in &a.hostnames {
-                            let v = vhosts.entry(h.clone()).or_default();
-                            if !v.iter().any(|(_, x)| x.name == r.name) {
-                                v.push((k.clone(), r.clone()));
+                            // A route reachable through two listeners of this chain is added once.
+                            if seen.insert((h.clone(), r.name.clone())) {
+                                vhosts
+                                    .entry(h.clone())
+                                    .or_default()
+                                    .push((k.clone(), r.clone()));
                             }
                         }
                     }

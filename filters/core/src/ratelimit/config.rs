@@ -463,9 +463,9 @@ impl Config {
         if self
             .namespace
             .as_deref()
-            .is_some_and(|n| n.is_empty() || n.len() > 64)
+            .is_some_and(|n| n.is_empty() || n.len() > 256)
         {
-            return Err(ConfigError::new("namespace", "must be 1 to 64 characters"));
+            return Err(ConfigError::new("namespace", "must be 1 to 256 characters"));
         }
         Ok(())
     }

@@ -18,9 +18,11 @@ pub const GLOBAL_ERRORS: &str = "portcullis_ratelimit_global_errors_total";
 pub const CAS_FALLBACK: &str = "portcullis_ratelimit_cas_fallback_total";
 pub const EVICTIONS: &str = "portcullis_ratelimit_evictions_total";
 pub const COLLECTED: &str = "portcullis_ratelimit_collected_total";
+pub const CAS_RETRIES: &str = "portcullis_ratelimit_cas_retries_total";
 
 /// Every counter the filter may touch (adapters define them up front).
-pub const COUNTERS: [&str; 7] = [
+pub const COUNTERS: [&str; 8] = [
+    CAS_RETRIES,
     LIMITED,
     PASSED,
     SHADOW_LIMITED,
@@ -280,7 +282,14 @@ impl RateLimiter {
                 Some(store) => {
                     let t = tag(&store.prefix, &values);
                     let verdict = match store.take(host, t, now, self.cfg.local.max_retries) {
-                        Update::Done { take, evicted, .. } => {
+                        Update::Done {
+                            take,
+                            evicted,
+                            retries,
+                        } => {
+                            if retries > 0 {
+                                host.counter_add(CAS_RETRIES, u64::from(retries));
+                            }
                             if evicted {
                                 host.counter_add(EVICTIONS, 1);
                             }

@@ -1,0 +1,92 @@
+//! The write loop against kube's mock client: nothing is written until this replica leads; a
+//! failed write is retried with backoff without a new snapshot; the loop keeps running.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_kube::reconcile::WriteLoop;
+use portcullis_kube::{LeaderState, Snapshot, StatusRecord, StatusWriter};
+use serde_json::json;
+use tokio::sync::watch;
+
+const OURS: &str = "portcullis.dev/gatewayclass-controller";
+
+#[tokio::test]
+async fn writes_start_with_leadership_and_failures_are_retried() {
+    let (client, mut server) = common::client();
+    let leader = LeaderState::follower();
+    let translations = Arc::new(AtomicUsize::new(0));
+    let t = translations.clone();
+    let translate = move |snap: &Snapshot| {
+        t.fetch_add(1, Ordering::SeqCst);
+        snap.of_kind("GatewayClass")
+            .map(|gc| {
+                serde_json::from_value::<StatusRecord>(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                    "metadata": {"name": gc["metadata"]["name"]},
+                    "status": {"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": ""}]}
+                }))
+                .expect("record")
+            })
+            .collect()
+    };
+    let writer = StatusWriter::new(client, OURS, leader.clone());
+    let mut wl = WriteLoop::new(translate, writer, None, leader.clone());
+    wl.poll = Duration::from_millis(50);
+    let snap = Snapshot::from_objects([json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "pc", "generation": 1}, "spec": {"controllerName": OURS}})]);
+    let (tx, rx) = watch::channel(Arc::new(snap));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(wl.run(rx, async move {
+        let _ = stop_rx.await;
+    }));
+
+    // A follower translates (for its own xDS) but writes nothing.
+    server.expect_silence(300).await;
+    assert_eq!(translations.load(Ordering::SeqCst), 1);
+
+    // Leadership: the status is written at once.
+    leader.set(true);
+    let got = server.next().await;
+    assert_eq!(got.method, http::Method::PATCH);
+    assert_eq!(
+        got.path,
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses/pc/status"
+    );
+    assert_eq!(got.body["status"]["conditions"][0]["observedGeneration"], 1);
+    got.status(503, "ServiceUnavailable");
+
+    // No new snapshot, yet the failed write comes back after the backoff.
+    let got = tokio::time::timeout(Duration::from_secs(3), server.next())
+        .await
+        .expect("retried");
+    assert_eq!(got.method, http::Method::PATCH);
+    let body = got.body.clone();
+    got.ok(body);
+    server.expect_silence(300).await;
+    assert_eq!(
+        translations.load(Ordering::SeqCst),
+        1,
+        "same snapshot: translated once"
+    );
+    assert!(!task.is_finished(), "errors never end the loop");
+
+    // Losing leadership stops writes, even for a new snapshot.
+    leader.set(false);
+    let snap2 = Snapshot::from_objects([json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "pc", "generation": 2}, "spec": {"controllerName": OURS}})]);
+    tx.send(Arc::new(snap2)).expect("send");
+    server.expect_silence(300).await;
+    assert_eq!(translations.load(Ordering::SeqCst), 2);
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("stops")
+        .expect("join");
+}
