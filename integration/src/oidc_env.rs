@@ -223,6 +223,11 @@ impl OidcEnv {
         })
     }
 
+    /// Restarts the provider on the same port (see [`OidcProvider::restart`]).
+    pub fn restart_provider(&mut self) -> Result<(), Error> {
+        self.provider.restart()
+    }
+
     /// `http://127.0.0.1:<port of policy i><path>`
     pub fn url(&self, i: usize, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.policies[i].port)

@@ -72,6 +72,7 @@ impl Default for ProviderOptions {
 pub struct OidcProvider {
     process: Process,
     port: u16,
+    opts: ProviderOptions,
 }
 
 fn tools_dir() -> PathBuf {
@@ -137,6 +138,7 @@ impl OidcProvider {
     /// before writing gateway configs).
     pub fn start_on(port: u16, opts: ProviderOptions) -> Result<Self, Error> {
         ensure_installed()?;
+        let options = opts.clone();
         let clients = serde_json::to_string(&opts.clients).map_err(|e| Error::Io {
             what: "serialize clients".into(),
             source: e.into(),
@@ -164,7 +166,21 @@ impl OidcProvider {
                 }
             },
         )?;
-        Ok(Self { process, port })
+        Ok(Self {
+            process,
+            port,
+            opts: options,
+        })
+    }
+
+    /// Kills the provider and starts it again on the same port with the same options: it
+    /// forgets every grant, session and refresh token, and signs with new keys under new kids
+    /// (what a key rotation looks like to the gateway).
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.process.kill();
+        let fresh = Self::start_on(self.port, self.opts.clone())?;
+        *self = fresh;
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {

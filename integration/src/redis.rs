@@ -65,6 +65,40 @@ impl Redis {
         command(self.port, args)
     }
 
+    /// Every key (`redis-cli --scan`), sorted.
+    pub fn keys(&self) -> Result<Vec<String>, String> {
+        let mut keys: Vec<String> = self
+            .cli(&["--scan"])?
+            .lines()
+            .map(str::to_string)
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Milliseconds to live of a key (-1: no expiry, -2: no such key).
+    pub fn pttl(&self, key: &str) -> Result<i64, String> {
+        let out = self.cli(&["pttl", key])?;
+        out.trim()
+            .parse()
+            .map_err(|e| format!("pttl {key}: {out:?}: {e}"))
+    }
+
+    /// `redis-cli -p <port> ARGS...` (raw output), for replies [`command`](Self::command) does
+    /// not parse.
+    fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
     }

@@ -228,7 +228,38 @@ fn bad_manifest_reports_reason_while_the_rest_keeps_serving() {
     assert!(text.contains("broken.yaml"), "{text}");
     assert!(text.contains("default/gw"), "{text}");
 
+    // A half-written save of a file that loaded before: it keeps its last good version.
+    c.write_manifest("routes/a.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a, namespace: default\n").expect("truncate a");
+    c.wait_status("a.yaml load error reported", |d| {
+        let e = d["loadErrors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["source"].as_str().is_some_and(|s| s.ends_with("a.yaml")));
+        match e {
+            Some(e)
+                if e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("last good version")) =>
+            {
+                Ok(())
+            }
+            _ => Err(d["loadErrors"].to_string()),
+        }
+    })
+    .expect("a.yaml error");
+    let r = KeepAlive::connect(gw_port)
+        .and_then(|mut k| k.get("example.com", "/a", &[]))
+        .expect("a");
+    assert_eq!(
+        (r.status, r.header("x-route")),
+        (200, Some("v1")),
+        "route a keeps its last good version"
+    );
+
     // Fixing the manifests clears the errors.
+    c.write_manifest("routes/a.yaml", &route("a", "/a", "echo", "v1"))
+        .expect("restore a");
     c.remove_manifest("broken.yaml").expect("rm");
     c.write_manifest("backend-missing.yaml", &backend("missing", echo.port()))
         .expect("write");

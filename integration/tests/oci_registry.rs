@@ -582,6 +582,28 @@ fn rejects_bad_magic_and_oversized_modules() {
         assert!(matches!(err, OciError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("256 MiB"), "{err}");
 
+        // An artifact whose wasm layer is declared over the limit is refused before download.
+        let http = reqwest::Client::new();
+        let small = b"\0asm\x01\0\0\0";
+        let runtime = br#"{"type":"envoy_proxy"}"#;
+        let cfg = raw_push_blob(&http, &reg.url(), "big/artifact", runtime).await;
+        let wasm_digest = raw_push_blob(&http, &reg.url(), "big/artifact", small).await;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": image::OCI_MANIFEST,
+            "config": {"mediaType": image::WASM_CONFIG, "size": runtime.len(), "digest": cfg},
+            "layers": [
+                {"mediaType": image::WASM_CONTENT_LAYER, "size": portcullis_oci::MAX_WASM_SIZE + 1, "digest": wasm_digest},
+                {"mediaType": image::WASM_CONFIG, "size": runtime.len(), "digest": cfg},
+            ],
+        })
+        .to_string();
+        raw_push_manifest(&http, &reg.url(), "big/artifact", "v1", image::OCI_MANIFEST, manifest.as_bytes()).await;
+        let err = pull_wasm(&format!("{}/big/artifact:v1", reg.host()), &PullOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OciError::TooLarge { size, .. } if size == portcullis_oci::MAX_WASM_SIZE + 1), "{err}");
+
         // Pushing such a module is refused before any upload.
         let err = push_wasm(
             b"not wasm at all",

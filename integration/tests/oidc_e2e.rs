@@ -374,3 +374,45 @@ fn perf_authenticated_request() {
         &[format!("Authorization: Bearer {id_token}")],
     );
 }
+
+#[test]
+fn provider_restart_refresh_fails_and_rotated_keys_are_fetched() {
+    let mut env = OidcEnv::start(EnvOptions {
+        clients: vec!["rot".into()],
+        provider: ProviderOptions {
+            access_token_ttl: 2,
+            ..ProviderOptions::default()
+        },
+        edit: Box::new(|_, c| c["jwks_min_refetch_seconds"] = json!(0)),
+        ..EnvOptions::default()
+    })
+    .expect("environment");
+    let mut api = Agent::new();
+    assert_eq!(api.login(&env.url(0, "/"), "alice").status, 200);
+    let mut web = Agent::new();
+    assert_eq!(web.login(&env.url(0, "/"), "alice").status, 200);
+
+    // The provider forgets every refresh token and rotates its keys.
+    env.restart_provider().expect("restart");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    // Expired access token, refresh refused: the API client gets 401 and loses the session.
+    let r = api.send("GET", &env.url(0, "/api/x"), &[], None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        session_cookies(&api, "portcullis-").is_empty(),
+        "session deleted"
+    );
+    assert!(env.counter("portcullis_oidc_rejected_refresh_failed_total") >= 1);
+    // The browser goes back to the provider's login...
+    let r = web.get(&env.url(0, "/page"));
+    assert_eq!(r.status, 302);
+    assert!(r.location().unwrap().starts_with(&env.provider.issuer()));
+    // ...and logging in works: the ID token's new kid makes the filter refetch the JWKS.
+    let done = web.follow(r, "alice", false);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(
+        done.echo().header("x-user-email"),
+        Some("alice@example.com")
+    );
+}

@@ -15,7 +15,8 @@ fn global_cfg(requests: u64, failure_mode: &str, timeout_ms: u64) -> Value {
         "rules": [{
             "name": "per-key-global",
             "key": ["header:x-api-key", "path"],
-            "limit": {"requests": requests, "unit": "hour"},
+            // A day: a window boundary in the middle of a test run is next to impossible.
+            "limit": {"requests": requests, "unit": "day"},
             "scope": "global"
         }],
         "global": {"cluster": "ratelimit", "domain": "portcullis", "timeout_ms": timeout_ms, "failure_mode": failure_mode}
@@ -86,7 +87,7 @@ fn global_count_shared_by_two_envoys_and_two_servers() {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    assert_eq!(hv("x-ratelimit-limit").as_deref(), Some("20, 20;w=3600"));
+    assert_eq!(hv("x-ratelimit-limit").as_deref(), Some("20, 20;w=86400"));
     assert_eq!(hv("x-ratelimit-remaining").as_deref(), Some("19"));
     let limited = call(&c, &eb, "key-1");
     assert_eq!(limited.status(), 429);
@@ -95,8 +96,16 @@ fn global_count_shared_by_two_envoys_and_two_servers() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=3600).contains(&retry), "retry-after {retry}");
+    assert!((1..=86_400).contains(&retry), "retry-after {retry}");
     assert_eq!(ea.counter("portcullis_ratelimit_global_errors_total"), 0);
+    // Counters live in Redis, one per key and window, and every one expires.
+    let keys = redis.keys().unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for k in &keys {
+        assert!(k.contains("portcullis") && k.contains("key-"), "{k}");
+        let ttl = redis.pttl(k).unwrap();
+        assert!(ttl > 0 && ttl <= 86_401_000, "{k}: pttl {ttl}");
+    }
     assert_eq!(
         ea.counter("portcullis_ratelimit_limited_total")
             + eb.counter("portcullis_ratelimit_limited_total"),
@@ -198,7 +207,7 @@ fn server_limits_from_config_file_without_override() {
     let path = dir.path().join("limits.yaml");
     std::fs::write(
         &path,
-        "domain: edge\ndescriptors:\n  - key: client_ip\n    rate_limit: {unit: hour, requests_per_unit: 2}\n    descriptors:\n      - key: path\n        value: /login\n        rate_limit: {unit: hour, requests_per_unit: 1}\n",
+        "domain: edge\ndescriptors:\n  - key: client_ip\n    rate_limit: {unit: day, requests_per_unit: 2}\n    descriptors:\n      - key: path\n        value: /login\n        rate_limit: {unit: day, requests_per_unit: 1}\n",
     )
     .unwrap();
     let server = RlsServer::start(&redis.url(), Algorithm::Fixed, Some(path)).unwrap();
@@ -243,7 +252,7 @@ fn server_limits_from_config_file_without_override() {
         }
         out
     });
-    // OK = 1, OVER_LIMIT = 2: two per hour for the IP, one per hour for its /login, no limit
+    // OK = 1, OVER_LIMIT = 2: two a day for the IP, one a day for its /login, no limit
     // for descriptors the file does not know.
     assert_eq!(
         codes,
@@ -262,13 +271,21 @@ fn server_limits_from_config_file_without_override() {
 #[test]
 fn missing_cluster_follows_failure_mode() {
     // No `ratelimit` cluster in this Envoy: the call cannot even be dispatched.
-    let allow = RateLimitEnvoy::new(global_cfg(1, "allow", 100)).start().unwrap();
-    let deny = RateLimitEnvoy::new(global_cfg(1, "deny", 100)).start().unwrap();
+    let allow = RateLimitEnvoy::new(global_cfg(1, "allow", 100))
+        .start()
+        .unwrap();
+    let deny = RateLimitEnvoy::new(global_cfg(1, "deny", 100))
+        .start()
+        .unwrap();
     let c = client();
     for _ in 0..2 {
         assert_eq!(call(&c, &allow, "k").status(), 200);
         assert_eq!(call(&c, &deny, "k").status(), 429);
     }
     assert_eq!(allow.counter("portcullis_ratelimit_global_errors_total"), 2);
-    assert!(deny.logs().contains("cannot call cluster"), "{}", deny.logs());
+    assert!(
+        deny.logs().contains("cannot call cluster"),
+        "{}",
+        deny.logs()
+    );
 }

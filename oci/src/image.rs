@@ -599,3 +599,26 @@ mod tests {
         assert_eq!(pick_from_index(&idx, "t").unwrap(), "sha256:img");
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// Published digests must not drift between Portcullis versions for the same module: a
+    /// change here (tar layout, gzip settings or backend, config or manifest JSON) silently
+    /// invalidates every `sha256:` pin users wrote. Change the values only on purpose.
+    #[test]
+    fn digests_of_a_fixed_module_are_stable() {
+        let wasm = b"\0asm\x01\0\0\0";
+        let compat = build_image(wasm, ImageFormat::Compat).unwrap();
+        let artifact = build_image(wasm, ImageFormat::Artifact).unwrap();
+        assert_eq!(
+            compat.manifest_digest,
+            "sha256:4aae0f01b33e68b6d27572b86ec987e0b705f240cc81e37977da448ba6091dfb"
+        );
+        assert_eq!(
+            artifact.manifest_digest,
+            "sha256:9475069d8b213b21539be8947834bf9aabb3bea5043e5961ce55237290ea3fc4"
+        );
+    }
+}

@@ -402,6 +402,7 @@ impl Session {
                 limit: MAX_WASM_SIZE,
                 bar,
                 exceeded: false,
+                exceeded_at: 0,
             };
             let res = self
                 .client
@@ -410,7 +411,7 @@ impl Session {
             if sink.exceeded {
                 return Err(OciError::TooLarge {
                     what: format!("{} layer {}", self.name(), layer.digest),
-                    size: sink.buf.len() as u64,
+                    size: sink.exceeded_at,
                     limit: MAX_WASM_SIZE,
                 });
             }
@@ -433,6 +434,8 @@ struct LimitedSink<'a> {
     limit: u64,
     bar: &'a ProgressBar,
     exceeded: bool,
+    /// How many bytes the blob had reached when it passed the limit.
+    exceeded_at: u64,
 }
 
 impl AsyncWrite for LimitedSink<'_> {
@@ -443,6 +446,7 @@ impl AsyncWrite for LimitedSink<'_> {
     ) -> Poll<io::Result<usize>> {
         if (self.buf.len() + data.len()) as u64 > self.limit {
             self.exceeded = true;
+            self.exceeded_at = (self.buf.len() + data.len()) as u64;
             return Poll::Ready(Err(io::Error::other("blob is over the size limit")));
         }
         self.buf.extend_from_slice(data);

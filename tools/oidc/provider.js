@@ -28,13 +28,15 @@ const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
   ...c,
 }));
 
-// Fresh signing keys per run: one RSA key (RS256, used for ID tokens) and one EC key.
+// Fresh signing keys per run, with fresh kids (a restarted provider looks like a key
+// rotation): one RSA key (RS256, used for ID tokens) and one EC key.
+const run = crypto.randomBytes(4).toString('hex');
 const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
 const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
 const jwks = {
   keys: [
-    { ...rsa, kid: 'rsa-1', use: 'sig', alg: 'RS256' },
-    { ...ec, kid: 'ec-1', use: 'sig', alg: 'ES256' },
+    { ...rsa, kid: `rsa-${run}`, use: 'sig', alg: 'RS256' },
+    { ...ec, kid: `ec-${run}`, use: 'sig', alg: 'ES256' },
   ],
 };
 

@@ -30,3 +30,25 @@ pub use status::{StatusRecord, StatusWriter, WriteReport, FIELD_MANAGER};
 
 /// Default `spec.controllerName` of our GatewayClasses.
 pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gatewayclass-controller";
+
+/// What `/readyz` reports: ready once every watch has synced (every replica serves xDS, so
+/// leadership is reported but not required), with per-kind detail.
+pub fn readiness(
+    health: &provider::WatchHealth,
+    leader: &LeaderState,
+) -> (bool, serde_json::Value) {
+    let ready = health.all_synced();
+    let kinds: serde_json::Map<String, serde_json::Value> = health
+        .kinds()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::Bool(v)))
+        .collect();
+    let body = serde_json::json!({
+        "ready": ready,
+        "leader": leader.is_leader(),
+        "watches": kinds,
+        "absentKinds": health.absent().into_iter().collect::<Vec<_>>(),
+        "snapshots": health.snapshots_emitted(),
+    });
+    (ready, body)
+}

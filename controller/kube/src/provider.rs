@@ -15,7 +15,7 @@
 //! at the latest `max_delay` after the first change of a batch. Snapshots equal to the previous
 //! one (e.g. only irrelevant objects changed) are not emitted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,7 @@ impl Default for ProviderConfig {
 #[derive(Debug, Clone, Default)]
 pub struct WatchHealth {
     synced: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+    absent: Arc<Mutex<BTreeSet<&'static str>>>,
     snapshots: Arc<AtomicU64>,
     events: Arc<AtomicU64>,
 }
@@ -90,6 +91,50 @@ impl WatchHealth {
     /// Watch events received so far.
     pub fn events_seen(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    /// Kinds the API server does not serve (CRD not installed): treated as empty, and picked up
+    /// by the watch's retries once the CRD appears.
+    pub fn absent(&self) -> BTreeSet<&'static str> {
+        self.absent.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Record an event; returns whether it changes what a snapshot would contain.
+    fn on_event<K>(&self, label: &'static str, ev: &Result<Event<K>, watcher::Error>) -> bool {
+        match ev {
+            Ok(Event::InitDone) => {
+                if let Ok(mut a) = self.absent.lock() {
+                    a.remove(label);
+                }
+                self.set(label, true);
+                true
+            }
+            Ok(Event::Apply(_)) | Ok(Event::Delete(_)) => {
+                self.events.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(Event::Init) | Ok(Event::InitApply(_)) => false,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                let newly = self
+                    .absent
+                    .lock()
+                    .map(|mut a| a.insert(label))
+                    .unwrap_or(false);
+                if newly {
+                    tracing::warn!(
+                        kind = label,
+                        "not served by the API server (CRD missing?); treating as empty"
+                    );
+                    self.set(label, true);
+                }
+                newly
+            }
+            Err(e) => {
+                // The backoff retries; the store keeps the last good state meanwhile.
+                tracing::warn!(kind = label, error = %e, "watch error; retrying");
+                false
+            }
+        }
     }
 
     fn set(&self, kind: &'static str, synced: bool) {
@@ -164,20 +209,8 @@ where
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(Event::InitDone) => {
-                    health.set(label, true);
-                    let _ = changes.send(());
-                }
-                Ok(Event::Apply(_)) | Ok(Event::Delete(_)) => {
-                    health.events.fetch_add(1, Ordering::Relaxed);
-                    let _ = changes.send(());
-                }
-                Ok(Event::Init) | Ok(Event::InitApply(_)) => {}
-                Err(e) => {
-                    // The backoff retries; the store keeps the last good state meanwhile.
-                    tracing::warn!(kind = label, error = %e, "watch error; retrying");
-                }
+            if health.on_event(label, &ev) {
+                let _ = changes.send(());
             }
         }
     });
@@ -208,17 +241,8 @@ fn spawn_dynamic_watch(
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(Event::InitDone) => {
-                    health.set(label, true);
-                    let _ = changes.send(());
-                }
-                Ok(Event::Apply(_)) | Ok(Event::Delete(_)) => {
-                    health.events.fetch_add(1, Ordering::Relaxed);
-                    let _ = changes.send(());
-                }
-                Ok(Event::Init) | Ok(Event::InitApply(_)) => {}
-                Err(e) => tracing::warn!(kind = label, error = %e, "watch error; retrying"),
+            if health.on_event(label, &ev) {
+                let _ = changes.send(());
             }
         }
     });

@@ -184,3 +184,58 @@ async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
     );
     drop(pending);
 }
+
+#[tokio::test]
+async fn kinds_whose_crd_is_missing_do_not_block_snapshots() {
+    let (client, mut server) = common::client();
+    let cfg = ProviderConfig {
+        controller_name: OURS.into(),
+        debounce: Duration::from_millis(50),
+        max_delay: Duration::from_secs(1),
+    };
+    let handle = Provider::new(client, cfg).start();
+    let eg = "/apis/gateway.envoyproxy.io/";
+    let mut pending = Vec::new();
+    let mut refused = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handle.health.snapshots_emitted() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot while EG CRDs are missing"
+        );
+        let Some(got) = server.try_next(50).await else {
+            continue;
+        };
+        if got.path.starts_with(eg) && !got.query_has("watch=true") && !refused.contains(&got.path)
+        {
+            refused.insert(got.path.clone());
+            got.status(404, "NotFound");
+        } else if got.query_has("watch=true") || refused.contains(&got.path) {
+            pending.push(got); // open watch, or a retried list of a missing kind
+        } else {
+            let body = list_for(&got.path);
+            got.ok(body);
+        }
+    }
+    assert_eq!(refused.len(), 5);
+    assert!(handle.health.all_synced());
+    let (ready, body) =
+        portcullis_kube::readiness(&handle.health, &portcullis_kube::LeaderState::follower());
+    assert!(ready, "{body}");
+    assert_eq!(body["leader"], false);
+    assert_eq!(body["watches"].as_object().map(|m| m.len()), Some(14));
+    let absent: Vec<&str> = handle.health.absent().into_iter().collect();
+    assert_eq!(
+        absent,
+        [
+            "Backend",
+            "BackendTrafficPolicy",
+            "EnvoyExtensionPolicy",
+            "EnvoyProxy",
+            "SecurityPolicy"
+        ]
+    );
+    let snap = handle.snapshots.borrow().clone();
+    assert_eq!(snap.of_kind("Gateway").count(), 1);
+    drop(pending);
+}

@@ -74,6 +74,11 @@ fn golden() {
     for input in ins {
         let got = render(&input);
         assert!(!got.starts_with("error:"), "{}: {got}", input.display());
+        assert!(
+            !got.contains("PRIVATE KEY"),
+            "{}: a private key leaked into the output",
+            input.display()
+        );
         let out = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));
         if update {
             std::fs::write(&out, &got).expect("write golden");

@@ -72,15 +72,19 @@ pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Conf
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        // serde_path_to_error prints "." for the root and "?" for a key it has not read yet.
+        // serde_path_to_error prints "." for the root and "?" for a key it has not read yet; an
+        // empty key gives an empty path.
         let path = path.strip_suffix(".?").unwrap_or(&path);
+        let path = if matches!(path, "" | "." | "?") {
+            "config"
+        } else {
+            path
+        };
+        // Field names and values from the document are quoted raw by serde: escape control
+        // characters so the error stays one log line.
         ConfigError::Json {
-            path: if path == "." || path == "?" {
-                "config".to_string()
-            } else {
-                path.to_string()
-            },
-            message: e.into_inner().to_string(),
+            path: escape_controls(path),
+            message: escape_controls(&e.into_inner().to_string()),
         }
     })?;
     Ok(value)
@@ -93,14 +97,30 @@ pub(crate) fn regex_reason(err: &regex::Error) -> String {
         regex::Error::Syntax(text) => text
             .lines()
             .find_map(|l| l.trim().strip_prefix("error: "))
-            .map(str::to_string)
+            .map(escape_controls)
             .unwrap_or_else(|| one_line(text)),
         other => one_line(&other.to_string()),
     }
 }
 
+/// `\n`, `\r`, `\u{1b}`... instead of the raw control characters.
+pub(crate) fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    escape_controls(&text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 #[cfg(test)]
@@ -134,6 +154,31 @@ mod tests {
         let err = parse_json::<Cfg>(b"{").unwrap_err();
         assert_eq!(err.field(), "config");
         assert!(err.to_string().starts_with("config: "), "{err}");
+    }
+
+    #[test]
+    fn errors_from_hostile_documents_stay_one_line_and_name_a_field() {
+        for doc in [
+            "{\"a\\n[error] forged\": 1}",
+            "{\"\": 1}",
+            "{\"a\": \"x\"}",
+            "{\"\\u001b[31m\":0}",
+        ] {
+            let err = parse_json::<Cfg>(doc.as_bytes()).unwrap_err();
+            let line = err.to_string();
+            assert!(!line.chars().any(char::is_control), "{doc}: {line:?}");
+            assert!(!err.field().is_empty(), "{doc}: {line}");
+        }
+        let err = parse_json::<Cfg>(b"{\"\": 1}").unwrap_err();
+        assert!(
+            err.to_string().starts_with("config: unknown field ``"),
+            "{err}"
+        );
+        let err = parse_json::<Cfg>(b"{\"a\\nb\": 1}").unwrap_err();
+        assert!(
+            err.to_string().starts_with("a\\nb: unknown field `a\\nb`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use clap::Parser;
 use portcullis::cli;
 
 #[derive(Debug, Parser)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 #[command(
     name = "portcullis",
     about = "portcullis run/status, for end-to-end tests"

@@ -102,6 +102,36 @@ impl MockServer {
         }
     }
 
+    /// The next request if one comes within `ms` milliseconds.
+    pub async fn try_next(&mut self, ms: u64) -> Option<Got> {
+        let (req, send) =
+            tokio::time::timeout(Duration::from_millis(ms), self.handle.next_request())
+                .await
+                .ok()??;
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let bytes = req.into_body().collect_bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        Some(Got {
+            method,
+            path,
+            query,
+            content_type,
+            body,
+            send,
+        })
+    }
+
     /// Assert the client sends nothing more within `ms` milliseconds.
     pub async fn expect_silence(&mut self, ms: u64) {
         if let Ok(Some((req, _))) =

@@ -134,7 +134,7 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
 
     statuses.extend(listeners::statuses(res, &gateways));
     statuses.extend(routes.statuses.clone());
-    statuses.extend(policies::statuses(res, opts, &pols, &gateways));
+    statuses.extend(policies::statuses(res, opts, &pols, &gateways, &routes));
 
     Translation {
         ir,

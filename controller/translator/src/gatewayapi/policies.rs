@@ -386,23 +386,53 @@ pub fn resolve(
     }
 }
 
+/// `namespace/name` of the routes on Gateway `gw` (listener `section`, or all) whose own
+/// route-level policy replaces the gateway-level one.
+fn overridden_routes(
+    pols: &Policies,
+    routes: &super::routes::RouteOutput,
+    gateways: &GatewayMap,
+    gw: &NsName,
+    section: Option<&str>,
+) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for a in routes.attachments.iter().filter(|a| &a.gateway == gw) {
+        let listener = gateways
+            .get(gw)
+            .and_then(|g| g.listeners.get(a.listener))
+            .map(|l| l.name.as_str());
+        if section.is_some() && section != listener {
+            continue;
+        }
+        let route_level = pols
+            .winners
+            .keys()
+            .any(|k| matches!(k, TargetKey::Route(r, _) if r == &a.route));
+        if route_level {
+            out.insert(format!("{}/{}", a.route.0, a.route.1));
+        }
+    }
+    out.into_iter().collect()
+}
+
 pub fn statuses(
     res: &Resources,
     opts: &TranslateOptions,
     pols: &Policies,
     gateways: &GatewayMap,
+    routes: &super::routes::RouteOutput,
 ) -> Vec<ResourceStatus> {
     let mut out = Vec::new();
     for ((ns, name), st) in &pols.states {
         let generation = st.obj.meta.generation;
         let mut ancestors: BTreeMap<String, Value> = BTreeMap::new();
-        let mut add = |ancestor: Value, cond: Condition| {
+        let mut add = |ancestor: Value, conds: Vec<Condition>| {
             let k = ancestor.to_string();
             ancestors.entry(k).or_insert_with(|| {
                 json!({
                     "ancestorRef": ancestor,
                     "controllerName": opts.controller_name,
-                    "conditions": conditions_json(std::slice::from_ref(&cond), generation),
+                    "conditions": conditions_json(&conds, generation),
                 })
             });
         };
@@ -432,8 +462,25 @@ pub fn statuses(
                 _ => base.clone(),
             };
             match t {
-                TargetKey::Gateway((gns, gname), section) => {
-                    add(gateway_ref_json(gns, gname, section.as_deref()), cond)
+                TargetKey::Gateway(gkey, section) => {
+                    let mut conds = vec![cond.clone()];
+                    let overridden =
+                        overridden_routes(pols, routes, gateways, gkey, section.as_deref());
+                    if cond.status && !overridden.is_empty() {
+                        conds.push(Condition::new(
+                            "Overridden",
+                            true,
+                            "Overridden",
+                            format!(
+                                "route-level EnvoyExtensionPolicies override this policy on: {}",
+                                overridden.join(", ")
+                            ),
+                        ));
+                    }
+                    add(
+                        gateway_ref_json(&gkey.0, &gkey.1, section.as_deref()),
+                        conds,
+                    )
                 }
                 TargetKey::Route(rkey, _) => {
                     let mut any = false;
@@ -446,7 +493,7 @@ pub fn statuses(
                                 any = true;
                                 add(
                                     gateway_ref_json(&pns, &pr.name, pr.section_name.as_deref()),
-                                    cond.clone(),
+                                    vec![cond.clone()],
                                 );
                             }
                         }
@@ -454,7 +501,7 @@ pub fn statuses(
                     if !any {
                         add(
                             json!({"group": GATEWAY_GROUP, "kind": "HTTPRoute", "namespace": rkey.0, "name": rkey.1}),
-                            cond,
+                            vec![cond],
                         );
                     }
                 }
@@ -467,7 +514,12 @@ pub fn statuses(
             }
             add(
                 a,
-                Condition::new("Accepted", false, "TargetNotFound", msg.clone()),
+                vec![Condition::new(
+                    "Accepted",
+                    false,
+                    "TargetNotFound",
+                    msg.clone(),
+                )],
             );
         }
         out.push(ResourceStatus {

@@ -20,6 +20,10 @@ use crate::resources::{
 use crate::status::{conditions_json, Condition, ObjectRef, ResourceStatus};
 use crate::TranslateOptions;
 
+/// A cluster that never exists: Envoy answers 500 (`cluster_not_found_response_code`) for the
+/// weight share of backendRefs that could not be resolved.
+pub const INVALID_BACKEND_CLUSTER: &str = "portcullis/invalid-backend";
+
 pub struct Attachment {
     pub gateway: NsName,
     pub listener: usize,
@@ -147,6 +151,7 @@ fn translate_rules(
             }
         }
         let mut weighted = Vec::new();
+        let mut invalid_weight = 0u32;
         for (bi, b) in backend_refs.iter().enumerate() {
             if !b.filters.is_empty() {
                 unsupported.push(format!(
@@ -165,8 +170,21 @@ fn translate_rules(
                     }
                     add_cluster(c, &mut clusters);
                 }
-                Err(e) => ref_errors.push(e),
+                Err(e) => {
+                    // The share of traffic meant for an invalid backend gets a 500 (spec).
+                    let weight = b.weight.unwrap_or(1);
+                    if weight > 0 {
+                        invalid_weight += weight;
+                    }
+                    ref_errors.push(e);
+                }
             }
+        }
+        if invalid_weight > 0 && !weighted.is_empty() {
+            weighted.push(WeightedCluster {
+                cluster: INVALID_BACKEND_CLUSTER.to_string(),
+                weight: invalid_weight,
+            });
         }
         let timeout_ms = timeouts
             .as_ref()

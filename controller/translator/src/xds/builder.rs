@@ -358,6 +358,9 @@ fn build_route(r: &RouteIr) -> (route::Route, BTreeMap<String, pb::Any>) {
             };
             let mut ra = route::RouteAction {
                 cluster_specifier: Some(cluster_specifier),
+                // Weight shares of unresolvable backendRefs point at a missing cluster: 500.
+                cluster_not_found_response_code:
+                    route::route_action::ClusterNotFoundResponseCode::InternalServerError as i32,
                 ..Default::default()
             };
             if let Some(h) = host_rewrite {
@@ -474,6 +477,8 @@ fn encode_route_configuration(chain: &ChainIr) -> Vec<u8> {
     let rc = route::RouteConfiguration {
         name: chain.name.clone(),
         ignore_port_in_host_matching: true,
+        // Routes may name the (never defined) invalid-backend cluster on purpose.
+        validate_clusters: Some(pb::BoolValue { value: false }),
         ..Default::default()
     };
     let mut buf = rc.encode_to_vec();

@@ -16,7 +16,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let msg = e.to_string();
-            assert!(!msg.contains('\n'), "config errors are one log line: {msg:?}");
+            assert!(!msg.chars().any(char::is_control), "config errors are one log line: {msg:?}");
             assert!(!e.field().is_empty(), "config errors name a field: {msg:?}");
         }
     }
