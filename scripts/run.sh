@@ -43,6 +43,15 @@ except OSError:
     sys.exit(1)
 PY
 }
+# Envoy's admin /ready says LIVE (python3 rather than curl: one prerequisite fewer).
+envoy_live() {
+  python3 - "$ADMIN_PORT" <<'PY' 2>/dev/null
+import sys, urllib.request
+url = "http://127.0.0.1:%s/ready" % sys.argv[1]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.exit(0 if opener.open(url, timeout=2).read().strip() == b"LIVE" else 1)
+PY
+}
 for p in "$HTTP_PORT" "$ADMIN_PORT" "$ECHO_PORT"; do
   port_free "$p" || die "port $p on 127.0.0.1 is in use; stop what uses it or set PORTCULLIS_HTTP_PORT / PORTCULLIS_ADMIN_PORT / PORTCULLIS_ECHO_PORT"
 done
@@ -75,8 +84,9 @@ pids+=($!)
 pids+=($!)
 
 ready=""
-for _ in $(seq 1 300); do
-  if [ "$(curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = "LIVE" ]; then
+deadline=$((SECONDS + 90))
+while [ "$SECONDS" -lt "$deadline" ]; do
+  if envoy_live; then
     ready=1; break
   fi
   for pid in "${pids[@]}"; do
@@ -84,7 +94,7 @@ for _ in $(seq 1 300); do
   done
   sleep 0.2
 done
-[ -n "$ready" ] || { tail -n 30 "$RUN_DIR/envoy.log" >&2; die "Envoy did not become ready within 60s"; }
+[ -n "$ready" ] || { tail -n 30 "$RUN_DIR/envoy.log" >&2; die "Envoy did not become ready within 90s (log: $RUN_DIR/envoy.log)"; }
 
 U="http://127.0.0.1:$HTTP_PORT"
 cat <<MSG

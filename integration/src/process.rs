@@ -615,4 +615,27 @@ mod tests {
         })
         .unwrap();
     }
+
+    #[test]
+    fn panicking_test_still_kills_and_keeps_the_log_dir() {
+        let mut seen: Option<(u32, PathBuf)> = None;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let p = ProcessBuilder::new("sleeper", "sh")
+                .args(["-c", "echo started; exec sleep 300"])
+                .spawn()
+                .unwrap();
+            seen = Some((p.pid(), p.dir().to_path_buf()));
+            panic!("test failure with a live child");
+        }));
+        assert!(result.is_err());
+        let (pid, dir) = seen.unwrap();
+        // Reaped by Drop: no process (not even a zombie) with that pid is left.
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} survived"
+        );
+        let log = dir.join("sleeper.log");
+        assert!(fs::read_to_string(&log).unwrap().contains("started"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -463,3 +463,80 @@ spec:
         r.status == 200 && r.header("x-route") == Some("v2")
     });
 }
+
+#[test]
+fn lua_through_envoy_extension_policy_applies_to_its_route_only() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    c.write_manifest("routes/b.yaml", &route("b", "/b", "echo", "b"))
+        .expect("route b");
+    // A Lua user-agent blocker, as users run today, from a ConfigMap (ValueRef).
+    let lua = r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: ua-lua, namespace: default}
+data:
+  lua: |
+    function envoy_on_request(handle)
+      local ua = handle:headers():get("user-agent") or ""
+      if string.find(ua, "BadBot", 1, true) then
+        handle:respond({[":status"] = "403"}, "blocked by lua\n")
+      end
+    end
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata: {name: lua-ua, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: b}]
+  lua:
+  - type: ValueRef
+    valueRef: {kind: ConfigMap, name: ua-lua}
+"#;
+    c.write_manifest("lua.yaml", lua).expect("lua policy");
+    c.process()
+        .wait_until("lua blocks on /b only", CONVERGE, || {
+            let get = |path: &str, ua: &str| {
+                KeepAlive::connect(gw_port)
+                    .and_then(|mut k| k.get("example.com", path, &[("user-agent", ua)]))
+                    .map(|r| r.status)
+                    .map_err(|e| e.to_string())
+            };
+            let got = (
+                get("/b", "BadBot/2")?,
+                get("/b", "curl/8")?,
+                get("/a", "BadBot/2")?,
+            );
+            if got == (403, 200, 200) {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        })
+        .expect("lua");
+}
+
+#[test]
+fn envoys_do_not_outlive_a_killed_controller() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
+    let envoy = c.envoy_pids()[0];
+    // SIGKILL to the controller alone: no chance to drain, yet its Envoy must not linger.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(c.process().pid() as libc::pid_t, libc::SIGKILL);
+    }
+    c.process()
+        .wait_exit(Duration::from_secs(30))
+        .expect("controller dead");
+    wait_until("orphaned Envoy exits", CONVERGE, || {
+        if pid_gone(envoy) {
+            Ok(())
+        } else {
+            Err("alive")
+        }
+    })
+    .expect("Envoy gone");
+}

@@ -135,6 +135,21 @@ fn request_operations() {
     assert!(seen.header_all("x-internal-user").is_empty(), "{seen:?}");
     assert_eq!(seen.header_all("x-internalish"), ["kept"]);
     assert_eq!(seen.header_all("x-keep"), ["yes"]);
+    // Bodies and methods pass untouched.
+    let seen: Echo = client()
+        .post(envoy.url("/submit?a=1"))
+        .header("x-debug", "1")
+        .body("payload \u{1F600}")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/submit?a=1")
+    );
+    assert_eq!(seen.body, "payload \u{1F600}");
+    assert!(seen.header_all("x-debug").is_empty());
     // Set and add also work when the client sent nothing.
     let (_, seen) = exchange(&client(), &envoy.url("/"), &[], &[]);
     assert_eq!(seen.header_all("x-env"), ["prod"]);

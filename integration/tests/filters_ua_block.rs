@@ -362,3 +362,66 @@ fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
         (200, "second\n".to_string())
     );
 }
+
+#[test]
+fn thousands_of_patterns() {
+    let echo = EchoServer::start().unwrap();
+    let contains: Vec<String> = (0..5000).map(|i| format!("crawler-{i:05}-bot")).collect();
+    let regex: Vec<String> = (0..200)
+        .map(|i| format!("^scraper/{i}\\.[0-9]+$"))
+        .collect();
+    let envoy = start(
+        &echo,
+        json!({ "deny": { "contains": contains, "regex": regex } }),
+    );
+    assert_blocked(
+        &envoy,
+        Some("Mozilla/5.0 CRAWLER-04999-BOT/1"),
+        403,
+        "Forbidden\n",
+    );
+    assert_blocked(&envoy, Some("crawler-00000-bot"), 403, "Forbidden\n");
+    assert_blocked(&envoy, Some("scraper/199.3"), 403, "Forbidden\n");
+    assert_passed(&envoy, Some("crawler-5000-bot"));
+    assert_passed(&envoy, Some("scraper/200.3"));
+    assert_passed(&envoy, Some("x scraper/1.3"));
+}
+
+/// Odd request input never breaks the filter: non-UTF-8 bytes, a very long value, several
+/// User-Agent headers. Envoy stays up and the decision is still made.
+#[test]
+fn odd_user_agents_are_judged_not_fatal() {
+    let echo = EchoServer::start().unwrap();
+    let mut envoy = start(
+        &echo,
+        json!({ "deny": { "contains": ["GPTBot"] }, "allow": { "contains": ["Googlebot"] } }),
+    );
+    let c = client();
+    let send = |ua: &[u8]| {
+        let value = reqwest::header::HeaderValue::from_bytes(ua).unwrap();
+        c.get(envoy.url("/"))
+            .header("user-agent", value)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send(b"GPTBot \xff\xfe"), 403);
+    assert_eq!(send(b"\xc3\x28 Mozilla"), 200);
+    let long = format!("{}GPTBot", "a".repeat(40_000));
+    assert_eq!(send(long.as_bytes()), 403);
+    assert_eq!(send("a".repeat(40_000).as_bytes()), 200);
+    let two = |first: &str, second: &str| {
+        c.get(envoy.url("/"))
+            .header("user-agent", first)
+            .header("user-agent", second)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(two("Mozilla/5.0", "GPTBot"), 403);
+    assert_eq!(two("GPTBot", "Googlebot"), 200);
+    assert!(envoy.process().try_status().is_none(), "Envoy exited");
+    assert_eq!(counters(&envoy), (Some(3), Some(3), Some(0)));
+}

@@ -56,17 +56,35 @@ async fn snapshot_translates_and_its_statuses_are_applied() {
     let yaml = snap.to_yaml().expect("yaml");
     let (parsed, errors) = parse_documents("kubernetes", &yaml);
     assert!(errors.is_empty(), "{errors:?}");
-    let out = translate(&Resources::from_parsed(parsed), &TranslateOptions::default(), &OfflineResolver);
+    let out = translate(
+        &Resources::from_parsed(parsed),
+        &TranslateOptions::default(),
+        &OfflineResolver,
+    );
     let records: Vec<StatusRecord> = out
         .statuses
         .iter()
         .map(|s| StatusRecord::from_serializable(s).expect("same serde shape"))
         .collect();
-    let kinds: Vec<String> = records.iter().map(|r| format!("{} {}", r.kind, r.metadata.name)).collect();
-    for want in ["GatewayClass portcullis", "Gateway web", "HTTPRoute app", "EnvoyExtensionPolicy ua"] {
-        assert!(kinds.contains(&want.to_string()), "{want} missing from {kinds:?}");
+    let kinds: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {}", r.kind, r.metadata.name))
+        .collect();
+    for want in [
+        "GatewayClass portcullis",
+        "Gateway web",
+        "HTTPRoute app",
+        "EnvoyExtensionPolicy ua",
+    ] {
+        assert!(
+            kinds.contains(&want.to_string()),
+            "{want} missing from {kinds:?}"
+        );
     }
-    assert!(!kinds.contains(&"GatewayClass eg".to_string()), "other classes are not ours");
+    assert!(
+        !kinds.contains(&"GatewayClass eg".to_string()),
+        "other classes are not ours"
+    );
 
     let (client, mut server) = common::client();
     let n = records.len();
@@ -81,12 +99,28 @@ async fn snapshot_translates_and_its_statuses_are_applied() {
         // Every condition we write carries the object's generation.
         let text = got.body["status"].to_string();
         assert!(text.contains("\"type\""), "{text}");
-        assert!(!text.contains("\"observedGeneration\":1") && text.contains("\"observedGeneration\":2"), "{text}");
+        assert!(
+            !text.contains("\"observedGeneration\":1") && text.contains("\"observedGeneration\":2"),
+            "{text}"
+        );
+        if got.path.contains("/httproutes/") {
+            let parents = got.body["status"]["parents"].as_array().expect("parents");
+            assert_eq!(parents.len(), 1);
+            assert_eq!(
+                parents[0]["controllerName"], OURS,
+                "the writer's merge keys on this"
+            );
+            assert_eq!(parents[0]["parentRef"]["name"], "web");
+        }
         paths.push(got.path.clone());
         got.ok(json!({}));
     }
     let report = task.await.expect("join");
     assert_eq!(report.written.len(), n, "{report:?}");
-    assert!(paths.contains(&"/apis/gateway.networking.k8s.io/v1/namespaces/infra/httproutes/app/status".to_string()));
-    assert!(paths.contains(&"/apis/gateway.networking.k8s.io/v1/gatewayclasses/portcullis/status".to_string()));
+    assert!(paths.contains(
+        &"/apis/gateway.networking.k8s.io/v1/namespaces/infra/httproutes/app/status".to_string()
+    ));
+    assert!(paths.contains(
+        &"/apis/gateway.networking.k8s.io/v1/gatewayclasses/portcullis/status".to_string()
+    ));
 }

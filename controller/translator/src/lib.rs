@@ -4,6 +4,19 @@
 //! Entry points: [`parse_documents`] + [`Resources::from_parsed`] to load manifests (the caller
 //! reads the files), [`translate`] to compute IR, xDS and statuses, [`render_output`] to print
 //! them as `portcullis translate` does.
+//!
+//! Conventions the runtime relies on:
+//! - one Envoy per Gateway, node id `namespace/name`; Envoy listener `ns/gw/<port>`; route
+//!   configuration `ns/gw/<port>` (HTTP: all listeners of the port share it) or
+//!   `ns/gw/<listener>` (HTTPS: one filter chain per listener, selected by SNI);
+//! - clusters `service/<ns>/<name>/<port>` and `backend/<ns>/<name>` (EDS over ADS, or
+//!   STRICT_DNS for fqdn Backends), `<wasm_serve_cluster>/<host>:<port>` per wasm serve URL;
+//! - EnvoyExtensionPolicy filters are named
+//!   `envoy.filters.http.{wasm,lua}/envoyextensionpolicy/<ns>/<policy>/{wasm,lua}/<index>`,
+//!   placed disabled in the HCM and enabled per route; the wasm `vm_id` is the module sha256;
+//! - conditions carry `lastTransitionTime: 1970-01-01T00:00:00Z` (pure output has no clock; the
+//!   runtime stamps real times when a condition changes) and `observedGeneration` when the
+//!   manifest sets `metadata.generation`.
 
 pub mod gatewayapi;
 pub mod ir;

@@ -109,6 +109,19 @@ fn output_is_deterministic_and_order_independent() {
         let text = std::fs::read_to_string(&input).expect("read");
         let a = render(&input);
         assert_eq!(a, render(&input), "{}: two runs differ", input.display());
+        // The protos themselves, not only their rendering, must be byte-identical (the ADS
+        // server versions snapshots by content).
+        let res = load(&input);
+        for _ in 0..5 {
+            let x = translate(&res, &TranslateOptions::default(), &TestResolver);
+            let y = translate(&res, &TranslateOptions::default(), &TestResolver);
+            assert_eq!(
+                x.xds,
+                y.xds,
+                "{}: xDS bytes differ between runs",
+                input.display()
+            );
+        }
         // Reversing document order must not change anything.
         let mut docs: Vec<&str> = text.split("\n---\n").collect();
         docs.reverse();

@@ -167,6 +167,12 @@ fn route_policy_overrides_gateway_policy_and_fetch_failures_follow_fail_open() {
     );
     // Both filters are placed once in the HCM, VM shared by digest.
     assert_eq!(gw(&out).filters.len(), 2);
+    let gwide = condition(&out, "EnvoyExtensionPolicy", "gwide");
+    let overridden: Vec<_> = gwide.iter().filter(|c| c["type"] == "Overridden").collect();
+    assert_eq!(overridden.len(), 1, "{gwide:?}");
+    assert!(overridden[0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("ns/one") && !m.contains("ns/two")));
 
     // Failed fetch, fail closed: the targeted routes answer 500, the others keep forwarding.
     let failed = Resolver(WasmResolution::Failed {

@@ -96,7 +96,18 @@ impl Ops {
     fn compile(dir: &str, c: &OpsConfig) -> Result<Self, ConfigError> {
         let mut remove = Vec::with_capacity(c.remove.len());
         for (i, name) in c.remove.iter().enumerate() {
-            remove.push(normalize_header_name(&format!("{dir}.remove[{i}]"), name)?);
+            let field = format!("{dir}.remove[{i}]");
+            let name = normalize_header_name(&field, name)?;
+            // Envoy keeps a request's Host as the `:authority` pseudo-header and maps `host` to it.
+            if dir == "request" && name == "host" {
+                return Err(ConfigError::HeaderName {
+                    field,
+                    name,
+                    reason: "the request's host is Envoy's :authority and cannot be removed"
+                        .to_string(),
+                });
+            }
+            remove.push(name);
         }
         for (i, pat) in c.remove_matching.iter().enumerate() {
             RegexBuilder::new(pat)
@@ -574,6 +585,10 @@ mod tests {
             (
                 r#"{"response":{"remove":[":status"]}}"#,
                 "response.remove[0]: invalid header name \":status\": pseudo-headers",
+            ),
+            (
+                r#"{"request":{"remove":["x","Host"]}}"#,
+                "request.remove[1]: invalid header name \"host\": the request's host is Envoy's :authority",
             ),
             (
                 r#"{"response":{"add":{"bad name":"v"}}}"#,

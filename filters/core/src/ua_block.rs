@@ -184,8 +184,9 @@ impl Matcher {
             if pat.trim().is_empty() {
                 return Err(empty_pattern(format!("{list}.exact[{i}]")));
             }
+            // User agents are compared trimmed, so the pattern is too.
             m.exact
-                .entry(fold(pat, case_sensitive).into_owned())
+                .entry(fold(pat.trim(), case_sensitive).into_owned())
                 .or_insert(m.exact_src.len());
             m.exact_src.push(Source {
                 source: format!("{list}.exact"),
@@ -564,6 +565,13 @@ mod tests {
             "exact is not a prefix match"
         );
         assert!(!ci.decide(&["xcurl/7.0"]).is_deny());
+        assert!(filter(r#"{"deny":{"exact":[" curl/7.0 "]}}"#)
+            .decide(&["curl/7.0"])
+            .is_deny());
+        assert!(
+            ci.decide(&["  curl/7.0\t"]).is_deny(),
+            "the header value is trimmed"
+        );
         let cs = filter(r#"{"deny":{"exact":["curl/7.0"]},"case_sensitive":true}"#);
         assert!(!cs.decide(&["CURL/7.0"]).is_deny());
         assert!(cs.decide(&["curl/7.0"]).is_deny());

@@ -74,7 +74,7 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
     });
     let deny_hit = present.iter().any(|ua| {
         input.deny_contains.iter().any(|p| fold(ua, cs).contains(&fold(p, cs)))
-            || input.deny_exact.iter().any(|p| fold(ua, cs) == fold(p, cs))
+            || input.deny_exact.iter().any(|p| fold(ua, cs) == fold(p.trim(), cs))
             || regex_match(&input.deny_regex, ua, cs)
     });
     let decision = f.decide(&input.user_agents);

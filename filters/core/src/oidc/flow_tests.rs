@@ -868,11 +868,8 @@ fn bench_authenticated_request() {
         })
         .collect();
     let cached = fresh[0].clone();
-    let cases: [(
-        &str,
-        &str,
-        Box<dyn Fn(u32) -> (Jar, Vec<(&'static str, String)>)>,
-    ); 3] = [
+    type MakeInput<'a> = Box<dyn Fn(u32) -> (Jar, Vec<(&'static str, String)>) + 'a>;
+    let cases: [(&str, &str, MakeInput); 3] = [
         ("session cookie", "/", Box::new(|_| (jar.clone(), vec![]))),
         (
             "bearer (cached)",
@@ -891,7 +888,7 @@ fn bench_authenticated_request() {
         ),
     ];
     for (label, path, make) in cases {
-        let inputs: Vec<_> = (0..n).map(|i| make(i)).collect();
+        let inputs: Vec<_> = (0..n).map(&make).collect();
         let start = std::time::Instant::now();
         for (j, extra) in &inputs {
             let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
