@@ -5,7 +5,7 @@ SHELL := /bin/bash
 ROOT := $(abspath .)
 CARGO ?= cargo
 # Filters built as proxy-wasm modules: crate name == output name.
-FILTERS ?= ua_block headers
+FILTERS ?= ua_block headers ratelimit oidc
 WASM_TARGET := wasm32-wasip1
 WASM_OUT := target/$(WASM_TARGET)/wasm
 WASM_OPT_FLAGS := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
@@ -13,7 +13,8 @@ WASM_OPT_FLAGS := --enable-bulk-memory --enable-sign-ext --enable-mutable-global
 export PATH := $(ROOT)/.bin:$(PATH)
 export PORTCULLIS_ROOT := $(ROOT)
 
-.PHONY: setup build build-wasm build-controller run test test-unit images bench bench-filters bench-controller fuzz fmt lint clean help
+
+.PHONY: test-deps setup build build-wasm build-controller run test test-unit images bench bench-filters bench-controller fuzz fmt lint clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -40,7 +41,13 @@ build-controller: setup
 run: build ## local quickstart: Envoy + filters in front of a demo upstream
 	@bash scripts/run.sh
 
-test: build ## every test: unit, golden, end-to-end through real Envoy
+test-deps: ## install the real peers tests run against (registry, Redis, chromium, oidc-provider)
+	@bash scripts/setup.sh registry
+	@bash scripts/setup.sh redis
+	@bash scripts/setup.sh browser
+	@bash scripts/setup.sh oidc
+
+test: build test-deps ## every test: unit, golden, end-to-end through real Envoy
 	$(CARGO) test --workspace --all-targets $(TEST_ARGS)
 
 test-unit: ## fast native unit tests only
