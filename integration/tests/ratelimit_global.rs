@@ -289,3 +289,35 @@ fn missing_cluster_follows_failure_mode() {
         deny.logs()
     );
 }
+
+#[test]
+fn server_reports_grpc_health() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let redis = Redis::start().unwrap();
+    let server = RlsServer::start(&redis.url(), Algorithm::Fixed, None).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses = rt.block_on(async {
+        let mut c = HealthClient::connect(format!("http://{}", server.addr()))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+            let r = c
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            out.push(r.status);
+        }
+        out
+    });
+    assert_eq!(statuses, vec![ServingStatus::Serving as i32; 2]);
+}

@@ -77,7 +77,14 @@ pub async fn serve(
     let local = listener.local_addr().context("local address")?;
     tracing::info!(addr = %local, redis = %args.redis, algorithm = ?args.algorithm, "ratelimit-server listening");
     let svc = service::RateLimit::new(Arc::new(limits), store);
+    // grpc.health.v1: SERVING once Redis answered at startup (the connection manager
+    // reconnects on its own; a Redis outage shows as UNAVAILABLE answers, not as unhealthy).
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<service::Server>()
+        .await;
     tonic::transport::Server::builder()
+        .add_service(health_svc)
         .add_service(service::server(svc))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),

@@ -26,7 +26,9 @@ impl RateLimit {
     }
 }
 
-pub fn server(svc: RateLimit) -> RateLimitServiceServer<RateLimit> {
+pub type Server = RateLimitServiceServer<RateLimit>;
+
+pub fn server(svc: RateLimit) -> Server {
     RateLimitServiceServer::new(svc)
 }
 

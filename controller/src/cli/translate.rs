@@ -88,3 +88,37 @@ pub async fn run(args: TranslateArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::collect;
+
+    #[test]
+    fn directories_are_walked_in_order_and_only_yaml_is_read() {
+        let dir = std::env::temp_dir().join(format!("portcullis-translate-{}", std::process::id()));
+        let sub = dir.join("b-sub");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        for f in ["z.yaml", "a.yml", "notes.txt"] {
+            std::fs::write(dir.join(f), "").expect("write");
+        }
+        std::fs::write(sub.join("c.yaml"), "").expect("write");
+        let mut out = Vec::new();
+        collect(&dir, &mut out).expect("collect");
+        let names: Vec<_> = out
+            .iter()
+            .map(|p| {
+                p.strip_prefix(&dir)
+                    .expect("under dir")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, vec!["a.yml", "b-sub/c.yaml", "z.yaml"]);
+        // A file named explicitly is read whatever its extension.
+        let mut one = Vec::new();
+        collect(&dir.join("notes.txt"), &mut one).expect("collect");
+        assert_eq!(one.len(), 1);
+        assert!(collect(&dir.join("missing"), &mut one).is_err());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
