@@ -303,9 +303,12 @@ fn server_reports_grpc_health() {
         .build()
         .unwrap();
     let statuses = rt.block_on(async {
-        let mut c = HealthClient::connect(format!("http://{}", server.addr()))
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        let mut c = HealthClient::new(channel);
         let mut out = Vec::new();
         for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
             let r = c

@@ -76,7 +76,7 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// Source, by tag or by digest (repo@sha256:...).
     pub reference: String,
-    /// Where to write the module.
+    /// Where to write the module (`-` for stdout).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Required manifest digest: hex, with or without `sha256:`.
@@ -175,6 +175,15 @@ async fn pull(a: PullArgs) -> anyhow::Result<()> {
     let pulled = crate::pull_wasm(&a.reference, &opts)
         .await
         .with_context(|| format!("cannot pull {}", a.reference))?;
+    if a.output.as_os_str() == "-" {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&pulled.wasm)
+            .and_then(|()| stdout.flush())
+            .context("cannot write the module to stdout")?;
+        return Ok(());
+    }
     // Write next to the target then rename, so a failed write never leaves half a module.
     let tmp = a.output.with_extension("wasm.partial");
     std::fs::write(&tmp, &pulled.wasm)

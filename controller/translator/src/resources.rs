@@ -586,13 +586,22 @@ fn split_documents(yaml: &str) -> Vec<String> {
 pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<LoadError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for (index, doc) in split_documents(yaml).into_iter().enumerate() {
+    // `index` counts documents with content (0-based): a leading `---` or a comment-only
+    // preamble is not a document.
+    let mut index = 0usize;
+    for doc in split_documents(yaml) {
+        let parsed = serde_yaml::from_str::<Option<Value>>(&doc);
+        if matches!(parsed, Ok(None) | Ok(Some(Value::Null))) {
+            continue;
+        }
+        let this = index;
+        index += 1;
         let err = |reason: String| LoadError {
             source_name: source_name.to_string(),
-            index,
+            index: this,
             reason,
         };
-        let value: Value = match serde_yaml::from_str::<Option<Value>>(&doc) {
+        let value: Value = match parsed {
             Ok(Some(v)) => v,
             Ok(None) => continue,
             Err(e) => {
@@ -600,9 +609,6 @@ pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<Loa
                 continue;
             }
         };
-        if value.is_null() {
-            continue;
-        }
         // Not a Kubernetes object at all (an Envoy or compose config next to the manifests).
         if value.get("apiVersion").is_none() && value.get("kind").is_none() {
             continue;
@@ -617,7 +623,7 @@ pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<Loa
             vec![value]
         };
         for item in items {
-            match parse_object(&format!("{source_name}#{index}"), item) {
+            match parse_object(&format!("{source_name}#{this}"), item) {
                 Ok(r) => out.push(r),
                 Err(reason) => errors.push(err(reason)),
             }
@@ -836,7 +842,7 @@ mod tests {
 
     #[test]
     fn bad_document_does_not_stop_others() {
-        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {x: y}\n---\nkind: [unclosed\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
+        let yaml = "# preamble\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {x: y}\n---\nkind: [unclosed\n---\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
         let (res, errs) = parse_documents("f.yaml", yaml);
         assert_eq!(res.len(), 2);
         assert_eq!(errs.len(), 1);

@@ -41,7 +41,11 @@ fn regex_match(pats: &[String], ua: &str, cs: bool) -> bool {
 
 libfuzzer_sys::fuzz_target!(|input: Input| {
     // Keep regex compilation cheap: the point is the matcher, not the regex compiler.
-    if input.deny_regex.iter().chain(&input.allow_regex).any(|r| r.len() > 40)
+    if input
+        .deny_regex
+        .iter()
+        .chain(&input.allow_regex)
+        .any(|r| r.len() > 40)
         || input.deny_regex.len() + input.allow_regex.len() > 8
     {
         return;
@@ -52,14 +56,22 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
             contains: input.deny_contains.clone(),
             exact: input.deny_exact.clone(),
             regex: input.deny_regex.clone(),
-            presets: if input.preset { vec!["ai-crawlers".into()] } else { vec![] },
+            presets: if input.preset {
+                vec!["ai-crawlers".into()]
+            } else {
+                vec![]
+            },
         },
         allow: Patterns {
             contains: input.allow_contains.clone(),
             regex: input.allow_regex.clone(),
             ..Patterns::default()
         },
-        missing_user_agent: if input.missing_deny { MissingUserAgent::Deny } else { MissingUserAgent::Allow },
+        missing_user_agent: if input.missing_deny {
+            MissingUserAgent::Deny
+        } else {
+            MissingUserAgent::Allow
+        },
         case_sensitive: cs,
         dry_run: input.dry_run,
         ..UaBlockConfig::default()
@@ -68,13 +80,28 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
         return;
     };
 
-    let present: Vec<&str> = input.user_agents.iter().map(|u| u.trim()).filter(|u| !u.is_empty()).collect();
+    let present: Vec<&str> = input
+        .user_agents
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+        .collect();
     let allow_hit = present.iter().any(|ua| {
-        input.allow_contains.iter().any(|p| fold(ua, cs).contains(&fold(p, cs))) || regex_match(&input.allow_regex, ua, cs)
+        input
+            .allow_contains
+            .iter()
+            .any(|p| fold(ua, cs).contains(&fold(p, cs)))
+            || regex_match(&input.allow_regex, ua, cs)
     });
     let deny_hit = present.iter().any(|ua| {
-        input.deny_contains.iter().any(|p| fold(ua, cs).contains(&fold(p, cs)))
-            || input.deny_exact.iter().any(|p| fold(ua, cs) == fold(p.trim(), cs))
+        input
+            .deny_contains
+            .iter()
+            .any(|p| fold(ua, cs).contains(&fold(p, cs)))
+            || input
+                .deny_exact
+                .iter()
+                .any(|p| fold(ua, cs) == fold(p.trim(), cs))
             || regex_match(&input.deny_regex, ua, cs)
     });
     let decision = f.decide(&input.user_agents);
@@ -88,17 +115,27 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
             }
         }
         Decision::Pass => {
-            assert!(!allow_hit && !deny_hit, "reference found a match the matcher missed");
+            assert!(
+                !allow_hit && !deny_hit,
+                "reference found a match the matcher missed"
+            );
             assert!(!(present.is_empty() && input.missing_deny));
         }
     }
 
     // The host-facing entry point agrees with `decide`, and answers only when it denies.
-    let headers: Vec<(&str, &str)> = input.user_agents.iter().map(|u| ("user-agent", u.as_str())).collect();
+    let headers: Vec<(&str, &str)> = input
+        .user_agents
+        .iter()
+        .map(|u| ("user-agent", u.as_str()))
+        .collect();
     let mut host = MemoryHost::with_request(&headers);
     let action = f.on_request_headers(&mut host);
     let blocked = decision.is_deny() && !input.dry_run;
     assert_eq!(action == Action::Stop, blocked);
     assert_eq!(host.local_response.is_some(), blocked);
-    assert_eq!(host.values(Direction::Request, "user-agent").len(), input.user_agents.len());
+    assert_eq!(
+        host.values(Direction::Request, "user-agent").len(),
+        input.user_agents.len()
+    );
 });

@@ -1,0 +1,957 @@
+//! Data-plane benchmark: one Envoy per variant (`--concurrency 1`, pinned to one core), a wrk
+//! load generator pinned to the other core, variants interleaved round by round.
+
+use crate::envoy::{self, bench_route, bootstrap, cluster, http_listener, lua_filter, Envoy};
+use crate::load::{WrkResult, Wrk};
+use crate::util::{self, local, median};
+use anyhow::{anyhow, bail, Context, Result};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use portcullis_core::oidc::seal::Sealer;
+use portcullis_core::oidc::{cookies, Session, Settings};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FiltersArgs {
+    /// Measured rounds; every variant runs once per round (interleaved).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Seconds of load per variant and round.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds of unmeasured load per variant before the first round.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Concurrent connections held by wrk.
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Core(s) for the Envoy under test (taskset list).
+    #[arg(long, default_value = "0")]
+    pub envoy_cpus: String,
+    /// Core(s) for wrk and the real upstream (taskset list).
+    #[arg(long, default_value = "1")]
+    pub load_cpus: String,
+    /// Only these variant ids (comma-separated; default: all). `none` is always included.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// List the variants and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Envoy binary (default: `.bin/envoy` under the repository, else `envoy` on PATH).
+    #[arg(long, env = "PORTCULLIS_ENVOY_BIN")]
+    pub envoy: Option<PathBuf>,
+    /// Directory with ua_block.wasm, headers.wasm, ratelimit.wasm, oidc.wasm.
+    #[arg(long, default_value = "dist/wasm")]
+    pub wasm_dir: PathBuf,
+    /// Results (JSON).
+    #[arg(long, default_value = "target/bench/filters.json")]
+    pub out: PathBuf,
+    /// Markdown tables written next to the JSON.
+    #[arg(long, default_value = "target/bench/filters.md")]
+    pub markdown: PathBuf,
+    /// Directory for the SVG charts.
+    #[arg(long, default_value = "docs/bench")]
+    pub charts: PathBuf,
+    /// The command line to record in the results (set by scripts/bench-filters.sh).
+    #[arg(long, default_value = "portcullis-bench filters")]
+    pub command: String,
+}
+
+/// Every request carries these headers (plus the variant's own).
+const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+const HOST: &str = "localhost";
+const PATH: &str = "/bench";
+
+/// 100 deny patterns besides the ai-crawlers preset: SEO crawlers, scrapers, scanners and
+/// HTTP libraries seen in access logs, then generic filler up to 100.
+const DENY_REAL: &[&str] = &[
+    "AhrefsBot", "SemrushBot", "MJ12bot", "DotBot", "BLEXBot", "PetalBot", "YandexBot",
+    "MegaIndex", "SeznamBot", "serpstatbot", "DataForSeoBot", "Barkrowler", "linkdexbot",
+    "spbot", "SEOkicks", "Screaming Frog", "rogerbot", "exabot", "Gigabot", "coccocbot",
+    "Sogou web spider", "ZoominfoBot", "Mail.RU_Bot", "BUbiNG", "Nutch", "Heritrix",
+    "python-requests", "python-urllib", "aiohttp", "Go-http-client", "okhttp", "Java/",
+    "libwww-perl", "Wget/", "curl/", "HTTrack", "zgrab", "masscan", "Nuclei", "sqlmap",
+    "Nikto", "WPScan", "nmap", "Scrapy", "HeadlessChrome", "PhantomJS", "Apache-HttpClient",
+    "node-fetch", "axios/", "colly",
+];
+
+pub fn deny_patterns() -> Vec<String> {
+    let mut v: Vec<String> = DENY_REAL.iter().map(|s| s.to_string()).collect();
+    let mut i = 0;
+    while v.len() < 100 {
+        v.push(format!("bench-scraper-{i:02}"));
+        i += 1;
+    }
+    v
+}
+
+const ALLOW: &[&str] = &["Googlebot", "Portcullis-Monitor"];
+
+fn preset_patterns(root: &Path) -> Result<Vec<String>> {
+    let p = root.join("filters/core/data/ai-crawlers.json");
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+    )?;
+    v["patterns"]
+        .as_array()
+        .ok_or_else(|| anyhow!("{}: no patterns array", p.display()))?
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("{}: non-string pattern", p.display()))
+        })
+        .collect()
+}
+
+fn re2_escape(s: &str) -> String {
+    let mut o = String::new();
+    for c in s.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            o.push('\\');
+        }
+        o.push(c);
+    }
+    o
+}
+
+fn lua_list(items: &[String]) -> String {
+    let mut s = String::from("{\n");
+    for i in items {
+        s.push_str(&format!("  {:?},\n", i));
+    }
+    s.push('}');
+    s
+}
+
+/// The Lua ua-block example with its DENY/ALLOW lists replaced by the benchmark's lists.
+fn lua_ua_block(root: &Path, deny: &[String]) -> Result<String> {
+    let p = root.join("examples/lua/ua-block.lua");
+    let src = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let replace = |src: &str, var: &str, items: &[String]| -> Result<String> {
+        let start_pat = format!("local {var} = {{");
+        let start = src
+            .find(&start_pat)
+            .ok_or_else(|| anyhow!("{}: no `{start_pat}`", p.display()))?;
+        let end = src[start..]
+            .find("\n}")
+            .map(|e| start + e + 2)
+            .ok_or_else(|| anyhow!("{}: `{start_pat}` not closed", p.display()))?;
+        Ok(format!(
+            "{}local {var} = {}{}",
+            &src[..start],
+            lua_list(items),
+            &src[end..]
+        ))
+    };
+    let allow: Vec<String> = ALLOW.iter().map(|s| s.to_string()).collect();
+    let s = replace(&src, "DENY", deny)?;
+    replace(&s, "ALLOW", &allow)
+}
+
+/// What a sanity request must show before a variant is measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expect {
+    pub status: u16,
+    /// A response header that must be present (e.g. a security header).
+    pub header: Option<(String, String)>,
+}
+
+/// One benchmark variant: an Envoy config and the request sent to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    pub id: String,
+    pub group: String,
+    pub label: String,
+    pub description: String,
+    /// `direct_response` or the real upstream.
+    pub upstream: bool,
+    pub request_headers: Vec<(String, String)>,
+    pub expect: Expect,
+    #[serde(skip)]
+    pub filters: Vec<Value>,
+    #[serde(skip)]
+    pub route_extra: Value,
+    /// Port of this variant's own provider listener (discovery + JWKS) in the same Envoy.
+    #[serde(skip)]
+    pub idp: Option<u16>,
+    #[serde(skip)]
+    pub secrets: Vec<Value>,
+}
+
+struct Ctx {
+    root: PathBuf,
+    wasm_dir: PathBuf,
+}
+
+fn module(ctx: &Ctx, name: &str) -> Result<PathBuf> {
+    let p = ctx.wasm_dir.join(format!("{name}.wasm"));
+    if !p.exists() {
+        bail!("{} missing (make build-wasm)", p.display());
+    }
+    std::fs::canonicalize(&p).with_context(|| format!("resolving {}", p.display()))
+}
+
+fn base_headers() -> Vec<(String, String)> {
+    vec![
+        ("host".into(), HOST.into()),
+        ("user-agent".into(), BROWSER_UA.into()),
+        ("accept".into(), "text/html,application/xhtml+xml".into()),
+        ("x-debug".into(), "1".into()),
+        ("x-internal".into(), "1".into()),
+    ]
+}
+
+fn ok() -> Expect {
+    Expect {
+        status: 200,
+        header: None,
+    }
+}
+
+fn ok_with(h: &str, v: &str) -> Expect {
+    Expect {
+        status: 200,
+        header: Some((h.into(), v.into())),
+    }
+}
+
+fn variant(id: &str, group: &str, label: &str, description: &str, filters: Vec<Value>) -> Variant {
+    Variant {
+        id: id.into(),
+        group: group.into(),
+        label: label.into(),
+        description: description.into(),
+        upstream: false,
+        request_headers: base_headers(),
+        expect: ok(),
+        filters,
+        route_extra: json!({}),
+        idp: None,
+        secrets: vec![],
+    }
+}
+
+// ---- filter configs ----
+
+fn ua_wasm_config() -> Value {
+    json!({
+        "deny": {"contains": deny_patterns(), "presets": ["ai-crawlers"]},
+        "allow": {"contains": ALLOW},
+        "missing_user_agent": "deny",
+        "status": 403,
+        "body": "Forbidden\n"
+    })
+}
+
+fn rbac_ua(all_deny: &[String]) -> Value {
+    let alt = |v: &[String]| {
+        v.iter()
+            .map(|s| re2_escape(s))
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    let allow: Vec<String> = ALLOW.iter().map(|s| s.to_string()).collect();
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "DENY", "policies": {"ua-block": {
+                "permissions": [{"and_rules": {"rules": [
+                    {"header": {"name": "user-agent", "string_match": {"safe_regex": {"regex": format!("(?i).*({}).*", alt(all_deny))}}}},
+                    {"not_rule": {"header": {"name": "user-agent", "string_match": {"safe_regex": {"regex": format!("(?i).*({}).*", alt(&allow))}}}}}
+                ]}}],
+                "principals": [{"any": true}]
+            }}}
+        }
+    })
+}
+
+const SETS: [(&str, &str); 3] = [
+    ("x-env", "prod"),
+    ("x-region", "eu-west-1"),
+    ("x-gateway", "portcullis"),
+];
+const REMOVES: [&str; 2] = ["x-debug", "x-internal"];
+/// The `strict` preset on a plaintext response (no HSTS over HTTP).
+const STRICT: [(&str, &str); 5] = [
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    ("content-security-policy", "frame-ancestors 'none'"),
+    ("permissions-policy", "accelerometer=(), browsing-topics=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), midi=(), payment=(), usb=()"),
+];
+
+fn headers_wasm_config() -> Value {
+    let set: BTreeMap<&str, &str> = SETS.iter().copied().collect();
+    json!({"request": {"set": set, "remove": REMOVES}, "security_headers": "strict"})
+}
+
+fn header_value(k: &str, v: &str, action: &str) -> Value {
+    json!({"header": {"key": k, "value": v}, "append_action": action})
+}
+
+fn header_mutation() -> Value {
+    let mut req: Vec<Value> = SETS
+        .iter()
+        .map(|(k, v)| json!({"append": header_value(k, v, "OVERWRITE_IF_EXISTS_OR_ADD")}))
+        .collect();
+    req.extend(REMOVES.iter().map(|r| json!({"remove": r})));
+    let resp: Vec<Value> = STRICT
+        .iter()
+        .map(|(k, v)| json!({"append": header_value(k, v, "ADD_IF_ABSENT")}))
+        .collect();
+    json!({
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": req, "response_mutations": resp}
+        }
+    })
+}
+
+fn route_headers() -> Value {
+    json!({
+        "request_headers_to_add": SETS.iter().map(|(k, v)| header_value(k, v, "OVERWRITE_IF_EXISTS_OR_ADD")).collect::<Vec<_>>(),
+        "request_headers_to_remove": REMOVES,
+        "response_headers_to_add": STRICT.iter().map(|(k, v)| header_value(k, v, "ADD_IF_ABSENT")).collect::<Vec<_>>(),
+    })
+}
+
+fn rl_wasm_config(limited: bool) -> Value {
+    if limited {
+        json!({"rules": [{"name": "all", "limit": {"requests": 1, "unit": "day"}, "burst": 1}]})
+    } else {
+        json!({"rules": [{"name": "all", "limit": {"requests": 1_000_000_000u64, "unit": "second"}}]})
+    }
+}
+
+fn local_ratelimit(limited: bool) -> Value {
+    let bucket = if limited {
+        json!({"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "86400s"})
+    } else {
+        json!({"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"})
+    };
+    let pct = json!({"numerator": 100, "denominator": "HUNDRED"});
+    json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench_rl",
+            "token_bucket": bucket,
+            "filter_enabled": {"runtime_key": "rl_enabled", "default_value": pct},
+            "filter_enforced": {"runtime_key": "rl_enforced", "default_value": pct},
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03"
+        }
+    })
+}
+
+// ---- OIDC: a static provider (discovery + JWKS) and valid cookies ----
+
+const OIDC_CLIENT: &str = "bench";
+const OIDC_COOKIE_KEY: [u8; 32] = [0x5a; 32];
+const OAUTH2_HMAC_SECRET: &str = "portcullis-bench-hmac-secret-0123456789";
+
+fn issuer(idp_port: u16) -> String {
+    format!("http://127.0.0.1:{idp_port}")
+}
+
+fn jwt_like(claims: &Value) -> String {
+    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT","kid":"rsa1"}"#);
+    let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let sig = URL_SAFE_NO_PAD.encode([0x42u8; 256]);
+    format!("{h}.{p}.{sig}")
+}
+
+struct Tokens {
+    id_token: String,
+    access_token: String,
+    expires_at: u64,
+}
+
+fn tokens(idp_port: u16) -> Tokens {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let exp = now + 7 * 86_400;
+    let id_token = jwt_like(&json!({
+        "iss": issuer(idp_port), "sub": "bench-user", "aud": OIDC_CLIENT, "exp": exp, "iat": now,
+        "email": "bench@example.com", "name": "Bench User"
+    }));
+    let access_token = jwt_like(&json!({
+        "iss": issuer(idp_port), "sub": "bench-user", "aud": "api", "exp": exp, "iat": now,
+        "scope": "openid email"
+    }));
+    Tokens {
+        id_token,
+        access_token,
+        expires_at: exp,
+    }
+}
+
+fn oidc_config(idp_port: u16) -> Value {
+    json!({
+        "issuer": issuer(idp_port),
+        "provider_cluster": "idp",
+        "client_id": OIDC_CLIENT,
+        "client_secret": "bench-client-secret",
+        "redirect_uri": format!("http://{HOST}/oauth2/callback"),
+        "scopes": ["openid", "email"],
+        "cookie": {"name": "portcullis-session", "secret": STANDARD.encode(OIDC_COOKIE_KEY), "secure": false},
+        "forward": {"access_token": true}
+    })
+}
+
+/// `Cookie` header value with a session sealed exactly as the filter seals it.
+fn oidc_cookie(idp_port: u16) -> Result<String> {
+    let cfg = oidc_config(idp_port);
+    let settings = Settings::from_json(cfg.to_string().as_bytes())
+        .map_err(|e| anyhow!("oidc config: {e}"))?;
+    let t = tokens(idp_port);
+    let session = Session {
+        id_token: t.id_token,
+        access_token: Some(t.access_token),
+        refresh_token: None,
+        expires_at: t.expires_at,
+    };
+    let aad = format!("session\0{}", settings.session_cookie);
+    let sealed = Sealer::new(&settings.key)
+        .seal(aad.as_bytes(), &serde_json::to_vec(&session)?)
+        .map_err(|e| anyhow!("sealing: {e}"))?;
+    let chunks = cookies::split_chunks(&sealed, settings.config.cookie.max_chunks)
+        .ok_or_else(|| anyhow!("session too large for the cookie"))?;
+    Ok(chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}-{i}={c}", settings.session_cookie))
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+/// Envoy oauth2's cookies: HMAC-SHA256(secret, host \n expires \n access \n id \n refresh), base64.
+fn oauth2_cookie(idp_port: u16) -> Result<String> {
+    let t = tokens(idp_port);
+    let exp = t.expires_at.to_string();
+    let payload = [HOST, &exp, &t.access_token, &t.id_token, ""].join("\n");
+    let mut mac = Hmac::<Sha256>::new_from_slice(OAUTH2_HMAC_SECRET.as_bytes())
+        .map_err(|e| anyhow!("hmac key: {e}"))?;
+    mac.update(payload.as_bytes());
+    let hmac = STANDARD.encode(mac.finalize().into_bytes());
+    Ok(format!(
+        "OauthHMAC={hmac}; OauthExpires={exp}; BearerToken={}; IdToken={}",
+        t.access_token, t.id_token
+    ))
+}
+
+fn oauth2_filter(idp_port: u16) -> Value {
+    json!({
+        "name": "envoy.filters.http.oauth2",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.oauth2.v3.OAuth2",
+            "config": {
+                "token_endpoint": {"cluster": "idp", "uri": format!("{}/token", issuer(idp_port)), "timeout": "3s"},
+                "authorization_endpoint": format!("{}/authorize", issuer(idp_port)),
+                "redirect_uri": "http://%REQ(:authority)%/oauth2/callback",
+                "redirect_path_matcher": {"path": {"exact": "/oauth2/callback"}},
+                "signout_path": {"path": {"exact": "/signout"}},
+                "credentials": {
+                    "client_id": OIDC_CLIENT,
+                    "token_secret": {"name": "oauth2-token"},
+                    "hmac_secret": {"name": "oauth2-hmac"}
+                },
+                "forward_bearer_token": true,
+                "disable_token_encryption": true,
+                "auth_scopes": ["openid", "email"]
+            }
+        }
+    })
+}
+
+fn oauth2_secrets() -> Vec<Value> {
+    vec![
+        json!({"name": "oauth2-token", "generic_secret": {"secret": {"inline_string": "bench-client-secret"}}}),
+        json!({"name": "oauth2-hmac", "generic_secret": {"secret": {"inline_string": OAUTH2_HMAC_SECRET}}}),
+    ]
+}
+
+/// The provider listener: discovery and JWKS as `direct_response`s.
+fn idp_listener(root: &Path, idp_port: u16) -> Result<Value> {
+    let jwk_path = root.join("filters/core/src/oidc/testdata/rsa1.jwk.json");
+    let jwk: Value = serde_json::from_slice(
+        &std::fs::read(&jwk_path).with_context(|| format!("reading {}", jwk_path.display()))?,
+    )?;
+    let iss = issuer(idp_port);
+    let discovery = json!({
+        "issuer": iss,
+        "authorization_endpoint": format!("{iss}/authorize"),
+        "token_endpoint": format!("{iss}/token"),
+        "jwks_uri": format!("{iss}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"]
+    });
+    let jwks = json!({"keys": [jwk]});
+    let direct = |path: &str, body: &Value| {
+        json!({"match": {"path": path}, "direct_response": {"status": 200, "body": {"inline_string": body.to_string()}},
+               "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]})
+    };
+    Ok(http_listener(
+        "idp",
+        idp_port,
+        vec![],
+        vec![
+            direct("/.well-known/openid-configuration", &discovery),
+            direct("/jwks", &jwks),
+            json!({"match": {"prefix": "/"}, "direct_response": {"status": 404}}),
+        ],
+    ))
+}
+
+fn with_cookie(mut h: Vec<(String, String)>, cookie: String) -> Vec<(String, String)> {
+    h.push(("cookie".into(), cookie));
+    h
+}
+
+fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
+    let ua = module(ctx, "ua_block")?;
+    let hd = module(ctx, "headers")?;
+    let rl = module(ctx, "ratelimit")?;
+    let oidc = module(ctx, "oidc")?;
+    let mut all_deny = deny_patterns();
+    all_deny.extend(preset_patterns(&ctx.root)?);
+    let lua = lua_ua_block(&ctx.root, &all_deny)?;
+    let ua_desc = format!(
+        "{} deny substrings ({} + the {} ai-crawlers preset tokens), 2 allow; request UA passes (Chrome)",
+        all_deny.len(),
+        deny_patterns().len(),
+        all_deny.len() - deny_patterns().len()
+    );
+    let wasm = |name: &str, path: &Path, cfg: Value| envoy::wasm_filter(name, path, &cfg);
+    // Each provider variant gets its own provider port (the issuer URL names it).
+    let (p_oidc, p_oauth2, p_chain, p_chain_up) = (
+        util::free_port()?,
+        util::free_port()?,
+        util::free_port()?,
+        util::free_port()?,
+    );
+
+    let mut v = vec![];
+    v.push(variant(
+        "none",
+        "baseline",
+        "no filter",
+        "router only, direct_response 200",
+        vec![],
+    ));
+    let mut up = variant(
+        "none-upstream",
+        "baseline",
+        "no filter, real upstream",
+        "router only, proxied to a second Envoy (direct_response) pinned with wrk",
+        vec![],
+    );
+    up.upstream = true;
+    v.push(up);
+
+    v.push(variant("ua-wasm", "ua-block", "ua-block wasm", &ua_desc, vec![wasm("ua_block", &ua, ua_wasm_config())]));
+    v.push(variant("ua-lua", "ua-block", "ua-block Lua", &format!("examples/lua/ua-block.lua with the same lists; {ua_desc}"), vec![lua_filter(&lua)]));
+    v.push(variant("ua-rbac", "ua-block", "ua-block native RBAC", "RBAC DENY: one RE2 alternation over the same deny list AND NOT the allow list on user-agent", vec![rbac_ua(&all_deny)]));
+
+    let mut h = variant("headers-wasm", "headers", "headers wasm", "strict preset + 3 request set + 2 request remove", vec![wasm("headers", &hd, headers_wasm_config())]);
+    h.expect = ok_with("x-frame-options", "DENY");
+    v.push(h);
+    let mut h = variant("headers-native", "headers", "header_mutation native", "header_mutation filter: same 3 set, 2 remove, 5 response headers ADD_IF_ABSENT", vec![header_mutation()]);
+    h.expect = ok_with("x-frame-options", "DENY");
+    v.push(h);
+    let mut h = variant("headers-route", "headers", "route header options", "route-level request_headers_to_add/remove, response_headers_to_add (no filter)", vec![]);
+    h.route_extra = route_headers();
+    h.expect = ok_with("x-frame-options", "DENY");
+    v.push(h);
+
+    v.push(variant("rl-wasm-pass", "ratelimit", "ratelimit wasm, not hit", "local rule, one bucket, 10^9/s: every request passes (draft03 headers)", vec![wasm("ratelimit", &rl, rl_wasm_config(false))]));
+    v.push(variant("rl-native-pass", "ratelimit", "local_ratelimit native, not hit", "token bucket 10^9 per 1s, enforced 100%, draft03 headers", vec![local_ratelimit(false)]));
+    let mut l = variant("rl-wasm-limited", "ratelimit", "ratelimit wasm, all limited", "1 request per day: every measured request answered 429 by the filter", vec![wasm("ratelimit", &rl, rl_wasm_config(true))]);
+    l.expect = Expect { status: 429, header: None };
+    v.push(l);
+    let mut l = variant("rl-native-limited", "ratelimit", "local_ratelimit native, all limited", "bucket of 1 token per day: every measured request answered 429", vec![local_ratelimit(true)]);
+    l.expect = Expect { status: 429, header: None };
+    v.push(l);
+
+    let mut o = variant("oidc-wasm", "oidc", "oidc wasm, valid session", "sealed session cookie (AES-256-GCM) opened per request, access token forwarded", vec![wasm("oidc", &oidc, oidc_config(p_oidc))]);
+    o.request_headers = with_cookie(base_headers(), oidc_cookie(p_oidc)?);
+    o.idp = Some(p_oidc);
+    v.push(o);
+    let mut o = variant("oauth2-native", "oidc", "oauth2 native, valid HMAC cookie", "HMAC-SHA256 cookie checked per request, bearer token forwarded (disable_token_encryption)", vec![oauth2_filter(p_oauth2)]);
+    o.request_headers = with_cookie(base_headers(), oauth2_cookie(p_oauth2)?);
+    o.idp = Some(p_oauth2);
+    o.secrets = oauth2_secrets();
+    v.push(o);
+
+    for (upstream, idp) in [(false, p_chain), (true, p_chain_up)] {
+        let chain = vec![
+            wasm("ua_block", &ua, ua_wasm_config()),
+            wasm("ratelimit", &rl, rl_wasm_config(false)),
+            wasm("oidc", &oidc, oidc_config(idp)),
+            wasm("headers", &hd, headers_wasm_config()),
+        ];
+        let (id, label) = if upstream {
+            ("chain-wasm-upstream", "all four wasm, real upstream")
+        } else {
+            ("chain-wasm", "all four wasm")
+        };
+        let mut c = variant(id, "chain", label, "ua-block -> ratelimit (not hit) -> oidc (valid session) -> headers", chain);
+        c.request_headers = with_cookie(base_headers(), oidc_cookie(idp)?);
+        c.idp = Some(idp);
+        c.upstream = upstream;
+        c.expect = ok_with("x-frame-options", "DENY");
+        v.push(c);
+    }
+    Ok(v)
+}
+
+// ---- running ----
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub round: u32,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub cpu_us_per_request: f64,
+    pub requests: u64,
+    pub non_2xx_3xx: u64,
+    pub socket_errors: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_us_per_request: f64,
+    pub rss_mib: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    #[serde(flatten)]
+    pub variant: Variant,
+    pub measured: bool,
+    pub skipped_reason: Option<String>,
+    pub rounds: Vec<Round>,
+    pub median: Option<Summary>,
+    /// median / the `none` variant's median (for RSS: end RSS / none's end RSS).
+    pub ratio_to_none: Option<Summary>,
+    pub rss_idle_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FiltersReport {
+    pub benchmark: &'static str,
+    pub date_utc: String,
+    pub command: String,
+    pub machine: util::Machine,
+    pub envoy_version: String,
+    pub envoy_cmd: String,
+    pub load_generator: String,
+    pub pinning: String,
+    pub rounds: u32,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub connections: u32,
+    pub request: String,
+    pub variants: Vec<VariantResult>,
+}
+
+struct Live {
+    envoy: Envoy,
+    port: u16,
+}
+
+pub fn find_root() -> Result<PathBuf> {
+    if let Ok(r) = std::env::var("PORTCULLIS_ROOT") {
+        return Ok(PathBuf::from(r));
+    }
+    let mut d = std::env::current_dir()?;
+    loop {
+        if d.join("filters/core/data/ai-crawlers.json").exists() {
+            return Ok(d);
+        }
+        if !d.pop() {
+            bail!("run from the Portcullis repository (or set PORTCULLIS_ROOT)");
+        }
+    }
+}
+
+pub fn envoy_bin(root: &Path, arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| {
+        let local = root.join(".bin/envoy");
+        if local.exists() {
+            local
+        } else {
+            PathBuf::from("envoy")
+        }
+    })
+}
+
+fn sanity(addr: std::net::SocketAddr, v: &Variant) -> Result<()> {
+    // A limited variant's single token goes to the first request.
+    let tries = if v.expect.status == 429 { 2 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        last = Some(util::http(addr, "GET", PATH, &v.request_headers)?);
+    }
+    let r = last.ok_or_else(|| anyhow!("no response"))?;
+    if r.status != v.expect.status {
+        bail!(
+            "{}: expected {} but got {} (body {:?}, location {:?})",
+            v.id,
+            v.expect.status,
+            r.status,
+            String::from_utf8_lossy(&r.body).chars().take(200).collect::<String>(),
+            r.header("location")
+        );
+    }
+    if let Some((h, want)) = &v.expect.header {
+        if r.header(h) != Some(want.as_str()) {
+            bail!("{}: expected response header {h}: {want}, got {:?}", v.id, r.header(h));
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: FiltersArgs) -> Result<()> {
+    let root = find_root()?;
+    let envoy_bin = envoy_bin(&root, args.envoy.clone());
+    let wasm_dir = if args.wasm_dir.is_absolute() {
+        args.wasm_dir.clone()
+    } else {
+        root.join(&args.wasm_dir)
+    };
+    let work = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let ctx = Ctx {
+        root: root.clone(),
+        wasm_dir,
+    };
+    let mut all = variants(&ctx)?;
+    if args.list {
+        for v in &all {
+            println!("{:<22} {:<10} {} — {}", v.id, v.group, v.label, v.description);
+        }
+        return Ok(());
+    }
+    if !args.only.is_empty() {
+        all.retain(|v| v.id == "none" || args.only.iter().any(|o| o == &v.id));
+    }
+
+    // The real upstream: a second Envoy answering with direct_response, on the load core.
+    let up_port = util::free_port()?;
+    let up_admin = util::free_port()?;
+    let up_boot = bootstrap(
+        up_admin,
+        vec![http_listener("upstream", up_port, vec![], vec![bench_route(false, &json!({}))])],
+        vec![],
+        vec![],
+    );
+    let needs_upstream = all.iter().any(|v| v.upstream);
+    let _upstream = if needs_upstream {
+        Some(Envoy::start(&envoy_bin, &work, "upstream", &args.load_cpus, up_admin, &up_boot)?)
+    } else {
+        None
+    };
+
+    // Start one Envoy per variant (all pinned to the Envoy core; idle ones cost nothing).
+    let mut results: Vec<VariantResult> = vec![];
+    let mut live: Vec<Option<Live>> = vec![];
+    for v in all {
+        let port = util::free_port()?;
+        let admin = util::free_port()?;
+        let mut listeners = vec![http_listener(
+            "bench",
+            port,
+            v.filters.clone(),
+            vec![bench_route(v.upstream, &v.route_extra)],
+        )];
+        let mut clusters = vec![];
+        if v.upstream {
+            clusters.push(cluster("upstream", up_port));
+        }
+        if let Some(idp_port) = v.idp {
+            listeners.push(idp_listener(&root, idp_port)?);
+            clusters.push(cluster("idp", idp_port));
+        }
+        let boot = bootstrap(admin, listeners, clusters, v.secrets.clone());
+        eprintln!("[bench] starting envoy for {}", v.id);
+        let started = Envoy::start(&envoy_bin, &work, &v.id, &args.envoy_cpus, admin, &boot);
+        let envoy = match started {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("[bench] {} not measured: {e:#}", v.id);
+                results.push(skipped(v, format!("Envoy did not start: {e:#}")));
+                live.push(None);
+                continue;
+            }
+        };
+        let addr = local(port);
+        let check = util::wait_for(&format!("{} answers as expected", v.id), Duration::from_secs(40), || {
+            match sanity(addr, &v) {
+                Ok(()) => Ok(Some(())),
+                Err(e) => Err(e),
+            }
+        });
+        if let Err(e) = check {
+            eprintln!("[bench] {} not measured: {e:#}", v.id);
+            results.push(skipped(v, format!("sanity check failed: {e:#}")));
+            live.push(None);
+            continue;
+        }
+        let rss_idle = util::status_kib(envoy.pid(), "VmRSS:").ok().map(|k| k as f64 / 1024.0);
+        results.push(VariantResult {
+            variant: v,
+            measured: true,
+            skipped_reason: None,
+            rounds: vec![],
+            median: None,
+            ratio_to_none: None,
+            rss_idle_mib: rss_idle,
+        });
+        live.push(Some(Live { envoy, port }));
+    }
+
+    let wrk = Wrk::new(&work, &args.load_cpus, args.connections, 1)?;
+    // Warm-up (also JIT-compiles the wasm modules' hot paths and fills connection pools).
+    for (r, l) in results.iter().zip(&live) {
+        if let Some(l) = l {
+            eprintln!("[bench] warm-up {}", r.variant.id);
+            wrk.run(&url(l.port), &r.variant.request_headers, args.warmup)?;
+        }
+    }
+    let t0 = Instant::now();
+    for round in 1..=args.rounds {
+        for (r, l) in results.iter_mut().zip(live.iter_mut()) {
+            let Some(l) = l else { continue };
+            l.envoy.guard.check_alive()?;
+            let pid = l.envoy.pid();
+            let c0 = util::cpu_seconds(pid)?;
+            let w: WrkResult = wrk.run(&url(l.port), &r.variant.request_headers, args.duration)?;
+            let c1 = util::cpu_seconds(pid)?;
+            let cpu_us = if w.requests > 0 {
+                (c1 - c0) * 1e6 / w.requests as f64
+            } else {
+                f64::NAN
+            };
+            let socket_errors = w.errors_connect + w.errors_read + w.errors_write + w.errors_timeout;
+            eprintln!(
+                "[bench] round {round}/{} {:<22} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  cpu {:>6.1} us/req  non-2xx {}  socket errors {}  ({:.0}s)",
+                args.rounds, r.variant.id, w.rps(), w.p50_us, w.p99_us, cpu_us, w.errors_status, socket_errors,
+                t0.elapsed().as_secs_f64()
+            );
+            r.rounds.push(Round {
+                round,
+                rps: w.rps(),
+                p50_us: w.p50_us,
+                p99_us: w.p99_us,
+                cpu_us_per_request: cpu_us,
+                requests: w.requests,
+                non_2xx_3xx: w.errors_status,
+                socket_errors,
+            });
+        }
+    }
+    for (r, l) in results.iter_mut().zip(&live) {
+        let Some(l) = l else { continue };
+        let rss = util::status_kib(l.envoy.pid(), "VmRSS:").map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
+        let col = |f: &dyn Fn(&Round) -> f64| median(&r.rounds.iter().map(f).collect::<Vec<_>>());
+        r.median = Some(Summary {
+            rps: col(&|x| x.rps),
+            p50_us: col(&|x| x.p50_us as f64),
+            p99_us: col(&|x| x.p99_us as f64),
+            cpu_us_per_request: col(&|x| x.cpu_us_per_request),
+            rss_mib: rss,
+        });
+    }
+    let base = results
+        .iter()
+        .find(|r| r.variant.id == "none")
+        .and_then(|r| r.median.clone());
+    if let Some(b) = base {
+        for r in &mut results {
+            if let Some(m) = &r.median {
+                r.ratio_to_none = Some(Summary {
+                    rps: m.rps / b.rps,
+                    p50_us: m.p50_us / b.p50_us,
+                    p99_us: m.p99_us / b.p99_us,
+                    cpu_us_per_request: m.cpu_us_per_request / b.cpu_us_per_request,
+                    rss_mib: m.rss_mib / b.rss_mib,
+                });
+            }
+        }
+    }
+    drop(live);
+    let machine = util::machine();
+    let report = FiltersReport {
+        benchmark: "filters",
+        date_utc: util::now_utc(),
+        command: args.command.clone(),
+        machine,
+        envoy_version: util::envoy_version(&envoy_bin),
+        envoy_cmd: format!(
+            "taskset -c {} envoy -c <variant>.json --concurrency 1 --disable-hot-restart --log-level warn",
+            args.envoy_cpus
+        ),
+        load_generator: wrk.describe(args.duration),
+        pinning: format!(
+            "Envoy under test on core {}; wrk (1 thread) and the real-upstream Envoy on core {}",
+            args.envoy_cpus, args.load_cpus
+        ),
+        rounds: args.rounds,
+        duration_s: args.duration,
+        warmup_s: args.warmup,
+        connections: args.connections,
+        request: format!("GET {PATH} HTTP/1.1, Host {HOST}, a Chrome user-agent, x-debug and x-internal headers (+ the session cookie for oidc/oauth2/chain)"),
+        variants: results,
+    };
+    let out = abs(&root, &args.out);
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
+    let md = crate::report::filters_markdown(&report);
+    std::fs::write(abs(&root, &args.markdown), md)?;
+    crate::chart::filters_charts(&report, &abs(&root, &args.charts))?;
+    eprintln!("[bench] wrote {} and {}", out.display(), abs(&root, &args.markdown).display());
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn abs(root: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}{PATH}")
+}
+
+fn skipped(v: Variant, reason: String) -> VariantResult {
+    VariantResult {
+        variant: v,
+        measured: false,
+        skipped_reason: Some(reason),
+        rounds: vec![],
+        median: None,
+        ratio_to_none: None,
+        rss_idle_mib: None,
+    }
+}
