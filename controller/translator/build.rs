@@ -15,6 +15,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/http/wasm/v3/wasm.proto",
     "envoy/extensions/filters/http/lua/v3/lua.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+    "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

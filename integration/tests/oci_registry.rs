@@ -367,6 +367,26 @@ fn server_errors_are_retried_with_backoff() {
             "{err}"
         );
         assert_eq!(hits.load(Ordering::SeqCst), 3);
+
+        // Pushes retry too: the manifest upload fails twice, then lands.
+        let (proxy, hits) = flaky_proxy(reg.url(), 2).await;
+        let other = sample_wasm("flaky-push");
+        let pushed = push_wasm(
+            &other,
+            &format!("{proxy}/portcullis/flaky:v2"),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+        let pulled = pull_wasm(
+            &format!("{}/portcullis/flaky:v2", reg.host()),
+            &PullOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(pulled.wasm, other);
+        assert_eq!(pulled.manifest_digest, pushed.manifest_digest);
     });
 }
 

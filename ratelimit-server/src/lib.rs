@@ -80,9 +80,7 @@ pub async fn serve(
     // grpc.health.v1: SERVING once Redis answered at startup (the connection manager
     // reconnects on its own; a Redis outage shows as UNAVAILABLE answers, not as unhealthy).
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<service::Server>()
-        .await;
+    health.set_serving::<service::Server>().await;
     tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(service::server(svc))

@@ -177,6 +177,8 @@ pub enum ClusterKind {
     Eds(Vec<EndpointIr>),
     /// Hostnames resolved by Envoy.
     StrictDns(Vec<EndpointIr>),
+    /// IP addresses given inline (no DNS, no EDS).
+    Static(Vec<EndpointIr>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -185,6 +187,8 @@ pub struct ClusterIr {
     pub kind: ClusterKind,
     /// Upstream TLS with this SNI (wasm fetch over https).
     pub tls_sni: Option<String>,
+    /// Upstream HTTP/2 only (gRPC services such as the rate-limit service).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -34,6 +34,8 @@ pub mod xds {
 pub use resources::{parse_documents, LoadError, Resource, Resources};
 pub use xds::render::{render_output, try_render_output, OutputFormat, RenderError};
 
+use std::collections::BTreeMap;
+
 use status::ResourceStatus;
 use wasm::source::{WasmResolver, WasmSource};
 use xds::snapshot::XdsSnapshot;
@@ -49,6 +51,18 @@ pub struct TranslateOptions {
     pub wasm_serve_cluster: String,
     /// Address Envoy listeners bind to.
     pub listener_address: String,
+    /// Where the built-in filter modules come from, by name (`"oidc"`, `"ratelimit"`): the
+    /// runtime points these at its own served copies of `dist/wasm/<name>.wasm`. They are
+    /// listed in `wasm_needed` and resolved through the [`WasmResolver`] like EEP modules.
+    /// SecurityPolicy `oidc` needs `"oidc"`; BackendTrafficPolicy `rateLimit` needs `"ratelimit"`.
+    pub builtin_modules: BTreeMap<String, WasmSource>,
+    /// Key from which each SecurityPolicy's OIDC cookie secret is derived
+    /// (HMAC-SHA256(key, "oidc-cookie/<ns>/<name>")). The runtime persists a random one. `None`
+    /// (offline translate) derives from a public placeholder key and says so in the status.
+    pub session_secret: Option<[u8; 32]>,
+    /// `host:port` of the rate-limit gRPC service for BackendTrafficPolicy global limits
+    /// (`portcullis run --ratelimit-service`). Global limits are rejected without it.
+    pub ratelimit_service: Option<String>,
 }
 
 impl Default for TranslateOptions {
@@ -57,6 +71,9 @@ impl Default for TranslateOptions {
             controller_name: DEFAULT_CONTROLLER_NAME.to_string(),
             wasm_serve_cluster: "portcullis-wasm".to_string(),
             listener_address: "0.0.0.0".to_string(),
+            builtin_modules: BTreeMap::new(),
+            session_secret: None,
+            ratelimit_service: None,
         }
     }
 }

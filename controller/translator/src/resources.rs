@@ -497,6 +497,156 @@ pub struct LuaSpec {
     pub value_ref: Option<ObjectRef>,
 }
 
+// ---------------------------------------------------------------- SecurityPolicy
+
+/// SecurityPolicy: targets and `oidc`. Other auth kinds (jwt, basicAuth, extAuth...) are not
+/// modelled, so they land in `unsupported` and the policy is rejected (fail closed).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecurityPolicySpec {
+    pub target_ref: Option<PolicyTargetRef>,
+    pub target_refs: Vec<PolicyTargetRef>,
+    pub target_selectors: Vec<TargetSelector>,
+    pub oidc: Option<OidcSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OidcSpec {
+    pub provider: OidcProviderSpec,
+    #[serde(rename = "clientID")]
+    pub client_id: Option<String>,
+    #[serde(rename = "clientIDRef")]
+    pub client_id_ref: Option<ObjectRef>,
+    pub client_secret: Option<ObjectRef>,
+    #[serde(rename = "redirectURL")]
+    pub redirect_url: Option<String>,
+    pub logout_path: Option<String>,
+    pub scopes: Vec<String>,
+    pub cookie_domain: Option<String>,
+    pub cookie_config: Option<OidcCookieConfig>,
+    pub forward_access_token: Option<bool>,
+    #[serde(rename = "forwardIDToken")]
+    pub forward_id_token: Option<OidcForwardIdToken>,
+    pub refresh_token: Option<bool>,
+    #[serde(rename = "csrfTokenTTL")]
+    pub csrf_token_ttl: Option<String>,
+    #[serde(rename = "defaultTokenTTL")]
+    pub default_token_ttl: Option<String>,
+    // Accepted but not expressible by the filter: reported as ignored, never silently dropped.
+    pub cookie_names: Option<Value>,
+    #[serde(rename = "defaultRefreshTokenTTL")]
+    pub default_refresh_token_ttl: Option<String>,
+    pub deny_redirect: Option<Value>,
+    pub disable_token_encryption: Option<bool>,
+    pub resources: Vec<String>,
+    pub pass_through_auth_header: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OidcProviderSpec {
+    pub issuer: String,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub end_session_endpoint: Option<String>,
+    pub backend_ref: Option<Value>,
+    pub backend_refs: Option<Value>,
+    pub backend_settings: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OidcCookieConfig {
+    pub same_site: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OidcForwardIdToken {
+    pub header: Option<String>,
+}
+
+// ---------------------------------------------------------------- BackendTrafficPolicy
+
+/// BackendTrafficPolicy: targets and `rateLimit`. Other traffic features are reported as
+/// unsupported fields; unmodelled `rateLimit` fields reject the rate limit.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendTrafficPolicySpec {
+    pub target_ref: Option<PolicyTargetRef>,
+    pub target_refs: Vec<PolicyTargetRef>,
+    pub target_selectors: Vec<TargetSelector>,
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitSpec {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub local: Option<RateLimitRules>,
+    pub global: Option<RateLimitRules>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitRules {
+    pub rules: Vec<RateLimitRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitRule {
+    pub client_selectors: Vec<RateLimitSelector>,
+    pub limit: RateLimitValue,
+    pub shared: Option<bool>,
+    pub shadow_mode: Option<bool>,
+    pub x_rate_limit_headers: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitSelector {
+    pub headers: Vec<RateLimitHeaderMatch>,
+    pub methods: Vec<RateLimitMethodMatch>,
+    #[serde(rename = "sourceCIDR")]
+    pub source_cidr: Option<RateLimitCidr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitHeaderMatch {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub value: Option<String>,
+    pub invert: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitMethodMatch {
+    pub value: String,
+    pub invert: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitCidr {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub value: String,
+    pub invert: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitValue {
+    pub requests: u64,
+    pub unit: String,
+}
+
 // ---------------------------------------------------------------- objects
 
 /// One parsed object: metadata, typed body, and the `spec.*` fields we did not model.
@@ -535,6 +685,8 @@ pub enum Resource {
     Namespace(Object<()>),
     Backend(Object<BackendSpec>),
     EnvoyExtensionPolicy(Object<EnvoyExtensionPolicySpec>),
+    SecurityPolicy(Object<SecurityPolicySpec>),
+    BackendTrafficPolicy(Object<BackendTrafficPolicySpec>),
     /// A kind this controller does not read; kept so callers can report it.
     Other {
         api_version: String,
@@ -712,6 +864,10 @@ fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
         (EG_GROUP, "EnvoyExtensionPolicy") => {
             Resource::EnvoyExtensionPolicy(typed(source, spec_of(v), true)?)
         }
+        (EG_GROUP, "SecurityPolicy") => Resource::SecurityPolicy(typed(source, spec_of(v), true)?),
+        (EG_GROUP, "BackendTrafficPolicy") => {
+            Resource::BackendTrafficPolicy(typed(source, spec_of(v), true)?)
+        }
         ("", "Service") => {
             let spec = v
                 .get("spec")
@@ -766,6 +922,8 @@ pub struct Resources {
     pub namespaces: BTreeMap<String, Object<()>>,
     pub backends: BTreeMap<NsName, Object<BackendSpec>>,
     pub extension_policies: BTreeMap<NsName, Object<EnvoyExtensionPolicySpec>>,
+    pub security_policies: BTreeMap<NsName, Object<SecurityPolicySpec>>,
+    pub backend_traffic_policies: BTreeMap<NsName, Object<BackendTrafficPolicySpec>>,
     /// `(apiVersion, kind, namespace/name, source)` of objects of kinds we do not read.
     pub others: Vec<(String, String, String, String)>,
 }
@@ -807,6 +965,12 @@ impl Resources {
                 }
                 Resource::EnvoyExtensionPolicy(o) => {
                     r.extension_policies.insert(o.key(), o);
+                }
+                Resource::SecurityPolicy(o) => {
+                    r.security_policies.insert(o.key(), o);
+                }
+                Resource::BackendTrafficPolicy(o) => {
+                    r.backend_traffic_policies.insert(o.key(), o);
                 }
                 Resource::Other {
                     api_version,

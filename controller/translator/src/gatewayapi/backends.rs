@@ -120,6 +120,7 @@ pub fn resolve(
                     .collect(),
             ),
             tls_sni: None,
+            http2: false,
         });
     }
     let be = res.backends.get(&key).ok_or_else(|| {
@@ -177,5 +178,6 @@ pub fn resolve(
             ClusterKind::Eds(eps)
         },
         tls_sni: None,
+        http2: false,
     })
 }

@@ -57,15 +57,7 @@ impl Policies {
         gw: &NsName,
         listener: &str,
     ) -> Option<&PolicyState> {
-        let mut keys = Vec::new();
-        if let Some(r) = rule_name {
-            keys.push(TargetKey::Route(route.clone(), Some(r.to_string())));
-        }
-        keys.push(TargetKey::Route(route.clone(), None));
-        keys.push(TargetKey::Gateway(gw.clone(), Some(listener.to_string())));
-        keys.push(TargetKey::Gateway(gw.clone(), None));
-        keys.iter()
-            .find_map(|k| self.winners.get(k))
+        effective_in(&self.winners, route, rule_name, gw, listener)
             .and_then(|p| self.states.get(p))
     }
 }
@@ -93,6 +85,7 @@ pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<Cluster
             port,
         }]),
         tls_sni: tls,
+        http2: false,
     })
 }
 
@@ -147,12 +140,31 @@ fn resolve_targets(
     p: &Object<EnvoyExtensionPolicySpec>,
     gateways: &GatewayMap,
 ) -> (Vec<TargetKey>, Vec<(PolicyTargetRef, String)>) {
-    let ns = p.namespace().to_string();
+    resolve_targets_for(
+        res,
+        p.namespace(),
+        p.spec.target_ref.as_ref(),
+        &p.spec.target_refs,
+        &p.spec.target_selectors,
+        gateways,
+    )
+}
+
+/// Resolves a policy's `targetRef`, `targetRefs` and `targetSelectors` (any policy kind).
+pub(crate) fn resolve_targets_for(
+    res: &Resources,
+    ns: &str,
+    target_ref: Option<&PolicyTargetRef>,
+    target_refs: &[PolicyTargetRef],
+    target_selectors: &[crate::resources::TargetSelector],
+    gateways: &GatewayMap,
+) -> (Vec<TargetKey>, Vec<(PolicyTargetRef, String)>) {
+    let ns = ns.to_string();
     let mut targets = Vec::new();
     let mut not_found = Vec::new();
-    let mut refs: Vec<PolicyTargetRef> = p.spec.target_ref.iter().cloned().collect();
-    refs.extend(p.spec.target_refs.iter().cloned());
-    for sel in &p.spec.target_selectors {
+    let mut refs: Vec<PolicyTargetRef> = target_ref.into_iter().cloned().collect();
+    refs.extend(target_refs.iter().cloned());
+    for sel in target_selectors {
         let group = sel.group.clone().unwrap_or_else(|| GATEWAY_GROUP.into());
         let selector = crate::resources::LabelSelector {
             match_labels: sel.match_labels.clone(),
@@ -362,23 +374,11 @@ pub fn resolve(
         states.insert(key.clone(), st);
     }
 
-    // Oldest policy wins each exact target.
-    let mut by_target: BTreeMap<TargetKey, Vec<(AgeKey, NsName)>> = BTreeMap::new();
-    for (key, st) in &states {
-        for t in &st.targets {
-            by_target
-                .entry(t.clone())
-                .or_default()
-                .push((age_key(&st.obj.meta, &key.0), key.clone()));
-        }
-    }
-    let winners = by_target
-        .into_iter()
-        .filter_map(|(t, mut v)| {
-            v.sort();
-            v.into_iter().next().map(|(_, k)| (t, k))
-        })
-        .collect();
+    let winners = pick_winners(
+        states
+            .iter()
+            .map(|(k, st)| (k, &st.obj.meta, st.targets.as_slice())),
+    );
     Policies {
         states,
         winners,
@@ -386,10 +386,51 @@ pub fn resolve(
     }
 }
 
+/// Oldest policy wins each exact target.
+pub(crate) fn pick_winners<'a>(
+    policies: impl Iterator<Item = (&'a NsName, &'a crate::resources::ObjectMeta, &'a [TargetKey])>,
+) -> BTreeMap<TargetKey, NsName> {
+    let mut by_target: BTreeMap<TargetKey, Vec<(AgeKey, NsName)>> = BTreeMap::new();
+    for (key, meta, targets) in policies {
+        for t in targets {
+            by_target
+                .entry(t.clone())
+                .or_default()
+                .push((age_key(meta, &key.0), key.clone()));
+        }
+    }
+    by_target
+        .into_iter()
+        .filter_map(|(t, mut v)| {
+            v.sort();
+            v.into_iter().next().map(|(_, k)| (t, k))
+        })
+        .collect()
+}
+
+/// The winning policy for one rule of a route on one listener: the most specific target wins,
+/// and any route-level policy overrides gateway-level ones.
+pub(crate) fn effective_in<'a>(
+    winners: &'a BTreeMap<TargetKey, NsName>,
+    route: &NsName,
+    rule_name: Option<&str>,
+    gw: &NsName,
+    listener: &str,
+) -> Option<&'a NsName> {
+    let mut keys = Vec::new();
+    if let Some(r) = rule_name {
+        keys.push(TargetKey::Route(route.clone(), Some(r.to_string())));
+    }
+    keys.push(TargetKey::Route(route.clone(), None));
+    keys.push(TargetKey::Gateway(gw.clone(), Some(listener.to_string())));
+    keys.push(TargetKey::Gateway(gw.clone(), None));
+    keys.iter().find_map(|k| winners.get(k))
+}
+
 /// `namespace/name` of the routes on Gateway `gw` (listener `section`, or all) whose own
 /// route-level policy replaces the gateway-level one.
 fn overridden_routes(
-    pols: &Policies,
+    winners: &BTreeMap<TargetKey, NsName>,
     routes: &super::routes::RouteOutput,
     gateways: &GatewayMap,
     gw: &NsName,
@@ -404,8 +445,7 @@ fn overridden_routes(
         if section.is_some() && section != listener {
             continue;
         }
-        let route_level = pols
-            .winners
+        let route_level = winners
             .keys()
             .any(|k| matches!(k, TargetKey::Route(r, _) if r == &a.route));
         if route_level {
@@ -423,19 +463,7 @@ pub fn statuses(
     routes: &super::routes::RouteOutput,
 ) -> Vec<ResourceStatus> {
     let mut out = Vec::new();
-    for ((ns, name), st) in &pols.states {
-        let generation = st.obj.meta.generation;
-        let mut ancestors: BTreeMap<String, Value> = BTreeMap::new();
-        let mut add = |ancestor: Value, conds: Vec<Condition>| {
-            let k = ancestor.to_string();
-            ancestors.entry(k).or_insert_with(|| {
-                json!({
-                    "ancestorRef": ancestor,
-                    "controllerName": opts.controller_name,
-                    "conditions": conditions_json(&conds, generation),
-                })
-            });
-        };
+    for (key, st) in &pols.states {
         let base = if !st.problems.is_empty() {
             Condition::new("Accepted", false, "Invalid", st.problems.join("; "))
         } else if !st.unavailable.is_empty() {
@@ -448,89 +476,162 @@ pub fn statuses(
         } else {
             Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
         };
-        for t in &st.targets {
-            let cond = match pols.winners.get(t) {
-                Some(w) if w != &(ns.clone(), name.clone()) => Condition::new(
-                    "Accepted",
-                    false,
-                    "Conflicted",
-                    format!(
-                        "EnvoyExtensionPolicy {}/{} is older and targets the same resource",
-                        w.0, w.1
-                    ),
-                ),
-                _ => base.clone(),
-            };
-            match t {
-                TargetKey::Gateway(gkey, section) => {
-                    let mut conds = vec![cond.clone()];
-                    let overridden =
-                        overridden_routes(pols, routes, gateways, gkey, section.as_deref());
-                    if cond.status && !overridden.is_empty() {
-                        conds.push(Condition::new(
-                            "Overridden",
-                            true,
-                            "Overridden",
-                            format!(
-                                "route-level EnvoyExtensionPolicies override this policy on: {}",
-                                overridden.join(", ")
-                            ),
-                        ));
-                    }
-                    add(
-                        gateway_ref_json(&gkey.0, &gkey.1, section.as_deref()),
-                        conds,
-                    )
-                }
-                TargetKey::Route(rkey, _) => {
-                    let mut any = false;
-                    if let Some(route) = res.http_routes.get(rkey) {
-                        for pr in &route.spec.parent_refs {
-                            let pns = pr.namespace.clone().unwrap_or_else(|| rkey.0.clone());
-                            if pr.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-                                && gateways.contains_key(&(pns.clone(), pr.name.clone()))
-                            {
-                                any = true;
-                                add(
-                                    gateway_ref_json(&pns, &pr.name, pr.section_name.as_deref()),
-                                    vec![cond.clone()],
-                                );
-                            }
-                        }
-                    }
-                    if !any {
-                        add(
-                            json!({"group": GATEWAY_GROUP, "kind": "HTTPRoute", "namespace": rkey.0, "name": rkey.1}),
-                            vec![cond],
-                        );
-                    }
-                }
-            }
-        }
-        for (r, msg) in &st.not_found {
-            let mut a = json!({"group": r.group, "kind": r.kind, "namespace": ns, "name": r.name});
-            if let (Some(s), Some(o)) = (&r.section_name, a.as_object_mut()) {
-                o.insert("sectionName".into(), json!(s));
-            }
-            add(
-                a,
-                vec![Condition::new(
-                    "Accepted",
-                    false,
-                    "TargetNotFound",
-                    msg.clone(),
-                )],
-            );
-        }
-        out.push(ResourceStatus {
-            api_version: format!("{EG_GROUP}/v1alpha1"),
-            kind: "EnvoyExtensionPolicy".into(),
-            metadata: ObjectRef {
-                namespace: Some(ns.clone()),
-                name: name.clone(),
+        out.push(policy_status(
+            &PolicyStatusInput {
+                res,
+                opts,
+                gateways,
+                routes,
+                kind: "EnvoyExtensionPolicy",
+                key,
+                generation: st.obj.meta.generation,
+                targets: &st.targets,
+                not_found: &st.not_found,
+                winners: &pols.winners,
             },
-            status: json!({ "ancestors": ancestors.into_values().collect::<Vec<_>>() }),
-        });
+            base,
+            &[],
+        ));
     }
     out
+}
+
+pub(crate) struct PolicyStatusInput<'a> {
+    pub res: &'a Resources,
+    pub opts: &'a TranslateOptions,
+    pub gateways: &'a GatewayMap,
+    pub routes: &'a super::routes::RouteOutput,
+    /// `EnvoyExtensionPolicy`, `SecurityPolicy`, `BackendTrafficPolicy`.
+    pub kind: &'a str,
+    pub key: &'a NsName,
+    pub generation: Option<i64>,
+    pub targets: &'a [TargetKey],
+    pub not_found: &'a [(PolicyTargetRef, String)],
+    pub winners: &'a BTreeMap<TargetKey, NsName>,
+}
+
+/// A policy's `status.ancestors[]`: one entry per Gateway ancestor, with `base` (Accepted) unless
+/// an older policy of the same kind wins the target (Conflicted), Overridden where route-level
+/// policies replace a gateway-level one, and `extra` conditions (warnings) on accepted ones.
+pub(crate) fn policy_status(
+    input: &PolicyStatusInput<'_>,
+    base: Condition,
+    extra: &[Condition],
+) -> ResourceStatus {
+    let PolicyStatusInput {
+        res,
+        opts,
+        gateways,
+        routes,
+        kind,
+        key,
+        generation,
+        targets,
+        not_found,
+        winners,
+    } = input;
+    let (ns, name) = key;
+    let generation = *generation;
+    let mut ancestors: BTreeMap<String, Value> = BTreeMap::new();
+    let mut add = |ancestor: Value, conds: Vec<Condition>| {
+        let k = ancestor.to_string();
+        ancestors.entry(k).or_insert_with(|| {
+            json!({
+                "ancestorRef": ancestor,
+                "controllerName": opts.controller_name,
+                "conditions": conditions_json(&conds, generation),
+            })
+        });
+    };
+    for t in targets.iter() {
+        let cond = match winners.get(t) {
+            Some(w) if w != *key => Condition::new(
+                "Accepted",
+                false,
+                "Conflicted",
+                format!(
+                    "{kind} {}/{} is older and targets the same resource",
+                    w.0, w.1
+                ),
+            ),
+            _ => base.clone(),
+        };
+        let with_extra = |c: &Condition| {
+            let mut v = vec![c.clone()];
+            if c.status {
+                v.extend(extra.iter().cloned());
+            }
+            v
+        };
+        match t {
+            TargetKey::Gateway(gkey, section) => {
+                let mut conds = with_extra(&cond);
+                let overridden =
+                    overridden_routes(winners, routes, gateways, gkey, section.as_deref());
+                if cond.status && !overridden.is_empty() {
+                    conds.push(Condition::new(
+                        "Overridden",
+                        true,
+                        "Overridden",
+                        format!(
+                            "route-level {}ies override this policy on: {}",
+                            kind.trim_end_matches('y'),
+                            overridden.join(", ")
+                        ),
+                    ));
+                }
+                add(
+                    gateway_ref_json(&gkey.0, &gkey.1, section.as_deref()),
+                    conds,
+                )
+            }
+            TargetKey::Route(rkey, _) => {
+                let mut any = false;
+                if let Some(route) = res.http_routes.get(rkey) {
+                    for pr in &route.spec.parent_refs {
+                        let pns = pr.namespace.clone().unwrap_or_else(|| rkey.0.clone());
+                        if pr.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                            && gateways.contains_key(&(pns.clone(), pr.name.clone()))
+                        {
+                            any = true;
+                            add(
+                                gateway_ref_json(&pns, &pr.name, pr.section_name.as_deref()),
+                                with_extra(&cond),
+                            );
+                        }
+                    }
+                }
+                if !any {
+                    add(
+                        json!({"group": GATEWAY_GROUP, "kind": "HTTPRoute", "namespace": rkey.0, "name": rkey.1}),
+                        with_extra(&cond),
+                    );
+                }
+            }
+        }
+    }
+    for (r, msg) in not_found.iter() {
+        let mut a = json!({"group": r.group, "kind": r.kind, "namespace": ns, "name": r.name});
+        if let (Some(s), Some(o)) = (&r.section_name, a.as_object_mut()) {
+            o.insert("sectionName".into(), json!(s));
+        }
+        add(
+            a,
+            vec![Condition::new(
+                "Accepted",
+                false,
+                "TargetNotFound",
+                msg.clone(),
+            )],
+        );
+    }
+    ResourceStatus {
+        api_version: format!("{EG_GROUP}/v1alpha1"),
+        kind: kind.to_string(),
+        metadata: ObjectRef {
+            namespace: Some(ns.clone()),
+            name: name.clone(),
+        },
+        status: json!({ "ancestors": ancestors.into_values().collect::<Vec<_>>() }),
+    }
 }

@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::extensions::filters::http::wasm::v3 as wasm_filter;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::extensions::wasm::v3 as wasm;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::envoy::r#type::v3 as types;
@@ -142,6 +143,33 @@ fn build_cluster(c: &ClusterIr) -> (cluster::Cluster, Option<endpoint::ClusterLo
             out.dns_lookup_family = cluster::cluster::DnsLookupFamily::V4Preferred as i32;
             out.load_assignment = Some(load_assignment(&c.name, eps));
         }
+        ClusterKind::Static(eps) => {
+            out.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+                cluster::cluster::DiscoveryType::Static as i32,
+            ));
+            out.load_assignment = Some(load_assignment(&c.name, eps));
+        }
+    }
+    if c.http2 {
+        // gRPC needs HTTP/2 to the upstream.
+        let opts = upstream_http::HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    upstream_http::http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                core::Http2ProtocolOptions::default(),
+                            ),
+                        ),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        out.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            any(&opts),
+        );
     }
     if let Some(sni) = &c.tls_sni {
         let ctx = tls::UpstreamTlsContext {
