@@ -24,11 +24,11 @@ pub struct Bars<'a> {
 }
 
 pub fn hbars(path: &Path, b: &Bars<'_>) -> Result<()> {
-    let label_w = 330i32;
+    let label_w = 360i32;
     let bar_w = 470i32;
     let width = (label_w + bar_w + 110) as u32;
     let ns = b.series.len().max(1) as i32;
-    let bar_h = 13i32;
+    let bar_h = 16i32;
     let row_h = ns * bar_h + 8;
     let top = if b.series.len() > 1 { 58 } else { 40 };
     let height = (top + row_h * b.rows.len() as i32 + 30) as u32;
@@ -45,7 +45,7 @@ pub fn hbars(path: &Path, b: &Bars<'_>) -> Result<()> {
     let err = |e: &dyn std::fmt::Debug| anyhow!("drawing {}: {e:?}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let font = |size: i32| ("sans-serif", size).into_font();
-    root.draw(&Text::new(b.title.to_string(), (10, 10), font(16).color(&BLACK)))
+    root.draw(&Text::new(b.title.to_string(), (10, 10), font(19).color(&BLACK)))
         .map_err(|e| err(&e))?;
     if b.series.len() > 1 {
         let mut x = label_w;
@@ -53,7 +53,7 @@ pub fn hbars(path: &Path, b: &Bars<'_>) -> Result<()> {
             let c = PALETTE[i % PALETTE.len()];
             root.draw(&Rectangle::new([(x, 34), (x + 12, 46)], c.filled()))
                 .map_err(|e| err(&e))?;
-            root.draw(&Text::new(s.to_string(), (x + 16, 34), font(12).color(&BLACK)))
+            root.draw(&Text::new(s.to_string(), (x + 16, 34), font(15).color(&BLACK)))
                 .map_err(|e| err(&e))?;
             x += 30 + 8 * s.len() as i32;
         }
@@ -71,7 +71,7 @@ pub fn hbars(path: &Path, b: &Bars<'_>) -> Result<()> {
         root.draw(&Text::new(
             label.clone(),
             (10, y0 + row_h / 2 - 7),
-            font(12).color(&BLACK),
+            font(15).color(&BLACK),
         ))
         .map_err(|e| err(&e))?;
         for (i, v) in vals.iter().enumerate() {
@@ -86,14 +86,14 @@ pub fn hbars(path: &Path, b: &Bars<'_>) -> Result<()> {
                 root.draw(&Text::new(
                     format!("{:.*} {}", b.decimals, v, b.unit),
                     (scale(*v) + 4, yb),
-                    font(11).color(&BLACK),
+                    font(14).color(&BLACK),
                 ))
                 .map_err(|e| err(&e))?;
             } else {
                 root.draw(&Text::new(
                     "not measured".to_string(),
                     (label_w + 4, yb),
-                    font(11).color(&RGBColor(0x99, 0x33, 0x33)),
+                    font(14).color(&RGBColor(0x99, 0x33, 0x33)),
                 ))
                 .map_err(|e| err(&e))?;
             }
@@ -110,7 +110,7 @@ pub fn hbars(path: &Path, b: &Bars<'_>) -> Result<()> {
         root.draw(&Text::new(
             format!("{rf}"),
             (x - 6, y1 + 6),
-            font(11).color(&BLACK),
+            font(14).color(&BLACK),
         ))
         .map_err(|e| err(&e))?;
     }

@@ -55,6 +55,9 @@ pub struct ControllerArgs {
     /// Keep the generated manifests in this directory (default: a temporary one, removed).
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// Replace the tables between `<!-- controller:begin/end -->` in BENCHMARKS.md.
+    #[arg(long)]
+    pub update_benchmarks_md: bool,
     /// The command line to record in the results.
     #[arg(long, default_value = "portcullis-bench controller")]
     pub command: String,
@@ -356,18 +359,38 @@ fn converge(
     let mut guard = Guard::spawn("portcullis run", &mut cmd)?;
     let timeout = Duration::from_secs(args.converge_timeout);
     let mut last = Value::Null;
+    // Settled: every wasm module fetched (a fetch completing re-drives translation and bumps the
+    // generation), every Envoy ACKed, and the generation unchanged 500 ms later.
+    let mut seen: Option<(u64, Instant)> = None;
     let gen = util::wait_for("initial sync", timeout, || {
         guard.check_alive()?;
         let d = match status(admin) {
             Ok(d) => d,
             Err(_) => return Ok(None),
         };
-        let g = synced(&d, args.gateways, 1);
+        let wasm_ready = d["wasm"]
+            .as_array()
+            .map(|a| a.iter().all(|m| m["state"] == "ready"))
+            .unwrap_or(true);
+        let g = synced(&d, args.gateways, 1).filter(|_| wasm_ready);
         last = d;
-        Ok(g)
+        match (g, seen) {
+            (Some(g), Some((sg, at))) if g == sg => {
+                Ok((at.elapsed() >= Duration::from_millis(500)).then_some(g))
+            }
+            (Some(g), _) => {
+                seen = Some((g, Instant::now()));
+                Ok(None)
+            }
+            (None, _) => {
+                seen = None;
+                Ok(None)
+            }
+        }
     })
-    .map_err(|e| anyhow!("{e:#}; last xds status: {}", last["xds"]))?;
-    let initial_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
+    .map_err(|e| anyhow!("{e:#}; last status: xds {} wasm {}", last["xds"], last["wasm"]))?;
+    // Minus the 500 ms stability wait.
+    let initial_sync_ms = t0.elapsed().as_secs_f64() * 1e3 - 500.0;
     let mut gen = gen;
     let mut edits = vec![];
     for e in 0..args.edits {
@@ -448,8 +471,9 @@ pub fn run(args: ControllerArgs) -> Result<()> {
     let wasm_port = serve_dir(wasm_dir.clone())?;
     let wasm_base = format!("http://127.0.0.1:{wasm_port}");
     let tmp = std::env::temp_dir().join(format!("portcullis-bench-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let base = args.manifests.clone().unwrap_or_else(|| tmp.join("manifests"));
-    std::fs::create_dir_all(&base)?;
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let mut sizes: Vec<usize> = args.routes.clone();
     sizes.extend(args.converge_routes.iter().copied());
     sizes.sort_unstable();
@@ -469,7 +493,8 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         let mut peak = 0u64;
         let out_path = tmp.join("translate-out.json");
         for _ in 0..args.translate_runs.max(1) {
-            let out = std::fs::File::create(&out_path)?;
+            let out = std::fs::File::create(&out_path)
+                .with_context(|| format!("creating {}", out_path.display()))?;
             let mut cmd = Command::new(&portcullis);
             cmd.arg("translate")
                 .arg("-f")
@@ -552,7 +577,13 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         std::fs::create_dir_all(d)?;
     }
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
-    std::fs::write(abs(&args.markdown), crate::report::controller_markdown(&report))?;
+    let md = crate::report::controller_markdown(&report);
+    std::fs::write(abs(&args.markdown), &md)?;
+    if args.update_benchmarks_md
+        && crate::report::splice(&root.join("BENCHMARKS.md"), "controller", &md)?
+    {
+        eprintln!("[bench] updated the controller tables in BENCHMARKS.md");
+    }
     crate::chart::controller_charts(&report, &abs(&args.charts))?;
     eprintln!("[bench] wrote {}", out.display());
     if args.manifests.is_none() {

@@ -109,14 +109,18 @@ pub fn bootstrap(
 ) -> Value {
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {"listeners": listeners, "clusters": clusters, "secrets": secrets}
+        "static_resources": {"listeners": listeners, "clusters": clusters, "secrets": secrets},
+        // RE2's default program-size limit (100) refuses a regex alternation over a ~170-entry
+        // deny list (program size ~1,200); raise it so the native RBAC variant can load.
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+            "re2.max_program_size.error_level": 100_000,
+            "re2.max_program_size.warn_level": 100_000
+        }}]}
     })
 }
 
 /// A running Envoy with `--concurrency 1`, pinned to `cpus` with taskset.
 pub struct Envoy {
-    pub name: String,
-    pub admin_port: u16,
     pub log: PathBuf,
     pub guard: Guard,
 }
@@ -153,8 +157,6 @@ impl Envoy {
             .stderr(logf);
         let guard = Guard::spawn(&format!("envoy {name}"), &mut cmd)?;
         let mut e = Envoy {
-            name: name.to_string(),
-            admin_port,
             log,
             guard,
         };
@@ -188,18 +190,5 @@ impl Envoy {
 
     pub fn pid(&self) -> u32 {
         self.guard.pid()
-    }
-
-    /// One counter or gauge from `/stats?filter=` (exact name).
-    pub fn stat(&self, name: &str) -> Option<u64> {
-        let r = util::get(
-            local(self.admin_port),
-            &format!("/stats?filter=^{}$", name.replace('.', "\\.")),
-        )
-        .ok()?;
-        String::from_utf8_lossy(&r.body)
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
     }
 }

@@ -58,6 +58,9 @@ pub struct FiltersArgs {
     /// Directory for the SVG charts.
     #[arg(long, default_value = "docs/bench")]
     pub charts: PathBuf,
+    /// Replace the table between `<!-- filters:begin/end -->` in BENCHMARKS.md.
+    #[arg(long)]
+    pub update_benchmarks_md: bool,
     /// The command line to record in the results (set by scripts/bench-filters.sh).
     #[arg(long, default_value = "portcullis-bench filters")]
     pub command: String,
@@ -719,6 +722,34 @@ fn sanity(addr: std::net::SocketAddr, v: &Variant) -> Result<()> {
             r.header("location")
         );
     }
+    // ua-block variants must refuse a deny-listed agent (one from each list).
+    if v.group == "ua-block" {
+        for ua in ["Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)", "bench-scraper-42/1.0"] {
+            let h: Vec<(String, String)> = v
+                .request_headers
+                .iter()
+                .map(|(k, x)| (k.clone(), if k == "user-agent" { ua.to_string() } else { x.clone() }))
+                .collect();
+            let r = util::http(addr, "GET", PATH, &h)?;
+            if r.status != 403 {
+                bail!("{}: user-agent {ua:?} got {} instead of 403", v.id, r.status);
+            }
+        }
+    }
+    // With a session cookie, the same request without it must not reach the route: proves the
+    // filter authenticated the cookie rather than letting everything through.
+    if v.request_headers.iter().any(|(k, _)| k == "cookie") {
+        let bare: Vec<(String, String)> = v
+            .request_headers
+            .iter()
+            .filter(|(k, _)| k != "cookie")
+            .cloned()
+            .collect();
+        let r = util::http(addr, "GET", PATH, &bare)?;
+        if r.status == 200 {
+            bail!("{}: a request without the session cookie got 200 too", v.id);
+        }
+    }
     if let Some((h, want)) = &v.expect.header {
         if r.header(h) != Some(want.as_str()) {
             bail!("{}: expected response header {h}: {want}, got {:?}", v.id, r.header(h));
@@ -925,7 +956,12 @@ pub fn run(args: FiltersArgs) -> Result<()> {
     }
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
     let md = crate::report::filters_markdown(&report);
-    std::fs::write(abs(&root, &args.markdown), md)?;
+    std::fs::write(abs(&root, &args.markdown), &md)?;
+    if args.update_benchmarks_md
+        && crate::report::splice(&root.join("BENCHMARKS.md"), "filters", &md)?
+    {
+        eprintln!("[bench] updated the filters table in BENCHMARKS.md");
+    }
     crate::chart::filters_charts(&report, &abs(&root, &args.charts))?;
     eprintln!("[bench] wrote {} and {}", out.display(), abs(&root, &args.markdown).display());
     let _ = std::fs::remove_dir_all(&work);

@@ -113,7 +113,7 @@ pub fn controller_markdown(r: &ControllerReport) -> String {
         "Run {} · {} · {} cores · kernel {} · {}\n",
         r.date_utc, r.machine.cpu_model, r.machine.cores, r.machine.kernel, r.envoy_version
     );
-    let _ = writeln!(s, "**Translate** (`portcullis translate -f DIR -o json > /dev/null`, median of {} runs; peak RSS from wait4 rusage):\n", r.translate_runs);
+    let _ = writeln!(s, "**Translate** (`portcullis translate -f DIR -o json > FILE`, median of {} runs; peak RSS from wait4 rusage):\n", r.translate_runs);
     let _ = writeln!(
         s,
         "| HTTPRoutes | Gateways | EEPs | manifest KiB | translate ms (median) | min | max | peak RSS MiB | output KiB |"
@@ -169,4 +169,46 @@ pub fn controller_markdown(r: &ControllerReport) -> String {
         }
     }
     s
+}
+
+/// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `file` (when both
+/// markers exist), so a run refreshes BENCHMARKS.md's tables in place. Returns whether it did.
+pub fn splice(file: &std::path::Path, name: &str, text: &str) -> anyhow::Result<bool> {
+    let Ok(doc) = std::fs::read_to_string(file) else {
+        return Ok(false);
+    };
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let (Some(b), Some(e)) = (doc.find(&begin), doc.find(&end)) else {
+        return Ok(false);
+    };
+    if e < b {
+        return Ok(false);
+    }
+    let out = format!(
+        "{}{begin}\n{}\n{}",
+        &doc[..b],
+        text.trim_end(),
+        &doc[e..]
+    );
+    std::fs::write(file, out)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splice_replaces_between_markers() {
+        let dir = std::env::temp_dir().join(format!("splice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("B.md");
+        std::fs::write(&f, "a\n<!-- t:begin -->\nold\n<!-- t:end -->\nz\n").unwrap();
+        assert!(super::splice(&f, "t", "new\n").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "a\n<!-- t:begin -->\nnew\n<!-- t:end -->\nz\n"
+        );
+        assert!(!super::splice(&f, "missing", "x").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -268,11 +268,12 @@ pub fn envoy_version(envoy: &Path) -> String {
         .map(|o| {
             let s = String::from_utf8_lossy(&o.stdout).to_string()
                 + &String::from_utf8_lossy(&o.stderr);
-            s.lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("")
-                .to_string()
+            let line = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+            // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" -> "envoy <sha>/1.40.0/..."
+            match line.split_once("version:") {
+                Some((_, v)) => format!("envoy {}", v.trim()),
+                None => line.to_string(),
+            }
         })
         .unwrap_or_default()
 }

@@ -891,3 +891,97 @@ fn pulls_through_an_image_index() {
         assert_eq!(info.manifest_digest, img.manifest_digest);
     });
 }
+
+/// The published compat image, read back with raw HTTP and GNU tar/gzip (not our code): the
+/// manifest and config are what the spec says, and the layer is a plain tar.gz holding
+/// `plugin.wasm` with fixed metadata.
+#[test]
+fn compat_image_reads_with_gnu_tar() {
+    let reg = Registry::start().unwrap();
+    let wasm = sample_wasm("gnu-tar");
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let repo = "portcullis/gnutar";
+        let pushed = push_wasm(
+            &wasm,
+            &format!("{}/{repo}:v1", reg.host()),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        let http = reqwest::Client::new();
+        let resp = http
+            .get(format!("{}/v2/{repo}/manifests/v1", reg.url()))
+            .header("accept", image::OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-type"], image::OCI_MANIFEST);
+        assert_eq!(
+            resp.headers()["docker-content-digest"],
+            pushed.manifest_digest.as_str()
+        );
+        let manifest: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(manifest["schemaVersion"], 2);
+        assert_eq!(manifest["config"]["mediaType"], image::OCI_CONFIG);
+        assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            manifest["layers"][0]["mediaType"],
+            image::OCI_LAYER_TAR_GZIP
+        );
+        assert_eq!(
+            manifest["annotations"]["module.wasm.image/variant"],
+            "compat"
+        );
+
+        let blob = |d: &serde_json::Value| {
+            let url = format!("{}/v2/{repo}/blobs/{}", reg.url(), d.as_str().unwrap());
+            let http = http.clone();
+            async move { http.get(url).send().await.unwrap().bytes().await.unwrap() }
+        };
+        let layer = blob(&manifest["layers"][0]["digest"]).await;
+        let config: serde_json::Value =
+            serde_json::from_slice(&blob(&manifest["config"]["digest"]).await).unwrap();
+        assert!(config.get("created").is_none(), "no timestamps: {config}");
+        let layer_path = dir.path().join("layer.tar.gz");
+        std::fs::write(&layer_path, &layer).unwrap();
+
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .env("TZ", "UTC")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        let path = layer_path.to_str().unwrap();
+        let listing = String::from_utf8(run(&[
+            "tar",
+            "--numeric-owner",
+            "--full-time",
+            "-tvzf",
+            path,
+        ]))
+        .unwrap();
+        let fields: Vec<&str> = listing.split_whitespace().collect();
+        // -rw-r--r-- 0/0 SIZE 1970-01-01 00:00:00 plugin.wasm
+        assert_eq!(fields.len(), 6, "{listing}");
+        assert_eq!(fields[0], "-rw-r--r--", "{listing}");
+        assert_eq!(fields[1], "0/0", "{listing}");
+        assert_eq!(fields[2], wasm.len().to_string(), "{listing}");
+        assert!(fields[3].starts_with("1970-01-01"), "{listing}");
+        assert_eq!(fields[5], "plugin.wasm", "{listing}");
+        assert_eq!(run(&["tar", "-xzOf", path, "plugin.wasm"]), wasm);
+        // diff_ids: sha256 of the uncompressed tar, as gzip itself decompresses it.
+        let tar = run(&["gzip", "-dc", path]);
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0],
+            format!("sha256:{}", sha256_hex(&tar))
+        );
+    });
+}

@@ -594,6 +594,9 @@ struct DeltaWatch {
     /// Response awaiting ACK/NACK: (nonce, set, what `known` becomes on ACK).
     in_flight: Option<(String, Arc<TypeSet>, BTreeMap<String, String>)>,
     started: bool,
+    /// Whether this stream answered this type yet: the first answer goes out even when empty,
+    /// or Envoy waits for its initial fetch timeout.
+    answered: bool,
 }
 
 struct DeltaStream {
@@ -763,9 +766,10 @@ impl DeltaStream {
         }
         let fresh_pending = !w.fresh.is_empty();
         w.fresh.clear();
-        if resources.is_empty() && removed.is_empty() && !fresh_pending {
+        if resources.is_empty() && removed.is_empty() && !fresh_pending && w.answered {
             return true;
         }
+        w.answered = true;
         let nonce = self.shared.next_nonce();
         w.in_flight = Some((nonce.clone(), set.clone(), next_known));
         tracing::debug!(node, type_url = short_type(type_url), version = %set.version, updated = resources.len(), removed = removed.len(), "delta xDS push");

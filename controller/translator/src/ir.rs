@@ -20,6 +20,9 @@ pub struct GatewayIr {
     /// HCM filters in chain order (before the router). Each is disabled by default and enabled
     /// per route.
     pub filters: Vec<FilterIr>,
+    /// Envoy appends the peer to X-Forwarded-For and trusts no hop (`use_remote_address`), so a
+    /// client cannot choose its rate-limit key. Set when a BackendTrafficPolicy rate limit runs.
+    pub use_remote_address: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

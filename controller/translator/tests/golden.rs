@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis_translator::wasm::source::{WasmResolution, WasmResolver, WasmSource};
+use portcullis_translator::wasm::source::{
+    WasmCodeType, WasmResolution, WasmResolver, WasmSource,
+};
 use portcullis_translator::{
     parse_documents, render_output, translate, OutputFormat, Resources, TranslateOptions,
 };
@@ -35,6 +37,27 @@ impl WasmResolver for TestResolver {
     }
 }
 
+/// Options as the runtime sets them: built-in modules served by the controller, a session
+/// secret and a rate-limit service.
+fn opts() -> TranslateOptions {
+    let mut o = TranslateOptions::default();
+    for (name, sha) in [("oidc", "1"), ("ratelimit", "2")] {
+        o.builtin_modules.insert(
+            name.into(),
+            WasmSource {
+                code_type: WasmCodeType::Http,
+                url: format!("http://127.0.0.1:19102/builtin/{name}.wasm"),
+                sha256: Some(sha.repeat(64)),
+                pull_secret: None,
+                pull_policy: None,
+            },
+        );
+    }
+    o.session_secret = Some([7u8; 32]);
+    o.ratelimit_service = Some("127.0.0.1:8081".into());
+    o
+}
+
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata")
 }
@@ -57,7 +80,7 @@ fn load(path: &Path) -> Resources {
 }
 
 fn render(path: &Path) -> String {
-    let out = translate(&load(path), &TranslateOptions::default(), &TestResolver);
+    let out = translate(&load(path), &opts(), &TestResolver);
     render_output(&out, OutputFormat::Yaml)
 }
 
@@ -113,8 +136,8 @@ fn output_is_deterministic_and_order_independent() {
         // server versions snapshots by content).
         let res = load(&input);
         for _ in 0..5 {
-            let x = translate(&res, &TranslateOptions::default(), &TestResolver);
-            let y = translate(&res, &TranslateOptions::default(), &TestResolver);
+            let x = translate(&res, &opts(), &TestResolver);
+            let y = translate(&res, &opts(), &TestResolver);
             assert_eq!(
                 x.xds,
                 y.xds,
@@ -129,7 +152,7 @@ fn output_is_deterministic_and_order_independent() {
         assert!(errs.is_empty());
         let out = translate(
             &Resources::from_parsed(res),
-            &TranslateOptions::default(),
+            &opts(),
             &TestResolver,
         );
         assert_eq!(
@@ -226,7 +249,7 @@ fn envoy_accepts_every_golden_output() {
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let mut checked = 0;
     for input in inputs() {
-        let out = translate(&load(&input), &TranslateOptions::default(), &TestResolver);
+        let out = translate(&load(&input), &opts(), &TestResolver);
         let doc: Value =
             serde_json::from_str(&render_output(&out, OutputFormat::Json)).expect("json output");
         for (node, res) in doc["xds"].as_object().into_iter().flatten() {
@@ -337,7 +360,7 @@ fn examples_are_fully_accepted() {
     for (name, files) in sets {
         let out = translate(
             &load_all(&files),
-            &TranslateOptions::default(),
+            &opts(),
             &TestResolver,
         );
         assert!(!out.gateways.is_empty(), "{name}: no Gateway programmed");

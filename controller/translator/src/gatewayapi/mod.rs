@@ -5,11 +5,14 @@
 //! the policy that applies to each rule.
 
 mod backends;
+mod builtin;
 pub mod duration;
 pub mod hostname;
 mod listeners;
 mod policies;
+pub mod ratelimit;
 mod routes;
+pub mod security;
 
 use std::collections::BTreeMap;
 
@@ -121,13 +124,16 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
     // Policies: targets, filters, fetch states.
     let pols = policies::resolve(res, opts, wasm, &gateways);
 
+    let sec = security::resolve(res, opts, wasm, &gateways);
+    let rl = ratelimit::resolve(res, opts, wasm, &gateways);
+
     // Routes: attachment, rules, clusters.
     let routes = routes::translate_routes(res, opts, &mut gateways);
 
     // IR per Gateway.
     let mut ir = Ir::default();
     for (key, gw) in &gateways {
-        let gir: GatewayIr = routes::build_gateway_ir(key, gw, &routes, &pols);
+        let gir: GatewayIr = routes::build_gateway_ir(key, gw, &routes, &pols, &sec, &rl);
         ir.gateways
             .insert(crate::xds::snapshot::node_id(&key.0, &key.1), gir);
     }
@@ -135,11 +141,21 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
     statuses.extend(listeners::statuses(res, &gateways));
     statuses.extend(routes.statuses.clone());
     statuses.extend(policies::statuses(res, opts, &pols, &gateways, &routes));
+    statuses.extend(security::statuses(res, opts, &sec, &gateways, &routes));
+    statuses.extend(ratelimit::statuses(res, opts, &rl, &gateways, &routes));
 
     Translation {
         ir,
         statuses,
-        wasm_needed: pols.wasm_needed.iter().cloned().collect(),
+        wasm_needed: pols
+            .wasm_needed
+            .iter()
+            .chain(&sec.wasm_needed)
+            .chain(&rl.wasm_needed)
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     }
 }
 

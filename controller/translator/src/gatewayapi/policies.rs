@@ -89,6 +89,42 @@ pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<Cluster
     })
 }
 
+/// Clusters that the built-in modules call, derived from their config so users write none:
+/// - oidc (`issuer` + `provider_cluster`): a cluster named `provider_cluster` reaching the
+///   issuer's host and port, TLS with SNI for https;
+/// - ratelimit (`global.cluster` + controller-only `global.service_address: "host:port"`): an
+///   HTTP/2 cluster named `global.cluster`. `service_address` is removed from the config before
+///   it reaches the filter, which rejects unknown fields.
+fn module_clusters(config: Option<&mut Value>) -> Result<Vec<ClusterIr>, String> {
+    let Some(Value::Object(cfg)) = config else {
+        return Ok(vec![]);
+    };
+    let mut out = Vec::new();
+    if let (Some(Value::String(issuer)), Some(Value::String(cluster))) =
+        (cfg.get("issuer"), cfg.get("provider_cluster"))
+    {
+        out.push(
+            super::builtin::issuer_cluster(cluster, issuer).map_err(|e| format!("issuer: {e}"))?,
+        );
+    }
+    if let Some(Value::Object(g)) = cfg.get_mut("global") {
+        if let Some(addr) = g.remove("service_address") {
+            let addr = addr
+                .as_str()
+                .ok_or("global.service_address must be a \"host:port\" string")?;
+            let cluster = g
+                .get("cluster")
+                .and_then(Value::as_str)
+                .ok_or("global.service_address needs global.cluster")?;
+            out.push(
+                super::builtin::grpc_cluster(cluster, addr)
+                    .map_err(|e| format!("global.service_address: {e}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
 fn wasm_source(
     p: &Object<EnvoyExtensionPolicySpec>,
     w: &crate::resources::WasmSpec,
@@ -299,7 +335,21 @@ pub fn resolve(
                             continue;
                         }
                     };
-                    let configuration = match &w.config {
+                    let mut config = w.config.clone();
+                    match module_clusters(config.as_mut()) {
+                        Ok(cs) => {
+                            for c in cs {
+                                if !st.clusters.contains(&c) {
+                                    st.clusters.push(c);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            st.problems.push(format!("wasm[{i}] {label}: {e}"));
+                            continue;
+                        }
+                    }
+                    let configuration = match &config {
                         None | Some(Value::Null) => String::new(),
                         Some(v) => v.to_string(),
                     };

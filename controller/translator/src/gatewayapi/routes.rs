@@ -509,6 +509,8 @@ pub fn build_gateway_ir(
     gw: &GatewayState,
     routes: &RouteOutput,
     pols: &Policies,
+    sec: &super::security::SecurityPolicies,
+    rl: &super::ratelimit::RateLimitPolicies,
 ) -> GatewayIr {
     let (ns, name) = key;
     let mut ir = GatewayIr {
@@ -516,7 +518,9 @@ pub fn build_gateway_ir(
         name: name.clone(),
         ..Default::default()
     };
-    let mut used_filters: BTreeMap<(NsName, usize), FilterIr> = BTreeMap::new();
+    // Chain order as Envoy Gateway's: authentication (SecurityPolicy), then extensions (EEP),
+    // then rate limits (BackendTrafficPolicy). Within a group: policy, then index/route.
+    let mut used_filters: BTreeMap<(u8, NsName, String), FilterIr> = BTreeMap::new();
 
     let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for (i, l) in gw.listeners.iter().enumerate() {
@@ -554,23 +558,59 @@ pub fn build_gateway_ir(
                         pols.effective(&a.route, rule_name.as_deref(), key, &listener.name);
                     for (mi, r) in irs.iter().enumerate() {
                         let mut r = r.clone();
+                        let mut blocked = false;
+                        let sp =
+                            sec.effective(&a.route, rule_name.as_deref(), key, &listener.name);
+                        if let Some(p) = sp {
+                            match (&p.filter, p.blocks()) {
+                                (Some(f), false) => {
+                                    r.enabled_filters.push(f.name().to_string());
+                                    used_filters
+                                        .insert((0, p.obj.key(), String::new()), f.clone());
+                                    for c in &p.clusters {
+                                        ir.clusters.insert(c.name.clone(), c.clone());
+                                    }
+                                }
+                                _ => blocked = true,
+                            }
+                        }
                         if let Some(p) = policy {
                             if p.blocks() {
-                                r.action = ActionIr::Direct {
-                                    status: 500,
-                                    body: String::new(),
-                                };
-                                r.mirrors.clear();
+                                blocked = true;
                             } else {
                                 let pkey = p.obj.key();
                                 for (fi, f) in p.filters.iter().enumerate() {
                                     r.enabled_filters.push(f.name().to_string());
-                                    used_filters.insert((pkey.clone(), fi), f.clone());
+                                    used_filters
+                                        .insert((1, pkey.clone(), format!("{fi:06}")), f.clone());
                                 }
                                 for c in &p.clusters {
                                     ir.clusters.insert(c.name.clone(), c.clone());
                                 }
                             }
+                        }
+                        let bp = rl.effective(&a.route, rule_name.as_deref(), key, &listener.name);
+                        if let Some(p) = bp {
+                            if p.blocks() {
+                                blocked = true;
+                            } else if let Some(plan) = &p.plan {
+                                let pkey = p.obj.key();
+                                let f = plan.filter_for(&pkey.0, &pkey.1, &r.name);
+                                r.enabled_filters.push(f.name().to_string());
+                                used_filters.insert((2, pkey, f.name().to_string()), f);
+                                for c in &p.clusters {
+                                    ir.clusters.insert(c.name.clone(), c.clone());
+                                }
+                                ir.use_remote_address = true;
+                            }
+                        }
+                        if blocked {
+                            r.action = ActionIr::Direct {
+                                status: 500,
+                                body: String::new(),
+                            };
+                            r.mirrors.clear();
+                            r.enabled_filters.clear();
                         }
                         let k = precedence(&r, &tr.age, ri, mi);
                         for h in &a.hostnames {

@@ -627,6 +627,9 @@ fn build_hcm(gw: &GatewayIr, chain: &ChainIr, stat_prefix: &str) -> listener::Fi
         )),
         http_filters,
         normalize_path: Some(pb::BoolValue { value: true }),
+        use_remote_address: gw
+            .use_remote_address
+            .then_some(pb::BoolValue { value: true }),
         merge_slashes: true,
         ..Default::default()
     };

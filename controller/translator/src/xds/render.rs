@@ -125,6 +125,8 @@ fn redact(v: &mut Value) {
             for (k, val) in o.iter_mut() {
                 if k == "private_key" {
                     *val = json!({ "inline_string": "[redacted]" });
+                } else if k == "configuration" {
+                    redact_plugin_config(val);
                 } else {
                     redact(val);
                 }
@@ -132,6 +134,30 @@ fn redact(v: &mut Value) {
         }
         Value::Array(a) => a.iter_mut().for_each(redact),
         _ => {}
+    }
+}
+
+/// OIDC client and cookie secrets inside a wasm plugin's JSON configuration.
+fn redact_plugin_config(v: &mut Value) {
+    let Some(Value::String(text)) = v.get_mut("value") else {
+        return;
+    };
+    let Ok(Value::Object(mut cfg)) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    let mut changed = false;
+    if let Some(s) = cfg.get_mut("client_secret") {
+        *s = json!("[redacted]");
+        changed = true;
+    }
+    if let Some(Value::Object(c)) = cfg.get_mut("cookie") {
+        if let Some(s) = c.get_mut("secret") {
+            *s = json!("[redacted]");
+            changed = true;
+        }
+    }
+    if changed {
+        *text = Value::Object(cfg).to_string();
     }
 }
 

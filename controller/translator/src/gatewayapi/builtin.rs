@@ -1,0 +1,137 @@
+//! Built-in filter modules (oidc, ratelimit) and the clusters they call.
+
+use std::collections::BTreeSet;
+
+use crate::ir::{ClusterIr, ClusterKind, EndpointIr};
+use crate::wasm::source::{WasmResolution, WasmResolver, WasmSource};
+use crate::TranslateOptions;
+
+/// A built-in module ready to load.
+pub(crate) struct ReadyModule {
+    pub sha256: String,
+    pub serve_url: String,
+    pub fetch_cluster: ClusterIr,
+}
+
+/// Resolves built-in module `name` through the same resolver as EEP modules. `Err` says why it
+/// is not available (not configured, pending, failed).
+pub(crate) fn builtin_module(
+    opts: &TranslateOptions,
+    wasm: &dyn WasmResolver,
+    name: &str,
+    needed: &mut BTreeSet<WasmSource>,
+) -> Result<ReadyModule, String> {
+    let src = opts.builtin_modules.get(name).ok_or_else(|| {
+        format!("the built-in {name} filter module is not configured in this controller")
+    })?;
+    needed.insert(src.clone());
+    match wasm.resolve(src) {
+        WasmResolution::Ready { sha256, serve_url } => {
+            let fetch_cluster = super::policies::fetch_cluster(opts, &serve_url)?;
+            Ok(ReadyModule {
+                sha256,
+                serve_url,
+                fetch_cluster,
+            })
+        }
+        WasmResolution::Pending => Err(format!(
+            "the built-in {name} module {} is not fetched yet",
+            src.url
+        )),
+        WasmResolution::Failed { reason } => Err(format!("the built-in {name} module: {reason}")),
+    }
+}
+
+fn endpoint_cluster(name: String, host: &str, port: u16, tls: bool, http2: bool) -> ClusterIr {
+    let ep = EndpointIr::Socket {
+        address: host.to_string(),
+        port,
+    };
+    // IP literals need no DNS.
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+        ClusterKind::Static(vec![ep])
+    } else {
+        ClusterKind::StrictDns(vec![ep])
+    };
+    ClusterIr {
+        name,
+        kind,
+        tls_sni: tls.then(|| host.to_string()),
+        http2,
+    }
+}
+
+/// `host` and port of an http(s) URL, and whether it is https.
+fn url_parts(u: &str) -> Result<(String, u16, bool), String> {
+    let p = url::Url::parse(u).map_err(|e| format!("invalid URL {u}: {e}"))?;
+    let tls = match p.scheme() {
+        "http" => false,
+        "https" => true,
+        s => return Err(format!("URL {u}: scheme {s} is not http or https")),
+    };
+    let host = p
+        .host_str()
+        .ok_or_else(|| format!("URL {u} has no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = p
+        .port_or_known_default()
+        .ok_or_else(|| format!("URL {u} has no port"))?;
+    Ok((host, port, tls))
+}
+
+/// Deterministic name of the cluster that reaches an OIDC issuer: `oidc/<host>:<port>`.
+pub(crate) fn oidc_cluster_name(issuer: &str) -> Result<String, String> {
+    let (host, port, _) = url_parts(issuer)?;
+    Ok(format!("oidc/{host}:{port}"))
+}
+
+/// The cluster named `name` reaching the issuer's host and port, TLS with SNI for https.
+pub(crate) fn issuer_cluster(name: &str, issuer: &str) -> Result<ClusterIr, String> {
+    let (host, port, tls) = url_parts(issuer)?;
+    Ok(endpoint_cluster(name.to_string(), &host, port, tls, false))
+}
+
+/// Parses `host:port` (IPv6 as `[addr]:port`).
+pub(crate) fn host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let host = host.trim_matches(['[', ']']);
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: invalid port {port:?}"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("{s:?} is not host:port"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// An HTTP/2 (gRPC) cluster named `name` for the service at `host:port`.
+pub(crate) fn grpc_cluster(name: &str, address: &str) -> Result<ClusterIr, String> {
+    let (host, port) = host_port(address)?;
+    Ok(endpoint_cluster(name.to_string(), &host, port, false, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_from_urls_and_addresses() {
+        let c = issuer_cluster("oidc/iam:443", "https://iam.example.com/realms/x").unwrap();
+        assert_eq!(c.tls_sni.as_deref(), Some("iam.example.com"));
+        assert!(matches!(c.kind, ClusterKind::StrictDns(_)));
+        assert_eq!(
+            oidc_cluster_name("http://127.0.0.1:8080/").unwrap(),
+            "oidc/127.0.0.1:8080"
+        );
+        let c = issuer_cluster("x", "http://127.0.0.1:8080/").unwrap();
+        assert!(matches!(c.kind, ClusterKind::Static(_)) && c.tls_sni.is_none());
+        let g = grpc_cluster("rl", "[::1]:8081").unwrap();
+        assert!(g.http2 && matches!(g.kind, ClusterKind::Static(_)));
+        assert!(host_port("nope").is_err());
+        assert!(host_port("h:0").is_err());
+        assert!(issuer_cluster("x", "ftp://h/").is_err());
+    }
+}
