@@ -45,16 +45,24 @@ pub fn hbars(path: &Path, b: &Bars<'_>) -> Result<()> {
     let err = |e: &dyn std::fmt::Debug| anyhow!("drawing {}: {e:?}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let font = |size: i32| ("sans-serif", size).into_font();
-    root.draw(&Text::new(b.title.to_string(), (10, 10), font(19).color(&BLACK)))
-        .map_err(|e| err(&e))?;
+    root.draw(&Text::new(
+        b.title.to_string(),
+        (10, 10),
+        font(19).color(&BLACK),
+    ))
+    .map_err(|e| err(&e))?;
     if b.series.len() > 1 {
         let mut x = label_w;
         for (i, s) in b.series.iter().enumerate() {
             let c = PALETTE[i % PALETTE.len()];
             root.draw(&Rectangle::new([(x, 34), (x + 12, 46)], c.filled()))
                 .map_err(|e| err(&e))?;
-            root.draw(&Text::new(s.to_string(), (x + 16, 34), font(15).color(&BLACK)))
-                .map_err(|e| err(&e))?;
+            root.draw(&Text::new(
+                s.to_string(),
+                (x + 16, 34),
+                font(15).color(&BLACK),
+            ))
+            .map_err(|e| err(&e))?;
             x += 30 + 8 * s.len() as i32;
         }
     }
@@ -233,7 +241,8 @@ pub fn controller_charts(r: &ControllerReport, dir: &Path) -> Result<()> {
     hbars(
         &dir.join("controller-memory.svg"),
         &Bars {
-            title: "Control-plane peak memory (MiB); Envoy Gateway rows are their published numbers",
+            title:
+                "Control-plane peak memory (MiB); Envoy Gateway rows are their published numbers",
             unit: "MiB",
             series: &["peak RSS"],
             rows,
@@ -247,7 +256,11 @@ pub fn controller_charts(r: &ControllerReport, dir: &Path) -> Result<()> {
         .map(|c| {
             (
                 format!("{} HTTPRoutes", c.routes),
-                vec![if c.error.is_none() { c.median_ms } else { f64::NAN }],
+                vec![if c.error.is_none() {
+                    c.median_ms
+                } else {
+                    f64::NAN
+                }],
             )
         })
         .collect();

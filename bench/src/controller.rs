@@ -291,7 +291,10 @@ fn write_set(
 ) -> Result<Set> {
     let dir = base.join(format!("routes-{n}"));
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("gateways.yaml"), gateways_yaml(ports, util::free_port()?))?;
+    std::fs::write(
+        dir.join("gateways.yaml"),
+        gateways_yaml(ports, util::free_port()?),
+    )?;
     std::fs::write(dir.join("routes.yaml"), routes_yaml(n, args.gateways, "a"))?;
     let (p, count) = policies_yaml(n, args.eep_every, wasm_base, m);
     std::fs::write(dir.join("policies.yaml"), p)?;
@@ -388,7 +391,13 @@ fn converge(
             }
         }
     })
-    .map_err(|e| anyhow!("{e:#}; last status: xds {} wasm {}", last["xds"], last["wasm"]))?;
+    .map_err(|e| {
+        anyhow!(
+            "{e:#}; last status: xds {} wasm {}",
+            last["xds"],
+            last["wasm"]
+        )
+    })?;
     // Minus the 500 ms stability wait.
     let initial_sync_ms = t0.elapsed().as_secs_f64() * 1e3 - 500.0;
     let mut gen = gen;
@@ -472,7 +481,10 @@ pub fn run(args: ControllerArgs) -> Result<()> {
     let wasm_base = format!("http://127.0.0.1:{wasm_port}");
     let tmp = std::env::temp_dir().join(format!("portcullis-bench-ctl-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let base = args.manifests.clone().unwrap_or_else(|| tmp.join("manifests"));
+    let base = args
+        .manifests
+        .clone()
+        .unwrap_or_else(|| tmp.join("manifests"));
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let mut sizes: Vec<usize> = args.routes.clone();
     sizes.extend(args.converge_routes.iter().copied());
@@ -507,11 +519,16 @@ pub fn run(args: ControllerArgs) -> Result<()> {
             if code != 0 {
                 bail!("portcullis translate exited {code} on {} routes", n);
             }
-            eprintln!("[bench] translate {n} routes: {ms:.0} ms, peak RSS {:.1} MiB", rss as f64 / 1024.0);
+            eprintln!(
+                "[bench] translate {n} routes: {ms:.0} ms, peak RSS {:.1} MiB",
+                rss as f64 / 1024.0
+            );
             runs.push(ms);
             peak = peak.max(rss);
         }
-        let output_kib = std::fs::metadata(&out_path).map(|m| m.len() as f64 / 1024.0).unwrap_or(0.0);
+        let output_kib = std::fs::metadata(&out_path)
+            .map(|m| m.len() as f64 / 1024.0)
+            .unwrap_or(0.0);
         translate.push(TranslateResult {
             routes: n,
             gateways: args.gateways,

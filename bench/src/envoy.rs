@@ -156,10 +156,7 @@ impl Envoy {
             .stdout(logf.try_clone()?)
             .stderr(logf);
         let guard = Guard::spawn(&format!("envoy {name}"), &mut cmd)?;
-        let mut e = Envoy {
-            log,
-            guard,
-        };
+        let mut e = Envoy { log, guard };
         let admin = local(admin_port);
         let res = util::wait_for(
             &format!("envoy {name} ready"),

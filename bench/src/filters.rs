@@ -2,7 +2,7 @@
 //! load generator pinned to the other core, variants interleaved round by round.
 
 use crate::envoy::{self, bench_route, bootstrap, cluster, http_listener, lua_filter, Envoy};
-use crate::load::{WrkResult, Wrk};
+use crate::load::{Wrk, WrkResult};
 use crate::util::{self, local, median};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -74,14 +74,56 @@ const PATH: &str = "/bench";
 /// 100 deny patterns besides the ai-crawlers preset: SEO crawlers, scrapers, scanners and
 /// HTTP libraries seen in access logs, then generic filler up to 100.
 const DENY_REAL: &[&str] = &[
-    "AhrefsBot", "SemrushBot", "MJ12bot", "DotBot", "BLEXBot", "PetalBot", "YandexBot",
-    "MegaIndex", "SeznamBot", "serpstatbot", "DataForSeoBot", "Barkrowler", "linkdexbot",
-    "spbot", "SEOkicks", "Screaming Frog", "rogerbot", "exabot", "Gigabot", "coccocbot",
-    "Sogou web spider", "ZoominfoBot", "Mail.RU_Bot", "BUbiNG", "Nutch", "Heritrix",
-    "python-requests", "python-urllib", "aiohttp", "Go-http-client", "okhttp", "Java/",
-    "libwww-perl", "Wget/", "curl/", "HTTrack", "zgrab", "masscan", "Nuclei", "sqlmap",
-    "Nikto", "WPScan", "nmap", "Scrapy", "HeadlessChrome", "PhantomJS", "Apache-HttpClient",
-    "node-fetch", "axios/", "colly",
+    "AhrefsBot",
+    "SemrushBot",
+    "MJ12bot",
+    "DotBot",
+    "BLEXBot",
+    "PetalBot",
+    "YandexBot",
+    "MegaIndex",
+    "SeznamBot",
+    "serpstatbot",
+    "DataForSeoBot",
+    "Barkrowler",
+    "linkdexbot",
+    "spbot",
+    "SEOkicks",
+    "Screaming Frog",
+    "rogerbot",
+    "exabot",
+    "Gigabot",
+    "coccocbot",
+    "Sogou web spider",
+    "ZoominfoBot",
+    "Mail.RU_Bot",
+    "BUbiNG",
+    "Nutch",
+    "Heritrix",
+    "python-requests",
+    "python-urllib",
+    "aiohttp",
+    "Go-http-client",
+    "okhttp",
+    "Java/",
+    "libwww-perl",
+    "Wget/",
+    "curl/",
+    "HTTrack",
+    "zgrab",
+    "masscan",
+    "Nuclei",
+    "sqlmap",
+    "Nikto",
+    "WPScan",
+    "nmap",
+    "Scrapy",
+    "HeadlessChrome",
+    "PhantomJS",
+    "Apache-HttpClient",
+    "node-fetch",
+    "axios/",
+    "colly",
 ];
 
 pub fn deny_patterns() -> Vec<String> {
@@ -415,8 +457,8 @@ fn oidc_config(idp_port: u16) -> Value {
 /// `Cookie` header value with a session sealed exactly as the filter seals it.
 fn oidc_cookie(idp_port: u16) -> Result<String> {
     let cfg = oidc_config(idp_port);
-    let settings = Settings::from_json(cfg.to_string().as_bytes())
-        .map_err(|e| anyhow!("oidc config: {e}"))?;
+    let settings =
+        Settings::from_json(cfg.to_string().as_bytes()).map_err(|e| anyhow!("oidc config: {e}"))?;
     let t = tokens(idp_port);
     let session = Session {
         id_token: t.id_token,
@@ -563,35 +605,107 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
     up.upstream = true;
     v.push(up);
 
-    v.push(variant("ua-wasm", "ua-block", "ua-block wasm", &ua_desc, vec![wasm("ua_block", &ua, ua_wasm_config())]));
-    v.push(variant("ua-lua", "ua-block", "ua-block Lua", &format!("examples/lua/ua-block.lua with the same lists; {ua_desc}"), vec![lua_filter(&lua)]));
+    v.push(variant(
+        "ua-wasm",
+        "ua-block",
+        "ua-block wasm",
+        &ua_desc,
+        vec![wasm("ua_block", &ua, ua_wasm_config())],
+    ));
+    v.push(variant(
+        "ua-lua",
+        "ua-block",
+        "ua-block Lua",
+        &format!("examples/lua/ua-block.lua with the same lists; {ua_desc}"),
+        vec![lua_filter(&lua)],
+    ));
     v.push(variant("ua-rbac", "ua-block", "ua-block native RBAC", "RBAC DENY: one RE2 alternation over the same deny list AND NOT the allow list on user-agent", vec![rbac_ua(&all_deny)]));
 
-    let mut h = variant("headers-wasm", "headers", "headers wasm", "strict preset + 3 request set + 2 request remove", vec![wasm("headers", &hd, headers_wasm_config())]);
+    let mut h = variant(
+        "headers-wasm",
+        "headers",
+        "headers wasm",
+        "strict preset + 3 request set + 2 request remove",
+        vec![wasm("headers", &hd, headers_wasm_config())],
+    );
     h.expect = ok_with("x-frame-options", "DENY");
     v.push(h);
-    let mut h = variant("headers-native", "headers", "header_mutation native", "header_mutation filter: same 3 set, 2 remove, 5 response headers ADD_IF_ABSENT", vec![header_mutation()]);
+    let mut h = variant(
+        "headers-native",
+        "headers",
+        "header_mutation native",
+        "header_mutation filter: same 3 set, 2 remove, 5 response headers ADD_IF_ABSENT",
+        vec![header_mutation()],
+    );
     h.expect = ok_with("x-frame-options", "DENY");
     v.push(h);
-    let mut h = variant("headers-route", "headers", "route header options", "route-level request_headers_to_add/remove, response_headers_to_add (no filter)", vec![]);
+    let mut h = variant(
+        "headers-route",
+        "headers",
+        "route header options",
+        "route-level request_headers_to_add/remove, response_headers_to_add (no filter)",
+        vec![],
+    );
     h.route_extra = route_headers();
     h.expect = ok_with("x-frame-options", "DENY");
     v.push(h);
 
-    v.push(variant("rl-wasm-pass", "ratelimit", "ratelimit wasm, not hit", "local rule, one bucket, 10^9/s: every request passes (draft03 headers)", vec![wasm("ratelimit", &rl, rl_wasm_config(false))]));
-    v.push(variant("rl-native-pass", "ratelimit", "local_ratelimit native, not hit", "token bucket 10^9 per 1s, enforced 100%, draft03 headers", vec![local_ratelimit(false)]));
-    let mut l = variant("rl-wasm-limited", "ratelimit", "ratelimit wasm, all limited", "1 request per day: every measured request answered 429 by the filter", vec![wasm("ratelimit", &rl, rl_wasm_config(true))]);
-    l.expect = Expect { status: 429, header: None };
+    v.push(variant(
+        "rl-wasm-pass",
+        "ratelimit",
+        "ratelimit wasm, not hit",
+        "local rule, one bucket, 10^9/s: every request passes (draft03 headers)",
+        vec![wasm("ratelimit", &rl, rl_wasm_config(false))],
+    ));
+    v.push(variant(
+        "rl-native-pass",
+        "ratelimit",
+        "local_ratelimit native, not hit",
+        "token bucket 10^9 per 1s, enforced 100%, draft03 headers",
+        vec![local_ratelimit(false)],
+    ));
+    let mut l = variant(
+        "rl-wasm-limited",
+        "ratelimit",
+        "ratelimit wasm, all limited",
+        "1 request per day: every measured request answered 429 by the filter",
+        vec![wasm("ratelimit", &rl, rl_wasm_config(true))],
+    );
+    l.expect = Expect {
+        status: 429,
+        header: None,
+    };
     v.push(l);
-    let mut l = variant("rl-native-limited", "ratelimit", "local_ratelimit native, all limited", "bucket of 1 token per day: every measured request answered 429", vec![local_ratelimit(true)]);
-    l.expect = Expect { status: 429, header: None };
+    let mut l = variant(
+        "rl-native-limited",
+        "ratelimit",
+        "local_ratelimit native, all limited",
+        "bucket of 1 token per day: every measured request answered 429",
+        vec![local_ratelimit(true)],
+    );
+    l.expect = Expect {
+        status: 429,
+        header: None,
+    };
     v.push(l);
 
-    let mut o = variant("oidc-wasm", "oidc", "oidc wasm, valid session", "sealed session cookie (AES-256-GCM) opened per request, access token forwarded", vec![wasm("oidc", &oidc, oidc_config(p_oidc))]);
+    let mut o = variant(
+        "oidc-wasm",
+        "oidc",
+        "oidc wasm, valid session",
+        "sealed session cookie (AES-256-GCM) opened per request, access token forwarded",
+        vec![wasm("oidc", &oidc, oidc_config(p_oidc))],
+    );
     o.request_headers = with_cookie(base_headers(), oidc_cookie(p_oidc)?);
     o.idp = Some(p_oidc);
     v.push(o);
-    let mut o = variant("oauth2-native", "oidc", "oauth2 native, valid HMAC cookie", "HMAC-SHA256 cookie checked per request, bearer token forwarded (disable_token_encryption)", vec![oauth2_filter(p_oauth2)]);
+    let mut o = variant(
+        "oauth2-native",
+        "oidc",
+        "oauth2 native, valid HMAC cookie",
+        "HMAC-SHA256 cookie checked per request, bearer token forwarded (disable_token_encryption)",
+        vec![oauth2_filter(p_oauth2)],
+    );
     o.request_headers = with_cookie(base_headers(), oauth2_cookie(p_oauth2)?);
     o.idp = Some(p_oauth2);
     o.secrets = oauth2_secrets();
@@ -609,7 +723,13 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
         } else {
             ("chain-wasm", "all four wasm")
         };
-        let mut c = variant(id, "chain", label, "ua-block -> ratelimit (not hit) -> oidc (valid session) -> headers", chain);
+        let mut c = variant(
+            id,
+            "chain",
+            label,
+            "ua-block -> ratelimit (not hit) -> oidc (valid session) -> headers",
+            chain,
+        );
         c.request_headers = with_cookie(base_headers(), oidc_cookie(idp)?);
         c.idp = Some(idp);
         c.upstream = upstream;
@@ -718,21 +838,40 @@ fn sanity(addr: std::net::SocketAddr, v: &Variant) -> Result<()> {
             v.id,
             v.expect.status,
             r.status,
-            String::from_utf8_lossy(&r.body).chars().take(200).collect::<String>(),
+            String::from_utf8_lossy(&r.body)
+                .chars()
+                .take(200)
+                .collect::<String>(),
             r.header("location")
         );
     }
     // ua-block variants must refuse a deny-listed agent (one from each list).
     if v.group == "ua-block" {
-        for ua in ["Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)", "bench-scraper-42/1.0"] {
+        for ua in [
+            "Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)",
+            "bench-scraper-42/1.0",
+        ] {
             let h: Vec<(String, String)> = v
                 .request_headers
                 .iter()
-                .map(|(k, x)| (k.clone(), if k == "user-agent" { ua.to_string() } else { x.clone() }))
+                .map(|(k, x)| {
+                    (
+                        k.clone(),
+                        if k == "user-agent" {
+                            ua.to_string()
+                        } else {
+                            x.clone()
+                        },
+                    )
+                })
                 .collect();
             let r = util::http(addr, "GET", PATH, &h)?;
             if r.status != 403 {
-                bail!("{}: user-agent {ua:?} got {} instead of 403", v.id, r.status);
+                bail!(
+                    "{}: user-agent {ua:?} got {} instead of 403",
+                    v.id,
+                    r.status
+                );
             }
         }
     }
@@ -752,7 +891,11 @@ fn sanity(addr: std::net::SocketAddr, v: &Variant) -> Result<()> {
     }
     if let Some((h, want)) = &v.expect.header {
         if r.header(h) != Some(want.as_str()) {
-            bail!("{}: expected response header {h}: {want}, got {:?}", v.id, r.header(h));
+            bail!(
+                "{}: expected response header {h}: {want}, got {:?}",
+                v.id,
+                r.header(h)
+            );
         }
     }
     Ok(())
@@ -775,7 +918,10 @@ pub fn run(args: FiltersArgs) -> Result<()> {
     let mut all = variants(&ctx)?;
     if args.list {
         for v in &all {
-            println!("{:<22} {:<10} {} — {}", v.id, v.group, v.label, v.description);
+            println!(
+                "{:<22} {:<10} {} — {}",
+                v.id, v.group, v.label, v.description
+            );
         }
         return Ok(());
     }
@@ -788,13 +934,25 @@ pub fn run(args: FiltersArgs) -> Result<()> {
     let up_admin = util::free_port()?;
     let up_boot = bootstrap(
         up_admin,
-        vec![http_listener("upstream", up_port, vec![], vec![bench_route(false, &json!({}))])],
+        vec![http_listener(
+            "upstream",
+            up_port,
+            vec![],
+            vec![bench_route(false, &json!({}))],
+        )],
         vec![],
         vec![],
     );
     let needs_upstream = all.iter().any(|v| v.upstream);
     let _upstream = if needs_upstream {
-        Some(Envoy::start(&envoy_bin, &work, "upstream", &args.load_cpus, up_admin, &up_boot)?)
+        Some(Envoy::start(
+            &envoy_bin,
+            &work,
+            "upstream",
+            &args.load_cpus,
+            up_admin,
+            &up_boot,
+        )?)
     } else {
         None
     };
@@ -832,19 +990,23 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             }
         };
         let addr = local(port);
-        let check = util::wait_for(&format!("{} answers as expected", v.id), Duration::from_secs(40), || {
-            match sanity(addr, &v) {
+        let check = util::wait_for(
+            &format!("{} answers as expected", v.id),
+            Duration::from_secs(40),
+            || match sanity(addr, &v) {
                 Ok(()) => Ok(Some(())),
                 Err(e) => Err(e),
-            }
-        });
+            },
+        );
         if let Err(e) = check {
             eprintln!("[bench] {} not measured: {e:#}", v.id);
             results.push(skipped(v, format!("sanity check failed: {e:#}")));
             live.push(None);
             continue;
         }
-        let rss_idle = util::status_kib(envoy.pid(), "VmRSS:").ok().map(|k| k as f64 / 1024.0);
+        let rss_idle = util::status_kib(envoy.pid(), "VmRSS:")
+            .ok()
+            .map(|k| k as f64 / 1024.0);
         results.push(VariantResult {
             variant: v,
             measured: true,
@@ -879,7 +1041,8 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             } else {
                 f64::NAN
             };
-            let socket_errors = w.errors_connect + w.errors_read + w.errors_write + w.errors_timeout;
+            let socket_errors =
+                w.errors_connect + w.errors_read + w.errors_write + w.errors_timeout;
             eprintln!(
                 "[bench] round {round}/{} {:<22} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  cpu {:>6.1} us/req  non-2xx {}  socket errors {}  ({:.0}s)",
                 args.rounds, r.variant.id, w.rps(), w.p50_us, w.p99_us, cpu_us, w.errors_status, socket_errors,
@@ -899,7 +1062,9 @@ pub fn run(args: FiltersArgs) -> Result<()> {
     }
     for (r, l) in results.iter_mut().zip(&live) {
         let Some(l) = l else { continue };
-        let rss = util::status_kib(l.envoy.pid(), "VmRSS:").map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
+        let rss = util::status_kib(l.envoy.pid(), "VmRSS:")
+            .map(|k| k as f64 / 1024.0)
+            .unwrap_or(f64::NAN);
         let col = |f: &dyn Fn(&Round) -> f64| median(&r.rounds.iter().map(f).collect::<Vec<_>>());
         r.median = Some(Summary {
             rps: col(&|x| x.rps),
@@ -963,7 +1128,11 @@ pub fn run(args: FiltersArgs) -> Result<()> {
         eprintln!("[bench] updated the filters table in BENCHMARKS.md");
     }
     crate::chart::filters_charts(&report, &abs(&root, &args.charts))?;
-    eprintln!("[bench] wrote {} and {}", out.display(), abs(&root, &args.markdown).display());
+    eprintln!(
+        "[bench] wrote {} and {}",
+        out.display(),
+        abs(&root, &args.markdown).display()
+    );
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

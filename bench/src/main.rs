@@ -19,7 +19,11 @@ mod util;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis-bench", version, about = "Portcullis benchmarks (data plane and control plane)")]
+#[command(
+    name = "portcullis-bench",
+    version,
+    about = "Portcullis benchmarks (data plane and control plane)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

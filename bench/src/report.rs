@@ -185,12 +185,7 @@ pub fn splice(file: &std::path::Path, name: &str, text: &str) -> anyhow::Result<
     if e < b {
         return Ok(false);
     }
-    let out = format!(
-        "{}{begin}\n{}\n{}",
-        &doc[..b],
-        text.trim_end(),
-        &doc[e..]
-    );
+    let out = format!("{}{begin}\n{}\n{}", &doc[..b], text.trim_end(), &doc[e..]);
     std::fs::write(file, out)?;
     Ok(true)
 }

@@ -58,7 +58,8 @@ pub fn http(
     s.write_all(req.as_bytes())
         .map_err(|e| HttpError::Io(addr, e))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| HttpError::Io(addr, e))?;
+    s.read_to_end(&mut raw)
+        .map_err(|e| HttpError::Io(addr, e))?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -268,7 +269,11 @@ pub fn envoy_version(envoy: &Path) -> String {
         .map(|o| {
             let s = String::from_utf8_lossy(&o.stdout).to_string()
                 + &String::from_utf8_lossy(&o.stderr);
-            let line = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+            let line = s
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("");
             // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" -> "envoy <sha>/1.40.0/..."
             match line.split_once("version:") {
                 Some((_, v)) => format!("envoy {}", v.trim()),

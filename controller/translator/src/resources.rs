@@ -805,7 +805,8 @@ fn typed<T: DeserializeOwned>(
     };
     let mut unsupported = Vec::new();
     let spec: T = serde_ignored::deserialize(body, |path| {
-        let p = path.to_string();
+        // serde_ignored writes `?` for every Option level: drop those segments.
+        let p = path.to_string().replace(".?", "");
         if report_unknown {
             unsupported.push(if prefix.is_empty() {
                 p

@@ -608,9 +608,7 @@ pub(crate) fn policy_status(
         };
         let with_extra = |c: &Condition| {
             let mut v = vec![c.clone()];
-            if c.status {
-                v.extend(extra.iter().cloned());
-            }
+            v.extend(extra.iter().cloned());
             v
         };
         match t {
