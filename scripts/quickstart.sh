@@ -67,6 +67,10 @@ trap 'log "stopping (draining Envoy)"; exit 0' INT TERM
 pids+=($!)
 python3 -m http.server "$WASM_ORIGIN_PORT" --bind 127.0.0.1 --directory dist/wasm > "$RUN_DIR/wasm-origin.log" 2>&1 &
 pids+=($!)
+for _ in $(seq 1 50); do
+  curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$WASM_ORIGIN_PORT/" && break
+  sleep 0.2
+done
 # The controller goes first in the list so cleanup stops it (and its Envoy) before the helpers.
 "$PORTCULLIS_BIN" run -f examples/local --envoy-bin "$ENVOY" --listener-address 127.0.0.1 \
   --work-dir "$RUN_DIR/envoy" --cache-dir "$RUN_DIR/wasm-cache" > "$RUN_DIR/portcullis.log" 2>&1 &

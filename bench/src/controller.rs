@@ -324,6 +324,86 @@ fn synced(doc: &Value, gateways: usize, min_gen: u64) -> Option<u64> {
     (gen >= min_gen && all).then_some(gen)
 }
 
+/// Whether every Envoy the controller runs is ready and has no listener warming.
+fn envoys_quiet(doc: &Value, gateways: usize) -> bool {
+    let Some(envoys) = doc["envoys"].as_array() else {
+        return false;
+    };
+    envoys.len() >= gateways
+        && envoys.iter().all(|e| {
+            let Some(addr) = e["adminAddr"].as_str().and_then(|a| a.parse().ok()) else {
+                return false;
+            };
+            let ready = util::get(addr, "/ready").is_ok_and(|r| r.status == 200);
+            let warming = util::get(
+                addr,
+                "/stats?filter=listener_manager.total_listeners_warming",
+            )
+            .ok()
+            .map(|r| String::from_utf8_lossy(&r.body).to_string())
+            .and_then(|b| {
+                b.lines()
+                    .find_map(|l| l.strip_prefix("listener_manager.total_listeners_warming: "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+            ready && warming == Some(0)
+        })
+}
+
+/// Waits until the system is settled: every wasm module fetched (a fetch completing re-drives
+/// translation and bumps the generation), every Envoy ACKed the current generation, ready and
+/// not warming a listener, and neither the generation nor the translation count changed for
+/// max(500 ms, 3 × the last translate time). Returns (generation, translations, the moment
+/// that state was first seen).
+fn settle(
+    guard: &mut Guard,
+    admin: u16,
+    gateways: usize,
+    timeout: Duration,
+    what: &str,
+) -> Result<(u64, u64, Instant)> {
+    let mut last = Value::Null;
+    let mut seen: Option<((u64, u64), Instant)> = None;
+    util::wait_for(what, timeout, || {
+        guard.check_alive()?;
+        let d = match status(admin) {
+            Ok(d) => d,
+            Err(_) => return Ok(None),
+        };
+        let wasm_ready = d["wasm"]
+            .as_array()
+            .map(|a| a.iter().all(|m| m["state"] == "ready"))
+            .unwrap_or(true);
+        let translations = d["translations"].as_u64().unwrap_or(0);
+        let window =
+            Duration::from_millis((3 * d["lastTranslateMs"].as_u64().unwrap_or(0)).max(500));
+        let g = synced(&d, gateways, 1)
+            .filter(|_| wasm_ready && envoys_quiet(&d, gateways))
+            .map(|g| (g, translations));
+        last = d;
+        match (g, seen) {
+            (Some(g), Some((sg, at))) if g == sg => {
+                Ok((at.elapsed() >= window).then_some((g.0, g.1, at)))
+            }
+            (Some(g), _) => {
+                seen = Some((g, Instant::now()));
+                Ok(None)
+            }
+            (None, _) => {
+                seen = None;
+                Ok(None)
+            }
+        }
+    })
+    .map_err(|e| {
+        anyhow!(
+            "{e:#}; last status: xds {} wasm {}",
+            last["xds"],
+            last["wasm"]
+        )
+    })
+}
+
 fn converge(
     args: &ControllerArgs,
     portcullis: &Path,
@@ -361,48 +441,18 @@ fn converge(
     let t0 = Instant::now();
     let mut guard = Guard::spawn("portcullis run", &mut cmd)?;
     let timeout = Duration::from_secs(args.converge_timeout);
-    let mut last = Value::Null;
-    // Settled: every wasm module fetched (a fetch completing re-drives translation and bumps the
-    // generation), every Envoy ACKed, and the generation unchanged 500 ms later.
-    let mut seen: Option<(u64, Instant)> = None;
-    let gen = util::wait_for("initial sync", timeout, || {
-        guard.check_alive()?;
-        let d = match status(admin) {
-            Ok(d) => d,
-            Err(_) => return Ok(None),
-        };
-        let wasm_ready = d["wasm"]
-            .as_array()
-            .map(|a| a.iter().all(|m| m["state"] == "ready"))
-            .unwrap_or(true);
-        let g = synced(&d, args.gateways, 1).filter(|_| wasm_ready);
-        last = d;
-        match (g, seen) {
-            (Some(g), Some((sg, at))) if g == sg => {
-                Ok((at.elapsed() >= Duration::from_millis(500)).then_some(g))
-            }
-            (Some(g), _) => {
-                seen = Some((g, Instant::now()));
-                Ok(None)
-            }
-            (None, _) => {
-                seen = None;
-                Ok(None)
-            }
-        }
-    })
-    .map_err(|e| {
-        anyhow!(
-            "{e:#}; last status: xds {} wasm {}",
-            last["xds"],
-            last["wasm"]
-        )
-    })?;
-    // Minus the 500 ms stability wait.
-    let initial_sync_ms = t0.elapsed().as_secs_f64() * 1e3 - 500.0;
-    let mut gen = gen;
+    let (_, _, settled_at) = settle(&mut guard, admin, args.gateways, timeout, "initial sync")?;
+    let initial_sync_ms = settled_at.duration_since(t0).as_secs_f64() * 1e3;
     let mut edits = vec![];
     for e in 0..args.edits {
+        // Every edit starts from a quiet system (no Envoy still compiling wasm or warming).
+        let (gen, translations, _) = settle(
+            &mut guard,
+            admin,
+            args.gateways,
+            timeout,
+            "settle before an edit",
+        )?;
         let tag = format!("edit{e}");
         let text = routes_yaml(n, args.gateways, &tag);
         let t = Instant::now();
@@ -411,19 +461,20 @@ fn converge(
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, set.dir.join("routes.yaml"))?;
         let mut last = Value::Null;
-        let g = util::wait_for(&format!("ACK of edit {e}"), timeout, || {
+        util::wait_for(&format!("ACK of edit {e}"), timeout, || {
             guard.check_alive()?;
             let d = match status(admin) {
                 Ok(d) => d,
                 Err(_) => return Ok(None),
             };
-            let g = synced(&d, args.gateways, gen + 1);
+            // A new generation from a translation that started after the edit.
+            let newer = d["translations"].as_u64().unwrap_or(0) > translations;
+            let g = synced(&d, args.gateways, gen + 1).filter(|_| newer);
             last = d;
             Ok(g)
         })
         .map_err(|er| anyhow!("{er:#}; last xds status: {}", last["xds"]))?;
         edits.push(t.elapsed().as_secs_f64() * 1e3);
-        gen = g;
     }
     let doc = status(admin)?;
     let pid = guard.pid();

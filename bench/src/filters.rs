@@ -69,6 +69,8 @@ pub struct FiltersArgs {
 /// Every request carries these headers (plus the variant's own).
 const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 const HOST: &str = "localhost";
+/// The user-agent of the deny-path variants (in the ai-crawlers preset).
+const DENIED_UA: &str = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)";
 const PATH: &str = "/bench";
 
 /// 100 deny patterns besides the ai-crawlers preset: SEO crawlers, scrapers, scanners and
@@ -620,6 +622,39 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
         vec![lua_filter(&lua)],
     ));
     v.push(variant("ua-rbac", "ua-block", "ua-block native RBAC", "RBAC DENY: one RE2 alternation over the same deny list AND NOT the allow list on user-agent", vec![rbac_ua(&all_deny)]));
+
+    // The deny path: the same three with a deny-listed user-agent (GPTBot, from the preset).
+    for (id, label, f) in [
+        (
+            "ua-wasm-deny",
+            "ua-block wasm, denied",
+            wasm("ua_block", &ua, ua_wasm_config()),
+        ),
+        ("ua-lua-deny", "ua-block Lua, denied", lua_filter(&lua)),
+        (
+            "ua-rbac-deny",
+            "ua-block native RBAC, denied",
+            rbac_ua(&all_deny),
+        ),
+    ] {
+        let mut d = variant(id, "ua-block", label, "as above, but the request's user-agent is GPTBot: every request answered 403 by the filter", vec![f]);
+        d.request_headers = d
+            .request_headers
+            .into_iter()
+            .map(|(k, x)| {
+                if k == "user-agent" {
+                    (k, DENIED_UA.to_string())
+                } else {
+                    (k, x)
+                }
+            })
+            .collect();
+        d.expect = Expect {
+            status: 403,
+            header: None,
+        };
+        v.push(d);
+    }
 
     let mut h = variant(
         "headers-wasm",

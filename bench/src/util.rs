@@ -167,7 +167,8 @@ pub fn wait_for<T>(
         if t0.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}: {last}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Fine-grained: convergence times are read off this loop.
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -1,6 +1,6 @@
 //! The controller's admin endpoint: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and
 //! `/status` (JSON: every resource with its conditions, load errors, xDS ACK/NACK state per
-//! node, wasm modules and Envoy processes).
+//! node, wasm modules and Envoy processes) and `/status/xds` (only the xDS part).
 
 use crate::infra::host::{EnvoyStatus, HostInfra};
 use crate::metrics::Metrics;
@@ -68,6 +68,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/status/xds", get(xds_status))
         .with_state(state)
 }
 
@@ -88,6 +89,11 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+}
+
+/// Only the xDS part of `/status`: cheap to poll while waiting for Envoys to ACK.
+async fn xds_status(State(s): State<AdminState>) -> impl IntoResponse {
+    Json(s.xds.status())
 }
 
 async fn status(State(s): State<AdminState>) -> impl IntoResponse {

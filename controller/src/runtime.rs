@@ -323,6 +323,7 @@ impl Reconciler {
         tracing::info!(
             generation,
             gateways = nodes.len(),
+            translate_ms = translate_time.as_millis() as u64,
             took_ms = started.elapsed().as_millis() as u64,
             "translated"
         );

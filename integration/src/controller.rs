@@ -220,14 +220,28 @@ impl Controller {
         })
     }
 
+    /// The `/status/xds` document: generation and per-node ACK/NACK state only.
+    pub fn xds_status(&self) -> Result<Value, String> {
+        let text = self.get_text("/status/xds")?;
+        serde_json::from_str(&text).map_err(|e| format!("/status/xds is not JSON: {e}"))
+    }
+
     /// Wait until Envoy for `node` has ACKed every type of the current snapshot generation.
     pub fn wait_synced(&mut self, node: &str) -> Result<u64, Error> {
+        let http = self.http.clone();
+        let url = self.admin_url("/status/xds");
         let node = node.to_string();
-        self.wait_status(
+        self.process.wait_until(
             &format!("Envoy {node} in sync with the xDS snapshot"),
-            |doc| {
-                let gen = doc["xds"]["generation"].as_u64().unwrap_or(0);
-                let synced = doc["xds"]["nodes"][&node]["syncedGeneration"].as_u64();
+            CONVERGE,
+            || {
+                let x: Value = http
+                    .get(&url)
+                    .send()
+                    .and_then(|r| r.json())
+                    .map_err(|e| e.to_string())?;
+                let gen = x["generation"].as_u64().unwrap_or(0);
+                let synced = x["nodes"][&node]["syncedGeneration"].as_u64();
                 if gen > 0 && synced == Some(gen) {
                     Ok(gen)
                 } else {

@@ -14,6 +14,17 @@
 //! - EnvoyExtensionPolicy filters are named
 //!   `envoy.filters.http.{wasm,lua}/envoyextensionpolicy/<ns>/<policy>/{wasm,lua}/<index>`,
 //!   placed disabled in the HCM and enabled per route; the wasm `vm_id` is the module sha256;
+//! - SecurityPolicy `oidc` runs the built-in oidc module ([`TranslateOptions::builtin_modules`])
+//!   as `envoy.filters.http.wasm/securitypolicy/<ns>/<policy>/oidc`, with the provider cluster
+//!   `oidc/<host>:<port>` made from the issuer URL; BackendTrafficPolicy `rateLimit` runs the
+//!   ratelimit module as `envoy.filters.http.wasm/backendtrafficpolicy/<ns>/<policy>/ratelimit[/<route>]`
+//!   (one instance per route rule unless every rule is `shared`), with the HTTP/2 cluster
+//!   `ratelimit/<host:port>` of [`TranslateOptions::ratelimit_service`]. HCM order:
+//!   SecurityPolicy, then EnvoyExtensionPolicy, then BackendTrafficPolicy filters;
+//! - an EnvoyExtensionPolicy that attaches the oidc module gets a cluster named its config's
+//!   `provider_cluster` (from `issuer`); one that attaches the ratelimit module with the
+//!   controller-only `global.service_address: "host:port"` gets an HTTP/2 cluster named
+//!   `global.cluster`, and `service_address` is removed before the config reaches the filter;
 //! - conditions carry `lastTransitionTime: 1970-01-01T00:00:00Z` (pure output has no clock; the
 //!   runtime stamps real times when a condition changes) and `observedGeneration` when the
 //!   manifest sets `metadata.generation`.
@@ -57,7 +68,7 @@ pub struct TranslateOptions {
     /// SecurityPolicy `oidc` needs `"oidc"`; BackendTrafficPolicy `rateLimit` needs `"ratelimit"`.
     pub builtin_modules: BTreeMap<String, WasmSource>,
     /// Key from which each SecurityPolicy's OIDC cookie secret is derived
-    /// (HMAC-SHA256(key, "oidc-cookie/<ns>/<name>")). The runtime persists a random one. `None`
+    /// (`HMAC-SHA256(key, "oidc-cookie/<ns>/<name>")`). The runtime persists a random one. `None`
     /// (offline translate) derives from a public placeholder key and says so in the status.
     pub session_secret: Option<[u8; 32]>,
     /// `host:port` of the rate-limit gRPC service for BackendTrafficPolicy global limits

@@ -507,7 +507,8 @@ pub struct SecurityPolicySpec {
     pub target_ref: Option<PolicyTargetRef>,
     pub target_refs: Vec<PolicyTargetRef>,
     pub target_selectors: Vec<TargetSelector>,
-    pub oidc: Option<OidcSpec>,
+    /// Boxed: keeps [`Resource`] variants of similar size.
+    pub oidc: Option<Box<OidcSpec>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

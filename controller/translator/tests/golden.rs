@@ -6,9 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis_translator::wasm::source::{
-    WasmCodeType, WasmResolution, WasmResolver, WasmSource,
-};
+use portcullis_translator::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
 use portcullis_translator::{
     parse_documents, render_output, translate, OutputFormat, Resources, TranslateOptions,
 };
@@ -150,11 +148,7 @@ fn output_is_deterministic_and_order_independent() {
         docs.reverse();
         let (res, errs) = parse_documents("reversed", &docs.join("\n---\n"));
         assert!(errs.is_empty());
-        let out = translate(
-            &Resources::from_parsed(res),
-            &opts(),
-            &TestResolver,
-        );
+        let out = translate(&Resources::from_parsed(res), &opts(), &TestResolver);
         assert_eq!(
             a,
             render_output(&out, OutputFormat::Yaml),
@@ -358,11 +352,7 @@ fn examples_are_fully_accepted() {
     }
     sets.push(("all patterns".into(), patterns));
     for (name, files) in sets {
-        let out = translate(
-            &load_all(&files),
-            &opts(),
-            &TestResolver,
-        );
+        let out = translate(&load_all(&files), &opts(), &TestResolver);
         assert!(!out.gateways.is_empty(), "{name}: no Gateway programmed");
         let doc: Value = serde_json::to_value(&out.statuses).expect("statuses");
         let mut bad = Vec::new();

@@ -57,8 +57,7 @@ impl Policies {
         gw: &NsName,
         listener: &str,
     ) -> Option<&PolicyState> {
-        effective_in(&self.winners, route, rule_name, gw, listener)
-            .and_then(|p| self.states.get(p))
+        effective_in(&self.winners, route, rule_name, gw, listener).and_then(|p| self.states.get(p))
     }
 }
 
@@ -438,7 +437,13 @@ pub fn resolve(
 
 /// Oldest policy wins each exact target.
 pub(crate) fn pick_winners<'a>(
-    policies: impl Iterator<Item = (&'a NsName, &'a crate::resources::ObjectMeta, &'a [TargetKey])>,
+    policies: impl Iterator<
+        Item = (
+            &'a NsName,
+            &'a crate::resources::ObjectMeta,
+            &'a [TargetKey],
+        ),
+    >,
 ) -> BTreeMap<TargetKey, NsName> {
     let mut by_target: BTreeMap<TargetKey, Vec<(AgeKey, NsName)>> = BTreeMap::new();
     for (key, meta, targets) in policies {

@@ -78,17 +78,6 @@ impl Plan {
             host_env_keys: vec![],
         })
     }
-
-    /// Every config this plan emits for `routes`, for validation in tests.
-    pub fn configs(&self, routes: &[&str]) -> Vec<String> {
-        routes
-            .iter()
-            .filter_map(|r| match self.filter_for("ns", "n", r) {
-                FilterIr::Wasm(w) => Some(w.configuration),
-                FilterIr::Lua(_) => None,
-            })
-            .collect()
-    }
 }
 
 pub struct RateLimitState {
@@ -157,7 +146,9 @@ fn rule(
         for (hi, h) in sel.headers.iter().enumerate() {
             let hf = format!("{sf}.headers[{hi}]");
             if h.invert == Some(true) {
-                problems.push(format!("{hf}.invert is not supported by the ratelimit filter"));
+                problems.push(format!(
+                    "{hf}.invert is not supported by the ratelimit filter"
+                ));
                 continue;
             }
             let name = h.name.to_ascii_lowercase();
@@ -226,7 +217,11 @@ fn plan_config(
         "0.0.0.0/0"
     };
     let local = rl.local.as_ref().map(|l| l.rules.as_slice()).unwrap_or(&[]);
-    let global = rl.global.as_ref().map(|g| g.rules.as_slice()).unwrap_or(&[]);
+    let global = rl
+        .global
+        .as_ref()
+        .map(|g| g.rules.as_slice())
+        .unwrap_or(&[]);
     let mut rules = Vec::new();
     for (i, r) in local.iter().enumerate() {
         let f = format!("rateLimit.local.rules[{i}]");
@@ -255,7 +250,11 @@ fn plan_config(
     }
     let headers: BTreeSet<&str> = all
         .iter()
-        .map(|r| r.x_rate_limit_headers.as_deref().unwrap_or("DraftVersion03"))
+        .map(|r| {
+            r.x_rate_limit_headers
+                .as_deref()
+                .unwrap_or("DraftVersion03")
+        })
         .collect();
     let response_headers = match headers.iter().copied().collect::<Vec<_>>().as_slice() {
         ["Off"] => ResponseHeaders::None,

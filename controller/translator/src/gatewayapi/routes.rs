@@ -559,14 +559,12 @@ pub fn build_gateway_ir(
                     for (mi, r) in irs.iter().enumerate() {
                         let mut r = r.clone();
                         let mut blocked = false;
-                        let sp =
-                            sec.effective(&a.route, rule_name.as_deref(), key, &listener.name);
+                        let sp = sec.effective(&a.route, rule_name.as_deref(), key, &listener.name);
                         if let Some(p) = sp {
                             match (&p.filter, p.blocks()) {
                                 (Some(f), false) => {
                                     r.enabled_filters.push(f.name().to_string());
-                                    used_filters
-                                        .insert((0, p.obj.key(), String::new()), f.clone());
+                                    used_filters.insert((0, p.obj.key(), String::new()), f.clone());
                                     for c in &p.clusters {
                                         ir.clusters.insert(c.name.clone(), c.clone());
                                     }

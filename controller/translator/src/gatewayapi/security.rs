@@ -64,7 +64,7 @@ impl SecurityPolicies {
     }
 }
 
-/// The per-policy cookie secret: HMAC-SHA256(key, "oidc-cookie/<ns>/<name>"), base64.
+/// The per-policy cookie secret: `HMAC-SHA256(key, "oidc-cookie/<ns>/<name>")`, base64.
 pub fn cookie_secret(key: &[u8; 32], ns: &str, name: &str) -> String {
     // HMAC accepts keys of any length; the error branch is unreachable but handled.
     let mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
@@ -179,12 +179,18 @@ fn oidc_config(
     // Envoy Gateway always adds "openid".
     let mut scopes = vec!["openid".to_string()];
     scopes.extend(o.scopes.iter().filter(|s| *s != "openid").cloned());
-    let same_site = match o.cookie_config.as_ref().and_then(|c| c.same_site.as_deref()) {
+    let same_site = match o
+        .cookie_config
+        .as_ref()
+        .and_then(|c| c.same_site.as_deref())
+    {
         None | Some("Lax") => SameSite::Lax,
         Some("Strict") => SameSite::Strict,
         Some("None") => SameSite::None,
         Some(other) => {
-            problems.push(format!("oidc.cookieConfig.sameSite {other:?} is not Lax, Strict or None"));
+            problems.push(format!(
+                "oidc.cookieConfig.sameSite {other:?} is not Lax, Strict or None"
+            ));
             SameSite::Lax
         }
     };
@@ -203,12 +209,19 @@ fn oidc_config(
 
     // Fields that change who gets in: refuse rather than ignore.
     if o.pass_through_auth_header == Some(true) {
-        problems.push("oidc.passThroughAuthHeader is not supported (it needs a jwt provider)".into());
+        problems
+            .push("oidc.passThroughAuthHeader is not supported (it needs a jwt provider)".into());
     }
     for (field, set) in [
         ("oidc.provider.backendRef", o.provider.backend_ref.is_some()),
-        ("oidc.provider.backendRefs", o.provider.backend_refs.is_some()),
-        ("oidc.provider.backendSettings", o.provider.backend_settings.is_some()),
+        (
+            "oidc.provider.backendRefs",
+            o.provider.backend_refs.is_some(),
+        ),
+        (
+            "oidc.provider.backendSettings",
+            o.provider.backend_settings.is_some(),
+        ),
     ] {
         if set {
             problems.push(format!(
@@ -236,6 +249,16 @@ fn oidc_config(
         return Err(problems);
     }
     let key = opts.session_secret.unwrap_or(PLACEHOLDER_SESSION_KEY);
+    // Browsers drop Secure cookies set over plain http except on loopback hosts, which would
+    // loop logins behind an http-only callback.
+    let secure = match url::Url::parse(&redirect_uri) {
+        Ok(u) if u.scheme() == "http" => {
+            same_site == SameSite::None
+                || matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+                || u.host_str().is_some_and(|h| h.ends_with(".localhost"))
+        }
+        _ => true,
+    };
     let mut cfg = OidcConfig {
         issuer,
         provider_cluster,
@@ -254,7 +277,7 @@ fn oidc_config(
             domain: o.cookie_domain.clone(),
             same_site,
             max_chunks: 8,
-            secure: true,
+            secure,
             path: "/".into(),
         },
         pass_through: vec![],
