@@ -14,7 +14,7 @@ export PATH := $(ROOT)/.bin:$(PATH)
 export PORTCULLIS_ROOT := $(ROOT)
 
 
-.PHONY: test-deps setup build build-wasm build-controller run test test-unit images bench bench-filters bench-controller fuzz fmt lint clean help
+.PHONY: run-static test-deps setup build build-wasm build-controller run test test-unit images bench bench-filters bench-controller fuzz fmt lint clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -38,7 +38,11 @@ build-controller: setup
 	@mkdir -p dist/bin
 	@cp target/release/portcullis dist/bin/portcullis
 
-run: build ## local quickstart: Envoy + filters in front of a demo upstream
+run: build ## local quickstart: portcullis run -f examples/local (controller + Envoy + filters + demo upstream)
+	@bash scripts/quickstart.sh
+
+run-static: build-wasm ## Envoy with a static config and both filters, no controller
+	$(CARGO) build -q -p portcullis-integration --bin echo-upstream
 	@bash scripts/run.sh
 
 test-deps: ## install the real peers tests run against (registry, Redis, chromium, oidc-provider)
