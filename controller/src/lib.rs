@@ -2,6 +2,7 @@
 //! wasm cache, host infra, admin endpoint). The pure stages live in `portcullis-translator`.
 
 pub mod admin;
+pub mod builtin;
 pub mod cli;
 pub mod infra {
     pub mod host;

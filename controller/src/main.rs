@@ -15,6 +15,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 enum Command {
     /// Watch manifests under the given paths, serve xDS and run one Envoy per Gateway.
     Run(cli::run::RunArgs),

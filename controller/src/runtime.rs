@@ -11,7 +11,9 @@ use crate::provider::file::FileProvider;
 use crate::wasm::cache::{CacheConfig, PullSecrets, WasmCache};
 use crate::xds::server::XdsServer;
 use anyhow::Context;
+use portcullis_translator::wasm::source::WasmSource;
 use portcullis_translator::{parse_documents, translate, Resources, TranslateOptions};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -36,6 +38,14 @@ pub struct RuntimeConfig {
     pub work_dir: PathBuf,
     pub listener_address: String,
     pub debounce: Duration,
+    /// Directory holding the built-in `oidc.wasm` / `ratelimit.wasm` (None: none configured).
+    pub builtin_wasm_dir: Option<PathBuf>,
+    /// Built-in modules fetched from a URL instead; they override the directory's.
+    pub builtin_wasm_urls: BTreeMap<String, WasmSource>,
+    /// Key the OIDC cookie secrets derive from (never logged).
+    pub session_secret: Option<[u8; 32]>,
+    /// `host:port` of the rate-limit gRPC service for global limits.
+    pub ratelimit_service: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,9 +156,18 @@ pub async fn run(
     let _watcher = provider
         .watch(trigger_tx.clone())
         .context("watching manifests")?;
+    let builtin_modules = builtin_modules(&cfg, &cache)?;
+    tracing::info!(
+        modules = ?builtin_modules.keys().collect::<Vec<_>>(),
+        ratelimit_service = ?cfg.ratelimit_service,
+        "built-in filter modules"
+    );
     let opts = TranslateOptions {
         controller_name: cfg.controller_name.clone(),
         listener_address: cfg.listener_address.clone(),
+        builtin_modules,
+        session_secret: cfg.session_secret,
+        ratelimit_service: cfg.ratelimit_service.clone(),
         ..TranslateOptions::default()
     };
     let ctx = Reconciler {
@@ -196,6 +215,29 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The built-in modules: files of the builtin directory registered in the cache (served from
+/// it by sha256), then `--builtin-wasm-url` sources, which win.
+fn builtin_modules(
+    cfg: &RuntimeConfig,
+    cache: &WasmCache,
+) -> anyhow::Result<BTreeMap<String, WasmSource>> {
+    let mut out = BTreeMap::new();
+    if let Some(dir) = &cfg.builtin_wasm_dir {
+        for m in crate::builtin::read_builtin_dir(dir)? {
+            let src = cache.add_local(&m.path, &m.bytes).with_context(|| {
+                format!(
+                    "storing built-in module {} in the wasm cache",
+                    m.path.display()
+                )
+            })?;
+            tracing::info!(module = %m.name, path = %m.path.display(), sha256 = %m.sha256, "built-in wasm module");
+            out.insert(m.name, src);
+        }
+    }
+    out.extend(cfg.builtin_wasm_urls.clone());
+    Ok(out)
 }
 
 struct Reconciler {

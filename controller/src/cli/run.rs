@@ -3,6 +3,7 @@
 use crate::infra::host::XdsMode;
 use crate::runtime::{self, EnvoyConfig, RuntimeConfig};
 use anyhow::Context;
+use portcullis_translator::wasm::source::WasmSource;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,6 +64,24 @@ pub struct RunArgs {
     /// Wait this long (ms) after a file change before re-reading, so editors finish writing.
     #[arg(long, default_value_t = 150)]
     pub debounce_ms: u64,
+    /// Directory with the built-in filter modules `oidc.wasm` and `ratelimit.wasm` (used for
+    /// SecurityPolicy oidc and BackendTrafficPolicy rateLimit). Default: `dist/wasm` under the
+    /// current directory, else `../wasm` beside the executable: the first holding a module.
+    #[arg(long, value_name = "DIR")]
+    pub builtin_wasm_dir: Option<PathBuf>,
+    /// Fetch a built-in module from a URL instead: `NAME=URL[@sha256]`, NAME `oidc` or
+    /// `ratelimit`. Repeatable; wins over --builtin-wasm-dir.
+    #[arg(long, value_name = "NAME=URL[@SHA256]", value_parser = crate::builtin::parse_builtin_url)]
+    pub builtin_wasm_url: Vec<(String, WasmSource)>,
+    /// File with the 32-byte key OIDC session cookies derive from (64 hex characters or 32 raw
+    /// bytes). Default: `session-secret` in the cache dir, created (random, mode 0600) on first
+    /// start. Share it between replicas so sessions survive a failover.
+    #[arg(long, value_name = "PATH")]
+    pub session_secret_file: Option<PathBuf>,
+    /// `HOST:PORT` of the rate-limit gRPC service (`portcullis ratelimit-server`) for
+    /// BackendTrafficPolicy global limits.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::builtin::parse_host_port)]
+    pub ratelimit_service: Option<String>,
 }
 
 pub fn init_tracing() {
@@ -83,6 +102,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating work dir {}", work_dir.display()))?;
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::wasm::cache::default_cache_dir);
+    let secret_path = args
+        .session_secret_file
+        .clone()
+        .unwrap_or_else(|| cache_dir.join(crate::builtin::SESSION_SECRET_FILE));
+    let session_secret = crate::builtin::load_or_create_session_secret(&secret_path)?;
+    let builtin_wasm_dir = match &args.builtin_wasm_dir {
+        Some(d) => Some(d.clone()),
+        None => {
+            let d = crate::builtin::default_builtin_dir();
+            if d.is_none() {
+                tracing::warn!("no built-in wasm directory (dist/wasm, ../wasm beside the executable); SecurityPolicy oidc and BackendTrafficPolicy rateLimit need --builtin-wasm-dir");
+            }
+            d
+        }
+    };
     let cfg = RuntimeConfig {
         paths: args.files.clone(),
         controller_name: args.controller_name.clone(),
@@ -96,10 +134,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             drain_timeout: Duration::from_secs(args.drain_timeout),
         }),
         xds_mode: args.xds_mode,
-        cache_dir: args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(crate::wasm::cache::default_cache_dir),
+        cache_dir,
         cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
         wasm_retry_initial: Duration::from_millis(args.wasm_retry_initial_ms.max(1)),
         wasm_retry_max: Duration::from_millis(
@@ -110,6 +145,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         work_dir: work_dir.clone(),
         listener_address: args.listener_address.clone(),
         debounce: Duration::from_millis(args.debounce_ms),
+        builtin_wasm_dir,
+        builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),
+        session_secret: Some(session_secret),
+        ratelimit_service: args.ratelimit_service.clone(),
     };
     tracing::info!(work_dir = %work_dir.display(), cache_dir = %cfg.cache_dir.display(), "starting");
     runtime::run(cfg, shutdown_signal()).await?;

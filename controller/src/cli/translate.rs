@@ -25,6 +25,18 @@ pub struct TranslateArgs {
     /// GatewayClass controllerName this controller owns.
     #[arg(long, default_value = portcullis_translator::DEFAULT_CONTROLLER_NAME)]
     pub controller_name: String,
+    /// Directory with the built-in modules `oidc.wasm` and `ratelimit.wasm`, read only when the
+    /// manifests hold a SecurityPolicy or BackendTrafficPolicy. Default as for `portcullis run`:
+    /// `dist/wasm` under the current directory, else `../wasm` beside the executable. The output
+    /// pins each module by the sha256 of its file, served at `<wasm-base-url>/wasm/<sha256>.wasm`.
+    #[arg(long, value_name = "DIR")]
+    pub builtin_wasm_dir: Option<PathBuf>,
+    /// Base URL the built-in modules are shown served from (a controller's `--wasm-addr`).
+    #[arg(long, default_value = "http://127.0.0.1:18002")]
+    pub wasm_base_url: String,
+    /// `HOST:PORT` of the rate-limit gRPC service, as `portcullis run --ratelimit-service`.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::builtin::parse_host_port)]
+    pub ratelimit_service: Option<String>,
 }
 
 /// `*.yaml` / `*.yml` files under `path` (or `path` itself), sorted for deterministic output.
@@ -72,8 +84,22 @@ pub async fn run(args: TranslateArgs) -> anyhow::Result<()> {
     for (api_version, kind, name, source) in &resources.others {
         tracing::debug!("ignoring {api_version} {kind} {name} from {source}");
     }
+    // Only policies that run a built-in module need the files: skip reading and hashing them
+    // otherwise.
+    let needs_builtin =
+        !resources.security_policies.is_empty() || !resources.backend_traffic_policies.is_empty();
+    let builtin_modules = match (&args.builtin_wasm_dir, needs_builtin) {
+        (_, false) => Default::default(),
+        (Some(dir), true) => crate::builtin::read_builtin_dir(dir)?,
+        (None, true) => match crate::builtin::default_builtin_dir() {
+            Some(dir) => crate::builtin::read_builtin_dir(&dir)?,
+            None => Vec::new(),
+        },
+    };
     let opts = TranslateOptions {
         controller_name: args.controller_name.clone(),
+        builtin_modules: crate::builtin::offline_sources(&builtin_modules, &args.wasm_base_url),
+        ratelimit_service: args.ratelimit_service.clone(),
         ..Default::default()
     };
     let out = portcullis_translator::translate(&resources, &opts, &OfflineResolver);

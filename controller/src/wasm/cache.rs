@@ -70,6 +70,9 @@ struct Inner {
     client: reqwest::Client,
     entries: Mutex<BTreeMap<WasmSource, Entry>>,
     pull_secrets: Mutex<PullSecrets>,
+    /// `file://` URLs of modules registered with [`WasmCache::add_local`] -> their files. Only
+    /// these are read from local disk; manifests cannot name local files.
+    local: Mutex<BTreeMap<String, PathBuf>>,
     changed: mpsc::Sender<()>,
     metrics: Metrics,
 }
@@ -129,6 +132,7 @@ impl WasmCache {
                 client,
                 entries: Mutex::new(BTreeMap::new()),
                 pull_secrets: Mutex::new(BTreeMap::new()),
+                local: Mutex::new(BTreeMap::new()),
                 changed,
                 metrics,
             }),
@@ -165,6 +169,39 @@ impl WasmCache {
             .pull_secrets
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = secrets;
+    }
+
+    /// Registers a module the controller ships (a built-in module file): stores it in the cache
+    /// now and returns its source, `file://<path>` pinned by sha256. The source resolves Ready
+    /// without network; if the cached copy is evicted, a later fetch re-reads `path`.
+    pub fn add_local(&self, path: &Path, bytes: &[u8]) -> std::io::Result<WasmSource> {
+        let sha = hex::encode(Sha256::digest(bytes));
+        let cached = self.path_for(&sha);
+        if cached.is_file() {
+            touch(&cached);
+        } else {
+            let tmp = self
+                .inner
+                .cfg
+                .dir
+                .join(format!(".{sha}.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &cached)?;
+        }
+        let url = format!("file://{}", path.display());
+        self.inner
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(url.clone(), path.to_path_buf());
+        self.update_size_metric();
+        Ok(WasmSource {
+            code_type: WasmCodeType::Http,
+            url,
+            sha256: Some(sha),
+            pull_secret: None,
+            pull_policy: None,
+        })
     }
 
     /// The module file a pinned source is known to resolve to, if it is on disk.
@@ -304,7 +341,22 @@ impl WasmCache {
 
     async fn fetch_once(&self, src: &WasmSource) -> Result<(String, u64), String> {
         let (bytes, manifest_digest) = match src.code_type {
-            WasmCodeType::Http => (self.fetch_http(&src.url).await?, None),
+            WasmCodeType::Http => {
+                let local = self
+                    .inner
+                    .local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&src.url)
+                    .cloned();
+                let bytes = match local {
+                    Some(path) => tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| format!("reading {}: {e}", path.display()))?,
+                    None => self.fetch_http(&src.url).await?,
+                };
+                (bytes, None)
+            }
             WasmCodeType::Image => {
                 let (bytes, digest) = self.pull_image(src).await?;
                 (bytes, Some(digest))
@@ -623,6 +675,50 @@ mod tests {
         }
         let sha = hex::encode(Sha256::digest(WASM));
         assert_eq!(std::fs::read(c.path_for(&sha)).expect("cached file"), WASM);
+    }
+
+    #[tokio::test]
+    async fn local_modules_resolve_and_survive_eviction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("oidc.wasm");
+        std::fs::write(&file, WASM).expect("write");
+        let (c, _rx) = cache(&dir.path().join("cache"), 1 << 20);
+        let src = c.add_local(&file, WASM).expect("add");
+        let sha = hex::encode(Sha256::digest(WASM));
+        assert_eq!(src.sha256.as_deref(), Some(sha.as_str()));
+        assert!(
+            c.ensure(std::slice::from_ref(&src)),
+            "ready from disk at once"
+        );
+        assert!(matches!(c.resolve(&src), WasmResolution::Ready { .. }));
+        // Evicted while unused: the next ensure re-reads the registered file.
+        c.ensure(&[]);
+        std::fs::remove_file(c.path_for(&sha)).expect("evict");
+        c.ensure(std::slice::from_ref(&src));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !matches!(c.resolve(&src), WasmResolution::Ready { .. }) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                c.resolve(&src)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(c.path_for(&sha).is_file());
+        // A file:// URL that was not registered is never read.
+        let unregistered = dir.path().join("other.wasm");
+        std::fs::write(&unregistered, WASM).expect("write");
+        let other = http(&format!("file://{}", unregistered.display()), None);
+        c.ensure(std::slice::from_ref(&other));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !matches!(c.resolve(&other), WasmResolution::Failed { .. }) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                c.resolve(&other)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
