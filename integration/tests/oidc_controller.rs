@@ -1,0 +1,292 @@
+//! OIDC login under the controller (`portcullis run --builtin-wasm-dir dist/wasm`): an Envoy
+//! Gateway `SecurityPolicy` with `oidc` against a real oidc-provider (devInteractions login
+//! form submitted by the test), translated to the built-in oidc filter in the managed Envoy,
+//! in front of an echo upstream. The whole browser flow: redirect with PKCE, login, back on
+//! the original URL with the tokens forwarded, session kept, API requests 401, logout.
+
+use base64::Engine;
+use portcullis_integration::controller::{
+    conditions_of, resource, Controller, KeepAlive, CONVERGE,
+};
+use portcullis_integration::echo::EchoServer;
+use portcullis_integration::oidc_env::Agent;
+use portcullis_integration::oidc_provider::{OidcProvider, ProviderOptions, TestClient};
+use portcullis_integration::process::free_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
+const NODE: &str = "default/gw";
+
+fn manifests(gw_port: u16, echo_port: u16, issuer: &str, secret: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {{name: http, port: {gw_port}, protocol: HTTP}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: echo, namespace: default}}
+spec:
+  endpoints:
+  - ip: {{address: 127.0.0.1, port: {echo_port}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: private, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: echo}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: open, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /open}}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: echo}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: app-oidc, namespace: default}}
+type: Opaque
+stringData: {{client-secret: {secret}}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {{name: login, namespace: default}}
+spec:
+  targetRefs:
+  - {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: private}}
+  oidc:
+    provider: {{issuer: "{issuer}"}}
+    clientID: app
+    clientSecret: {{name: app-oidc}}
+    redirectURL: "http://127.0.0.1:{gw_port}/oauth2/callback"
+    logoutPath: /logout
+    scopes: [email, groups]
+    forwardAccessToken: true
+    forwardIDToken: {{header: X-ID-Token}}
+"#
+    )
+}
+
+/// The claims of a JWT (unverified: the gateway verified it; the test reads what it forwards).
+fn jwt_claims(jwt: &str) -> serde_json::Value {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT: {jwt}");
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .expect("JWT payload is base64url");
+    serde_json::from_slice(&payload).expect("JWT payload is JSON")
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[test]
+fn security_policy_oidc_login_flow_under_the_controller() {
+    let dir = portcullis_integration::wasm::dist_dir()
+        .display()
+        .to_string();
+    portcullis_integration::wasm::module("oidc").expect("built-in oidc module built");
+    let gw_port = free_port().expect("port");
+    let client = TestClient::for_gateway("app", gw_port);
+    let secret = client.client_secret.clone();
+    let provider = OidcProvider::start(ProviderOptions {
+        clients: vec![client],
+        ..ProviderOptions::default()
+    })
+    .expect("oidc-provider");
+    let issuer = provider.issuer();
+    let echo = EchoServer::start().expect("echo");
+    let gw = |path: &str| format!("http://127.0.0.1:{gw_port}{path}");
+
+    let mut c = Controller::builder(BIN)
+        .manifest(
+            "all.yaml",
+            manifests(gw_port, echo.port(), &issuer, &secret),
+        )
+        .args(["--builtin-wasm-dir", dir.as_str()])
+        .start()
+        .expect("controller starts");
+    c.wait_status("SecurityPolicy login accepted", |d| {
+        let conds = resource(d, "SecurityPolicy", Some("default"), "login")
+            .map(|r| conditions_of(&r["status"], "Accepted"))
+            .unwrap_or_default();
+        if !conds.is_empty() && conds.iter().all(|(s, _, _)| s == "True") {
+            Ok(())
+        } else {
+            Err(format!("{conds:?}"))
+        }
+    })
+    .expect("policy accepted");
+    c.wait_synced(NODE).expect("synced");
+    // The listener is warm once the unprotected route serves; the protected one answers 503
+    // until the filter has fetched the provider's discovery document and keys.
+    c.process()
+        .wait_until(
+            "protected route leaves 503 (discovery done)",
+            CONVERGE,
+            || {
+                let probe = |path: &str, headers: &[(&str, &str)]| {
+                    KeepAlive::connect(gw_port)
+                        .and_then(|mut k| k.get(&format!("127.0.0.1:{gw_port}"), path, headers))
+                        .map_err(|e| format!("{path}: {e}"))
+                };
+                let r = probe("/open/probe", &[])?;
+                if r.status != 200 {
+                    return Err(format!("open route: HTTP {} {}", r.status, r.body));
+                }
+                let r = probe("/probe", &[("accept", "text/html")])?;
+                if r.status == 302 {
+                    Ok(())
+                } else {
+                    Err(format!("protected route: HTTP {} {}", r.status, r.body))
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
+
+    // API-style request without a session: 401, never a redirect.
+    let mut anon = Agent::new();
+    let r = anon.send(
+        "GET",
+        &gw("/dashboard"),
+        &[("accept", "application/json")],
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.header("location").is_none());
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{:?}",
+        r.headers
+    );
+    // The unprotected route still needs no login.
+    let r = anon.send("GET", &gw("/open/page"), &[], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().path, "/open/page");
+
+    // Browser request: 302 to the provider's authorization endpoint, PKCE S256 and state.
+    let mut agent = Agent::new();
+    let r = agent.get(&gw("/dashboard?tab=1"));
+    assert_eq!(r.status, 302, "{}", r.body);
+    let loc = r.location().expect("location");
+    assert!(loc.starts_with(&format!("{issuer}/auth?")), "{loc}");
+    assert_eq!(query_param(&loc, "client_id").as_deref(), Some("app"));
+    assert_eq!(
+        query_param(&loc, "redirect_uri"),
+        Some(gw("/oauth2/callback"))
+    );
+    assert_eq!(query_param(&loc, "response_type").as_deref(), Some("code"));
+    assert_eq!(
+        query_param(&loc, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert!(query_param(&loc, "code_challenge").is_some_and(|v| v.len() >= 43));
+    assert!(query_param(&loc, "state").is_some_and(|v| !v.is_empty()));
+    let scope = query_param(&loc, "scope").unwrap_or_default();
+    for s in ["openid", "email", "groups"] {
+        assert!(
+            scope.split(' ').any(|x| x == s),
+            "scope {scope:?} lacks {s}"
+        );
+    }
+
+    // Log in at the provider and land back on the original URL, at the upstream.
+    let done = agent.follow(r, "alice", false);
+    assert_eq!(
+        done.status,
+        200,
+        "{} {}\nprovider logs:\n{}",
+        done.url,
+        done.body,
+        provider.logs()
+    );
+    assert_eq!(done.url, gw("/dashboard?tab=1"));
+    assert!(
+        agent.find("/oauth2/callback?").is_some(),
+        "came back through the callback"
+    );
+    let echo_seen = done.echo();
+    assert_eq!(echo_seen.path, "/dashboard?tab=1");
+    // forwardAccessToken: the access token as a bearer token.
+    let authz = echo_seen.header("authorization").expect("authorization");
+    assert!(
+        authz.starts_with("Bearer ") && authz.len() > "Bearer ".len(),
+        "{authz}"
+    );
+    // forwardIDToken: the ID token of alice, from this issuer, for this client.
+    let id_token = echo_seen.header("x-id-token").expect("x-id-token");
+    let claims = jwt_claims(id_token);
+    assert_eq!(claims["iss"], issuer.as_str());
+    assert_eq!(claims["aud"], "app");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["email"], "alice@example.com");
+    // The gateway's own cookies never reach the upstream.
+    let cookie_upstream = echo_seen.header("cookie").unwrap_or("");
+    assert!(
+        !cookie_upstream.contains("portcullis"),
+        "session cookies stripped: {cookie_upstream}"
+    );
+    let session: Vec<String> = agent
+        .jar
+        .keys()
+        .filter(|k| k.starts_with("portcullis"))
+        .cloned()
+        .collect();
+    assert!(!session.is_empty(), "session cookie set: {:?}", agent.jar);
+
+    // Second request: still logged in, no redirect, same identity.
+    let r = agent.get(&gw("/other"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let again = r.echo();
+    assert_eq!(again.path, "/other");
+    assert_eq!(
+        jwt_claims(again.header("x-id-token").expect("x-id-token"))["sub"],
+        "alice"
+    );
+    assert!(again.header("authorization").is_some());
+    // With the session, an API-style request is let through too.
+    let r = agent.send("GET", &gw("/api"), &[("accept", "application/json")], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Logout: the session cookies go, and the browser is sent to the provider's end_session.
+    let r = agent.get(&gw("/logout"));
+    assert_eq!(r.status, 302, "{}", r.body);
+    let loc = r.location().expect("location");
+    assert!(
+        loc.starts_with(&format!("{issuer}/session/end?")) && loc.contains("id_token_hint="),
+        "{loc}"
+    );
+    let left: Vec<&String> = agent.jar.keys().filter(|k| session.contains(k)).collect();
+    assert!(left.is_empty(), "session cookies cleared: {left:?}");
+    // The gateway no longer knows us: back to the provider.
+    let r = agent.get(&gw("/dashboard"));
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(r
+        .location()
+        .is_some_and(|l| l.starts_with(&format!("{issuer}/auth?"))));
+
+    assert!(
+        !c.logs().contains(&secret),
+        "the client secret is never logged"
+    );
+}
