@@ -52,7 +52,7 @@ test-deps: ## install the real peers tests run against (registry, Redis, chromiu
 	@bash scripts/setup.sh oidc
 
 test: build test-deps ## every test: unit, golden, end-to-end through real Envoy
-	$(CARGO) test --workspace --all-targets $(TEST_ARGS)
+	$(CARGO) test --workspace --all-targets --no-fail-fast $(TEST_ARGS)
 
 test-unit: ## fast native unit tests only
 	$(CARGO) test -p portcullis-core

@@ -17,10 +17,17 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `PORTCULLIS_CRDS`, else `../shared/crds` beside the checkout, else the chart's vendored copy
+/// (byte-identical to `../shared/crds`, checked by the chart test), so a clone anywhere works.
 fn crds_dir() -> PathBuf {
-    std::env::var_os("PORTCULLIS_CRDS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/crds"))
+    if let Some(dir) = std::env::var_os("PORTCULLIS_CRDS") {
+        return PathBuf::from(dir);
+    }
+    let shared = workspace_root().join("../shared/crds");
+    if shared.is_dir() {
+        return shared;
+    }
+    workspace_root().join("charts/portcullis/charts/portcullis-crds/crds")
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
