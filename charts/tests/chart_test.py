@@ -34,7 +34,7 @@ SUBCHART_CRDS = CHART / "charts" / "portcullis-crds" / "crds"
 _SHARED_DEFAULT = ROOT.parent / "shared" / "crds"
 SHARED_CRDS = Path(os.environ.get("PORTCULLIS_CRDS", _SHARED_DEFAULT if _SHARED_DEFAULT.is_dir() else SUBCHART_CRDS))
 if SHARED_CRDS == SUBCHART_CRDS:
-    print(f"note: {_SHARED_DEFAULT} not found; validating against the vendored CRDs in {SUBCHART_CRDS}")
+    print(f"note: {_SHARED_DEFAULT} not found; validating against the vendored CRDs in {SUBCHART_CRDS}", file=sys.stderr)
 KUBE_VERSION = "1.34"
 RELEASE = "portcullis"
 NAMESPACE = "portcullis-system"
