@@ -606,6 +606,13 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
     );
     up.upstream = true;
     v.push(up);
+    v.push(variant(
+        "wasm-floor",
+        "baseline",
+        "wasm floor (ua-block, empty config)",
+        "ua_block.wasm with `{}`: reads the user-agent, matches nothing; the fixed cost of one proxy-wasm filter",
+        vec![wasm("ua_block", &ua, json!({}))],
+    ));
 
     v.push(variant(
         "ua-wasm",
@@ -815,6 +822,7 @@ pub struct FiltersReport {
     pub benchmark: &'static str,
     pub date_utc: String,
     pub command: String,
+    pub git: String,
     pub machine: util::Machine,
     pub envoy_version: String,
     pub envoy_cmd: String,
@@ -1132,6 +1140,7 @@ pub fn run(args: FiltersArgs) -> Result<()> {
         benchmark: "filters",
         date_utc: util::now_utc(),
         command: args.command.clone(),
+        git: util::git_rev(&root),
         machine,
         envoy_version: util::envoy_version(&envoy_bin),
         envoy_cmd: format!(

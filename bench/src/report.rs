@@ -16,8 +16,8 @@ pub fn filters_markdown(r: &FiltersReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Run {} · {} · {} cores · kernel {} · {}\n",
-        r.date_utc, r.machine.cpu_model, r.machine.cores, r.machine.kernel, r.envoy_version
+        "Run {} · commit {} · {} · {} cores · kernel {} · {}\n",
+        r.date_utc, r.git, r.machine.cpu_model, r.machine.cores, r.machine.kernel, r.envoy_version
     );
     let _ = writeln!(
         s,
@@ -110,8 +110,8 @@ pub fn controller_markdown(r: &ControllerReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Run {} · {} · {} cores · kernel {} · {}\n",
-        r.date_utc, r.machine.cpu_model, r.machine.cores, r.machine.kernel, r.envoy_version
+        "Run {} · commit {} · {} · {} cores · kernel {} · {}\n",
+        r.date_utc, r.git, r.machine.cpu_model, r.machine.cores, r.machine.kernel, r.envoy_version
     );
     let _ = writeln!(s, "**Translate** (`portcullis translate -f DIR -o json > FILE`, median of {} runs; peak RSS from wait4 rusage):\n", r.translate_runs);
     let _ = writeln!(
@@ -137,15 +137,15 @@ pub fn controller_markdown(r: &ControllerReport) -> String {
     let _ = writeln!(s, "\n**Convergence** (`portcullis run`, edit of every route's header value → every Envoy ACKed the new generation, seen on `/status`; median of {} edits):\n", r.edits);
     let _ = writeln!(
         s,
-        "| HTTPRoutes | Gateways (Envoys) | initial sync ms | change → ACK ms (median) | min | max | controller translate ms | controller peak RSS MiB (VmHWM) | controller RSS after MiB |"
+        "| HTTPRoutes | Gateways (Envoys) | start → settled ms | change → ACK ms (median) | min | max | controller translate ms | controller peak RSS MiB (VmHWM) | controller RSS after MiB | each Envoy's RSS MiB |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in &r.convergence {
         match &c.error {
             None => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.1} |",
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} |",
                     c.routes,
                     c.gateways,
                     c.initial_sync_ms,
@@ -154,13 +154,18 @@ pub fn controller_markdown(r: &ControllerReport) -> String {
                     c.max_ms,
                     c.last_translate_ms,
                     c.controller_peak_rss_mib,
-                    c.controller_rss_mib
+                    c.controller_rss_mib,
+                    c.envoy_rss_mib
+                        .iter()
+                        .map(|x| format!("{x:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
                 );
             }
             Some(e) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | not measured: {} |||||||",
+                    "| {} | {} | not measured: {} ||||||||",
                     c.routes,
                     c.gateways,
                     e.replace('|', "/").replace('\n', " ")

@@ -284,6 +284,27 @@ pub fn envoy_version(envoy: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// `git rev-parse --short HEAD` of the checkout, with `-dirty` when the tree has changes.
+pub fn git_rev(root: &Path) -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let rev = out(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = out(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{rev}-dirty")
+    } else {
+        rev
+    }
+}
+
 /// UTC timestamp, RFC 3339, from the system clock (no time crate).
 pub fn now_utc() -> String {
     let secs = std::time::SystemTime::now()
