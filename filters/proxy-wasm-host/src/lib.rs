@@ -126,10 +126,11 @@ impl Host for WasmHost {
     }
 
     fn shared_get(&self, key: &str) -> Option<SharedValue> {
+        // An entry exists exactly when Envoy hands out a CAS token; its data may be empty.
         match hostcalls::get_shared_data(key) {
-            Ok((Some(data), cas)) => Some(SharedValue {
-                data,
-                cas: cas.unwrap_or(0),
+            Ok((data, Some(cas))) => Some(SharedValue {
+                data: data.unwrap_or_default(),
+                cas,
             }),
             _ => None,
         }
@@ -154,6 +155,15 @@ impl Host for WasmHost {
 
     fn log(&self, level: LogLevel, msg: &str) {
         log(level, msg);
+    }
+}
+
+impl portcullis_core::ratelimit::RateLimitHost for WasmHost {
+    fn downstream_address(&self) -> Option<String> {
+        hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+            .map(lossy)
     }
 }
 

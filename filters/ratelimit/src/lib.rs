@@ -6,9 +6,6 @@
 //!   `ShouldRateLimit` gRPC call to `global.cluster`;
 //! - response headers: add the rate-limit headers.
 
-mod host;
-
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,7 +13,8 @@ use portcullis_core::ratelimit::{proto, Decision, GlobalResult, RateLimiter, Req
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use host::{Metrics, WasmHost};
+use portcullis_core::ratelimit::engine::COUNTERS;
+use portcullis_proxy_wasm::{log, Metrics, WasmHost};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -26,7 +24,7 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct Root {
     limiter: Option<Rc<RateLimiter>>,
-    metrics: Rc<RefCell<Metrics>>,
+    metrics: Rc<Metrics>,
 }
 
 impl Context for Root {}
@@ -37,20 +35,29 @@ impl RootContext for Root {
         let limiter = match RateLimiter::from_json(&raw) {
             Ok(l) => l,
             Err(e) => {
-                host::log_error(&format!("ratelimit: invalid config: {e}"));
+                log(
+                    portcullis_core::LogLevel::Error,
+                    &format!("ratelimit: invalid config: {e}"),
+                );
                 return false;
             }
         };
-        self.metrics.borrow_mut().define_all();
+        self.metrics = Metrics::define(&COUNTERS);
         let mut h = WasmHost::new(self.metrics.clone());
         if let Err(e) = limiter.init(&mut h) {
-            host::log_error(&format!("ratelimit: cannot create shared data: {e}"));
+            log(
+                portcullis_core::LogLevel::Error,
+                &format!("ratelimit: cannot create shared data: {e}"),
+            );
             return false;
         }
         if limiter.config().has_local() {
             let period = Duration::from_millis(limiter.config().local.gc_interval_ms);
             if let Err(e) = proxy_wasm::hostcalls::set_tick_period(period) {
-                host::log_error(&format!("ratelimit: cannot set tick period: {e:?}"));
+                log(
+                    portcullis_core::LogLevel::Error,
+                    &format!("ratelimit: cannot set tick period: {e:?}"),
+                );
                 return false;
             }
         }
@@ -81,7 +88,7 @@ impl RootContext for Root {
 
 struct Http {
     limiter: Rc<RateLimiter>,
-    metrics: Rc<RefCell<Metrics>>,
+    metrics: Rc<Metrics>,
     state: RequestState,
     /// Token of the rate-limit service call in flight.
     pending: Option<u32>,
