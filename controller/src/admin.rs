@@ -38,6 +38,9 @@ pub struct Board {
     pub last_translate_ms: u64,
 }
 
+/// A health check beyond "translated once": whether it passes, and a JSON body saying why.
+pub type Probe = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Metrics,
@@ -45,6 +48,9 @@ pub struct AdminState {
     pub infra: Option<Arc<HostInfra>>,
     pub cache: WasmCache,
     pub board: Arc<RwLock<Board>>,
+    /// Kubernetes mode: `/readyz` also needs every watch synced, `/healthz` the watches alive.
+    pub readiness: Option<Probe>,
+    pub liveness: Option<Probe>,
 }
 
 /// The `/status` document.
@@ -64,7 +70,7 @@ pub struct StatusDoc<'a> {
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -72,12 +78,37 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    let translated = s.board.read().map(|b| b.translations > 0).unwrap_or(false);
-    if translated {
-        (StatusCode::OK, "ready\n")
+fn probe_reply(ok: bool, mut body: serde_json::Value) -> axum::response::Response {
+    let code = if ok {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not translated yet\n")
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    body["ok"] = serde_json::Value::Bool(ok);
+    (code, Json(body)).into_response()
+}
+
+async fn healthz(State(s): State<AdminState>) -> axum::response::Response {
+    match &s.liveness {
+        Some(p) => {
+            let (ok, body) = p();
+            probe_reply(ok, body)
+        }
+        None => "ok\n".into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> axum::response::Response {
+    let translated = s.board.read().map(|b| b.translations > 0).unwrap_or(false);
+    if let Some(p) = &s.readiness {
+        let (ok, mut body) = p();
+        body["translated"] = serde_json::Value::Bool(translated);
+        return probe_reply(ok && translated, body);
+    }
+    if translated {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not translated yet\n").into_response()
     }
 }
 

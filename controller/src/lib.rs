@@ -7,11 +7,13 @@ pub mod cli;
 pub mod infra {
     pub mod host;
 }
+pub mod kubernetes;
 pub mod metrics;
 pub mod provider {
     pub mod file;
 }
 pub mod runtime;
+pub mod tls;
 pub mod wasm {
     pub mod cache;
     pub mod serve;

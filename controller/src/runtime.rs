@@ -142,6 +142,8 @@ pub async fn run(
             infra: infra.clone(),
             cache: cache.clone(),
             board: board.clone(),
+            readiness: None,
+            liveness: None,
         };
         let app = admin::router(state);
         let stop = stopped(stop_rx.clone());
@@ -156,7 +158,11 @@ pub async fn run(
     let _watcher = provider
         .watch(trigger_tx.clone())
         .context("watching manifests")?;
-    let builtin_modules = builtin_modules(&cfg, &cache)?;
+    let builtin_modules = builtin_modules(
+        cfg.builtin_wasm_dir.as_deref(),
+        &cfg.builtin_wasm_urls,
+        &cache,
+    )?;
     tracing::info!(
         modules = ?builtin_modules.keys().collect::<Vec<_>>(),
         ratelimit_service = ?cfg.ratelimit_service,
@@ -219,12 +225,13 @@ pub async fn run(
 
 /// The built-in modules: files of the builtin directory registered in the cache (served from
 /// it by sha256), then `--builtin-wasm-url` sources, which win.
-fn builtin_modules(
-    cfg: &RuntimeConfig,
+pub(crate) fn builtin_modules(
+    dir: Option<&std::path::Path>,
+    urls: &BTreeMap<String, WasmSource>,
     cache: &WasmCache,
 ) -> anyhow::Result<BTreeMap<String, WasmSource>> {
     let mut out = BTreeMap::new();
-    if let Some(dir) = &cfg.builtin_wasm_dir {
+    if let Some(dir) = dir {
         for m in crate::builtin::read_builtin_dir(dir)? {
             let src = cache.add_local(&m.path, &m.bytes).with_context(|| {
                 format!(
@@ -236,7 +243,7 @@ fn builtin_modules(
             out.insert(m.name, src);
         }
     }
-    out.extend(cfg.builtin_wasm_urls.clone());
+    out.extend(urls.clone());
     Ok(out)
 }
 
@@ -374,7 +381,7 @@ impl Reconciler {
 
 /// `.dockerconfigjson` of every Secret a needed image references (data is base64, as in
 /// Kubernetes; stringData is plain).
-fn pull_secrets(
+pub(crate) fn pull_secrets(
     resources: &Resources,
     needed: &[portcullis_translator::wasm::source::WasmSource],
 ) -> PullSecrets {

@@ -52,6 +52,9 @@ pub const BOOTSTRAP_HASH_ANNOTATION: &str = "portcullis.dev/bootstrap-sha256";
 /// GatewayClass condition type for EnvoyProxy fields we do not implement.
 pub const UNSUPPORTED_CONDITION: &str = "portcullis.dev/UnsupportedParameters";
 
+/// Envoy image of a fleet unless the controller or an EnvoyProxy says otherwise.
+pub const DEFAULT_ENVOY_IMAGE: &str = "docker.io/envoyproxy/envoy:distroless-v1.40.0";
+
 /// Settings of the fleet that come from the controller, not from the user.
 #[derive(Debug, Clone)]
 pub struct InfraConfig {
@@ -76,7 +79,7 @@ impl Default for InfraConfig {
             xds_host: "portcullis.portcullis-system.svc".into(),
             xds_port: 18000,
             xds_delta: false,
-            envoy_image: "docker.io/envoyproxy/envoy:distroless-v1.40.0".into(),
+            envoy_image: DEFAULT_ENVOY_IMAGE.into(),
             field_manager: crate::status::FIELD_MANAGER.into(),
             resync: Duration::from_secs(600),
         }

@@ -19,6 +19,7 @@ pub mod infra;
 pub mod leader;
 pub mod provider;
 pub mod reconcile;
+pub mod session;
 pub mod snapshot;
 pub mod status;
 pub mod types;

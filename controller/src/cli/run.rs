@@ -1,6 +1,8 @@
-//! `portcullis run`: watch manifests, serve xDS, run one Envoy per Gateway.
+//! `portcullis run`: watch manifests (or the Kubernetes API), serve xDS, run one Envoy per
+//! Gateway (or, on Kubernetes, an Envoy Deployment per Gateway).
 
 use crate::infra::host::XdsMode;
+use crate::kubernetes::KubeRuntimeConfig;
 use crate::runtime::{self, EnvoyConfig, RuntimeConfig};
 use anyhow::Context;
 use portcullis_translator::wasm::source::WasmSource;
@@ -10,8 +12,13 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Manifest file or directory (recursive; multi-document YAML). Repeatable.
-    #[arg(short = 'f', long = "file", value_name = "PATH", required = true)]
+    /// Where Gateway API and Envoy Gateway resources come from: manifest files (`-f`), or the
+    /// Kubernetes API (in-cluster config or $KUBECONFIG).
+    #[arg(long, value_enum, default_value_t = Provider::File)]
+    pub provider: Provider,
+    /// Manifest file or directory (recursive; multi-document YAML). Repeatable. Required with
+    /// `--provider file`.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub files: Vec<PathBuf>,
     /// GatewayClasses with this controllerName are ours.
     #[arg(long, default_value = portcullis_translator::DEFAULT_CONTROLLER_NAME)]
@@ -47,7 +54,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Wasm module disk cache (default: ~/.cache/portcullis/wasm).
-    #[arg(long)]
+    #[arg(long, visible_alias = "wasm-cache-dir")]
     pub cache_dir: Option<PathBuf>,
     /// Size bound of the wasm cache in MiB; least recently used modules not in use go first.
     #[arg(long, default_value_t = 512)]
@@ -82,6 +89,71 @@ pub struct RunArgs {
     /// BackendTrafficPolicy global limits.
     #[arg(long, value_name = "HOST:PORT", value_parser = crate::builtin::parse_host_port)]
     pub ratelimit_service: Option<String>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Print the resolved configuration as JSON and exit without binding, connecting or
+    /// starting anything (checks a command line, e.g. the Helm chart's).
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    File,
+    Kubernetes,
+}
+
+/// Settings of `--provider kubernetes` (ignored by the file provider).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Kubernetes provider (--provider kubernetes)")]
+pub struct KubeArgs {
+    /// DNS name of the controller's Service: managed Envoys reach xDS and the wasm endpoint
+    /// there, and it is the name in the controller's server certificate.
+    #[arg(long, value_name = "DNS_NAME")]
+    pub xds_service: Option<String>,
+    /// Service port of xDS (default: the port of --xds-addr).
+    #[arg(long)]
+    pub xds_service_port: Option<u16>,
+    /// Service port of the wasm endpoint (default: the port of --wasm-addr).
+    #[arg(long)]
+    pub wasm_service_port: Option<u16>,
+    /// Namespace of the controller (Lease, xDS CA and session Secrets).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+    pub namespace: String,
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Default image of the managed Envoy Deployments (an EnvoyProxy may override it).
+    #[arg(long, default_value = portcullis_kube::infra::DEFAULT_ENVOY_IMAGE)]
+    pub envoy_image: String,
+    /// Create and own an Envoy fleet (Deployment, Service, ServiceAccount) per Gateway. Off:
+    /// only serve xDS, for Envoys deployed by other means.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub manage_infra: bool,
+    /// Elect a leader with a Lease: only the leader writes status and infrastructure. Off: this
+    /// replica always writes (run one replica only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+    /// Name of the Lease (in --namespace).
+    #[arg(long, default_value = "portcullis-leader")]
+    pub lease_name: String,
+    /// How long a Lease stays valid without renewal: the longest failover.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// How often the leader renews the Lease (and followers retry); below the duration.
+    #[arg(long, default_value_t = 5)]
+    pub lease_renew_seconds: u64,
+    /// Secret (in --namespace) holding the xDS CA; created by the first replica.
+    #[arg(long, default_value = "portcullis-xds-ca")]
+    pub ca_secret: String,
+    /// Secret (in --namespace) holding the OIDC session key shared by all replicas; created by
+    /// the first replica.
+    #[arg(long, default_value = "portcullis-session")]
+    pub session_secret_name: String,
+    /// Longest a batch of watch events may be held back under a constant stream of changes (ms).
+    #[arg(long, default_value_t = 2000)]
+    pub max_batch_delay_ms: u64,
 }
 
 pub fn init_tracing() {
@@ -95,6 +167,142 @@ pub fn init_tracing() {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    match args.provider {
+        Provider::File => run_files(args).await,
+        Provider::Kubernetes => run_kubernetes(args).await,
+    }
+}
+
+fn cache_dir(args: &RunArgs) -> PathBuf {
+    args.cache_dir
+        .clone()
+        .unwrap_or_else(crate::wasm::cache::default_cache_dir)
+}
+
+fn builtin_wasm_dir(args: &RunArgs) -> Option<PathBuf> {
+    match &args.builtin_wasm_dir {
+        Some(d) => Some(d.clone()),
+        None => {
+            let d = crate::builtin::default_builtin_dir();
+            if d.is_none() && !args.print_config {
+                tracing::warn!("no built-in wasm directory (dist/wasm, ../wasm beside the executable); SecurityPolicy oidc and BackendTrafficPolicy rateLimit need --builtin-wasm-dir");
+            }
+            d
+        }
+    }
+}
+
+fn wasm_retry(args: &RunArgs) -> (Duration, Duration) {
+    (
+        Duration::from_millis(args.wasm_retry_initial_ms.max(1)),
+        Duration::from_millis(
+            args.wasm_retry_max_ms
+                .max(args.wasm_retry_initial_ms)
+                .max(1),
+        ),
+    )
+}
+
+/// The Kubernetes-mode configuration from the command line (no I/O).
+pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
+    let k = &args.kube;
+    let Some(xds_service) = k.xds_service.clone().filter(|s| !s.trim().is_empty()) else {
+        anyhow::bail!("--provider kubernetes needs --xds-service (the DNS name of the controller's Service, e.g. portcullis.portcullis-system.svc)");
+    };
+    if !args.files.is_empty() {
+        anyhow::bail!("-f/--file is for --provider file; the Kubernetes provider reads the API");
+    }
+    if k.lease_renew_seconds == 0 || k.lease_renew_seconds >= k.lease_duration_seconds {
+        anyhow::bail!(
+            "--lease-renew-seconds ({}) must be above 0 and below --lease-duration-seconds ({}), or the Lease expires between renewals",
+            k.lease_renew_seconds,
+            k.lease_duration_seconds
+        );
+    }
+    let identity = match &k.pod_name {
+        Some(n) if !n.is_empty() => n.clone(),
+        _ => hostname(),
+    };
+    let (wasm_retry_initial, wasm_retry_max) = wasm_retry(args);
+    Ok(KubeRuntimeConfig {
+        controller_name: args.controller_name.clone(),
+        xds_addr: args.xds_addr,
+        wasm_addr: args.wasm_addr,
+        admin_addr: args.admin_addr,
+        xds_mode: args.xds_mode,
+        xds_service,
+        xds_service_port: k.xds_service_port.unwrap_or(args.xds_addr.port()),
+        wasm_service_port: k.wasm_service_port.unwrap_or(args.wasm_addr.port()),
+        namespace: k.namespace.clone(),
+        identity,
+        envoy_image: k.envoy_image.clone(),
+        manage_infra: k.manage_infra,
+        leader_election: k.leader_election,
+        lease_name: k.lease_name.clone(),
+        lease_duration: Duration::from_secs(k.lease_duration_seconds),
+        lease_renew: Duration::from_secs(k.lease_renew_seconds),
+        ca_secret: k.ca_secret.clone(),
+        session_secret_name: k.session_secret_name.clone(),
+        cache_dir: cache_dir(args),
+        cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
+        wasm_retry_initial,
+        wasm_retry_max,
+        debounce: Duration::from_millis(args.debounce_ms),
+        max_batch_delay: Duration::from_millis(k.max_batch_delay_ms.max(args.debounce_ms)),
+        listener_address: args.listener_address.clone(),
+        builtin_wasm_dir: builtin_wasm_dir(args),
+        builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),
+        ratelimit_service: args.ratelimit_service.clone(),
+    })
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("portcullis-{}", std::process::id()))
+}
+
+async fn run_kubernetes(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = kube_config(&args)?;
+    if args.print_config {
+        let doc = serde_json::json!({"provider": "kubernetes", "config": cfg});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    init_tracing();
+    let client = kube::Client::try_default().await.context(
+        "no Kubernetes client configuration: run in a pod (in-cluster service account) or set KUBECONFIG",
+    )?;
+    crate::kubernetes::run(cfg, client, shutdown_signal()).await
+}
+
+async fn run_files(args: RunArgs) -> anyhow::Result<()> {
+    if args.files.is_empty() {
+        anyhow::bail!(
+            "--provider file needs at least one -f/--file PATH (a manifest file or directory)"
+        );
+    }
+    if args.print_config {
+        let doc = serde_json::json!({
+            "provider": "file",
+            "files": args.files,
+            "controllerName": args.controller_name,
+            "xdsAddr": args.xds_addr,
+            "wasmAddr": args.wasm_addr,
+            "adminAddr": args.admin_addr,
+            "xdsMode": args.xds_mode,
+            "envoy": !args.no_envoy,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     init_tracing();
     let work_dir = match &args.work_dir {
         Some(d) => d.clone(),
@@ -102,25 +310,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating work dir {}", work_dir.display()))?;
-    let cache_dir = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(crate::wasm::cache::default_cache_dir);
+    let cache_dir = cache_dir(&args);
     let secret_path = args
         .session_secret_file
         .clone()
         .unwrap_or_else(|| cache_dir.join(crate::builtin::SESSION_SECRET_FILE));
     let session_secret = crate::builtin::load_or_create_session_secret(&secret_path)?;
-    let builtin_wasm_dir = match &args.builtin_wasm_dir {
-        Some(d) => Some(d.clone()),
-        None => {
-            let d = crate::builtin::default_builtin_dir();
-            if d.is_none() {
-                tracing::warn!("no built-in wasm directory (dist/wasm, ../wasm beside the executable); SecurityPolicy oidc and BackendTrafficPolicy rateLimit need --builtin-wasm-dir");
-            }
-            d
-        }
-    };
+    let builtin_wasm_dir = builtin_wasm_dir(&args);
+    let (wasm_retry_initial, wasm_retry_max) = wasm_retry(&args);
     let cfg = RuntimeConfig {
         paths: args.files.clone(),
         controller_name: args.controller_name.clone(),
@@ -136,12 +333,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         xds_mode: args.xds_mode,
         cache_dir,
         cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
-        wasm_retry_initial: Duration::from_millis(args.wasm_retry_initial_ms.max(1)),
-        wasm_retry_max: Duration::from_millis(
-            args.wasm_retry_max_ms
-                .max(args.wasm_retry_initial_ms)
-                .max(1),
-        ),
+        wasm_retry_initial,
+        wasm_retry_max,
         work_dir: work_dir.clone(),
         listener_address: args.listener_address.clone(),
         debounce: Duration::from_millis(args.debounce_ms),
@@ -174,5 +367,76 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
         _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+    #[derive(Debug, clap::Subcommand)]
+    enum Cmd {
+        Run(RunArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["portcullis"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| match c.cmd {
+            Cmd::Run(a) => a,
+        })
+    }
+
+    #[test]
+    fn the_chart_arguments_parse_into_a_kubernetes_config() {
+        // The argument list of charts/portcullis/templates/deployment.yaml with default values.
+        let a = parse(&[
+            "run",
+            "--provider=kubernetes",
+            "--controller-name=portcullis.dev/gatewayclass-controller",
+            "--xds-addr=0.0.0.0:18000",
+            "--wasm-addr=0.0.0.0:18001",
+            "--admin-addr=0.0.0.0:19100",
+            "--xds-service=portcullis.portcullis-system.svc",
+            "--envoy-image=docker.io/envoyproxy/envoy:distroless-v1.40.0",
+            "--debounce-ms=200",
+            "--leader-election=true",
+            "--lease-name=portcullis-leader",
+            "--lease-duration-seconds=15",
+            "--lease-renew-seconds=5",
+            "--wasm-cache-dir=/var/cache/portcullis",
+            "--ca-secret=portcullis-xds-ca",
+        ])
+        .expect("chart args parse");
+        let c = kube_config(&a).expect("valid");
+        assert_eq!(c.xds_service, "portcullis.portcullis-system.svc");
+        assert_eq!((c.xds_service_port, c.wasm_service_port), (18000, 18001));
+        assert_eq!(c.cache_dir, PathBuf::from("/var/cache/portcullis"));
+        assert!(c.leader_election && c.manage_infra);
+        assert_eq!(c.lease_renew, Duration::from_secs(5));
+
+        let a =
+            parse(&["run", "--provider", "kubernetes", "--leader-election=false"]).expect("parses");
+        let e = kube_config(&a).expect_err("no service");
+        assert!(e.to_string().contains("--xds-service"), "{e}");
+        let a = parse(&[
+            "run",
+            "--provider=kubernetes",
+            "--xds-service=x.y.svc",
+            "--lease-duration-seconds=5",
+            "--lease-renew-seconds=5",
+        ])
+        .expect("parses");
+        assert!(kube_config(&a)
+            .expect_err("renew >= duration")
+            .to_string()
+            .contains("--lease-renew-seconds"));
+        assert!(parse(&["run", "--provider=kubernetes", "--leader-election=maybe"]).is_err());
     }
 }

@@ -369,6 +369,18 @@ impl XdsServer {
             )
             .await
     }
+
+    /// Serve ADS on verified mutual-TLS connections (Kubernetes mode) until `shutdown` resolves.
+    pub async fn serve_tls(
+        &self,
+        conns: tokio::sync::mpsc::Receiver<crate::tls::TlsConn>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(crate::tls::incoming_stream(conns), shutdown)
+            .await
+    }
 }
 
 /// The tonic service; one task per stream.

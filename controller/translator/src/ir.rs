@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Ir {
@@ -184,12 +184,30 @@ pub enum ClusterKind {
     Static(Vec<EndpointIr>),
 }
 
+/// PEM files, as paths inside the Envoy pod, for mutual TLS to an upstream (Envoy reads them
+/// itself, so keys never travel over xDS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsFiles {
+    /// Client certificate chain Envoy presents (e.g. `/etc/envoy/certs/tls.crt`).
+    pub cert_chain: String,
+    /// Its private key (e.g. `/etc/envoy/certs/tls.key`).
+    pub private_key: String,
+    /// CA bundle the server certificate must chain to (e.g. `/etc/envoy/certs/ca.crt`).
+    pub trusted_ca: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterIr {
     pub name: String,
     pub kind: ClusterKind,
     /// Upstream TLS with this SNI (wasm fetch over https).
     pub tls_sni: Option<String>,
+    /// With `tls_sni`: mutual TLS. Present this client certificate, and accept only a server
+    /// certificate from `trusted_ca` whose SAN is the `tls_sni` host (wasm fetch from the
+    /// controller in Kubernetes mode, which requires client certificates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client: Option<ClientTlsFiles>,
     /// Upstream HTTP/2 only (gRPC services such as the rate-limit service).
     pub http2: bool,
 }

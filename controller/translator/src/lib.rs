@@ -10,7 +10,8 @@
 //!   configuration `ns/gw/<port>` (HTTP: all listeners of the port share it) or
 //!   `ns/gw/<listener>` (HTTPS: one filter chain per listener, selected by SNI);
 //! - clusters `service/<ns>/<name>/<port>` and `backend/<ns>/<name>` (EDS over ADS, or
-//!   STRICT_DNS for fqdn Backends), `<wasm_serve_cluster>/<host>:<port>` per wasm serve URL;
+//!   STRICT_DNS for fqdn Backends), `<wasm_serve_cluster>/<host>:<port>` per wasm serve URL
+//!   (for https: SNI = host, plus mutual TLS with [`TranslateOptions::wasm_fetch_tls`]);
 //! - EnvoyExtensionPolicy filters are named
 //!   `envoy.filters.http.{wasm,lua}/envoyextensionpolicy/<ns>/<policy>/{wasm,lua}/<index>`,
 //!   placed disabled in the HCM and enabled per route; the wasm `vm_id` is the module sha256;
@@ -42,6 +43,7 @@ pub mod xds {
     pub mod snapshot;
 }
 
+pub use ir::ClientTlsFiles;
 pub use resources::{parse_documents, LoadError, Resource, Resources};
 pub use xds::render::{render_output, try_render_output, OutputFormat, RenderError};
 
@@ -74,6 +76,9 @@ pub struct TranslateOptions {
     /// `host:port` of the rate-limit gRPC service for BackendTrafficPolicy global limits
     /// (`portcullis run --ratelimit-service`). Global limits are rejected without it.
     pub ratelimit_service: Option<String>,
+    /// Client certificate and CA for the fetch clusters of `https` wasm serve URLs (Kubernetes
+    /// mode: the controller serves modules over mutual TLS). `None`: TLS with SNI only.
+    pub wasm_fetch_tls: Option<ClientTlsFiles>,
 }
 
 impl Default for TranslateOptions {
@@ -85,6 +90,7 @@ impl Default for TranslateOptions {
             builtin_modules: BTreeMap::new(),
             session_secret: None,
             ratelimit_service: None,
+            wasm_fetch_tls: None,
         }
     }
 }

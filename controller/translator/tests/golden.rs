@@ -1,6 +1,9 @@
 //! Golden tests: every `testdata/*.in.yaml` is translated and rendered; the result must equal
 //! `testdata/*.out.yaml`. Regenerate with `UPDATE_GOLDEN=1 cargo test -p portcullis-translator`.
 //!
+//! A case may set options in `testdata/*.options.yaml` beside its input ([`CaseOptions`]); the
+//! others run with [`opts`] and the default [`TestResolver`].
+//!
 //! When an Envoy binary is available (`PORTCULLIS_ENVOY`, or the workspace's `.bin/envoy`), each
 //! output is also turned into a static bootstrap and checked with `envoy --mode validate`.
 
@@ -8,14 +11,25 @@ use std::path::{Path, PathBuf};
 
 use portcullis_translator::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
 use portcullis_translator::{
-    parse_documents, render_output, translate, OutputFormat, Resources, TranslateOptions,
+    parse_documents, render_output, translate, ClientTlsFiles, OutputFormat, Resources,
+    TranslateOptions,
 };
 use serde_json::{json, Value};
 
 /// Resolver standing in for the runtime's cache: URLs containing `pending` are still being
 /// fetched, URLs containing `unreachable` failed with a 503, everything else is served by the
-/// controller at a digest-named URL.
-struct TestResolver;
+/// controller at a digest-named URL under `base`.
+struct TestResolver {
+    base: String,
+}
+
+impl Default for TestResolver {
+    fn default() -> Self {
+        Self {
+            base: "http://127.0.0.1:19102".into(),
+        }
+    }
+}
 
 impl WasmResolver for TestResolver {
     fn resolve(&self, s: &WasmSource) -> WasmResolution {
@@ -28,7 +42,7 @@ impl WasmResolver for TestResolver {
         } else {
             let sha = s.sha256.clone().unwrap_or_else(|| "0".repeat(64));
             WasmResolution::Ready {
-                serve_url: format!("http://127.0.0.1:19102/wasm/{sha}.wasm"),
+                serve_url: format!("{}/wasm/{sha}.wasm", self.base),
                 sha256: sha,
             }
         }
@@ -56,6 +70,33 @@ fn opts() -> TranslateOptions {
     o
 }
 
+/// `<case>.options.yaml`: what a case changes from [`opts`] and the default [`TestResolver`].
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseOptions {
+    /// Base URL the resolver serves modules from (default `http://127.0.0.1:19102`).
+    serve_base: Option<String>,
+    wasm_fetch_tls: Option<ClientTlsFiles>,
+}
+
+/// Options and resolver for the case whose input is `input`.
+fn case(input: &Path) -> (TranslateOptions, TestResolver) {
+    let path = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".options.yaml"));
+    let co: CaseOptions = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        }
+        Err(_) => CaseOptions::default(),
+    };
+    let mut o = opts();
+    o.wasm_fetch_tls = co.wasm_fetch_tls;
+    let mut r = TestResolver::default();
+    if let Some(base) = co.serve_base {
+        r.base = base;
+    }
+    (o, r)
+}
+
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata")
 }
@@ -78,7 +119,8 @@ fn load(path: &Path) -> Resources {
 }
 
 fn render(path: &Path) -> String {
-    let out = translate(&load(path), &opts(), &TestResolver);
+    let (o, r) = case(path);
+    let out = translate(&load(path), &o, &r);
     render_output(&out, OutputFormat::Yaml)
 }
 
@@ -133,9 +175,10 @@ fn output_is_deterministic_and_order_independent() {
         // The protos themselves, not only their rendering, must be byte-identical (the ADS
         // server versions snapshots by content).
         let res = load(&input);
+        let (o, r) = case(&input);
         for _ in 0..5 {
-            let x = translate(&res, &opts(), &TestResolver);
-            let y = translate(&res, &opts(), &TestResolver);
+            let x = translate(&res, &o, &r);
+            let y = translate(&res, &o, &r);
             assert_eq!(
                 x.xds,
                 y.xds,
@@ -148,7 +191,7 @@ fn output_is_deterministic_and_order_independent() {
         docs.reverse();
         let (res, errs) = parse_documents("reversed", &docs.join("\n---\n"));
         assert!(errs.is_empty());
-        let out = translate(&Resources::from_parsed(res), &opts(), &TestResolver);
+        let out = translate(&Resources::from_parsed(res), &o, &r);
         assert_eq!(
             a,
             render_output(&out, OutputFormat::Yaml),
@@ -243,13 +286,15 @@ fn envoy_accepts_every_golden_output() {
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let mut checked = 0;
     for input in inputs() {
-        let out = translate(&load(&input), &opts(), &TestResolver);
+        let (o, r) = case(&input);
+        let out = translate(&load(&input), &o, &r);
         let doc: Value =
             serde_json::from_str(&render_output(&out, OutputFormat::Json)).expect("json output");
         for (node, res) in doc["xds"].as_object().into_iter().flatten() {
             let mut boot = static_bootstrap(res);
             // Test certificates are real; restore redacted keys from the IR.
             restore_keys(&mut boot, &out.ir);
+            local_cert_files(&mut boot);
             let file = dir.join(format!(
                 "{}-{}.json",
                 input.file_name().and_then(|n| n.to_str()).unwrap_or("x"),
@@ -306,6 +351,25 @@ fn restore_keys(v: &mut Value, ir: &portcullis_translator::ir::Ir) {
     walk(v, &keys);
 }
 
+/// Envoy reads certificate files given by path (`filename`), so validation needs them: cases
+/// name `/etc/envoy/certs/<file>` (as in the Envoy pod), served here from `testdata/certs/`.
+fn local_cert_files(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(f)) = o.get_mut("filename") {
+                if let Some(name) = f.strip_prefix("/etc/envoy/certs/") {
+                    let local = testdata().join("certs").join(name);
+                    assert!(local.exists(), "missing test file {}", local.display());
+                    *f = local.display().to_string();
+                }
+            }
+            o.values_mut().for_each(local_cert_files);
+        }
+        Value::Array(a) => a.iter_mut().for_each(local_cert_files),
+        _ => {}
+    }
+}
+
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("list dir")
@@ -352,7 +416,7 @@ fn examples_are_fully_accepted() {
     }
     sets.push(("all patterns".into(), patterns));
     for (name, files) in sets {
-        let out = translate(&load_all(&files), &opts(), &TestResolver);
+        let out = translate(&load_all(&files), &opts(), &TestResolver::default());
         assert!(!out.gateways.is_empty(), "{name}: no Gateway programmed");
         let doc: Value = serde_json::to_value(&out.statuses).expect("statuses");
         let mut bad = Vec::new();

@@ -120,6 +120,7 @@ pub fn resolve(
                     .collect(),
             ),
             tls_sni: None,
+            tls_client: None,
             http2: false,
         });
     }
@@ -178,6 +179,7 @@ pub fn resolve(
             ClusterKind::Eds(eps)
         },
         tls_sni: None,
+        tls_client: None,
         http2: false,
     })
 }

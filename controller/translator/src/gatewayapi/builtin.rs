@@ -57,6 +57,7 @@ fn endpoint_cluster(name: String, host: &str, port: u16, tls: bool, http2: bool)
         name,
         kind,
         tls_sni: tls.then(|| host.to_string()),
+        tls_client: None,
         http2,
     }
 }

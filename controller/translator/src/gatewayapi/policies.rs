@@ -61,7 +61,8 @@ impl Policies {
     }
 }
 
-/// Cluster through which Envoy fetches a module from `serve_url`.
+/// Cluster through which Envoy fetches a module from `serve_url`: for https, TLS with the host
+/// as SNI, and mutual TLS when [`TranslateOptions::wasm_fetch_tls`] is set.
 pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<ClusterIr, String> {
     let u = url::Url::parse(serve_url).map_err(|e| format!("invalid wasm URL {serve_url}: {e}"))?;
     let host = u
@@ -83,6 +84,7 @@ pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<Cluster
             address: host,
             port,
         }]),
+        tls_client: tls.is_some().then(|| opts.wasm_fetch_tls.clone()).flatten(),
         tls_sni: tls,
         http2: false,
     })
@@ -686,5 +688,105 @@ pub(crate) fn policy_status(
             name: name.clone(),
         },
         status: json!({ "ancestors": ancestors.into_values().collect::<Vec<_>>() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::ClientTlsFiles;
+    use crate::xds::builder::build_cluster;
+    use crate::xds::render::resource_json;
+    use crate::xds::snapshot::CLUSTER_TYPE;
+    use prost::Message;
+
+    fn mtls_opts() -> TranslateOptions {
+        TranslateOptions {
+            wasm_fetch_tls: Some(ClientTlsFiles {
+                cert_chain: "/etc/envoy/certs/tls.crt".into(),
+                private_key: "/etc/envoy/certs/tls.key".into(),
+                trusted_ca: "/etc/envoy/certs/ca.crt".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn rendered(c: &ClusterIr) -> serde_json::Value {
+        let (cl, _) = build_cluster(c);
+        let any = prost_types::Any {
+            type_url: CLUSTER_TYPE.into(),
+            value: cl.encode_to_vec(),
+        };
+        resource_json(CLUSTER_TYPE, &c.name, &any).expect("cluster renders")
+    }
+
+    #[test]
+    fn https_fetch_cluster_uses_mutual_tls() {
+        let c = fetch_cluster(
+            &mtls_opts(),
+            "https://portcullis.portcullis-system.svc:19102/wasm/x.wasm",
+        )
+        .unwrap();
+        assert_eq!(
+            c.name,
+            "portcullis-wasm/portcullis.portcullis-system.svc:19102"
+        );
+        assert_eq!(
+            rendered(&c)["transport_socket"],
+            json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "portcullis.portcullis-system.svc",
+                    "common_tls_context": {
+                        "tls_certificates": [{
+                            "certificate_chain": {"filename": "/etc/envoy/certs/tls.crt"},
+                            "private_key": {"filename": "/etc/envoy/certs/tls.key"},
+                        }],
+                        "validation_context": {
+                            "trusted_ca": {"filename": "/etc/envoy/certs/ca.crt"},
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "DNS",
+                                "matcher": {"exact": "portcullis.portcullis-system.svc"},
+                            }],
+                        },
+                    },
+                },
+            })
+        );
+        // An IP literal host is matched as an IP SAN.
+        let c = fetch_cluster(&mtls_opts(), "https://10.0.0.7:19102/wasm/x.wasm").unwrap();
+        let v = rendered(&c);
+        let san = &v["transport_socket"]["typed_config"]["common_tls_context"]
+            ["validation_context"]["match_typed_subject_alt_names"];
+        assert_eq!(
+            san,
+            &json!([{"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}])
+        );
+    }
+
+    #[test]
+    fn fetch_tls_option_leaves_other_clusters_alone() {
+        // http serve URL: no transport socket even with the option set.
+        let c = fetch_cluster(&mtls_opts(), "http://127.0.0.1:19102/wasm/x.wasm").unwrap();
+        assert_eq!(c.tls_client, None);
+        assert!(rendered(&c).get("transport_socket").is_none());
+        // https without the option: SNI only, as before.
+        let c = fetch_cluster(
+            &TranslateOptions::default(),
+            "https://portcullis.svc/wasm/x.wasm",
+        )
+        .unwrap();
+        assert_eq!(
+            rendered(&c)["transport_socket"]["typed_config"],
+            json!({
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "portcullis.svc",
+            })
+        );
+        // Issuer clusters never get the wasm client certificate.
+        let c =
+            super::super::builtin::issuer_cluster("oidc/x", "https://iam.example.com/").unwrap();
+        assert_eq!(c.tls_client, None);
     }
 }

@@ -25,8 +25,8 @@ use super::snapshot::{
     XdsResources, XdsSnapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
 };
 use crate::ir::{
-    ActionIr, ChainIr, ClusterIr, ClusterKind, EndpointIr, FilterIr, GatewayIr, HeaderOpsIr, Ir,
-    PathMatchIr, PathRewriteIr, PortIr, Protocol, RouteIr, ValueMatchIr,
+    ActionIr, ChainIr, ClientTlsFiles, ClusterIr, ClusterKind, EndpointIr, FilterIr, GatewayIr,
+    HeaderOpsIr, Ir, PathMatchIr, PathRewriteIr, PortIr, Protocol, RouteIr, ValueMatchIr,
 };
 use crate::TranslateOptions;
 
@@ -114,7 +114,9 @@ fn load_assignment(name: &str, eps: &[EndpointIr]) -> endpoint::ClusterLoadAssig
     }
 }
 
-fn build_cluster(c: &ClusterIr) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
+pub(crate) fn build_cluster(
+    c: &ClusterIr,
+) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
     let mut out = cluster::Cluster {
         name: c.name.clone(),
         connect_timeout: Some(pb::Duration {
@@ -174,6 +176,7 @@ fn build_cluster(c: &ClusterIr) -> (cluster::Cluster, Option<endpoint::ClusterLo
     if let Some(sni) = &c.tls_sni {
         let ctx = tls::UpstreamTlsContext {
             sni: sni.clone(),
+            common_tls_context: c.tls_client.as_ref().map(|f| client_tls_context(f, sni)),
             ..Default::default()
         };
         out.transport_socket = Some(core::TransportSocket {
@@ -182,6 +185,50 @@ fn build_cluster(c: &ClusterIr) -> (cluster::Cluster, Option<endpoint::ClusterLo
         });
     }
     (out, cla)
+}
+
+fn file(path: &str) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(path.to_string())),
+        ..Default::default()
+    }
+}
+
+/// Mutual TLS to an upstream: present the client certificate, and accept only a server
+/// certificate from the trusted CA whose SAN is `host` (an IP SAN for IP literals).
+fn client_tls_context(f: &ClientTlsFiles, host: &str) -> tls::CommonTlsContext {
+    use tls::subject_alt_name_matcher::SanType;
+    let san_type = if host.parse::<std::net::IpAddr>().is_ok() {
+        SanType::IpAddress
+    } else {
+        SanType::Dns
+    };
+    tls::CommonTlsContext {
+        tls_certificates: vec![tls::TlsCertificate {
+            certificate_chain: Some(file(&f.cert_chain)),
+            private_key: Some(file(&f.private_key)),
+            ..Default::default()
+        }],
+        validation_context_type: Some(
+            tls::common_tls_context::ValidationContextType::ValidationContext(
+                tls::CertificateValidationContext {
+                    trusted_ca: Some(file(&f.trusted_ca)),
+                    match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                        san_type: san_type as i32,
+                        matcher: Some(matcher::StringMatcher {
+                            ignore_case: false,
+                            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
+                                host.to_string(),
+                            )),
+                        }),
+                        oid: String::new(),
+                    }],
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    }
 }
 
 fn string_matcher(v: &ValueMatchIr) -> matcher::StringMatcher {

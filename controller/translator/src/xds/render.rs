@@ -118,13 +118,19 @@ fn strip_empty_filter_configs(bytes: &[u8]) -> Result<(Vec<u8>, Vec<Enabler>), S
     Ok((rc.encode_to_vec(), found))
 }
 
-/// Private keys never appear in printed output.
+/// Private keys never appear in printed output. A key given as a file path (read by Envoy
+/// itself) is no secret and is printed as is.
 fn redact(v: &mut Value) {
     match v {
         Value::Object(o) => {
             for (k, val) in o.iter_mut() {
                 if k == "private_key" {
-                    *val = json!({ "inline_string": "[redacted]" });
+                    let path_only = val
+                        .as_object()
+                        .is_some_and(|p| p.len() == 1 && p.contains_key("filename"));
+                    if !path_only {
+                        *val = json!({ "inline_string": "[redacted]" });
+                    }
                 } else if k == "configuration" {
                     redact_plugin_config(val);
                 } else {

@@ -1,0 +1,73 @@
+//! The OIDC session key shared by every replica: 32 random bytes in a Secret of the controller's
+//! namespace. Replicas must derive the same cookie keys, or a failover logs every user out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Api, PostParams};
+use kube::Client;
+
+use crate::error::{Error, Result};
+
+/// Data key of the session key in its Secret.
+pub const SESSION_KEY: &str = "session-key";
+
+fn key_of(s: &Secret, name: &str) -> Result<[u8; 32]> {
+    let bytes = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(SESSION_KEY))
+        .ok_or_else(|| Error::Certs(format!("Secret {name} lacks data.{SESSION_KEY}")))?;
+    <[u8; 32]>::try_from(bytes.0.as_slice()).map_err(|_| {
+        Error::Certs(format!(
+            "Secret {name}: data.{SESSION_KEY} must be exactly 32 bytes, not {}",
+            bytes.0.len()
+        ))
+    })
+}
+
+/// The Secret holding `key`.
+pub fn to_secret(namespace: &str, name: &str, key: &[u8; 32]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "portcullis".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            SESSION_KEY.to_string(),
+            ByteString(key.to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Load the key from Secret `namespace/name`, creating it (random) if missing. Every replica may
+/// call this at once: a lost create race (409) re-reads the winner's key.
+pub async fn load_or_create(client: Client, namespace: &str, name: &str) -> Result<[u8; 32]> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    if let Some(s) = api.get_opt(name).await? {
+        return key_of(&s, name);
+    }
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key)
+        .map_err(|e| Error::Certs(format!("no randomness for the session key: {e}")))?;
+    match api
+        .create(&PostParams::default(), &to_secret(namespace, name, &key))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(namespace, name, "created the OIDC session key Secret");
+            Ok(key)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => key_of(&api.get(name).await?, name),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}

@@ -1,0 +1,595 @@
+//! The controller's Kubernetes mode: provider snapshots -> translate -> publish xDS (every
+//! replica), and statuses + Envoy fleets written back (the leader only).
+//!
+//! The pipeline is the file mode's, with a different source and sink:
+//! - source: `portcullis_kube::provider` (watchers + reflectors, debounced into snapshots of the
+//!   objects that belong to our GatewayClasses), rendered to the YAML stream the translator reads;
+//! - sink: the same `XdsServer` and `WasmCache`, behind mutual TLS with a server certificate the
+//!   controller issues from the xDS CA Secret and renews itself; and `portcullis_kube`'s
+//!   `WriteLoop` (status + infrastructure, retried with backoff, leader-only).
+//!
+//! Nothing here ends the process on a Kubernetes error: start-up waits for the API with backoff
+//! (probes answer meanwhile), later errors are retried by their loops.
+
+use crate::admin::{self, AdminState, Board, LoadErrorView, Probe};
+use crate::infra::host::XdsMode;
+use crate::metrics::{Metrics, ResultLabel};
+use crate::tls::{self, ServerIdentity};
+use crate::wasm::cache::{CacheConfig, WasmCache};
+use crate::xds::server::XdsServer;
+use anyhow::Context;
+use portcullis_kube::backoff::Backoff;
+use portcullis_kube::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY};
+use portcullis_kube::infra::{InfraConfig, InfraReconciler, CERT_DIR};
+use portcullis_kube::provider::{Provider, ProviderConfig, WatchHealth};
+use portcullis_kube::reconcile::WriteLoop;
+use portcullis_kube::{LeaderElector, LeaderState, LeaseConfig, Snapshot, StatusRecord};
+use portcullis_translator::wasm::source::WasmSource;
+use portcullis_translator::{
+    parse_documents, translate, ClientTlsFiles, Resources, TranslateOptions,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Everything `portcullis run --provider kubernetes` needs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KubeRuntimeConfig {
+    pub controller_name: String,
+    pub xds_addr: SocketAddr,
+    pub wasm_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub xds_mode: XdsMode,
+    /// DNS name of the controller's Service (bootstrap address, certificate SAN).
+    pub xds_service: String,
+    pub xds_service_port: u16,
+    pub wasm_service_port: u16,
+    /// The controller's namespace: Lease, CA and session Secrets.
+    pub namespace: String,
+    /// Lease holder identity.
+    pub identity: String,
+    pub envoy_image: String,
+    pub manage_infra: bool,
+    pub leader_election: bool,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub lease_renew: Duration,
+    pub ca_secret: String,
+    pub session_secret_name: String,
+    pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
+    pub wasm_retry_initial: Duration,
+    pub wasm_retry_max: Duration,
+    pub debounce: Duration,
+    pub max_batch_delay: Duration,
+    pub listener_address: String,
+    pub builtin_wasm_dir: Option<PathBuf>,
+    pub builtin_wasm_urls: BTreeMap<String, WasmSource>,
+    pub ratelimit_service: Option<String>,
+}
+
+/// Names the controller's server certificate carries: the configured Service name and its
+/// usual spellings (`name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`).
+pub fn server_names(xds_service: &str) -> Vec<String> {
+    let mut names = vec![xds_service.to_string()];
+    let parts: Vec<&str> = xds_service.split('.').collect();
+    if parts.len() >= 2 {
+        let (svc, ns) = (parts[0], parts[1]);
+        for n in [
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.cluster.local"),
+        ] {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
+/// Client certificate files of the fleet's Envoys (the Secret mounted at [`CERT_DIR`]): used
+/// to fetch wasm modules from the controller over mutual TLS.
+pub fn fleet_client_tls() -> ClientTlsFiles {
+    ClientTlsFiles {
+        cert_chain: format!("{CERT_DIR}/tls.crt"),
+        private_key: format!("{CERT_DIR}/tls.key"),
+        trusted_ca: format!("{CERT_DIR}/ca.crt"),
+    }
+}
+
+/// What the probes read; set once the provider has started.
+struct Probes {
+    health: WatchHealth,
+    leader: LeaderState,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// Retry `op` with backoff until it succeeds or `stop` flips; `None` on stop.
+async fn until_ok<T, F, Fut>(what: &str, stop: &watch::Receiver<bool>, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = portcullis_kube::Result<T>>,
+{
+    let mut backoff = Backoff::default();
+    let mut stop = stop.clone();
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?d, "{what} failed; retrying");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return None,
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(
+    cfg: KubeRuntimeConfig,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind the {what} on {addr}"))
+    };
+    let xds_listener = bind(cfg.xds_addr, "xDS server").await?;
+    let wasm_listener = bind(cfg.wasm_addr, "wasm endpoint").await?;
+    let admin_listener = bind(cfg.admin_addr, "admin endpoint").await?;
+    let (xds_addr, wasm_addr, admin_addr) = (
+        xds_listener.local_addr()?,
+        wasm_listener.local_addr()?,
+        admin_listener.local_addr()?,
+    );
+
+    let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(1);
+    let cache = WasmCache::new(
+        CacheConfig {
+            dir: cfg.cache_dir.clone(),
+            max_bytes: cfg.cache_max_bytes,
+            serve_base: format!("https://{}:{}", cfg.xds_service, cfg.wasm_service_port),
+            retry_initial: cfg.wasm_retry_initial,
+            retry_max: cfg.wasm_retry_max,
+            fetch_timeout: Duration::from_secs(60),
+        },
+        trigger_tx,
+        metrics.clone(),
+    )?;
+    let xds = XdsServer::new(metrics.clone());
+    let board = Arc::new(RwLock::new(Board {
+        controller_name: cfg.controller_name.clone(),
+        ..Board::default()
+    }));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Probes answer from the start, so the kubelet sees "alive, not ready" while the API is
+    // unreachable or RBAC is missing.
+    let probes: Arc<OnceLock<Probes>> = Arc::new(OnceLock::new());
+    let readiness: Probe = {
+        let probes = probes.clone();
+        Arc::new(move || match probes.get() {
+            None => (
+                false,
+                serde_json::json!({"ready": false, "reason": "starting: loading the xDS CA and session key from the Kubernetes API"}),
+            ),
+            Some(p) => portcullis_kube::readiness(&p.health, &p.leader),
+        })
+    };
+    let liveness: Probe = {
+        let probes = probes.clone();
+        Arc::new(move || match probes.get() {
+            None => (true, serde_json::json!({"stage": "starting"})),
+            Some(p) => {
+                // The provider's batching task holds the sender: gone means no more updates.
+                let alive = p.snapshots.has_changed().is_ok();
+                (
+                    alive,
+                    serde_json::json!({"watches": p.health.kinds(), "leader": p.leader.is_leader(),
+                                       "provider": if alive { "running" } else { "stopped" }}),
+                )
+            }
+        })
+    };
+    let admin_task = {
+        let state = AdminState {
+            metrics: metrics.clone(),
+            xds: xds.clone(),
+            infra: None,
+            cache: cache.clone(),
+            board: board.clone(),
+            readiness: Some(readiness),
+            liveness: Some(liveness),
+        };
+        let app = admin::router(state);
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(admin_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        })
+    };
+    tracing::info!(%xds_addr, %wasm_addr, %admin_addr, namespace = %cfg.namespace, identity = %cfg.identity, "portcullis controller (kubernetes) starting");
+
+    tokio::pin!(shutdown);
+    let started = async {
+        let ca = until_ok("loading the xDS CA Secret", &stop_rx, || {
+            CertAuthority::load_or_create(client.clone(), &cfg.namespace, &cfg.ca_secret)
+        })
+        .await?;
+        let key = until_ok("loading the session key Secret", &stop_rx, || {
+            portcullis_kube::session::load_or_create(
+                client.clone(),
+                &cfg.namespace,
+                &cfg.session_secret_name,
+            )
+        })
+        .await?;
+        Some((ca, key))
+    };
+    let (ca, session_key) = tokio::select! {
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            let _ = admin_task.await;
+            return Ok(());
+        }
+        got = started => match got {
+            Some(v) => v,
+            None => return Ok(()),
+        },
+    };
+    let ca = Arc::new(ca);
+
+    let names = server_names(&cfg.xds_service);
+    let server_cert = ca
+        .issue_server(&names, time::OffsetDateTime::now_utc(), LEAF_VALIDITY)
+        .context("issuing the controller's server certificate")?;
+    let identity = ServerIdentity::new(ca.cert_pem(), &server_cert.cert_pem, &server_cert.key_pem)
+        .context("loading the controller's server certificate")?;
+    let renew_task = tokio::spawn(renew_server_cert(
+        ca.clone(),
+        names,
+        identity.clone(),
+        server_cert,
+        stop_rx.clone(),
+    ));
+    let xds_task = {
+        let xds = xds.clone();
+        let acceptor = identity.acceptor(&[b"h2"])?;
+        let conns = tls::incoming(xds_listener, acceptor, "xds");
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { xds.serve_tls(conns, stop).await })
+    };
+    let wasm_task = {
+        let app = crate::wasm::serve::router(cfg.cache_dir.clone());
+        let listener =
+            tls::TlsListener::new(wasm_listener, identity.acceptor(&[b"http/1.1"])?, "wasm")?;
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        })
+    };
+
+    let leader = if cfg.leader_election {
+        let elector = LeaderElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: cfg.namespace.clone(),
+                name: cfg.lease_name.clone(),
+                identity: cfg.identity.clone(),
+                lease_duration: cfg.lease_duration,
+                renew_interval: cfg.lease_renew,
+            },
+        );
+        let state = elector.state();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(elector.run(stop));
+        state
+    } else {
+        LeaderState::always()
+    };
+
+    let provider = Provider::new(
+        client.clone(),
+        ProviderConfig {
+            controller_name: cfg.controller_name.clone(),
+            debounce: cfg.debounce,
+            max_delay: cfg.max_batch_delay,
+        },
+    )
+    .start();
+    let mut snapshots = provider.snapshots.clone();
+    let _ = probes.set(Probes {
+        health: provider.health.clone(),
+        leader: leader.clone(),
+        snapshots: provider.snapshots.clone(),
+    });
+
+    // Status and fleets: leader-only, driven by each translation's snapshot.
+    let statuses: Arc<Mutex<Vec<StatusRecord>>> = Arc::default();
+    let (write_tx, write_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let write_task = {
+        let status = portcullis_kube::StatusWriter::new(
+            client.clone(),
+            &cfg.controller_name,
+            leader.clone(),
+        );
+        let infra = cfg.manage_infra.then(|| {
+            InfraReconciler::new(
+                client.clone(),
+                InfraConfig {
+                    xds_host: cfg.xds_service.clone(),
+                    xds_port: cfg.xds_service_port,
+                    xds_delta: cfg.xds_mode == XdsMode::Delta,
+                    envoy_image: cfg.envoy_image.clone(),
+                    ..InfraConfig::default()
+                },
+                leader.clone(),
+                ca.clone(),
+            )
+        });
+        let statuses = statuses.clone();
+        let wl = WriteLoop::new(
+            move |_: &Snapshot| statuses.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            status,
+            infra,
+            leader.clone(),
+        );
+        let stop = stopped(stop_rx.clone());
+        let mut write_rx = write_rx;
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            // Nothing is written before the first translation of a synced cluster.
+            tokio::select! {
+                _ = &mut stop => return,
+                changed = write_rx.changed() => if changed.is_err() { return },
+            }
+            wl.run(write_rx, stop).await;
+        })
+    };
+
+    let builtin_modules = crate::runtime::builtin_modules(
+        cfg.builtin_wasm_dir.as_deref(),
+        &cfg.builtin_wasm_urls,
+        &cache,
+    )?;
+    let opts = TranslateOptions {
+        controller_name: cfg.controller_name.clone(),
+        listener_address: cfg.listener_address.clone(),
+        builtin_modules,
+        session_secret: Some(session_key),
+        ratelimit_service: cfg.ratelimit_service.clone(),
+        wasm_fetch_tls: Some(fleet_client_tls()),
+        ..TranslateOptions::default()
+    };
+    let translator = KubeTranslator {
+        opts,
+        cache: cache.clone(),
+        xds: xds.clone(),
+        board: board.clone(),
+        metrics: metrics.clone(),
+        statuses,
+        write_tx,
+    };
+
+    let mut current: Option<Arc<Snapshot>> = None;
+    let mut provider_gone = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = snapshots.changed(), if !provider_gone => {
+                if changed.is_err() {
+                    // Keep serving the last translation; /healthz reports the provider stopped.
+                    tracing::error!("the Kubernetes provider stopped; serving the last translation");
+                    provider_gone = true;
+                    continue;
+                }
+                let snap = snapshots.borrow_and_update().clone();
+                current = Some(snap.clone());
+                translator.translate(snap).await;
+            }
+            got = trigger_rx.recv(), if current.is_some() => {
+                if got.is_none() { break; }
+                // A wasm module became ready (or failed): translate the same snapshot again.
+                while trigger_rx.try_recv().is_ok() {}
+                if let Some(snap) = &current {
+                    translator.translate(snap.clone()).await;
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    // The write loop releases nothing; the elector gives the Lease up on stop.
+    let _ = write_task.await;
+    let _ = renew_task.await;
+    match xds_task.await {
+        Ok(Err(e)) => tracing::warn!(server = "xDS", error = %e, "server ended with an error"),
+        Err(e) => tracing::warn!(server = "xDS", error = %e, "server task failed"),
+        Ok(Ok(())) => {}
+    }
+    for (name, r) in [("wasm", wasm_task.await), ("admin", admin_task.await)] {
+        match r {
+            Ok(Err(e)) => tracing::warn!(server = name, error = %e, "server ended with an error"),
+            Err(e) => tracing::warn!(server = name, error = %e, "server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-issue the server certificate when a third of its validity is left; hourly checks.
+async fn renew_server_cert(
+    ca: Arc<CertAuthority>,
+    names: Vec<String>,
+    identity: ServerIdentity,
+    mut current: IssuedCert,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        let now = time::OffsetDateTime::now_utc();
+        if !needs_renewal(current.not_after, now, LEAF_VALIDITY) {
+            continue;
+        }
+        match ca
+            .issue_server(&names, now, LEAF_VALIDITY)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                identity.rotate(&c.cert_pem, &c.key_pem)?;
+                Ok(c)
+            }) {
+            Ok(c) => {
+                tracing::info!(not_after = %c.not_after, "renewed the controller's server certificate");
+                current = c;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the server certificate failed; retrying in an hour")
+            }
+        }
+    }
+}
+
+/// Translate one snapshot and publish it: xDS to every node, statuses to the write loop.
+struct KubeTranslator {
+    opts: TranslateOptions,
+    cache: WasmCache,
+    xds: XdsServer,
+    board: Arc<RwLock<Board>>,
+    metrics: Metrics,
+    statuses: Arc<Mutex<Vec<StatusRecord>>>,
+    write_tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl KubeTranslator {
+    async fn translate(&self, snap: Arc<Snapshot>) {
+        let started = Instant::now();
+        let opts = self.opts.clone();
+        let cache = self.cache.clone();
+        let input = snap.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut load_errors = Vec::new();
+            let yaml = match input.to_yaml() {
+                Ok(y) => y,
+                Err(e) => {
+                    load_errors.push(LoadErrorView {
+                        source: "kubernetes".into(),
+                        document: None,
+                        reason: format!("cannot render the snapshot: {e}"),
+                    });
+                    String::new()
+                }
+            };
+            // A document that does not load (a shape the CRDs allow but we cannot read) is
+            // skipped and reported; the rest of the cluster still translates.
+            let (parsed, errors) = parse_documents("kubernetes", &yaml);
+            load_errors.extend(errors.into_iter().map(|e| LoadErrorView {
+                source: e.source_name,
+                document: Some(e.index),
+                reason: e.reason,
+            }));
+            let resources = Resources::from_parsed(parsed);
+            let mut out = translate(&resources, &opts, &cache);
+            cache.set_pull_secrets(crate::runtime::pull_secrets(&resources, &out.wasm_needed));
+            if cache.ensure(&out.wasm_needed) {
+                out = translate(&resources, &opts, &cache);
+            }
+            (out, load_errors)
+        })
+        .await;
+        let (out, load_errors) = match done {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "translation failed; keeping the last good snapshot");
+                self.metrics
+                    .translations
+                    .get_or_create(&ResultLabel {
+                        result: "panic".into(),
+                    })
+                    .inc();
+                return;
+            }
+        };
+        for e in &load_errors {
+            tracing::warn!(document = ?e.document, reason = %e.reason, "object not loaded");
+        }
+        self.metrics.load_errors.set(load_errors.len() as i64);
+        let generation = self.xds.publish(&out.xds);
+        let nodes: Vec<String> = out.gateways.iter().map(|g| g.node_id.clone()).collect();
+        self.xds.retain_nodes(&nodes);
+        let records: Vec<StatusRecord> = out
+            .statuses
+            .iter()
+            .filter_map(|s| match StatusRecord::from_serializable(s) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "status record not writable");
+                    None
+                }
+            })
+            .collect();
+        *self.statuses.lock().unwrap_or_else(|p| p.into_inner()) = records;
+        // A fresh Arc even for the same snapshot: the write loop re-reads statuses per Arc.
+        let _ = self.write_tx.send(Arc::new((*snap).clone()));
+        let took = started.elapsed();
+        {
+            let mut b = self.board.write().unwrap_or_else(|p| p.into_inner());
+            b.resources = out.statuses;
+            b.load_errors = load_errors;
+            b.gateways = out.gateways;
+            b.translations += 1;
+            b.last_translate_ms = took.as_millis() as u64;
+        }
+        self.metrics
+            .translations
+            .get_or_create(&ResultLabel {
+                result: "ok".into(),
+            })
+            .inc();
+        tracing::info!(
+            generation,
+            objects = snap.len(),
+            gateways = nodes.len(),
+            took_ms = took.as_millis() as u64,
+            "translated"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_cover_the_usual_spellings() {
+        assert_eq!(
+            server_names("portcullis.portcullis-system.svc"),
+            vec![
+                "portcullis.portcullis-system.svc",
+                "portcullis.portcullis-system",
+                "portcullis.portcullis-system.svc.cluster.local"
+            ]
+        );
+        assert_eq!(server_names("localhost"), vec!["localhost"]);
+    }
+}
