@@ -69,6 +69,10 @@ pub struct KubeRuntimeConfig {
     pub builtin_wasm_dir: Option<PathBuf>,
     pub builtin_wasm_urls: BTreeMap<String, WasmSource>,
     pub ratelimit_service: Option<String>,
+    /// Where the fleet's Envoys find their client certificate (`tls.crt`, `tls.key`, `ca.crt`)
+    /// for wasm fetches: the mount point of the fleet's Secret, [`CERT_DIR`]. Tests running Envoy
+    /// outside a pod point it elsewhere.
+    pub fleet_cert_dir: String,
 }
 
 /// Names the controller's server certificate carries: the configured Service name and its
@@ -91,13 +95,14 @@ pub fn server_names(xds_service: &str) -> Vec<String> {
     names
 }
 
-/// Client certificate files of the fleet's Envoys (the Secret mounted at [`CERT_DIR`]): used
-/// to fetch wasm modules from the controller over mutual TLS.
-pub fn fleet_client_tls() -> ClientTlsFiles {
+/// Client certificate files of the fleet's Envoys (the Secret mounted at `dir`, [`CERT_DIR`] in
+/// the pod): used to fetch wasm modules from the controller over mutual TLS.
+pub fn fleet_client_tls(dir: &str) -> ClientTlsFiles {
+    let dir = dir.trim_end_matches('/');
     ClientTlsFiles {
-        cert_chain: format!("{CERT_DIR}/tls.crt"),
-        private_key: format!("{CERT_DIR}/tls.key"),
-        trusted_ca: format!("{CERT_DIR}/ca.crt"),
+        cert_chain: format!("{dir}/tls.crt"),
+        private_key: format!("{dir}/tls.key"),
+        trusted_ca: format!("{dir}/ca.crt"),
     }
 }
 
@@ -374,7 +379,7 @@ pub async fn run(
         builtin_modules,
         session_secret: Some(session_key),
         ratelimit_service: cfg.ratelimit_service.clone(),
-        wasm_fetch_tls: Some(fleet_client_tls()),
+        wasm_fetch_tls: Some(fleet_client_tls(&cfg.fleet_cert_dir)),
         ..TranslateOptions::default()
     };
     let translator = KubeTranslator {

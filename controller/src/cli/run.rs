@@ -253,6 +253,7 @@ pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
         builtin_wasm_dir: builtin_wasm_dir(args),
         builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),
         ratelimit_service: args.ratelimit_service.clone(),
+        fleet_cert_dir: portcullis_kube::infra::CERT_DIR.to_string(),
     })
 }
 
