@@ -65,7 +65,7 @@ SCENARIOS: dict[str, dict] = {
         "serviceAccount": {"create": False, "name": "existing"},
         "rbac": {"create": False},
         "podDisruptionBudget": {"enabled": False},
-        "controller": {"leaderElection": {"enabled": False}},
+        "controller": {"replicas": 1, "leaderElection": {"enabled": False}},
     },
 }
 

@@ -18,7 +18,13 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn report() -> Value {
+/// Rendered once per test binary (Helm via Python is the slow part).
+fn report() -> &'static Value {
+    static REPORT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    REPORT.get_or_init(render_report)
+}
+
+fn render_report() -> Value {
     let root = root();
     let out = Command::new("bash")
         .arg(root.join("scripts/chart-test.sh"))
@@ -299,4 +305,92 @@ fn chart_renders_lints_and_validates() {
         strings(&dep["spec"]["template"]["spec"]["containers"][0]["args"])
             .contains(&"--leader-election=false".to_string())
     );
+}
+
+/// Every scenario's Deployment command line is accepted by the controller's real argument parser
+/// and resolves to a Kubernetes configuration (`portcullis run ... --print-config` checks the
+/// flags and exits without touching the network). Env comes from the container spec, with the
+/// downward-API values a pod would get.
+#[test]
+fn chart_command_lines_parse_in_the_controller() {
+    let report = report();
+    let bin = env!("CARGO_BIN_EXE_portcullis-e2e");
+    let scenarios = report["scenarios"]
+        .as_object()
+        .expect("scenarios in the report");
+    assert!(scenarios.len() >= 3, "{:?}", scenarios.keys());
+    for (name, scenario) in scenarios {
+        let objs = scenario["objects"].as_array().expect("objects");
+        let dep = one(objs, "Deployment");
+        let c = &dep["spec"]["template"]["spec"]["containers"][0];
+        let args = strings(&c["args"]);
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some("run"),
+            "[{name}] {args:?}"
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args(&args).arg("--print-config").env_clear();
+        for e in c["env"].as_array().into_iter().flatten() {
+            let key = e["name"].as_str().unwrap_or_default();
+            let value = match (
+                e["value"].as_str(),
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            ) {
+                (Some(v), _) => v.to_string(),
+                (None, Some("metadata.name")) => "portcullis-7d9f-abcde".to_string(),
+                (None, Some("metadata.namespace")) => dep["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                (None, other) => panic!("[{name}] env {key}: unexpected source {other:?}"),
+            };
+            cmd.env(key, value);
+        }
+        let out = cmd.output().expect("run portcullis-e2e");
+        assert!(
+            out.status.success(),
+            "[{name}] the controller rejects the chart's command line {args:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cfg: Value = serde_json::from_slice(&out.stdout).expect("--print-config prints JSON");
+        assert_eq!(cfg["provider"], "kubernetes", "[{name}]");
+        let k = &cfg["config"];
+        let ns = dep["metadata"]["namespace"].as_str().unwrap_or_default();
+        assert_eq!(k["namespace"], ns, "[{name}] namespace from POD_NAMESPACE");
+        assert_eq!(
+            k["identity"], "portcullis-7d9f-abcde",
+            "[{name}] identity from POD_NAME"
+        );
+        assert_eq!(k["cache_dir"], "/var/cache/portcullis", "[{name}]");
+        let svc = one(objs, "Service");
+        let svc_name = svc["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(
+            k["xds_service"],
+            format!("{svc_name}.{ns}.svc"),
+            "[{name}] xDS Service name"
+        );
+        let port = |pname: &str| {
+            svc["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == pname)
+                .and_then(|p| p["port"].as_u64())
+                .unwrap_or_else(|| panic!("[{name}] Service port {pname}"))
+        };
+        // Envoys dial the Service ports; the controller must advertise the same ones.
+        assert_eq!(
+            k["xds_service_port"].as_u64(),
+            Some(port("grpc-xds")),
+            "[{name}]"
+        );
+        assert_eq!(
+            k["wasm_service_port"].as_u64(),
+            Some(port("https-wasm")),
+            "[{name}]"
+        );
+        let leader = args.iter().any(|a| a == "--leader-election=true");
+        assert_eq!(k["leader_election"], leader, "[{name}]");
+    }
 }

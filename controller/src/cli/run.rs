@@ -91,10 +91,19 @@ pub struct RunArgs {
     pub ratelimit_service: Option<String>,
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for log pipelines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Print the resolved configuration as JSON and exit without binding, connecting or
     /// starting anything (checks a command line, e.g. the Helm chart's).
     #[arg(long)]
     pub print_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -157,13 +166,20 @@ pub struct KubeArgs {
 }
 
 pub fn init_tracing() {
+    init_tracing_as(LogFormat::Text)
+}
+
+pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")
+        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,kube=warn")
     });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -277,7 +293,7 @@ async fn run_kubernetes(args: RunArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    init_tracing();
+    init_tracing_as(args.log_format);
     let client = kube::Client::try_default().await.context(
         "no Kubernetes client configuration: run in a pod (in-cluster service account) or set KUBECONFIG",
     )?;
@@ -304,7 +320,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    init_tracing();
+    init_tracing_as(args.log_format);
     let work_dir = match &args.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("portcullis-{}", std::process::id())),
