@@ -24,8 +24,12 @@ setup: ## install what is missing (wasm target, Envoy venv, binaryen)
 
 build: build-wasm build-controller ## build filters to dist/wasm and the controller to dist/bin
 
+# Modules must not carry this machine's paths (panic locations, debug names): map them to neutral ones.
+WASM_RUSTFLAGS ?= --remap-path-prefix=$(CARGO_HOME_DIR)=/cargo --remap-path-prefix=$(CURDIR)=/portcullis
+CARGO_HOME_DIR ?= $(or $(CARGO_HOME),$(HOME)/.cargo)
+
 build-wasm: setup
-	$(CARGO) build --profile wasm --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
+	CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(WASM_RUSTFLAGS)" $(CARGO) build --profile wasm --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
 	@mkdir -p dist/wasm
 	@for f in $(FILTERS); do \
 	  wasm-opt $(WASM_OPT_FLAGS) $(WASM_OUT)/$$f.wasm -o dist/wasm/$$f.wasm; \
