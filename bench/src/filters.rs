@@ -1071,8 +1071,13 @@ pub fn run(args: FiltersArgs) -> Result<()> {
         }
     }
     let t0 = Instant::now();
+    let n = results.len();
     for round in 1..=args.rounds {
-        for (r, l) in results.iter_mut().zip(live.iter_mut()) {
+        // Rotate the starting variant each round, so no variant always runs first (after a pause)
+        // or last (on a machine warmed by the others).
+        for k in 0..n {
+            let i = (k + round as usize - 1) % n;
+            let (r, l) = (&mut results[i], &mut live[i]);
             let Some(l) = l else { continue };
             l.envoy.guard.check_alive()?;
             let pid = l.envoy.pid();
