@@ -20,7 +20,7 @@ use crate::xds::server::XdsServer;
 use anyhow::Context;
 use portcullis_kube::backoff::Backoff;
 use portcullis_kube::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY};
-use portcullis_kube::infra::{InfraConfig, InfraReconciler, CERT_DIR};
+use portcullis_kube::infra::{InfraConfig, InfraReconciler};
 use portcullis_kube::provider::{Provider, ProviderConfig, WatchHealth};
 use portcullis_kube::reconcile::WriteLoop;
 use portcullis_kube::{LeaderElector, LeaderState, LeaseConfig, Snapshot, StatusRecord};
@@ -70,8 +70,9 @@ pub struct KubeRuntimeConfig {
     pub builtin_wasm_urls: BTreeMap<String, WasmSource>,
     pub ratelimit_service: Option<String>,
     /// Where the fleet's Envoys find their client certificate (`tls.crt`, `tls.key`, `ca.crt`)
-    /// for wasm fetches: the mount point of the fleet's Secret, [`CERT_DIR`]. Tests running Envoy
-    /// outside a pod point it elsewhere.
+    /// for wasm fetches: the mount point of the fleet's Secret,
+    /// [`CERT_DIR`](portcullis_kube::infra::CERT_DIR). Tests running Envoy outside a pod point it
+    /// elsewhere.
     pub fleet_cert_dir: String,
 }
 
@@ -95,8 +96,9 @@ pub fn server_names(xds_service: &str) -> Vec<String> {
     names
 }
 
-/// Client certificate files of the fleet's Envoys (the Secret mounted at `dir`, [`CERT_DIR`] in
-/// the pod): used to fetch wasm modules from the controller over mutual TLS.
+/// Client certificate files of the fleet's Envoys (the Secret mounted at `dir`,
+/// [`CERT_DIR`](portcullis_kube::infra::CERT_DIR) in the pod): used to fetch wasm modules from the
+/// controller over mutual TLS.
 pub fn fleet_client_tls(dir: &str) -> ClientTlsFiles {
     let dir = dir.trim_end_matches('/');
     ClientTlsFiles {
@@ -424,20 +426,50 @@ pub async fn run(
     // The write loop releases nothing; the elector gives the Lease up on stop.
     let _ = write_task.await;
     let _ = renew_task.await;
-    match xds_task.await {
-        Ok(Err(e)) => tracing::warn!(server = "xDS", error = %e, "server ended with an error"),
-        Err(e) => tracing::warn!(server = "xDS", error = %e, "server task failed"),
-        Ok(Ok(())) => {}
-    }
-    for (name, r) in [("wasm", wasm_task.await), ("admin", admin_task.await)] {
-        match r {
-            Ok(Err(e)) => tracing::warn!(server = name, error = %e, "server ended with an error"),
-            Err(e) => tracing::warn!(server = name, error = %e, "server task failed"),
-            Ok(Ok(())) => {}
-        }
-    }
+    // A graceful stop waits for open connections to finish, and a managed Envoy never ends its
+    // ADS stream: bound the wait, then drop the servers (the fleet reconnects to another replica).
+    let (xds_end, wasm_end, admin_end) = tokio::join!(
+        join_within(xds_task, SHUTDOWN_GRACE),
+        join_within(wasm_task, SHUTDOWN_GRACE),
+        join_within(admin_task, SHUTDOWN_GRACE),
+    );
+    log_server_end("xDS", xds_end);
+    log_server_end("wasm", wasm_end);
+    log_server_end("admin", admin_end);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the servers may take to finish after shutdown before they are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Await `task` for at most `grace`; abort it and return `None` when it takes longer.
+async fn join_within<T>(
+    task: tokio::task::JoinHandle<T>,
+    grace: Duration,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(grace, task).await {
+        Ok(r) => Some(r),
+        Err(_) => {
+            abort.abort();
+            None
+        }
+    }
+}
+
+fn log_server_end<E: std::fmt::Display>(
+    name: &str,
+    end: Option<Result<Result<(), E>, tokio::task::JoinError>>,
+) {
+    match end {
+        None => {
+            tracing::info!(server = name, grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; not waiting for them")
+        }
+        Some(Ok(Err(e))) => tracing::warn!(server = name, error = %e, "server ended with an error"),
+        Some(Err(e)) => tracing::warn!(server = name, error = %e, "server task failed"),
+        Some(Ok(Ok(()))) => {}
+    }
 }
 
 /// Re-issue the server certificate when a third of its validity is left; hourly checks.

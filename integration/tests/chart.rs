@@ -88,7 +88,7 @@ fn chart_renders_lints_and_validates() {
     assert_eq!(report["crd_documents"], 16);
 
     // ---- defaults
-    let objs = objects(&report, "defaults");
+    let objs = objects(report, "defaults");
     let dep = one(objs, "Deployment");
     assert_eq!(
         dep["spec"]["replicas"], 2,
@@ -166,7 +166,7 @@ fn chart_renders_lints_and_validates() {
         "ServiceMonitor is opt-in"
     );
     assert!(
-        templates(&report, "defaults")
+        templates(report, "defaults")
             .iter()
             .any(|t| t.contains("portcullis-crds")),
         "crds subchart enabled by default"
@@ -254,9 +254,9 @@ fn chart_renders_lints_and_validates() {
     assert_eq!(crb["subjects"][0]["namespace"], "portcullis-system");
 
     // ---- custom: CRDs off, ServiceMonitor on, one replica, digest, parametersRef
-    let objs = objects(&report, "custom");
+    let objs = objects(report, "custom");
     assert!(
-        !templates(&report, "custom")
+        !templates(report, "custom")
             .iter()
             .any(|t| t.contains("portcullis-crds")),
         "crds.enabled=false drops the CRD subchart"
@@ -293,7 +293,7 @@ fn chart_renders_lints_and_validates() {
         .all(|o| o["metadata"]["labels"]["team"] == "platform"));
 
     // ---- minimal: no RBAC, no GatewayClass, existing ServiceAccount, no leader election
-    let objs = objects(&report, "minimal");
+    let objs = objects(report, "minimal");
     let kinds: Vec<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(kinds, ["Deployment", "Service"]);
     let dep = one(objs, "Deployment");

@@ -272,7 +272,10 @@ pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Value {
                             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                             "sni": cfg.xds_host,
                             "common_tls_context": {
-                                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+                                // Envoy's client default maximum is TLS 1.2: without raising
+                                // it, a 1.3 minimum leaves no version and every handshake fails.
+                                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
+                                               "tls_maximum_protocol_version": "TLSv1_3"},
                                 "alpn_protocols": ["h2"],
                                 "tls_certificates": [{
                                     "certificate_chain": {"filename": format!("{cert_dir}/tls.crt")},

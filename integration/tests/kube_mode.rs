@@ -1,0 +1,784 @@
+//! Kubernetes mode end to end: `portcullis::kubernetes::run` in-process, with everything real
+//! except the kube-apiserver. kube's mock client (`tower_test::mock::pair`) stands in for it: a
+//! small in-test server (`kube_support`) answers every request generically (lists from fixtures,
+//! watches held open, creates/replaces/applies stored and echoed) and records them. No admission,
+//! no server-side-apply merging, no RBAC, and no watch events for the controller's own writes.
+//!
+//! Real: the provider (list + watch of every kind), leader election, the xDS CA and session key
+//! Secrets, translation, the status and fleet writes, the mutual-TLS xDS and wasm endpoints, the
+//! wasm fetch from an HTTP origin, and a real Envoy started from the bootstrap ConfigMap and
+//! client-certificate Secret the controller applied for the Gateway's fleet. Only what cannot
+//! run outside a pod is changed in that bootstrap: the certificate directory (the Secret's mount
+//! point), and the admin/readiness ports (fixed in a pod, free ports here). The xDS address, SNI
+//! and SAN matcher are used as applied: `--xds-service localhost` makes them name this process.
+//!
+//! Asserted:
+//! - the Lease is created with our identity; the CA and session-key Secrets are created;
+//! - status applies for the Gateway and the HTTPRoute carry Accepted/Programmed (resp. Accepted/
+//!   ResolvedRefs) conditions with `observedGeneration`, the route's parent entry names our
+//!   controller, and every status written validates against the CRD's status schema;
+//! - the fleet (ServiceAccount, Secret, ConfigMap, Service, Deployment) is applied with an owner
+//!   reference to the Gateway's uid;
+//! - the real Envoy gets its config over mTLS xDS and fetches the wasm module over mTLS from the
+//!   controller: an allowed User-Agent reaches the echo upstream, a denied one gets 403 from the
+//!   ua-block filter;
+//! - the wasm endpoint refuses a client without a certificate and one from another CA, and serves
+//!   the module (right sha256) to the fleet's certificate;
+//! - `/healthz` and `/readyz` (JSON naming every watch) answer 200 once synced;
+//! - shutdown (with Envoy still connected) makes `run` return promptly, and the Lease is given up.
+
+mod kube_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use kube_support::{ApiServer, Crds, Recorded};
+use portcullis::infra::host::XdsMode;
+use portcullis::kubernetes::KubeRuntimeConfig;
+use portcullis_integration::echo::{Echo, EchoServer};
+use portcullis_integration::http::{client, get_with_ua};
+use portcullis_integration::process::{envoy_bin, free_port, Process, ProcessBuilder};
+use portcullis_integration::wasm;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const OURS: &str = "portcullis.dev/gatewayclass-controller";
+const CONTROLLER_NS: &str = "portcullis-system";
+const IDENTITY: &str = "portcullis-test-0";
+const GW_UID: &str = "5b1e3c1a-9d7f-4c55-8a3e-0c2f6b7d9e01";
+const GW_GENERATION: i64 = 3;
+const ROUTE_GENERATION: i64 = 2;
+const BAD_UA: &str = "BadBot/1.0";
+const GOOD_UA: &str = "Mozilla/5.0 (X11; Linux x86_64)";
+const FLEET: &str = "portcullis-web";
+
+/// Slow shared machines: everything waits generously.
+const CONVERGE: Duration = Duration::from_secs(120);
+/// How long `run` may take to return once shutdown is requested ("a few seconds", with slack
+/// for a loaded machine).
+const SHUTDOWN: Duration = Duration::from_secs(15);
+
+fn unb64(v: &Value, what: &str) -> String {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {v}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("{what} is not base64: {e}"));
+    String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what} is not UTF-8: {e}"))
+}
+
+/// The cluster's objects, by the collection path the provider lists.
+fn cluster(
+    gw_port: u16,
+    echo_port: u16,
+    wasm_url: &str,
+    sha: &str,
+) -> BTreeMap<String, Vec<Value>> {
+    let ns = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "uid": format!("ns-{name}"), "resourceVersion": "5",
+                            "labels": {"kubernetes.io/metadata.name": name}}})
+    };
+    let class = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "portcullis", "uid": "gc-0001", "generation": 1, "resourceVersion": "10"},
+        "spec": {"controllerName": OURS}
+    });
+    let gateway = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": "infra", "uid": GW_UID,
+                     "generation": GW_GENERATION, "resourceVersion": "11"},
+        "spec": {"gatewayClassName": "portcullis",
+                 "listeners": [{"name": "http", "port": gw_port, "protocol": "HTTP",
+                                "allowedRoutes": {"namespaces": {"from": "All"}}}]}
+    });
+    let route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "app", "namespace": "apps", "uid": "route-0001",
+                     "generation": ROUTE_GENERATION, "resourceVersion": "12"},
+        "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                 "name": "web", "namespace": "infra", "sectionName": "http"}],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                            "backendRefs": [{"name": "app", "port": 8080}]}]}
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "app", "namespace": "apps", "uid": "svc-0001", "resourceVersion": "13"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.34", "selector": {"app": "app"},
+                 "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]}
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "app-x7k2p", "namespace": "apps", "uid": "eps-0001", "resourceVersion": "14",
+                     "labels": {"kubernetes.io/service-name": "app",
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": echo_port, "protocol": "TCP"}]
+    });
+    let policy = json!({
+        "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyExtensionPolicy",
+        "metadata": {"name": "ua-block", "namespace": "apps", "uid": "eep-0001",
+                     "generation": 1, "resourceVersion": "15"},
+        "spec": {
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "app"}],
+            "wasm": [{
+                "name": "ua-block",
+                "rootID": "ua_block",
+                "code": {"type": "HTTP", "http": {"url": wasm_url, "sha256": sha}},
+                "config": {"deny": {"contains": ["BadBot"]}, "status": 403}
+            }]
+        }
+    });
+    let gw_api = "/apis/gateway.networking.k8s.io/v1";
+    BTreeMap::from([
+        (format!("{gw_api}/gatewayclasses"), vec![class]),
+        (format!("{gw_api}/gateways"), vec![gateway]),
+        (format!("{gw_api}/httproutes"), vec![route]),
+        (format!("{gw_api}/referencegrants"), vec![]),
+        ("/api/v1/services".into(), vec![service]),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices".into(),
+            vec![slice],
+        ),
+        ("/api/v1/secrets".into(), vec![]),
+        ("/api/v1/configmaps".into(), vec![]),
+        (
+            "/api/v1/namespaces".into(),
+            vec![ns("infra"), ns("apps"), ns(CONTROLLER_NS)],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/envoyextensionpolicies".into(),
+            vec![policy],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/securitypolicies".into(),
+            vec![],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/backendtrafficpolicies".into(),
+            vec![],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/backends".into(),
+            vec![],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/envoyproxies".into(),
+            vec![],
+        ),
+    ])
+}
+
+/// The module's HTTP origin (plain HTTP on 127.0.0.1), on the test's runtime.
+fn serve_origin(rt: &tokio::runtime::Runtime, module: Vec<u8>) -> u16 {
+    let port = free_port().expect("free port");
+    let app = axum::Router::new().route(
+        "/ua_block.wasm",
+        axum::routing::get(move || {
+            let m = module.clone();
+            async move { m }
+        }),
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .expect("bind the wasm origin");
+    rt.spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Applies (server-side apply PATCHes) to `path`, in order.
+fn applies<'a>(reqs: &'a [Recorded], path: &str) -> Vec<&'a Recorded> {
+    reqs.iter()
+        .filter(|r| r.method == "PATCH" && r.path == path)
+        .collect()
+}
+
+fn condition<'a>(conds: &'a Value, ty: &str) -> Option<&'a Value> {
+    conds
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(ty))
+}
+
+/// Replace every string starting with `from` by the same string starting with `to`; returns
+/// how many were replaced.
+fn replace_prefix(v: &mut Value, from: &str, to: &str) -> usize {
+    match v {
+        Value::String(s) if s.starts_with(from) => {
+            *s = format!("{to}{}", &s[from.len()..]);
+            1
+        }
+        Value::Array(a) => a.iter_mut().map(|x| replace_prefix(x, from, to)).sum(),
+        Value::Object(o) => o.values_mut().map(|x| replace_prefix(x, from, to)).sum(),
+        _ => 0,
+    }
+}
+
+fn find_named<'a>(list: &'a mut Value, name: &str) -> &'a mut Value {
+    list.as_array_mut()
+        .and_then(|a| a.iter_mut().find(|x| x["name"] == name))
+        .unwrap_or_else(|| panic!("no entry named {name}"))
+}
+
+fn admin_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .map_err(|e| e.to_string())?;
+    let code = r.status().as_u16();
+    Ok((code, r.text().map_err(|e| e.to_string())?))
+}
+
+/// A blocking client that trusts only the controller's CA, optionally presenting a certificate.
+fn mtls_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::blocking::Client {
+    let mut b = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM"));
+    if let Some((cert, key)) = identity {
+        b = b.identity(
+            reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes())
+                .expect("client identity PEM"),
+        );
+    }
+    b.build().expect("TLS client")
+}
+
+fn envoy_log(envoy: &Option<Process>) -> String {
+    envoy
+        .as_ref()
+        .map(|p| p.log_tail())
+        .unwrap_or_else(|| "(Envoy not started)".into())
+}
+
+#[test]
+fn kubernetes_mode_end_to_end_with_a_real_envoy() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,h2=warn,tower=warn,hyper=warn,kube=warn",
+        ))
+        .try_init();
+    let envoy_path = envoy_bin().unwrap_or_else(|e| panic!("{e}"));
+    let module_path = wasm::module("ua_block").unwrap_or_else(|e| panic!("{e}"));
+    let module = std::fs::read(&module_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", module_path.display()));
+    let sha = hex::encode(Sha256::digest(&module));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let echo = EchoServer::start().expect("echo upstream");
+    let origin_port = serve_origin(&rt, module.clone());
+    let wasm_url = format!("http://127.0.0.1:{origin_port}/ua_block.wasm");
+    let gw_port = free_port().expect("port");
+    let (xds_port, wasm_port, admin_port) = (
+        free_port().expect("port"),
+        free_port().expect("port"),
+        free_port().expect("port"),
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cert_dir = tmp.path().join("certs");
+    std::fs::create_dir_all(&cert_dir).expect("mkdir certs");
+
+    // The fixtures are what a cluster with the real CRDs would accept.
+    let lists = cluster(gw_port, echo.port(), &wasm_url, &sha);
+    let crds = Crds::load();
+    for obj in lists.values().flatten() {
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+        if api_version.starts_with("gateway.") {
+            let problems = crds.check_object(obj);
+            assert!(
+                problems.is_empty(),
+                "fixture {} {} fails its CRD: {problems:#?}",
+                obj["kind"],
+                obj["metadata"]["name"]
+            );
+        }
+    }
+
+    let dual = |port: u16| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let cfg = KubeRuntimeConfig {
+        controller_name: OURS.into(),
+        xds_addr: dual(xds_port),
+        wasm_addr: dual(wasm_port),
+        admin_addr: dual(admin_port),
+        xds_mode: XdsMode::Sotw,
+        xds_service: "localhost".into(),
+        xds_service_port: xds_port,
+        wasm_service_port: wasm_port,
+        namespace: CONTROLLER_NS.into(),
+        identity: IDENTITY.into(),
+        envoy_image: portcullis_kube::infra::DEFAULT_ENVOY_IMAGE.into(),
+        manage_infra: true,
+        leader_election: true,
+        lease_name: "portcullis-leader".into(),
+        lease_duration: Duration::from_secs(15),
+        lease_renew: Duration::from_secs(5),
+        ca_secret: "portcullis-xds-ca".into(),
+        session_secret_name: "portcullis-session".into(),
+        cache_dir: tmp.path().join("cache"),
+        cache_max_bytes: 256 << 20,
+        wasm_retry_initial: Duration::from_millis(500),
+        wasm_retry_max: Duration::from_secs(5),
+        debounce: Duration::from_millis(200),
+        max_batch_delay: Duration::from_secs(2),
+        listener_address: "127.0.0.1".into(),
+        builtin_wasm_dir: None,
+        builtin_wasm_urls: BTreeMap::new(),
+        ratelimit_service: None,
+        fleet_cert_dir: cert_dir.display().to_string(),
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // How `run` ended, should it end before the test stops it (e.g. a listener cannot bind).
+    let ended_early: Arc<Mutex<Option<String>>> = Arc::default();
+    let (api, controller) = rt.block_on(async {
+        let (client, api) = ApiServer::start(lists);
+        let ended = ended_early.clone();
+        let controller = tokio::spawn(async move {
+            let r = portcullis::kubernetes::run(cfg, client, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+            *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{r:?}"));
+            r
+        });
+        (api, controller)
+    });
+    let gone = || {
+        ended_early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| format!("portcullis::kubernetes::run returned early: {r}"))
+    };
+
+    // --- Lease and Secrets in the controller's namespace.
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{CONTROLLER_NS}/leases");
+    let lease = api.wait_for_unless("the Lease to be created", CONVERGE, gone, |reqs| {
+        reqs.iter()
+            .find(|r| r.method == "POST" && r.path == leases && r.answered == Some(201))
+            .map(|r| r.body.clone())
+    });
+    assert_eq!(lease["metadata"]["name"], "portcullis-leader");
+    assert_eq!(
+        lease["spec"]["holderIdentity"], IDENTITY,
+        "Lease held by cfg.identity"
+    );
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+    let secrets = format!("/api/v1/namespaces/{CONTROLLER_NS}/secrets");
+    let created_secret = |name: &'static str| {
+        let secrets = secrets.clone();
+        api.wait_for_unless(
+            &format!("Secret {name} to be created"),
+            CONVERGE,
+            gone,
+            move |reqs| {
+                reqs.iter()
+                    .find(|r| {
+                        r.method == "POST"
+                            && r.path == secrets
+                            && r.body["metadata"]["name"] == name
+                    })
+                    .map(|r| r.body.clone())
+            },
+        )
+    };
+    let ca_secret = created_secret("portcullis-xds-ca");
+    let ca_pem = unb64(&ca_secret["data"]["ca.crt"], "CA Secret ca.crt");
+    assert!(ca_pem.contains("BEGIN CERTIFICATE"), "{ca_pem}");
+    assert!(ca_secret["data"]["ca.key"].is_string(), "CA key stored");
+    let session = created_secret("portcullis-session");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(session["data"]["session-key"].as_str().unwrap_or_default())
+        .expect("session key base64");
+    assert_eq!(key.len(), 32, "32-byte session key");
+
+    // --- The fleet, applied with an owner reference to the Gateway.
+    let fleet_paths = [
+        (
+            "ServiceAccount",
+            format!("/api/v1/namespaces/infra/serviceaccounts/{FLEET}"),
+        ),
+        (
+            "Secret",
+            format!("/api/v1/namespaces/infra/secrets/{FLEET}-xds"),
+        ),
+        (
+            "ConfigMap",
+            format!("/api/v1/namespaces/infra/configmaps/{FLEET}"),
+        ),
+        (
+            "Service",
+            format!("/api/v1/namespaces/infra/services/{FLEET}"),
+        ),
+        (
+            "Deployment",
+            format!("/apis/apps/v1/namespaces/infra/deployments/{FLEET}"),
+        ),
+    ];
+    let mut fleet: BTreeMap<&str, Value> = BTreeMap::new();
+    for (kind, path) in &fleet_paths {
+        let got = api.wait_for_unless(
+            &format!("the fleet's {kind} apply"),
+            CONVERGE,
+            gone,
+            |reqs| applies(reqs, path).last().map(|r| (*r).clone()),
+        );
+        assert_eq!(
+            got.content_type.as_deref(),
+            Some("application/apply-patch+yaml"),
+            "{kind}: server-side apply"
+        );
+        assert!(
+            got.query_has("fieldManager=portcullis.dev%2Fcontroller")
+                && got.query_has("force=true"),
+            "{kind}: {}",
+            got.query
+        );
+        assert_eq!(got.body["kind"], *kind);
+        assert_eq!(
+            got.body["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "name": "web", "uid": GW_UID, "controller": true}]),
+            "{kind}: owned by the Gateway"
+        );
+        fleet.insert(kind, got.body);
+    }
+    let svc_ports: Vec<i64> = fleet["Service"]["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert_eq!(
+        svc_ports,
+        [i64::from(gw_port)],
+        "the Gateway listener's port"
+    );
+    let fleet_secret = &fleet["Secret"];
+    assert_eq!(fleet_secret["type"], "kubernetes.io/tls");
+    let tls_crt = unb64(&fleet_secret["data"]["tls.crt"], "fleet tls.crt");
+    let tls_key = unb64(&fleet_secret["data"]["tls.key"], "fleet tls.key");
+    let fleet_ca = unb64(&fleet_secret["data"]["ca.crt"], "fleet ca.crt");
+    assert_eq!(
+        fleet_ca, ca_pem,
+        "the fleet trusts the CA from the CA Secret"
+    );
+
+    // --- Statuses: written with observedGeneration, valid for the CRDs.
+    let gw_status_path = "/apis/gateway.networking.k8s.io/v1/namespaces/infra/gateways/web/status";
+    let gw_status = api.wait_for_unless(
+        "a Gateway status with Accepted=True and Programmed",
+        CONVERGE,
+        gone,
+        |reqs| {
+            applies(reqs, gw_status_path)
+                .last()
+                .map(|r| r.body["status"].clone())
+                .filter(|s| {
+                    condition(&s["conditions"], "Accepted").is_some_and(|c| c["status"] == "True")
+                        && condition(&s["conditions"], "Programmed").is_some()
+                })
+        },
+    );
+    for ty in ["Accepted", "Programmed"] {
+        let c = condition(&gw_status["conditions"], ty).expect("condition");
+        assert_eq!(
+            c["observedGeneration"], GW_GENERATION,
+            "Gateway {ty}: {gw_status:#}"
+        );
+        assert!(c["lastTransitionTime"].is_string(), "{c}");
+    }
+    let listener = &gw_status["listeners"][0];
+    assert_eq!(listener["name"], "http", "{gw_status:#}");
+    assert_eq!(listener["attachedRoutes"], 1, "{gw_status:#}");
+
+    let route_status_path =
+        "/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/app/status";
+    let route_status = api.wait_for_unless(
+        "an HTTPRoute status with our parent Accepted and ResolvedRefs",
+        CONVERGE,
+        gone,
+        |reqs| {
+            applies(reqs, route_status_path)
+                .last()
+                .map(|r| r.body["status"].clone())
+                .filter(|s| {
+                    let c = &s["parents"][0]["conditions"];
+                    condition(c, "Accepted").is_some_and(|c| c["status"] == "True")
+                        && condition(c, "ResolvedRefs").is_some_and(|c| c["status"] == "True")
+                })
+        },
+    );
+    let parents = route_status["parents"].as_array().expect("parents");
+    assert_eq!(parents.len(), 1, "{route_status:#}");
+    assert_eq!(parents[0]["controllerName"], OURS);
+    assert_eq!(parents[0]["parentRef"]["name"], "web");
+    assert_eq!(parents[0]["parentRef"]["namespace"], "infra");
+    for c in parents[0]["conditions"].as_array().expect("conditions") {
+        assert_eq!(
+            c["observedGeneration"], ROUTE_GENERATION,
+            "route condition {c}"
+        );
+    }
+
+    // --- The wasm endpoint: mutual TLS only.
+    let serve_url = format!("https://localhost:{wasm_port}/wasm/{sha}.wasm");
+    let fleet_client = mtls_client(&ca_pem, Some((&tls_crt, &tls_key)));
+    let start = Instant::now();
+    let served = loop {
+        // The controller fetches the module from the origin in the background.
+        match fleet_client.get(&serve_url).send() {
+            Ok(r) if r.status() == 200 => break r.bytes().expect("module bytes"),
+            other if start.elapsed() > CONVERGE => panic!(
+                "the wasm endpoint never served {sha} to the fleet certificate: {other:?}\n{}",
+                api.dump()
+            ),
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    assert_eq!(
+        hex::encode(Sha256::digest(&served)),
+        sha,
+        "served module matches its sha256"
+    );
+    let anonymous = mtls_client(&ca_pem, None);
+    match anonymous.get(&serve_url).send() {
+        Ok(r) => panic!(
+            "a client without a certificate was served: HTTP {}",
+            r.status()
+        ),
+        Err(e) => eprintln!("no client certificate: refused as expected ({e:?})"),
+    }
+    let foreign_ca =
+        portcullis_kube::certs::CertAuthority::generate(time::OffsetDateTime::now_utc())
+            .expect("another CA");
+    let foreign = foreign_ca
+        .issue_client(
+            "infra",
+            "web",
+            time::OffsetDateTime::now_utc(),
+            portcullis_kube::certs::LEAF_VALIDITY,
+        )
+        .expect("client cert from another CA");
+    match mtls_client(&ca_pem, Some((&foreign.cert_pem, &foreign.key_pem)))
+        .get(&serve_url)
+        .send()
+    {
+        Ok(r) => panic!(
+            "a certificate from another CA was served: HTTP {}",
+            r.status()
+        ),
+        Err(e) => eprintln!("certificate from another CA: refused as expected ({e:?})"),
+    }
+
+    // --- Probes.
+    let (code, body) = admin_get(admin_port, "/healthz").expect("/healthz");
+    assert_eq!(code, 200, "/healthz: {body}");
+    let start = Instant::now();
+    let ready: Value = loop {
+        match admin_get(admin_port, "/readyz") {
+            Ok((200, body)) => break serde_json::from_str(&body).expect("/readyz JSON"),
+            other if start.elapsed() > CONVERGE => panic!("/readyz never 200: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    let watches = ready["watches"].as_object().expect("watches in /readyz");
+    assert_eq!(watches.len(), 14, "{ready:#}");
+    for kind in [
+        "GatewayClass",
+        "Gateway",
+        "HTTPRoute",
+        "Service",
+        "EndpointSlice",
+        "EnvoyExtensionPolicy",
+    ] {
+        assert_eq!(watches.get(kind), Some(&json!(true)), "{kind}: {ready:#}");
+    }
+    assert_eq!(ready["leader"], true, "{ready:#}");
+    assert_eq!(ready["translated"], true, "{ready:#}");
+
+    // --- A real Envoy from the applied bootstrap and Secret.
+    for (file, pem) in [
+        ("tls.crt", &tls_crt),
+        ("tls.key", &tls_key),
+        ("ca.crt", &fleet_ca),
+    ] {
+        std::fs::write(cert_dir.join(file), pem).expect("write cert");
+    }
+    let mut boot: Value = serde_json::from_str(
+        fleet["ConfigMap"]["data"]["bootstrap.json"]
+            .as_str()
+            .expect("bootstrap.json in the ConfigMap"),
+    )
+    .expect("bootstrap JSON");
+    assert_eq!(boot["node"]["id"], "infra/web");
+    let xds_cluster = boot["static_resources"]["clusters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "portcullis_xds"))
+        .expect("xDS cluster")
+        .clone();
+    assert_eq!(
+        xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"],
+        json!({"address": "localhost", "port_value": xds_port}),
+        "the bootstrap points at the xDS Service name and port"
+    );
+    let tls_ctx = &xds_cluster["transport_socket"]["typed_config"];
+    assert_eq!(tls_ctx["sni"], "localhost");
+    assert_eq!(
+        tls_ctx["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+            ["matcher"]["exact"],
+        "localhost"
+    );
+    let replaced = replace_prefix(
+        &mut boot,
+        &format!("{}/", portcullis_kube::infra::CERT_DIR),
+        &format!("{}/", cert_dir.display()),
+    );
+    assert_eq!(replaced, 3, "tls.crt, tls.key and ca.crt in the bootstrap");
+    let (envoy_admin, envoy_ready) = (free_port().expect("port"), free_port().expect("port"));
+    boot["admin"]["address"]["socket_address"]["port_value"] = json!(envoy_admin);
+    let admin_cluster = find_named(
+        &mut boot["static_resources"]["clusters"],
+        "portcullis_admin",
+    );
+    admin_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"] = json!(envoy_admin);
+    let ready_listener = find_named(
+        &mut boot["static_resources"]["listeners"],
+        "portcullis_ready",
+    );
+    ready_listener["address"]["socket_address"] =
+        json!({"address": "127.0.0.1", "port_value": envoy_ready});
+    let boot_path = tmp.path().join("bootstrap.json");
+    std::fs::write(
+        &boot_path,
+        serde_json::to_string_pretty(&boot).expect("json"),
+    )
+    .expect("write bootstrap");
+
+    let mut envoy = Some(
+        ProcessBuilder::new("envoy", &envoy_path)
+            .arg("-c")
+            .arg(&boot_path)
+            .args(["--concurrency", "1", "-l", "info", "--disable-hot-restart"])
+            .spawn()
+            .expect("start Envoy"),
+    );
+    let http = client();
+    let url = format!("http://127.0.0.1:{gw_port}/hello");
+    let start = Instant::now();
+    let mut last;
+    loop {
+        if let Some(status) = envoy.as_mut().and_then(|p| p.try_status()) {
+            panic!(
+                "Envoy exited ({}) before serving\n{}\n{}",
+                Process::describe_status(&status),
+                envoy_log(&envoy),
+                api.dump()
+            );
+        }
+        let good = get_with_ua(&http, &url, Some(GOOD_UA));
+        let bad = get_with_ua(&http, &url, Some(BAD_UA));
+        match (good, bad) {
+            (Ok(g), Ok(b)) if g.status() == 200 && b.status() == 403 => {
+                let echo: Echo = g.json().expect("echo JSON");
+                assert_eq!(echo.path, "/hello");
+                assert_eq!(echo.header("user-agent"), Some(GOOD_UA));
+                break;
+            }
+            (g, b) => {
+                last = format!(
+                    "allowed UA: {:?}, denied UA: {:?}",
+                    g.map(|r| r.status()),
+                    b.map(|r| r.status())
+                );
+            }
+        }
+        if start.elapsed() > CONVERGE {
+            let status = admin_get(admin_port, "/status").map(|(_, b)| b);
+            panic!(
+                "Envoy never served the Gateway with the wasm filter (last: {last})\ncontroller /status: {status:?}\n{}\nEnvoy log:\n{}",
+                api.dump(),
+                envoy_log(&envoy)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // --- Every status written validates against its CRD's status schema.
+    let reqs = api.requests();
+    let mut checked = 0;
+    for r in reqs
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+    {
+        let api_version = r.body["apiVersion"].as_str().unwrap_or_default();
+        let kind = r.body["kind"].as_str().unwrap_or_default();
+        let problems = crds.check_status(api_version, kind, &r.body["status"]);
+        assert!(
+            problems.is_empty(),
+            "status written to {} fails the CRD schema: {problems:#?}\n{:#}",
+            r.path,
+            r.body
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "statuses checked: {checked}");
+    // Nothing the mock server refused (4xx/5xx other than the expected 404 lookups).
+    for r in &reqs {
+        if let Some(code) = r.answered {
+            assert!(
+                code < 400 || (code == 404 && r.method == "GET"),
+                "request refused: {}\n{}",
+                r.line(),
+                api.dump()
+            );
+        }
+    }
+
+    // --- Shutdown, with Envoy still connected over xDS.
+    let started = Instant::now();
+    let _ = stop_tx.send(());
+    let ended = rt.block_on(async { tokio::time::timeout(SHUTDOWN, controller).await });
+    let took = started.elapsed();
+    match ended {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => panic!("run returned an error: {e:#}"),
+        Ok(Err(e)) => panic!("run panicked: {e}"),
+        Err(_) => panic!(
+            "run did not return within {SHUTDOWN:?} of shutdown\nEnvoy log:\n{}",
+            envoy_log(&envoy)
+        ),
+    }
+    // The elector gives the Lease up on stop, so another replica takes over at once.
+    let lease_path = format!("{leases}/portcullis-leader");
+    api.wait_for(
+        "the Lease to be released",
+        Duration::from_secs(30),
+        |reqs| {
+            reqs.iter()
+                .rev()
+                .find(|r| r.method == "PUT" && r.path == lease_path && r.answered == Some(200))
+                .filter(|r| r.body["spec"]["holderIdentity"].is_null())
+                .map(|_| ())
+        },
+    );
+    eprintln!(
+        "kube mode e2e: {} API requests, shutdown in {took:?}",
+        api.requests().len()
+    );
+    drop(envoy.take());
+    drop(echo);
+}
