@@ -130,15 +130,55 @@ impl ServerIdentity {
     }
 }
 
+/// Who is on the other end of a verified connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    /// The xDS node id the client certificate was issued for (`<namespace>/<gateway>`, from its
+    /// URI SAN `spiffe://portcullis/ns/<ns>/gateway/<name>`); `None` when it names no Gateway.
+    pub node_id: Option<String>,
+}
+
+/// URI SAN prefix of fleet client certificates (see `portcullis_kube::certs::issue_client`).
+const FLEET_SPIFFE_PREFIX: &str = "spiffe://portcullis/ns/";
+
+/// The node id a fleet client certificate (DER) is for, from its URI SAN.
+pub fn node_id_of_certificate(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            let rest = uri.strip_prefix(FLEET_SPIFFE_PREFIX)?;
+            let (ns, name) = rest.split_once("/gateway/")?;
+            let valid = |s: &str| !s.is_empty() && !s.contains('/');
+            (valid(ns) && valid(name)).then(|| format!("{ns}/{name}"))
+        }
+        _ => None,
+    })
+}
+
 /// One accepted, verified connection.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
-    peer: SocketAddr,
+    peer: TlsPeer,
 }
 
 impl TlsConn {
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    fn new(inner: TlsStream<TcpStream>, addr: SocketAddr) -> Self {
+        let node_id = inner
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| node_id_of_certificate(leaf.as_ref()));
+        Self {
+            inner,
+            peer: TlsPeer { addr, node_id },
+        }
+    }
+
+    pub fn peer(&self) -> &TlsPeer {
+        &self.peer
     }
 }
 
@@ -179,9 +219,9 @@ impl AsyncWrite for TlsConn {
 }
 
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = SocketAddr;
+    type ConnectInfo = TlsPeer;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer
+        self.peer.clone()
     }
 }
 
@@ -212,7 +252,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
-                        let _ = tx.send(TlsConn { inner, peer }).await;
+                        let _ = tx.send(TlsConn::new(inner, peer)).await;
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(endpoint = what, %peer, error = %e, "TLS handshake refused")
@@ -262,8 +302,8 @@ impl axum::serve::Listener for TlsListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
             Some(c) => {
-                let peer = c.peer;
-                (c, peer)
+                let addr = c.peer.addr;
+                (c, addr)
             }
             // The accept task only ends when this receiver is gone.
             None => std::future::pending().await,
@@ -305,5 +345,29 @@ mod tests {
         assert!(id.rotate(&server.cert_pem, &other.key_pem).is_err());
         assert!(id.rotate(&other.cert_pem, &other.key_pem).is_ok());
         assert!(id.acceptor(&[b"h2"]).is_ok());
+    }
+
+    #[test]
+    fn fleet_certificates_name_their_node() {
+        let ca = ca();
+        let now = time::OffsetDateTime::now_utc();
+        let pem_der = |pem: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .expect("pem")
+                .to_vec()
+        };
+        let client = ca
+            .issue_client("infra", "web", now, LEAF_VALIDITY)
+            .expect("client");
+        assert_eq!(
+            node_id_of_certificate(&pem_der(&client.cert_pem)).as_deref(),
+            Some("infra/web")
+        );
+        // A server certificate (DNS SANs only) names no Gateway; garbage is not a certificate.
+        let server = ca
+            .issue_server(&["x.svc".into()], now, LEAF_VALIDITY)
+            .expect("server");
+        assert_eq!(node_id_of_certificate(&pem_der(&server.cert_pem)), None);
+        assert_eq!(node_id_of_certificate(b"\x30\x03garbage"), None);
     }
 }

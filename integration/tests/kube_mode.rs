@@ -717,6 +717,81 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // --- A fleet certificate only opens its own Gateway's node: an Envoy presenting another
+    // Gateway's (valid) client certificate while asking for infra/web's config is refused.
+    let ca = portcullis_kube::certs::CertAuthority::from_pem(
+        &ca_pem,
+        &unb64(&ca_secret["data"]["ca.key"], "CA Secret ca.key"),
+    )
+    .expect("CA from its Secret");
+    let other = ca
+        .issue_client(
+            "infra",
+            "other",
+            time::OffsetDateTime::now_utc(),
+            portcullis_kube::certs::LEAF_VALIDITY,
+        )
+        .expect("client certificate for infra/other");
+    let other_dir = tmp.path().join("other-certs");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    for (file, pem) in [
+        ("tls.crt", &other.cert_pem),
+        ("tls.key", &other.key_pem),
+        ("ca.crt", &ca_pem),
+    ] {
+        std::fs::write(other_dir.join(file), pem).expect("write cert");
+    }
+    let mut boot2 = boot.clone();
+    let moved = replace_prefix(
+        &mut boot2,
+        &format!("{}/", cert_dir.display()),
+        &format!("{}/", other_dir.display()),
+    );
+    assert_eq!(moved, 3);
+    let (admin2, ready2) = (free_port().expect("port"), free_port().expect("port"));
+    boot2["admin"]["address"]["socket_address"]["port_value"] = json!(admin2);
+    find_named(
+        &mut boot2["static_resources"]["clusters"],
+        "portcullis_admin",
+    )["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"] = json!(admin2);
+    find_named(
+        &mut boot2["static_resources"]["listeners"],
+        "portcullis_ready",
+    )["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": ready2});
+    let boot2_path = tmp.path().join("bootstrap-other.json");
+    std::fs::write(
+        &boot2_path,
+        serde_json::to_string_pretty(&boot2).expect("json"),
+    )
+    .expect("write bootstrap");
+    let intruder = ProcessBuilder::new("envoy-other-cert", &envoy_path)
+        .arg("-c")
+        .arg(&boot2_path)
+        .args(["--concurrency", "1", "-l", "info", "--disable-hot-restart"])
+        .args(["--base-id", "7"])
+        .spawn()
+        .expect("start the second Envoy");
+    let start = Instant::now();
+    loop {
+        let log = intruder.logs();
+        // gRPC status 7 (PERMISSION_DENIED); Envoy logs the message percent-encoded.
+        if log.contains("config stream to portcullis_xds closed: 7,") {
+            assert!(
+                log.contains("does%20not%20match%20the%20client%20certificate")
+                    && log.contains("infra/other"),
+                "{log}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < CONVERGE,
+            "the Envoy with infra/other's certificate was not refused infra/web's config\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(intruder);
+
     // --- Every status written validates against its CRD's status schema.
     let reqs = api.requests();
     let mut checked = 0;

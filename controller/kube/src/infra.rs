@@ -314,9 +314,14 @@ pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Value {
                 }]}]
             }]
         },
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
-            "overload": {"global_downstream_max_connections": 50000}
-        }}]}
+        // Bound downstream connections (Envoy warns at start-up without a limit).
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000
+            }
+        }]}
     })
 }
 

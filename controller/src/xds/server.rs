@@ -383,6 +383,46 @@ impl XdsServer {
     }
 }
 
+/// Which node ids a connection may serve: any over plain TCP (local mode, loopback); over
+/// mutual TLS only the node its client certificate was issued for, so one Gateway's fleet cannot
+/// read another's configuration (OIDC client secrets included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NodeAuth {
+    Any,
+    Only(String),
+    /// A verified certificate that names no Gateway.
+    NoGateway,
+}
+
+impl NodeAuth {
+    fn of<T>(request: &Request<T>) -> Self {
+        match request.extensions().get::<crate::tls::TlsPeer>() {
+            None => NodeAuth::Any,
+            Some(peer) => match &peer.node_id {
+                Some(id) => NodeAuth::Only(id.clone()),
+                None => NodeAuth::NoGateway,
+            },
+        }
+    }
+
+    fn check(&self, node_id: &str) -> Result<(), Status> {
+        let refused = |why: String| {
+            tracing::warn!(node = node_id, reason = %why, "ADS stream refused");
+            Err(Status::permission_denied(why))
+        };
+        match self {
+            NodeAuth::Any => Ok(()),
+            NodeAuth::Only(id) if id == node_id => Ok(()),
+            NodeAuth::Only(id) => refused(format!(
+                "node id {node_id:?} does not match the client certificate, which is for Gateway {id}"
+            )),
+            NodeAuth::NoGateway => refused(format!(
+                "node id {node_id:?}: the client certificate names no Gateway (URI SAN spiffe://portcullis/ns/<ns>/gateway/<name>)"
+            )),
+        }
+    }
+}
+
 /// The tonic service; one task per stream.
 pub struct AdsService {
     shared: Arc<Shared>,
@@ -399,9 +439,11 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let auth = NodeAuth::of(&request);
         let (tx, rx) = mpsc::channel(16);
         let stream = SotwStream {
             shared: self.shared.clone(),
+            auth,
             node: None,
             watches: HashMap::new(),
             tx,
@@ -414,9 +456,11 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let auth = NodeAuth::of(&request);
         let (tx, rx) = mpsc::channel(16);
         let stream = DeltaStream {
             shared: self.shared.clone(),
+            auth,
             node: None,
             watches: HashMap::new(),
             tx,
@@ -446,6 +490,8 @@ struct SotwWatch {
 
 struct SotwStream {
     shared: Arc<Shared>,
+    /// Which node ids this connection may ask for.
+    auth: NodeAuth,
     node: Option<String>,
     watches: HashMap<String, SotwWatch>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
@@ -489,6 +535,7 @@ impl SotwStream {
                     "first DiscoveryRequest must carry node.id",
                 ));
             }
+            self.auth.check(&id)?;
             tracing::info!(node = %id, "ADS stream opened (SotW)");
             self.shared.stream_opened(&id);
             self.node = Some(id);
@@ -613,6 +660,8 @@ struct DeltaWatch {
 
 struct DeltaStream {
     shared: Arc<Shared>,
+    /// Which node ids this connection may ask for.
+    auth: NodeAuth,
     node: Option<String>,
     watches: HashMap<String, DeltaWatch>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -663,6 +712,7 @@ impl DeltaStream {
                     "first DeltaDiscoveryRequest must carry node.id",
                 ));
             }
+            self.auth.check(&id)?;
             tracing::info!(node = %id, "ADS stream opened (Delta)");
             self.shared.stream_opened(&id);
             self.node = Some(id);
@@ -801,6 +851,22 @@ impl DeltaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_auth_binds_a_certificate_to_its_node() {
+        assert!(NodeAuth::Any.check("infra/web").is_ok());
+        let only = NodeAuth::Only("infra/web".into());
+        assert!(only.check("infra/web").is_ok());
+        let e = only
+            .check("infra/other")
+            .expect_err("another Gateway's node");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("infra/web"), "{}", e.message());
+        let e = NodeAuth::NoGateway
+            .check("infra/web")
+            .expect_err("no Gateway");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    }
     use portcullis_translator::xds::snapshot::XdsResources;
 
     fn snap(node: &str, names: &[(&str, &[u8])]) -> XdsSnapshot {
