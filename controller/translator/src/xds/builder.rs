@@ -35,6 +35,9 @@ const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER_NAME: &str = "envoy.filters.http.router";
 /// How long Envoy waits for a module download from the controller.
 const WASM_FETCH_TIMEOUT_S: i64 = 30;
+/// Retries of a failed module fetch (0.5 s doubling to 10 s, about a minute in all): the serve
+/// URL may reach a controller replica that is still downloading the module (404 until then).
+const WASM_FETCH_RETRIES: u32 = 8;
 const CONNECT_TIMEOUT_S: i64 = 10;
 
 fn any<M: Message + prost::Name>(m: &M) -> pb::Any {
@@ -610,7 +613,22 @@ fn http_filter(f: &FilterIr) -> hcm::HttpFilter {
                                 ),
                             }),
                             sha256: w.sha256.clone(),
-                            retry_policy: None,
+                            retry_policy: Some(core::RetryPolicy {
+                                retry_back_off: Some(core::BackoffStrategy {
+                                    base_interval: Some(pb::Duration {
+                                        seconds: 0,
+                                        nanos: 500_000_000,
+                                    }),
+                                    max_interval: Some(pb::Duration {
+                                        seconds: 10,
+                                        nanos: 0,
+                                    }),
+                                }),
+                                num_retries: Some(pb::UInt32Value {
+                                    value: WASM_FETCH_RETRIES,
+                                }),
+                                ..Default::default()
+                            }),
                         },
                     )),
                 }),
