@@ -30,8 +30,19 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    // The error and its causes on one line; no backtrace (RUST_BACKTRACE is for our bugs, and
+    // these are the user's: a bad flag, an unreachable API server).
+    match dispatch(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => cli::run::run(a).await,
         Command::Translate(a) => cli::translate::run(a).await,
