@@ -292,7 +292,7 @@ pub async fn run(
         })
     };
 
-    let leader = if cfg.leader_election {
+    let (leader, elector_task) = if cfg.leader_election {
         let elector = LeaderElector::new(
             client.clone(),
             LeaseConfig {
@@ -305,10 +305,9 @@ pub async fn run(
         );
         let state = elector.state();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(elector.run(stop));
-        state
+        (state, Some(tokio::spawn(elector.run(stop))))
     } else {
-        LeaderState::always()
+        (LeaderState::always(), None)
     };
 
     let provider = Provider::new(
@@ -423,15 +422,25 @@ pub async fn run(
 
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    // The write loop releases nothing; the elector gives the Lease up on stop.
+    // The write loop releases nothing; the elector gives the Lease up on stop. It is awaited
+    // (bounded, alongside the servers): the process exits once `run` returns, ending any task
+    // still running, and an unreleased Lease passes to another replica only when it expires.
+    let elector_end = async {
+        if let Some(t) = elector_task {
+            if join_within(t, SHUTDOWN_GRACE).await.is_none() {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "the Lease was not released in time");
+            }
+        }
+    };
     let _ = write_task.await;
     let _ = renew_task.await;
     // A graceful stop waits for open connections to finish, and a managed Envoy never ends its
     // ADS stream: bound the wait, then drop the servers (the fleet reconnects to another replica).
-    let (xds_end, wasm_end, admin_end) = tokio::join!(
+    let (xds_end, wasm_end, admin_end, ()) = tokio::join!(
         join_within(xds_task, SHUTDOWN_GRACE),
         join_within(wasm_task, SHUTDOWN_GRACE),
         join_within(admin_task, SHUTDOWN_GRACE),
+        elector_end,
     );
     log_server_end("xDS", xds_end);
     log_server_end("wasm", wasm_end);

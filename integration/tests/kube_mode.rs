@@ -35,7 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use kube_support::{ApiServer, Crds, Recorded};
+use kube_support::{
+    admin_get, applies, cluster, find_named, replace_prefix, serve_origin, unb64, ApiServer, Crds,
+    BAD_UA, CONTROLLER_NS, FLEET, GOOD_UA, GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
+};
 use portcullis::infra::host::XdsMode;
 use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::echo::{Echo, EchoServer};
@@ -45,15 +48,7 @@ use portcullis_integration::wasm;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const OURS: &str = "portcullis.dev/gatewayclass-controller";
-const CONTROLLER_NS: &str = "portcullis-system";
 const IDENTITY: &str = "portcullis-test-0";
-const GW_UID: &str = "5b1e3c1a-9d7f-4c55-8a3e-0c2f6b7d9e01";
-const GW_GENERATION: i64 = 3;
-const ROUTE_GENERATION: i64 = 2;
-const BAD_UA: &str = "BadBot/1.0";
-const GOOD_UA: &str = "Mozilla/5.0 (X11; Linux x86_64)";
-const FLEET: &str = "portcullis-web";
 
 /// Slow shared machines: everything waits generously.
 const CONVERGE: Duration = Duration::from_secs(120);
@@ -61,177 +56,11 @@ const CONVERGE: Duration = Duration::from_secs(120);
 /// for a loaded machine).
 const SHUTDOWN: Duration = Duration::from_secs(15);
 
-fn unb64(v: &Value, what: &str) -> String {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("{what} is not a string: {v}"));
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .unwrap_or_else(|e| panic!("{what} is not base64: {e}"));
-    String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what} is not UTF-8: {e}"))
-}
-
-/// The cluster's objects, by the collection path the provider lists.
-fn cluster(
-    gw_port: u16,
-    echo_port: u16,
-    wasm_url: &str,
-    sha: &str,
-) -> BTreeMap<String, Vec<Value>> {
-    let ns = |name: &str| {
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": name, "uid": format!("ns-{name}"), "resourceVersion": "5",
-                            "labels": {"kubernetes.io/metadata.name": name}}})
-    };
-    let class = json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-        "metadata": {"name": "portcullis", "uid": "gc-0001", "generation": 1, "resourceVersion": "10"},
-        "spec": {"controllerName": OURS}
-    });
-    let gateway = json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "web", "namespace": "infra", "uid": GW_UID,
-                     "generation": GW_GENERATION, "resourceVersion": "11"},
-        "spec": {"gatewayClassName": "portcullis",
-                 "listeners": [{"name": "http", "port": gw_port, "protocol": "HTTP",
-                                "allowedRoutes": {"namespaces": {"from": "All"}}}]}
-    });
-    let route = json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": "app", "namespace": "apps", "uid": "route-0001",
-                     "generation": ROUTE_GENERATION, "resourceVersion": "12"},
-        "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
-                                 "name": "web", "namespace": "infra", "sectionName": "http"}],
-                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                            "backendRefs": [{"name": "app", "port": 8080}]}]}
-    });
-    let service = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "app", "namespace": "apps", "uid": "svc-0001", "resourceVersion": "13"},
-        "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.34", "selector": {"app": "app"},
-                 "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]}
-    });
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "app-x7k2p", "namespace": "apps", "uid": "eps-0001", "resourceVersion": "14",
-                     "labels": {"kubernetes.io/service-name": "app",
-                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
-        "ports": [{"name": "http", "port": echo_port, "protocol": "TCP"}]
-    });
-    let policy = json!({
-        "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyExtensionPolicy",
-        "metadata": {"name": "ua-block", "namespace": "apps", "uid": "eep-0001",
-                     "generation": 1, "resourceVersion": "15"},
-        "spec": {
-            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "app"}],
-            "wasm": [{
-                "name": "ua-block",
-                "rootID": "ua_block",
-                "code": {"type": "HTTP", "http": {"url": wasm_url, "sha256": sha}},
-                "config": {"deny": {"contains": ["BadBot"]}, "status": 403}
-            }]
-        }
-    });
-    let gw_api = "/apis/gateway.networking.k8s.io/v1";
-    BTreeMap::from([
-        (format!("{gw_api}/gatewayclasses"), vec![class]),
-        (format!("{gw_api}/gateways"), vec![gateway]),
-        (format!("{gw_api}/httproutes"), vec![route]),
-        (format!("{gw_api}/referencegrants"), vec![]),
-        ("/api/v1/services".into(), vec![service]),
-        (
-            "/apis/discovery.k8s.io/v1/endpointslices".into(),
-            vec![slice],
-        ),
-        ("/api/v1/secrets".into(), vec![]),
-        ("/api/v1/configmaps".into(), vec![]),
-        (
-            "/api/v1/namespaces".into(),
-            vec![ns("infra"), ns("apps"), ns(CONTROLLER_NS)],
-        ),
-        (
-            "/apis/gateway.envoyproxy.io/v1alpha1/envoyextensionpolicies".into(),
-            vec![policy],
-        ),
-        (
-            "/apis/gateway.envoyproxy.io/v1alpha1/securitypolicies".into(),
-            vec![],
-        ),
-        (
-            "/apis/gateway.envoyproxy.io/v1alpha1/backendtrafficpolicies".into(),
-            vec![],
-        ),
-        (
-            "/apis/gateway.envoyproxy.io/v1alpha1/backends".into(),
-            vec![],
-        ),
-        (
-            "/apis/gateway.envoyproxy.io/v1alpha1/envoyproxies".into(),
-            vec![],
-        ),
-    ])
-}
-
-/// The module's HTTP origin (plain HTTP on 127.0.0.1), on the test's runtime.
-fn serve_origin(rt: &tokio::runtime::Runtime, module: Vec<u8>) -> u16 {
-    let port = free_port().expect("free port");
-    let app = axum::Router::new().route(
-        "/ua_block.wasm",
-        axum::routing::get(move || {
-            let m = module.clone();
-            async move { m }
-        }),
-    );
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
-        .expect("bind the wasm origin");
-    rt.spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
-/// Applies (server-side apply PATCHes) to `path`, in order.
-fn applies<'a>(reqs: &'a [Recorded], path: &str) -> Vec<&'a Recorded> {
-    reqs.iter()
-        .filter(|r| r.method == "PATCH" && r.path == path)
-        .collect()
-}
-
 fn condition<'a>(conds: &'a Value, ty: &str) -> Option<&'a Value> {
     conds
         .as_array()?
         .iter()
         .find(|c| c.get("type").and_then(Value::as_str) == Some(ty))
-}
-
-/// Replace every string starting with `from` by the same string starting with `to`; returns
-/// how many were replaced.
-fn replace_prefix(v: &mut Value, from: &str, to: &str) -> usize {
-    match v {
-        Value::String(s) if s.starts_with(from) => {
-            *s = format!("{to}{}", &s[from.len()..]);
-            1
-        }
-        Value::Array(a) => a.iter_mut().map(|x| replace_prefix(x, from, to)).sum(),
-        Value::Object(o) => o.values_mut().map(|x| replace_prefix(x, from, to)).sum(),
-        _ => 0,
-    }
-}
-
-fn find_named<'a>(list: &'a mut Value, name: &str) -> &'a mut Value {
-    list.as_array_mut()
-        .and_then(|a| a.iter_mut().find(|x| x["name"] == name))
-        .unwrap_or_else(|| panic!("no entry named {name}"))
-}
-
-fn admin_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let r = client()
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .send()
-        .map_err(|e| e.to_string())?;
-    let code = r.status().as_u16();
-    Ok((code, r.text().map_err(|e| e.to_string())?))
 }
 
 /// A blocking client that trusts only the controller's CA, optionally presenting a certificate.

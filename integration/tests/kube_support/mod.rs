@@ -14,6 +14,10 @@
 //!
 //! Nothing here does what a real API server would do beyond that: no admission, no server-side
 //! apply merging or field ownership, no RBAC, no watch events for the controller's own writes.
+//!
+//! Several clients can share one server ([`ApiServer::shared`] + [`ApiServer::client`]): one
+//! store, one resourceVersion counter, one log, each request recorded with its client's label
+//! (e.g. two controller replicas electing a leader over the same Lease).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -22,14 +26,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
+use portcullis_integration::http::client;
+use portcullis_integration::process::free_port;
 use serde_json::{json, Value};
 use tower_test::mock::{self, SendResponse};
 
 /// One request the controller sent, and the status it was answered with (`None`: held open).
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The label of the client that sent it (see [`ApiServer::client`]).
+    pub client: String,
     pub method: String,
     /// Path without the query.
     pub path: String,
@@ -48,7 +57,7 @@ impl Recorded {
         self.method == "GET" && self.query_has("watch=true")
     }
 
-    /// One line: `PATCH /api/v1/... ?query -> 200 {body, truncated}`.
+    /// One line: `[client] PATCH /api/v1/... ?query -> 200 {body, truncated}`.
     pub fn line(&self) -> String {
         let mut body = if self.body.is_null() {
             String::new()
@@ -68,30 +77,57 @@ impl Recorded {
             .map(|c| c.to_string())
             .unwrap_or_else(|| "open".into());
         format!(
-            "{} {}?{} -> {answered} {body}",
-            self.method, self.path, self.query
+            "[{}] {} {}?{} -> {answered} {body}",
+            self.client, self.method, self.path, self.query
         )
     }
 }
 
 /// The fake API server: recorded requests, and the objects it stores.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ApiServer {
     log: Arc<Mutex<Vec<Recorded>>>,
     store: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// The cluster's objects: collection path -> items.
+    lists: Arc<BTreeMap<String, Vec<Value>>>,
+    rv: Arc<AtomicU64>,
 }
 
 impl ApiServer {
     /// A kube client whose every request this server answers (on the current tokio runtime),
     /// with `lists` (collection path -> items) as the cluster's objects.
     pub fn start(lists: BTreeMap<String, Vec<Value>>) -> (kube::Client, ApiServer) {
+        let server = ApiServer::shared(lists);
+        let client = server.client("controller");
+        (client, server)
+    }
+
+    /// A server with `lists` as the cluster's objects and no client yet: see [`client`](Self::client).
+    pub fn shared(lists: BTreeMap<String, Vec<Value>>) -> ApiServer {
+        ApiServer {
+            log: Arc::default(),
+            store: Arc::default(),
+            lists: Arc::new(lists),
+            rv: Arc::new(AtomicU64::new(100)),
+        }
+    }
+
+    /// Another kube client answered by this server (same store, log and lists; on the current
+    /// tokio runtime), its requests recorded with `label`. The client's watches stay open until
+    /// the client is dropped.
+    pub fn client(&self, label: &str) -> kube::Client {
+        self.client_with_latency(label, Duration::ZERO)
+    }
+
+    /// [`client`](Self::client), each answer reaching the client `latency` after the request
+    /// was handled (as across a network; requests are still handled, and recorded, on arrival).
+    pub fn client_with_latency(&self, label: &str, latency: Duration) -> kube::Client {
         let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(svc, "default");
-        let server = ApiServer::default();
-        let s = server.clone();
+        let s = self.clone();
+        let label = label.to_string();
         tokio::spawn(async move {
             let mut open_watches: Vec<SendResponse<Response<Body>>> = Vec::new();
-            let rv = AtomicU64::new(100);
             while let Some((req, send)) = handle.next_request().await {
                 let method = req.method().to_string();
                 let path = req.uri().path().to_string();
@@ -110,6 +146,7 @@ impl ApiServer {
                     )
                 };
                 let mut rec = Recorded {
+                    client: label.clone(),
                     method,
                     path,
                     query,
@@ -117,23 +154,36 @@ impl ApiServer {
                     body,
                     answered: None,
                 };
+                // The log is held while answering, so its order is the order requests were
+                // answered in, across clients too.
+                let mut log = s.log.lock().unwrap_or_else(|p| p.into_inner());
                 if rec.is_watch() {
+                    log.push(rec);
+                    drop(log);
                     open_watches.push(send);
                 } else {
-                    let (code, reply) = s.answer(&rec, &lists, &rv);
+                    let (code, reply) = s.answer(&rec, &s.lists, &s.rv);
                     rec.answered = Some(code);
+                    log.push(rec);
+                    drop(log);
                     let resp = Response::builder()
                         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK))
                         .header("content-type", "application/json")
                         .body(Body::from(serde_json::to_vec(&reply).unwrap_or_default()))
                         .expect("response");
-                    send.send_response(resp);
+                    if latency.is_zero() {
+                        send.send_response(resp);
+                    } else {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(latency).await;
+                            send.send_response(resp);
+                        });
+                    }
                 }
-                s.log.lock().unwrap_or_else(|p| p.into_inner()).push(rec);
             }
             drop(open_watches);
         });
-        (client, server)
+        client
     }
 
     fn answer(
@@ -425,4 +475,186 @@ fn errors(schema: &Value, v: &Value) -> Vec<String> {
         .iter_errors(v)
         .map(|e| format!("{e} at {}", e.instance_path()))
         .collect()
+}
+
+// ------------------------------------------------------------------------ fixtures
+
+// The cluster the Kubernetes-mode tests run against: one GatewayClass of ours, Gateway `infra/web`
+// with one HTTP listener, HTTPRoute `apps/app` to Service `apps/app` (whose EndpointSlice is the
+// echo upstream), and an EnvoyExtensionPolicy adding the ua-block wasm filter to the route.
+
+pub const OURS: &str = "portcullis.dev/gatewayclass-controller";
+pub const CONTROLLER_NS: &str = "portcullis-system";
+pub const GW_UID: &str = "5b1e3c1a-9d7f-4c55-8a3e-0c2f6b7d9e01";
+pub const GW_GENERATION: i64 = 3;
+pub const ROUTE_GENERATION: i64 = 2;
+pub const BAD_UA: &str = "BadBot/1.0";
+pub const GOOD_UA: &str = "Mozilla/5.0 (X11; Linux x86_64)";
+/// The fleet (ServiceAccount, Secret, ConfigMap, Service, Deployment) of Gateway `infra/web`.
+pub const FLEET: &str = "portcullis-web";
+
+pub fn unb64(v: &Value, what: &str) -> String {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {v}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("{what} is not base64: {e}"));
+    String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what} is not UTF-8: {e}"))
+}
+
+/// The cluster's objects, by the collection path the provider lists.
+pub fn cluster(
+    gw_port: u16,
+    echo_port: u16,
+    wasm_url: &str,
+    sha: &str,
+) -> BTreeMap<String, Vec<Value>> {
+    let ns = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "uid": format!("ns-{name}"), "resourceVersion": "5",
+                            "labels": {"kubernetes.io/metadata.name": name}}})
+    };
+    let class = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "portcullis", "uid": "gc-0001", "generation": 1, "resourceVersion": "10"},
+        "spec": {"controllerName": OURS}
+    });
+    let gateway = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": "infra", "uid": GW_UID,
+                     "generation": GW_GENERATION, "resourceVersion": "11"},
+        "spec": {"gatewayClassName": "portcullis",
+                 "listeners": [{"name": "http", "port": gw_port, "protocol": "HTTP",
+                                "allowedRoutes": {"namespaces": {"from": "All"}}}]}
+    });
+    let route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "app", "namespace": "apps", "uid": "route-0001",
+                     "generation": ROUTE_GENERATION, "resourceVersion": "12"},
+        "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                 "name": "web", "namespace": "infra", "sectionName": "http"}],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                            "backendRefs": [{"name": "app", "port": 8080}]}]}
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "app", "namespace": "apps", "uid": "svc-0001", "resourceVersion": "13"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.34", "selector": {"app": "app"},
+                 "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]}
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "app-x7k2p", "namespace": "apps", "uid": "eps-0001", "resourceVersion": "14",
+                     "labels": {"kubernetes.io/service-name": "app",
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": echo_port, "protocol": "TCP"}]
+    });
+    let policy = json!({
+        "apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyExtensionPolicy",
+        "metadata": {"name": "ua-block", "namespace": "apps", "uid": "eep-0001",
+                     "generation": 1, "resourceVersion": "15"},
+        "spec": {
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "app"}],
+            "wasm": [{
+                "name": "ua-block",
+                "rootID": "ua_block",
+                "code": {"type": "HTTP", "http": {"url": wasm_url, "sha256": sha}},
+                "config": {"deny": {"contains": ["BadBot"]}, "status": 403}
+            }]
+        }
+    });
+    let gw_api = "/apis/gateway.networking.k8s.io/v1";
+    BTreeMap::from([
+        (format!("{gw_api}/gatewayclasses"), vec![class]),
+        (format!("{gw_api}/gateways"), vec![gateway]),
+        (format!("{gw_api}/httproutes"), vec![route]),
+        (format!("{gw_api}/referencegrants"), vec![]),
+        ("/api/v1/services".into(), vec![service]),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices".into(),
+            vec![slice],
+        ),
+        ("/api/v1/secrets".into(), vec![]),
+        ("/api/v1/configmaps".into(), vec![]),
+        (
+            "/api/v1/namespaces".into(),
+            vec![ns("infra"), ns("apps"), ns(CONTROLLER_NS)],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/envoyextensionpolicies".into(),
+            vec![policy],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/securitypolicies".into(),
+            vec![],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/backendtrafficpolicies".into(),
+            vec![],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/backends".into(),
+            vec![],
+        ),
+        (
+            "/apis/gateway.envoyproxy.io/v1alpha1/envoyproxies".into(),
+            vec![],
+        ),
+    ])
+}
+
+/// The module's HTTP origin (plain HTTP on 127.0.0.1), on the test's runtime.
+pub fn serve_origin(rt: &tokio::runtime::Runtime, module: Vec<u8>) -> u16 {
+    let port = free_port().expect("free port");
+    let app = axum::Router::new().route(
+        "/ua_block.wasm",
+        axum::routing::get(move || {
+            let m = module.clone();
+            async move { m }
+        }),
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .expect("bind the wasm origin");
+    rt.spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Applies (server-side apply PATCHes) to `path`, in order.
+pub fn applies<'a>(reqs: &'a [Recorded], path: &str) -> Vec<&'a Recorded> {
+    reqs.iter()
+        .filter(|r| r.method == "PATCH" && r.path == path)
+        .collect()
+}
+
+/// Replace every string starting with `from` by the same string starting with `to`; returns
+/// how many were replaced.
+pub fn replace_prefix(v: &mut Value, from: &str, to: &str) -> usize {
+    match v {
+        Value::String(s) if s.starts_with(from) => {
+            *s = format!("{to}{}", &s[from.len()..]);
+            1
+        }
+        Value::Array(a) => a.iter_mut().map(|x| replace_prefix(x, from, to)).sum(),
+        Value::Object(o) => o.values_mut().map(|x| replace_prefix(x, from, to)).sum(),
+        _ => 0,
+    }
+}
+
+pub fn find_named<'a>(list: &'a mut Value, name: &str) -> &'a mut Value {
+    list.as_array_mut()
+        .and_then(|a| a.iter_mut().find(|x| x["name"] == name))
+        .unwrap_or_else(|| panic!("no entry named {name}"))
+}
+
+pub fn admin_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .map_err(|e| e.to_string())?;
+    let code = r.status().as_u16();
+    Ok((code, r.text().map_err(|e| e.to_string())?))
 }
