@@ -80,6 +80,9 @@ impl RateLimitEnvoy {
                 "listeners": [{
                     "name": "http",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": http_port}},
+                    // Spread connections evenly over the workers: the contention tests need
+                    // every worker busy, and the kernel alone may hand all of them to one.
+                    "connection_balance_config": {"exact_balance": {}},
                     "filter_chains": [{"filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
                         "typed_config": {
