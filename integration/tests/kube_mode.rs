@@ -328,6 +328,14 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         );
         assert!(c["lastTransitionTime"].is_string(), "{c}");
     }
+    // The fleet Service never shows up in this fake API server's watches, so the Gateway has no
+    // address: Gateway API wants Programmed=False/AddressNotAssigned then, not True.
+    let programmed = condition(&gw_status["conditions"], "Programmed").expect("Programmed");
+    assert_eq!(
+        (&programmed["status"], &programmed["reason"]),
+        (&json!("False"), &json!("AddressNotAssigned")),
+        "{gw_status:#}"
+    );
     let listener = &gw_status["listeners"][0];
     assert_eq!(listener["name"], "http", "{gw_status:#}");
     assert_eq!(listener["attachedRoutes"], 1, "{gw_status:#}");

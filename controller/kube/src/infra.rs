@@ -624,42 +624,29 @@ pub fn add_param_conditions(records: &mut Vec<StatusRecord>, unsupported: &[Unsu
 }
 
 /// Set each Gateway record's `status.addresses` from its fleet Service as the watch shows it:
-/// LoadBalancer ingress IPs/hostnames, else the cluster IP of a ClusterIP Service. Nothing is set
-/// while a LoadBalancer is still pending.
+/// LoadBalancer ingress IPs/hostnames, else the cluster IP of a ClusterIP Service. While there is
+/// none (Service not created yet, LoadBalancer pending), a `Programmed=True` Gateway condition
+/// becomes `False` with reason `AddressNotAssigned`, as Gateway API specifies, so
+/// `kubectl wait --for=condition=Programmed` waits for a reachable Gateway.
 pub fn add_gateway_addresses(records: &mut [StatusRecord], snapshot: &Snapshot) {
     for r in records.iter_mut().filter(|r| r.kind == "Gateway") {
         let Some(ns) = r.metadata.namespace.as_deref() else {
             continue;
         };
-        let key = ObjectKey::new("", "Service", Some(ns), &fleet_name(&r.metadata.name));
-        let Some(svc) = snapshot.get(&key) else {
-            continue;
-        };
-        let mut addrs = Vec::new();
-        for ing in svc
-            .pointer("/status/loadBalancer/ingress")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(ip) = ing.get("ip").and_then(Value::as_str) {
-                addrs.push(json!({"type": "IPAddress", "value": ip}));
-            } else if let Some(h) = ing.get("hostname").and_then(Value::as_str) {
-                addrs.push(json!({"type": "Hostname", "value": h}));
-            }
-        }
-        if addrs.is_empty()
-            && svc.pointer("/spec/type").and_then(Value::as_str) == Some("ClusterIP")
-        {
-            if let Some(ip) = svc
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .filter(|ip| *ip != "None")
-            {
-                addrs.push(json!({"type": "IPAddress", "value": ip}));
-            }
-        }
+        let fleet = fleet_name(&r.metadata.name);
+        let key = ObjectKey::new("", "Service", Some(ns), &fleet);
+        let addrs = snapshot
+            .get(&key)
+            .map(service_addresses)
+            .unwrap_or_default();
         if addrs.is_empty() {
+            let why = match snapshot.get(&key) {
+                None => format!("Waiting for the fleet Service {ns}/{fleet} to be created."),
+                Some(_) => format!(
+                    "The fleet Service {ns}/{fleet} has no address yet (LoadBalancer pending)."
+                ),
+            };
+            address_not_assigned(&mut r.status, &why);
             continue;
         }
         if !r.status.is_object() {
@@ -667,6 +654,48 @@ pub fn add_gateway_addresses(records: &mut [StatusRecord], snapshot: &Snapshot) 
         }
         r.status["addresses"] = Value::Array(addrs);
     }
+}
+
+/// Turn a `Programmed=True` Gateway condition into `False`/`AddressNotAssigned`.
+fn address_not_assigned(status: &mut Value, message: &str) {
+    let Some(conds) = status.get_mut("conditions").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for c in conds.iter_mut() {
+        if c.get("type").and_then(Value::as_str) == Some("Programmed")
+            && c.get("status").and_then(Value::as_str) == Some("True")
+        {
+            c["status"] = json!("False");
+            c["reason"] = json!("AddressNotAssigned");
+            c["message"] = json!(message);
+        }
+    }
+}
+
+fn service_addresses(svc: &Value) -> Vec<Value> {
+    let mut addrs = Vec::new();
+    for ing in svc
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(ip) = ing.get("ip").and_then(Value::as_str) {
+            addrs.push(json!({"type": "IPAddress", "value": ip}));
+        } else if let Some(h) = ing.get("hostname").and_then(Value::as_str) {
+            addrs.push(json!({"type": "Hostname", "value": h}));
+        }
+    }
+    if addrs.is_empty() && svc.pointer("/spec/type").and_then(Value::as_str) == Some("ClusterIP") {
+        if let Some(ip) = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .filter(|ip| *ip != "None")
+        {
+            addrs.push(json!({"type": "IPAddress", "value": ip}));
+        }
+    }
+    addrs
 }
 
 /// What one [`InfraReconciler::reconcile`] did.
@@ -1019,8 +1048,22 @@ mod tests {
                 namespace: Some("infra".into()),
                 name: "web".into(),
             },
-            status: json!({"conditions": []}),
+            status: json!({"conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "ok"},
+                {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "Gateway is programmed."}
+            ]}),
         }
+    }
+
+    fn programmed(r: &StatusRecord) -> (String, String) {
+        let c = r.status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Programmed"))
+            .expect("Programmed condition");
+        (
+            c["status"].as_str().unwrap_or_default().to_string(),
+            c["reason"].as_str().unwrap_or_default().to_string(),
+        )
     }
 
     fn svc(spec_type: &str, status: Value) -> Value {
@@ -1038,7 +1081,18 @@ mod tests {
             recs[0].status.get("addresses").is_none(),
             "pending LoadBalancer: no address"
         );
+        assert_eq!(
+            programmed(&recs[0]),
+            ("False".into(), "AddressNotAssigned".into())
+        );
+        let mut none_yet = vec![gw_record()];
+        add_gateway_addresses(&mut none_yet, &Snapshot::from_objects([]));
+        assert_eq!(
+            programmed(&none_yet[0]),
+            ("False".into(), "AddressNotAssigned".into())
+        );
 
+        let mut recs = vec![gw_record()];
         let ready = Snapshot::from_objects([svc(
             "LoadBalancer",
             json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}, {"hostname": "lb.example.com"}]}}),
@@ -1048,6 +1102,7 @@ mod tests {
             recs[0].status["addresses"],
             json!([{"type": "IPAddress", "value": "192.0.2.10"}, {"type": "Hostname", "value": "lb.example.com"}])
         );
+        assert_eq!(programmed(&recs[0]), ("True".into(), "Programmed".into()));
 
         let mut recs = vec![gw_record()];
         add_gateway_addresses(
