@@ -41,6 +41,10 @@ pub struct WriteLoop<F> {
     backoff: Backoff,
     /// How often leadership is re-checked while idle (a new leader writes at once).
     pub poll: Duration,
+    /// A pass runs at least this often even without a new snapshot, so the fleets' own resync
+    /// (drift repair: a Deployment deleted or edited by hand, which no watch reports) happens in
+    /// a quiet cluster too. Statuses are not rewritten by it unless they differ.
+    pub resync: Duration,
     last: Option<(Arc<Snapshot>, Vec<StatusRecord>)>,
 }
 
@@ -63,6 +67,7 @@ where
             leader,
             backoff: Backoff::default(),
             poll: Duration::from_secs(1),
+            resync: Duration::from_secs(60),
             last: None,
         }
     }
@@ -101,9 +106,11 @@ where
         let mut was_leader = self.leader.is_leader();
         let mut retry_in: Option<Duration> = None;
         let mut dirty = true;
+        let mut last_pass = tokio::time::Instant::now();
         loop {
             if dirty {
                 dirty = false;
+                last_pass = tokio::time::Instant::now();
                 let snap = snapshots.borrow_and_update().clone();
                 let report = self.pass(snap, Timestamp::now()).await;
                 if report.needs_retry() {
@@ -130,6 +137,9 @@ where
                         if r.is_zero() {
                             dirty = true;
                         }
+                    }
+                    if last_pass.elapsed() >= self.resync {
+                        dirty = true;
                     }
                 }
             }

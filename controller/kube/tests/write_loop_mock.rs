@@ -90,3 +90,66 @@ async fn writes_start_with_leadership_and_failures_are_retried() {
         .expect("stops")
         .expect("join");
 }
+
+/// Without any new snapshot, the loop still passes every `resync`, so the fleet's drift repair
+/// runs in a quiet cluster (a hand-deleted Deployment is re-applied; no watch would report it).
+#[tokio::test]
+async fn fleets_are_resynced_without_new_snapshots() {
+    let (client, mut server) = common::client();
+    let leader = LeaderState::always();
+    let writer = StatusWriter::new(client.clone(), OURS, leader.clone());
+    let ca = std::sync::Arc::new(
+        portcullis_kube::certs::CertAuthority::generate(time::OffsetDateTime::now_utc())
+            .expect("ca"),
+    );
+    let infra = portcullis_kube::infra::InfraReconciler::new(
+        client,
+        portcullis_kube::infra::InfraConfig {
+            // Every pass re-applies: what a due resync does.
+            resync: Duration::ZERO,
+            ..Default::default()
+        },
+        leader.clone(),
+        ca,
+    );
+    let mut wl = WriteLoop::new(|_: &Snapshot| Vec::new(), writer, Some(infra), leader);
+    wl.poll = Duration::from_millis(50);
+    wl.resync = Duration::from_millis(300);
+    let snap = Snapshot::from_objects([
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": "portcullis"}, "spec": {"controllerName": OURS}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "web", "namespace": "infra", "uid": "u-1", "generation": 1},
+               "spec": {"gatewayClassName": "portcullis",
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    ]);
+    let (_tx, rx) = watch::channel(Arc::new(snap));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(wl.run(rx, async {
+        let _ = stop_rx.await;
+    }));
+    let deployment = "/apis/apps/v1/namespaces/infra/deployments/portcullis-web";
+    let mut applies = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while applies < 3 && tokio::time::Instant::now() < deadline {
+        let Some(got) = server.try_next(500).await else {
+            continue;
+        };
+        if got.method == http::Method::PATCH && got.path == deployment {
+            applies += 1;
+        }
+        match got.method {
+            http::Method::GET => got.status(404, "NotFound"),
+            _ => {
+                let body = got.body.clone();
+                got.ok(body)
+            }
+        }
+    }
+    assert!(
+        applies >= 3,
+        "the Deployment was applied {applies} time(s) in 10 s with one snapshot: no resync"
+    );
+    let _ = stop_tx.send(());
+    task.await.expect("loop ends");
+}
