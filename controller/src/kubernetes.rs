@@ -13,7 +13,11 @@
 
 use crate::admin::{self, AdminState, Board, LoadErrorView, Probe};
 use crate::infra::host::XdsMode;
-use crate::metrics::{Metrics, ResultLabel};
+use crate::metrics::Metrics;
+use crate::runtime::{
+    bind, join_within, log_server_end, spawn_http, stopped, translate_resolving, TranslationSink,
+    SHUTDOWN_GRACE,
+};
 use crate::tls::{self, ServerIdentity};
 use crate::wasm::cache::{CacheConfig, WasmCache};
 use crate::xds::server::XdsServer;
@@ -25,9 +29,7 @@ use portcullis_kube::provider::{Provider, ProviderConfig, WatchHealth};
 use portcullis_kube::reconcile::WriteLoop;
 use portcullis_kube::{LeaderElector, LeaderState, LeaseConfig, Snapshot, StatusRecord};
 use portcullis_translator::wasm::source::WasmSource;
-use portcullis_translator::{
-    parse_documents, translate, ClientTlsFiles, Resources, TranslateOptions,
-};
+use portcullis_translator::{parse_documents, ClientTlsFiles, Resources, TranslateOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,11 +147,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind the {what} on {addr}"))
-    };
     let xds_listener = bind(cfg.xds_addr, "xDS server").await?;
     let wasm_listener = bind(cfg.wasm_addr, "wasm endpoint").await?;
     let admin_listener = bind(cfg.admin_addr, "admin endpoint").await?;
@@ -179,9 +176,6 @@ pub async fn run(
     }));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
 
     // Probes answer from the start, so the kubelet sees "alive, not ready" while the API is
     // unreachable or RBAC is missing.
@@ -221,13 +215,7 @@ pub async fn run(
             readiness: Some(readiness),
             liveness: Some(liveness),
         };
-        let app = admin::router(state);
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            axum::serve(admin_listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        })
+        spawn_http(admin_listener, admin::router(state), stop_rx.clone())
     };
     tracing::info!(%xds_addr, %wasm_addr, %admin_addr, namespace = %cfg.namespace, identity = %cfg.identity, "portcullis controller (kubernetes) starting");
 
@@ -280,17 +268,11 @@ pub async fn run(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { xds.serve_tls(conns, stop).await })
     };
-    let wasm_task = {
-        let app = crate::wasm::serve::router(cfg.cache_dir.clone());
-        let listener =
-            tls::TlsListener::new(wasm_listener, identity.acceptor(&[b"http/1.1"])?, "wasm")?;
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        })
-    };
+    let wasm_task = spawn_http(
+        tls::TlsListener::new(wasm_listener, identity.acceptor(&[b"http/1.1"])?, "wasm")?,
+        crate::wasm::serve::router(cfg.cache_dir.clone()),
+        stop_rx.clone(),
+    );
 
     let (leader, elector_task) = if cfg.leader_election {
         let elector = LeaderElector::new(
@@ -386,9 +368,11 @@ pub async fn run(
     let translator = KubeTranslator {
         opts,
         cache: cache.clone(),
-        xds: xds.clone(),
-        board: board.clone(),
-        metrics: metrics.clone(),
+        sink: TranslationSink {
+            xds: xds.clone(),
+            board: board.clone(),
+            metrics: metrics.clone(),
+        },
         statuses,
         write_tx,
     };
@@ -449,38 +433,6 @@ pub async fn run(
     Ok(())
 }
 
-/// How long the servers may take to finish after shutdown before they are dropped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Await `task` for at most `grace`; abort it and return `None` when it takes longer.
-async fn join_within<T>(
-    task: tokio::task::JoinHandle<T>,
-    grace: Duration,
-) -> Option<Result<T, tokio::task::JoinError>> {
-    let abort = task.abort_handle();
-    match tokio::time::timeout(grace, task).await {
-        Ok(r) => Some(r),
-        Err(_) => {
-            abort.abort();
-            None
-        }
-    }
-}
-
-fn log_server_end<E: std::fmt::Display>(
-    name: &str,
-    end: Option<Result<Result<(), E>, tokio::task::JoinError>>,
-) {
-    match end {
-        None => {
-            tracing::info!(server = name, grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; not waiting for them")
-        }
-        Some(Ok(Err(e))) => tracing::warn!(server = name, error = %e, "server ended with an error"),
-        Some(Err(e)) => tracing::warn!(server = name, error = %e, "server task failed"),
-        Some(Ok(Ok(()))) => {}
-    }
-}
-
 /// Re-issue the server certificate when a third of its validity is left; hourly checks.
 async fn renew_server_cert(
     ca: Arc<CertAuthority>,
@@ -520,9 +472,7 @@ async fn renew_server_cert(
 struct KubeTranslator {
     opts: TranslateOptions,
     cache: WasmCache,
-    xds: XdsServer,
-    board: Arc<RwLock<Board>>,
-    metrics: Metrics,
+    sink: TranslationSink,
     statuses: Arc<Mutex<Vec<StatusRecord>>>,
     write_tx: watch::Sender<Arc<Snapshot>>,
 }
@@ -554,35 +504,16 @@ impl KubeTranslator {
                 document: Some(e.index),
                 reason: e.reason,
             }));
-            let resources = Resources::from_parsed(parsed);
-            let mut out = translate(&resources, &opts, &cache);
-            cache.set_pull_secrets(crate::runtime::pull_secrets(&resources, &out.wasm_needed));
-            if cache.ensure(&out.wasm_needed) {
-                out = translate(&resources, &opts, &cache);
-            }
+            let out = translate_resolving(&Resources::from_parsed(parsed), &opts, &cache);
             (out, load_errors)
         })
         .await;
-        let (out, load_errors) = match done {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "translation failed; keeping the last good snapshot");
-                self.metrics
-                    .translations
-                    .get_or_create(&ResultLabel {
-                        result: "panic".into(),
-                    })
-                    .inc();
-                return;
-            }
+        let Some((out, load_errors)) = self.sink.joined(done) else {
+            return;
         };
         for e in &load_errors {
             tracing::warn!(document = ?e.document, reason = %e.reason, "object not loaded");
         }
-        self.metrics.load_errors.set(load_errors.len() as i64);
-        let generation = self.xds.publish(&out.xds);
-        let nodes: Vec<String> = out.gateways.iter().map(|g| g.node_id.clone()).collect();
-        self.xds.retain_nodes(&nodes);
         let records: Vec<StatusRecord> = out
             .statuses
             .iter()
@@ -594,29 +525,16 @@ impl KubeTranslator {
                 }
             })
             .collect();
+        let gateways = out.gateways.len();
+        let generation = self.sink.publish(out, load_errors, started.elapsed());
         *self.statuses.lock().unwrap_or_else(|p| p.into_inner()) = records;
         // A fresh Arc even for the same snapshot: the write loop re-reads statuses per Arc.
         let _ = self.write_tx.send(Arc::new((*snap).clone()));
-        let took = started.elapsed();
-        {
-            let mut b = self.board.write().unwrap_or_else(|p| p.into_inner());
-            b.resources = out.statuses;
-            b.load_errors = load_errors;
-            b.gateways = out.gateways;
-            b.translations += 1;
-            b.last_translate_ms = took.as_millis() as u64;
-        }
-        self.metrics
-            .translations
-            .get_or_create(&ResultLabel {
-                result: "ok".into(),
-            })
-            .inc();
         tracing::info!(
             generation,
             objects = snap.len(),
-            gateways = nodes.len(),
-            took_ms = took.as_millis() as u64,
+            gateways,
+            took_ms = started.elapsed().as_millis() as u64,
             "translated"
         );
     }

@@ -12,7 +12,9 @@ use crate::wasm::cache::{CacheConfig, PullSecrets, WasmCache};
 use crate::xds::server::XdsServer;
 use anyhow::Context;
 use portcullis_translator::wasm::source::WasmSource;
-use portcullis_translator::{parse_documents, translate, Resources, TranslateOptions};
+use portcullis_translator::{
+    parse_documents, translate, Resources, TranslateOptions, TranslateOutput,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,10 +58,67 @@ pub struct EnvoyConfig {
     pub drain_timeout: Duration,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the {what} on {addr}"))
+}
+
+/// Resolves once the stop flag is set.
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Serve `app` on `listener` (plain TCP or mutual TLS) until `stop` is set.
+pub(crate) fn spawn_http<L>(
+    listener: L,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(stop))
+            .await
+    })
+}
+
+/// How long the servers may take to finish after shutdown before they are dropped.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Await `task` for at most `grace`; abort it and return `None` when it takes longer.
+pub(crate) async fn join_within<T>(
+    task: tokio::task::JoinHandle<T>,
+    grace: Duration,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(grace, task).await {
+        Ok(r) => Some(r),
+        Err(_) => {
+            abort.abort();
+            None
+        }
+    }
+}
+
+/// Log how a server task ended (`None`: given up on after [`SHUTDOWN_GRACE`]).
+pub(crate) fn log_server_end<E: std::fmt::Display>(
+    name: &str,
+    end: Option<Result<Result<(), E>, tokio::task::JoinError>>,
+) {
+    match end {
+        None => tracing::info!(
+            server = name,
+            grace = ?SHUTDOWN_GRACE,
+            "connections still open after the grace period; not waiting for them"
+        ),
+        Some(Ok(Err(e))) => tracing::warn!(server = name, error = %e, "server ended with an error"),
+        Some(Err(e)) => tracing::warn!(server = name, error = %e, "server task failed"),
+        Some(Ok(Ok(()))) => {}
+    }
 }
 
 /// Run until `shutdown` resolves, then drain Envoys and return.
@@ -118,23 +177,16 @@ pub async fn run(
     }));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let xds_task = {
         let xds = xds.clone();
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { xds.serve(xds_listener, stop).await })
     };
-    let wasm_task = {
-        let app = crate::wasm::serve::router(cfg.cache_dir.clone());
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            axum::serve(wasm_listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        })
-    };
+    let wasm_task = spawn_http(
+        wasm_listener,
+        crate::wasm::serve::router(cfg.cache_dir.clone()),
+        stop_rx.clone(),
+    );
     let admin_task = {
         let state = AdminState {
             metrics: metrics.clone(),
@@ -145,13 +197,7 @@ pub async fn run(
             readiness: None,
             liveness: None,
         };
-        let app = admin::router(state);
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            axum::serve(admin_listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        })
+        spawn_http(admin_listener, admin::router(state), stop_rx.clone())
     };
     tracing::info!(%xds_addr, %wasm_addr, %admin_addr, mode = ?cfg.xds_mode, paths = ?cfg.paths, "portcullis controller listening");
 
@@ -180,10 +226,12 @@ pub async fn run(
         provider,
         opts,
         cache,
-        xds: xds.clone(),
         infra: infra.clone(),
-        board,
-        metrics,
+        sink: TranslationSink {
+            xds: xds.clone(),
+            board,
+            metrics,
+        },
         last_good: Default::default(),
     };
 
@@ -207,18 +255,9 @@ pub async fn run(
         infra.shutdown().await;
     }
     let _ = stop_tx.send(true);
-    match xds_task.await {
-        Ok(Err(e)) => tracing::warn!(server = "xDS", error = %e, "server ended with an error"),
-        Err(e) => tracing::warn!(server = "xDS", error = %e, "server task failed"),
-        Ok(Ok(())) => {}
-    }
-    for (name, r) in [("wasm", wasm_task.await), ("admin", admin_task.await)] {
-        match r {
-            Ok(Err(e)) => tracing::warn!(server = name, error = %e, "server ended with an error"),
-            Err(e) => tracing::warn!(server = name, error = %e, "server task failed"),
-            Ok(Ok(())) => {}
-        }
-    }
+    log_server_end("xDS", Some(xds_task.await));
+    log_server_end("wasm", Some(wasm_task.await));
+    log_server_end("admin", Some(admin_task.await));
     tracing::info!("stopped");
     Ok(())
 }
@@ -251,10 +290,8 @@ struct Reconciler {
     provider: FileProvider,
     opts: TranslateOptions,
     cache: WasmCache,
-    xds: XdsServer,
     infra: Option<Arc<HostInfra>>,
-    board: Arc<RwLock<Board>>,
-    metrics: Metrics,
+    sink: TranslationSink,
     /// Content of each file when it last loaded without errors.
     last_good: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
@@ -321,54 +358,21 @@ impl Reconciler {
                 }
             }
             drop(last_good);
-            let resources = Resources::from_parsed(parsed);
-            let mut out = translate(&resources, &opts, &cache);
-            cache.set_pull_secrets(pull_secrets(&resources, &out.wasm_needed));
-            // Modules found in the disk cache are ready now: translate once more with them.
-            if cache.ensure(&out.wasm_needed) {
-                out = translate(&resources, &opts, &cache);
-            }
+            let out = translate_resolving(&Resources::from_parsed(parsed), &opts, &cache);
             (out, load_errors, started.elapsed())
         })
         .await;
-        let (out, load_errors, translate_time) = match done {
-            Ok(v) => v,
-            Err(e) => {
-                // A translator panic must not stop the controller: keep serving the last snapshot.
-                tracing::error!(error = %e, "translation failed; keeping the last good snapshot");
-                self.metrics
-                    .translations
-                    .get_or_create(&ResultLabel {
-                        result: "panic".into(),
-                    })
-                    .inc();
-                return;
-            }
+        let Some((out, load_errors, translate_time)) = self.sink.joined(done) else {
+            return;
         };
         for e in &load_errors {
             tracing::warn!(source = %e.source, document = ?e.document, reason = %e.reason, "manifest not loaded");
         }
-        self.metrics.load_errors.set(load_errors.len() as i64);
-        let generation = self.xds.publish(&out.xds);
         let nodes: Vec<String> = out.gateways.iter().map(|g| g.node_id.clone()).collect();
         if let Some(infra) = &self.infra {
             infra.reconcile(&nodes);
         }
-        self.xds.retain_nodes(&nodes);
-        {
-            let mut b = self.board.write().unwrap_or_else(|p| p.into_inner());
-            b.resources = out.statuses;
-            b.load_errors = load_errors;
-            b.gateways = out.gateways;
-            b.translations += 1;
-            b.last_translate_ms = translate_time.as_millis() as u64;
-        }
-        self.metrics
-            .translations
-            .get_or_create(&ResultLabel {
-                result: "ok".into(),
-            })
-            .inc();
+        let generation = self.sink.publish(out, load_errors, translate_time);
         tracing::info!(
             generation,
             gateways = nodes.len(),
@@ -376,6 +380,77 @@ impl Reconciler {
             took_ms = started.elapsed().as_millis() as u64,
             "translated"
         );
+    }
+}
+
+/// Translate, hand the cache the pull secrets of the modules needed, and translate once more
+/// when modules turned out to be ready in the disk cache. Blocking work.
+pub(crate) fn translate_resolving(
+    resources: &Resources,
+    opts: &TranslateOptions,
+    cache: &WasmCache,
+) -> TranslateOutput {
+    let mut out = translate(resources, opts, cache);
+    cache.set_pull_secrets(pull_secrets(resources, &out.wasm_needed));
+    if cache.ensure(&out.wasm_needed) {
+        out = translate(resources, opts, cache);
+    }
+    out
+}
+
+/// Where a translation goes, whatever the provider: xDS to the Envoys, the admin board, metrics.
+#[derive(Clone)]
+pub(crate) struct TranslationSink {
+    pub xds: XdsServer,
+    pub board: Arc<RwLock<Board>>,
+    pub metrics: Metrics,
+}
+
+impl TranslationSink {
+    /// The result of the blocking translation task; a panic is counted and logged, and the last
+    /// good snapshot keeps serving (`None`).
+    pub fn joined<T>(&self, done: Result<T, tokio::task::JoinError>) -> Option<T> {
+        match done {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "translation failed; keeping the last good snapshot");
+                self.count("panic");
+                None
+            }
+        }
+    }
+
+    /// Publish `out` to every node, forget nodes no longer wanted, and record it on the board.
+    /// Returns the snapshot generation.
+    pub fn publish(
+        &self,
+        out: TranslateOutput,
+        load_errors: Vec<LoadErrorView>,
+        took: Duration,
+    ) -> u64 {
+        self.metrics.load_errors.set(load_errors.len() as i64);
+        let generation = self.xds.publish(&out.xds);
+        let nodes: Vec<String> = out.gateways.iter().map(|g| g.node_id.clone()).collect();
+        self.xds.retain_nodes(&nodes);
+        {
+            let mut b = self.board.write().unwrap_or_else(|p| p.into_inner());
+            b.resources = out.statuses;
+            b.load_errors = load_errors;
+            b.gateways = out.gateways;
+            b.translations += 1;
+            b.last_translate_ms = took.as_millis() as u64;
+        }
+        self.count("ok");
+        generation
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .translations
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
     }
 }
 
