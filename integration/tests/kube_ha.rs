@@ -28,22 +28,20 @@
 
 mod kube_support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube_support::{
-    admin_get, applies, cluster, find_named, replace_prefix, serve_origin, unb64, ApiServer,
-    Recorded, BAD_UA, CONTROLLER_NS, FLEET, GOOD_UA, OURS,
+    admin_get, applies, cluster, envoy_bootstrap, fleet_paths, serve_origin, test_config, unb64,
+    ApiServer, Recorded, BAD_UA, CONTROLLER_NS, GOOD_UA,
 };
-use portcullis::infra::host::XdsMode;
 use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::http::{client, get_with_ua};
 use portcullis_integration::process::{envoy_bin, free_port, Process, ProcessBuilder};
 use portcullis_integration::wasm;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -89,39 +87,18 @@ impl Replica {
             free_port().expect("port"),
             free_port().expect("port"),
         );
-        let dual = |port: u16| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
         let cfg = KubeRuntimeConfig {
-            controller_name: OURS.into(),
-            xds_addr: dual(xds_port),
-            wasm_addr: dual(wasm_port),
-            admin_addr: dual(admin_port),
-            xds_mode: XdsMode::Sotw,
-            xds_service: "localhost".into(),
-            xds_service_port: xds_port,
-            wasm_service_port: wasm_port,
-            namespace: CONTROLLER_NS.into(),
-            identity: name.into(),
-            envoy_image: portcullis_kube::infra::DEFAULT_ENVOY_IMAGE.into(),
-            manage_infra: true,
-            leader_election: true,
             lease_name: LEASE.into(),
             // Short, but with room for a loaded machine: only A's release (not expiry) is meant
             // to hand the Lease over.
             lease_duration: Duration::from_secs(8),
             lease_renew: Duration::from_secs(1),
-            ca_secret: "portcullis-xds-ca".into(),
-            session_secret_name: "portcullis-session".into(),
-            cache_dir: work.join(format!("cache-{name}")),
-            cache_max_bytes: 256 << 20,
-            wasm_retry_initial: Duration::from_millis(500),
-            wasm_retry_max: Duration::from_secs(5),
-            debounce: Duration::from_millis(200),
-            max_batch_delay: Duration::from_secs(2),
-            listener_address: "127.0.0.1".into(),
-            builtin_wasm_dir: None,
-            builtin_wasm_urls: Default::default(),
-            ratelimit_service: None,
-            fleet_cert_dir: cert_dir.display().to_string(),
+            ..test_config(
+                name,
+                (xds_port, wasm_port, admin_port),
+                &work.join(format!("cache-{name}")),
+                cert_dir,
+            )
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
@@ -307,32 +284,6 @@ fn holder(r: &Recorded) -> &Value {
     &r.body["spec"]["holderIdentity"]
 }
 
-/// The fleet's objects, by kind and the path the leader applies them to.
-fn fleet_paths() -> [(&'static str, String); 5] {
-    [
-        (
-            "ServiceAccount",
-            format!("/api/v1/namespaces/infra/serviceaccounts/{FLEET}"),
-        ),
-        (
-            "Secret",
-            format!("/api/v1/namespaces/infra/secrets/{FLEET}-xds"),
-        ),
-        (
-            "ConfigMap",
-            format!("/api/v1/namespaces/infra/configmaps/{FLEET}"),
-        ),
-        (
-            "Service",
-            format!("/api/v1/namespaces/infra/services/{FLEET}"),
-        ),
-        (
-            "Deployment",
-            format!("/apis/apps/v1/namespaces/infra/deployments/{FLEET}"),
-        ),
-    ]
-}
-
 const GW_STATUS: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/infra/gateways/web/status";
 const ROUTE_STATUS: &str =
     "/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/app/status";
@@ -343,53 +294,6 @@ fn is_status_patch(r: &Recorded) -> bool {
 
 fn is_fleet_patch(r: &Recorded) -> bool {
     r.method == "PATCH" && fleet_paths().iter().any(|(_, p)| *p == r.path)
-}
-
-/// Envoy's bootstrap from the applied ConfigMap, runnable outside a pod: certificates from
-/// `cert_dir`, free admin/readiness ports, and the xDS cluster pointed at `xds_port` (the address
-/// stays `localhost`, as do SNI and SAN).
-fn envoy_bootstrap(configmap: &Value, cert_dir: &Path, was_port: u16, xds_port: u16) -> Value {
-    let mut boot: Value = serde_json::from_str(
-        configmap["data"]["bootstrap.json"]
-            .as_str()
-            .expect("bootstrap.json in the ConfigMap"),
-    )
-    .expect("bootstrap JSON");
-    assert_eq!(boot["node"]["id"], "infra/web");
-    let xds_cluster = find_named(&mut boot["static_resources"]["clusters"], "portcullis_xds");
-    let address = &mut xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-        ["endpoint"]["address"]["socket_address"];
-    assert_eq!(
-        *address,
-        json!({"address": "localhost", "port_value": was_port}),
-        "the bootstrap points at the xDS Service name and the leader's port"
-    );
-    address["port_value"] = json!(xds_port);
-    let tls_ctx = &xds_cluster["transport_socket"]["typed_config"];
-    assert_eq!(tls_ctx["sni"], "localhost");
-    assert_eq!(
-        tls_ctx["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
-            ["matcher"]["exact"],
-        "localhost"
-    );
-    let replaced = replace_prefix(
-        &mut boot,
-        &format!("{}/", portcullis_kube::infra::CERT_DIR),
-        &format!("{}/", cert_dir.display()),
-    );
-    assert_eq!(replaced, 3, "tls.crt, tls.key and ca.crt in the bootstrap");
-    let (admin, ready) = (free_port().expect("port"), free_port().expect("port"));
-    boot["admin"]["address"]["socket_address"]["port_value"] = json!(admin);
-    find_named(
-        &mut boot["static_resources"]["clusters"],
-        "portcullis_admin",
-    )["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        ["socket_address"]["port_value"] = json!(admin);
-    find_named(
-        &mut boot["static_resources"]["listeners"],
-        "portcullis_ready",
-    )["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": ready});
-    boot
 }
 
 /// The node's connected xDS streams on a replica (0: never connected, or gone).

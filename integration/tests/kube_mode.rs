@@ -30,17 +30,15 @@
 mod kube_support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use kube_support::{
-    admin_get, applies, cluster, find_named, replace_prefix, serve_origin, unb64, ApiServer, Crds,
-    BAD_UA, CONTROLLER_NS, FLEET, GOOD_UA, GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
+    admin_get, applies, cluster, envoy_bootstrap, fleet_paths, free_local_ports, replace_prefix,
+    serve_origin, test_config, unb64, ApiServer, Crds, BAD_UA, CONTROLLER_NS, GOOD_UA,
+    GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
 };
-use portcullis::infra::host::XdsMode;
-use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::http::{client, get_with_ua};
 use portcullis_integration::process::{envoy_bin, free_port, Process, ProcessBuilder};
@@ -134,38 +132,12 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         }
     }
 
-    let dual = |port: u16| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
-    let cfg = KubeRuntimeConfig {
-        controller_name: OURS.into(),
-        xds_addr: dual(xds_port),
-        wasm_addr: dual(wasm_port),
-        admin_addr: dual(admin_port),
-        xds_mode: XdsMode::Sotw,
-        xds_service: "localhost".into(),
-        xds_service_port: xds_port,
-        wasm_service_port: wasm_port,
-        namespace: CONTROLLER_NS.into(),
-        identity: IDENTITY.into(),
-        envoy_image: portcullis_kube::infra::DEFAULT_ENVOY_IMAGE.into(),
-        manage_infra: true,
-        leader_election: true,
-        lease_name: "portcullis-leader".into(),
-        lease_duration: Duration::from_secs(15),
-        lease_renew: Duration::from_secs(5),
-        ca_secret: "portcullis-xds-ca".into(),
-        session_secret_name: "portcullis-session".into(),
-        cache_dir: tmp.path().join("cache"),
-        cache_max_bytes: 256 << 20,
-        wasm_retry_initial: Duration::from_millis(500),
-        wasm_retry_max: Duration::from_secs(5),
-        debounce: Duration::from_millis(200),
-        max_batch_delay: Duration::from_secs(2),
-        listener_address: "127.0.0.1".into(),
-        builtin_wasm_dir: None,
-        builtin_wasm_urls: BTreeMap::new(),
-        ratelimit_service: None,
-        fleet_cert_dir: cert_dir.display().to_string(),
-    };
+    let cfg = test_config(
+        IDENTITY,
+        (xds_port, wasm_port, admin_port),
+        &tmp.path().join("cache"),
+        &cert_dir,
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // How `run` ended, should it end before the test stops it (e.g. a listener cannot bind).
@@ -233,28 +205,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
     assert_eq!(key.len(), 32, "32-byte session key");
 
     // --- The fleet, applied with an owner reference to the Gateway.
-    let fleet_paths = [
-        (
-            "ServiceAccount",
-            format!("/api/v1/namespaces/infra/serviceaccounts/{FLEET}"),
-        ),
-        (
-            "Secret",
-            format!("/api/v1/namespaces/infra/secrets/{FLEET}-xds"),
-        ),
-        (
-            "ConfigMap",
-            format!("/api/v1/namespaces/infra/configmaps/{FLEET}"),
-        ),
-        (
-            "Service",
-            format!("/api/v1/namespaces/infra/services/{FLEET}"),
-        ),
-        (
-            "Deployment",
-            format!("/apis/apps/v1/namespaces/infra/deployments/{FLEET}"),
-        ),
-    ];
+    let fleet_paths = fleet_paths();
     let mut fleet: BTreeMap<&str, Value> = BTreeMap::new();
     for (kind, path) in &fleet_paths {
         let got = api.wait_for_unless(
@@ -453,51 +404,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
     ] {
         std::fs::write(cert_dir.join(file), pem).expect("write cert");
     }
-    let mut boot: Value = serde_json::from_str(
-        fleet["ConfigMap"]["data"]["bootstrap.json"]
-            .as_str()
-            .expect("bootstrap.json in the ConfigMap"),
-    )
-    .expect("bootstrap JSON");
-    assert_eq!(boot["node"]["id"], "infra/web");
-    let xds_cluster = boot["static_resources"]["clusters"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == "portcullis_xds"))
-        .expect("xDS cluster")
-        .clone();
-    assert_eq!(
-        xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-            ["socket_address"],
-        json!({"address": "localhost", "port_value": xds_port}),
-        "the bootstrap points at the xDS Service name and port"
-    );
-    let tls_ctx = &xds_cluster["transport_socket"]["typed_config"];
-    assert_eq!(tls_ctx["sni"], "localhost");
-    assert_eq!(
-        tls_ctx["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
-            ["matcher"]["exact"],
-        "localhost"
-    );
-    let replaced = replace_prefix(
-        &mut boot,
-        &format!("{}/", portcullis_kube::infra::CERT_DIR),
-        &format!("{}/", cert_dir.display()),
-    );
-    assert_eq!(replaced, 3, "tls.crt, tls.key and ca.crt in the bootstrap");
-    let (envoy_admin, envoy_ready) = (free_port().expect("port"), free_port().expect("port"));
-    boot["admin"]["address"]["socket_address"]["port_value"] = json!(envoy_admin);
-    let admin_cluster = find_named(
-        &mut boot["static_resources"]["clusters"],
-        "portcullis_admin",
-    );
-    admin_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        ["socket_address"]["port_value"] = json!(envoy_admin);
-    let ready_listener = find_named(
-        &mut boot["static_resources"]["listeners"],
-        "portcullis_ready",
-    );
-    ready_listener["address"]["socket_address"] =
-        json!({"address": "127.0.0.1", "port_value": envoy_ready});
+    let boot = envoy_bootstrap(&fleet["ConfigMap"], &cert_dir, xds_port, xds_port);
     let boot_path = tmp.path().join("bootstrap.json");
     std::fs::write(
         &boot_path,
@@ -585,17 +492,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         &format!("{}/", other_dir.display()),
     );
     assert_eq!(moved, 3);
-    let (admin2, ready2) = (free_port().expect("port"), free_port().expect("port"));
-    boot2["admin"]["address"]["socket_address"]["port_value"] = json!(admin2);
-    find_named(
-        &mut boot2["static_resources"]["clusters"],
-        "portcullis_admin",
-    )["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        ["socket_address"]["port_value"] = json!(admin2);
-    find_named(
-        &mut boot2["static_resources"]["listeners"],
-        "portcullis_ready",
-    )["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": ready2});
+    free_local_ports(&mut boot2);
     let boot2_path = tmp.path().join("bootstrap-other.json");
     std::fs::write(
         &boot2_path,

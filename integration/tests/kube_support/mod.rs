@@ -21,7 +21,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
+use portcullis::infra::host::XdsMode;
+use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::http::client;
 use portcullis_integration::process::free_port;
 use serde_json::{json, Value};
@@ -657,4 +660,127 @@ pub fn admin_get(port: u16, path: &str) -> Result<(u16, String), String> {
         .map_err(|e| e.to_string())?;
     let code = r.status().as_u16();
     Ok((code, r.text().map_err(|e| e.to_string())?))
+}
+
+/// The fleet's objects, by kind and the path the leader applies them to.
+pub fn fleet_paths() -> [(&'static str, String); 5] {
+    [
+        (
+            "ServiceAccount",
+            format!("/api/v1/namespaces/infra/serviceaccounts/{FLEET}"),
+        ),
+        (
+            "Secret",
+            format!("/api/v1/namespaces/infra/secrets/{FLEET}-xds"),
+        ),
+        (
+            "ConfigMap",
+            format!("/api/v1/namespaces/infra/configmaps/{FLEET}"),
+        ),
+        (
+            "Service",
+            format!("/api/v1/namespaces/infra/services/{FLEET}"),
+        ),
+        (
+            "Deployment",
+            format!("/apis/apps/v1/namespaces/infra/deployments/{FLEET}"),
+        ),
+    ]
+}
+
+/// Envoy's bootstrap from the applied ConfigMap, runnable outside a pod: certificates from
+/// `cert_dir`, free admin/readiness ports, and the xDS cluster pointed at `xds_port` (the address
+/// stays `localhost`, as do SNI and SAN).
+pub fn envoy_bootstrap(configmap: &Value, cert_dir: &Path, was_port: u16, xds_port: u16) -> Value {
+    let mut boot: Value = serde_json::from_str(
+        configmap["data"]["bootstrap.json"]
+            .as_str()
+            .expect("bootstrap.json in the ConfigMap"),
+    )
+    .expect("bootstrap JSON");
+    assert_eq!(boot["node"]["id"], "infra/web");
+    let xds_cluster = find_named(&mut boot["static_resources"]["clusters"], "portcullis_xds");
+    let address = &mut xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        ["endpoint"]["address"]["socket_address"];
+    assert_eq!(
+        *address,
+        json!({"address": "localhost", "port_value": was_port}),
+        "the bootstrap points at the xDS Service name and the leader's port"
+    );
+    address["port_value"] = json!(xds_port);
+    let tls_ctx = &xds_cluster["transport_socket"]["typed_config"];
+    assert_eq!(tls_ctx["sni"], "localhost");
+    assert_eq!(
+        tls_ctx["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+            ["matcher"]["exact"],
+        "localhost"
+    );
+    let replaced = replace_prefix(
+        &mut boot,
+        &format!("{}/", portcullis_kube::infra::CERT_DIR),
+        &format!("{}/", cert_dir.display()),
+    );
+    assert_eq!(replaced, 3, "tls.crt, tls.key and ca.crt in the bootstrap");
+    free_local_ports(&mut boot);
+    boot
+}
+
+/// Move a fleet bootstrap's admin and readiness ports to free ones on 127.0.0.1 (in a pod they
+/// are fixed; here several Envoys share the machine). Returns the admin port.
+pub fn free_local_ports(boot: &mut Value) -> u16 {
+    let (admin, ready) = (free_port().expect("port"), free_port().expect("port"));
+    boot["admin"]["address"]["socket_address"]["port_value"] = json!(admin);
+    find_named(
+        &mut boot["static_resources"]["clusters"],
+        "portcullis_admin",
+    )["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"] = json!(admin);
+    find_named(
+        &mut boot["static_resources"]["listeners"],
+        "portcullis_ready",
+    )["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": ready});
+    admin
+}
+
+/// The controller configuration both Kubernetes-mode tests run with: listeners dual-stack on
+/// `[::]` (Envoy may resolve `localhost` to ::1 or 127.0.0.1), the Service name `localhost`, the
+/// fleet's certificates expected in `cert_dir`.
+pub fn test_config(
+    identity: &str,
+    (xds_port, wasm_port, admin_port): (u16, u16, u16),
+    cache_dir: &Path,
+    cert_dir: &Path,
+) -> KubeRuntimeConfig {
+    let dual = |port: u16| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    KubeRuntimeConfig {
+        controller_name: OURS.into(),
+        xds_addr: dual(xds_port),
+        wasm_addr: dual(wasm_port),
+        admin_addr: dual(admin_port),
+        xds_mode: XdsMode::Sotw,
+        xds_service: "localhost".into(),
+        xds_service_port: xds_port,
+        wasm_service_port: wasm_port,
+        namespace: CONTROLLER_NS.into(),
+        identity: identity.into(),
+        envoy_image: portcullis_kube::infra::DEFAULT_ENVOY_IMAGE.into(),
+        manage_infra: true,
+        leader_election: true,
+        lease_name: "portcullis-leader".into(),
+        lease_duration: Duration::from_secs(15),
+        lease_renew: Duration::from_secs(5),
+        ca_secret: "portcullis-xds-ca".into(),
+        session_secret_name: "portcullis-session".into(),
+        cache_dir: cache_dir.to_path_buf(),
+        cache_max_bytes: 256 << 20,
+        wasm_retry_initial: Duration::from_millis(500),
+        wasm_retry_max: Duration::from_secs(5),
+        debounce: Duration::from_millis(200),
+        max_batch_delay: Duration::from_secs(2),
+        listener_address: "127.0.0.1".into(),
+        builtin_wasm_dir: None,
+        builtin_wasm_urls: BTreeMap::new(),
+        ratelimit_service: None,
+        fleet_cert_dir: cert_dir.display().to_string(),
+    }
 }
