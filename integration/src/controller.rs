@@ -434,3 +434,30 @@ impl KeepAlive {
         })
     }
 }
+
+/// Our GatewayClass, Gateway `default/gw` with one HTTP listener on `gw_port`, and a Backend
+/// `default/echo` at 127.0.0.1:`echo_port`: the base most controller tests add routes to.
+pub fn gateway_with_echo_backend(gw_port: u16, echo_port: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {{name: http, port: {gw_port}, protocol: HTTP}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: echo, namespace: default}}
+spec:
+  endpoints:
+  - ip: {{address: 127.0.0.1, port: {echo_port}}}
+"#
+    )
+}

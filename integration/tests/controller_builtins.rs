@@ -3,38 +3,13 @@
 //! built-in ratelimit and oidc modules, served from the controller's wasm cache to real Envoy.
 
 use portcullis_integration::controller::{
-    conditions_of, resource, Controller, KeepAlive, CONVERGE,
+    conditions_of, gateway_with_echo_backend, resource, Controller, KeepAlive, CONVERGE,
 };
 use portcullis_integration::echo::EchoServer;
 use portcullis_integration::process::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
-
-fn base(gw_port: u16, echo_port: u16) -> String {
-    format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portcullis
-  listeners:
-  - {{name: http, port: {gw_port}, protocol: HTTP}}
----
-apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: Backend
-metadata: {{name: echo, namespace: default}}
-spec:
-  endpoints:
-  - ip: {{address: 127.0.0.1, port: {echo_port}}}
-"#
-    )
-}
 
 fn route(name: &str, prefix: &str) -> String {
     format!(
@@ -117,7 +92,7 @@ spec:
         limit: {requests: 3, unit: Minute}
 "#;
     let mut c = Controller::builder(BIN)
-        .manifest("base.yaml", base(gw_port, echo.port()))
+        .manifest("base.yaml", gateway_with_echo_backend(gw_port, echo.port()))
         .manifest("limited.yaml", route("limited", "/limited"))
         .manifest("open.yaml", route("open", "/open"))
         .manifest("policy.yaml", policy)
@@ -194,7 +169,7 @@ spec:
 "#
     );
     let mut c = Controller::builder(BIN)
-        .manifest("base.yaml", base(gw_port, echo.port()))
+        .manifest("base.yaml", gateway_with_echo_backend(gw_port, echo.port()))
         .manifest("private.yaml", route("private", "/private"))
         .manifest("open.yaml", route("open", "/open"))
         .manifest("policy.yaml", policy)

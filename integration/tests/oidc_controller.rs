@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use portcullis_integration::controller::{
-    conditions_of, resource, Controller, KeepAlive, CONVERGE,
+    conditions_of, gateway_with_echo_backend, resource, Controller, KeepAlive, CONVERGE,
 };
 use portcullis_integration::echo::EchoServer;
 use portcullis_integration::oidc_env::Agent;
@@ -17,27 +17,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
 
 fn manifests(gw_port: u16, echo_port: u16, issuer: &str, secret: &str) -> String {
+    let base = gateway_with_echo_backend(gw_port, echo_port);
     format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: portcullis
-  listeners:
-  - {{name: http, port: {gw_port}, protocol: HTTP}}
----
-apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: Backend
-metadata: {{name: echo, namespace: default}}
-spec:
-  endpoints:
-  - ip: {{address: 127.0.0.1, port: {echo_port}}}
----
+        r#"{base}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: private, namespace: default}}
