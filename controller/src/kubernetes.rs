@@ -528,8 +528,8 @@ impl KubeTranslator {
         let gateways = out.gateways.len();
         let generation = self.sink.publish(out, load_errors, started.elapsed());
         *self.statuses.lock().unwrap_or_else(|p| p.into_inner()) = records;
-        // A fresh Arc even for the same snapshot: the write loop re-reads statuses per Arc.
-        let _ = self.write_tx.send(Arc::new((*snap).clone()));
+        // Every send is a change to the write loop, which then reads the statuses set above.
+        let _ = self.write_tx.send(snap.clone());
         tracing::info!(
             generation,
             objects = snap.len(),

@@ -72,7 +72,8 @@ where
         }
     }
 
-    /// One pass over `snap`; translation is reused while the snapshot is the same.
+    /// One pass over `snap`; translation is reused while the snapshot is the same and no change
+    /// was notified since.
     pub async fn pass(&mut self, snap: Arc<Snapshot>, now: Timestamp) -> PassReport {
         let records = match &self.last {
             Some((s, r)) if Arc::ptr_eq(s, &snap) => r.clone(),
@@ -129,6 +130,10 @@ where
                     if changed.is_err() {
                         return;
                     }
+                    // A notified change is a new version even when the sender re-sends the same
+                    // snapshot (e.g. translated again after a wasm module became ready): only
+                    // retries and leadership passes reuse the last translation.
+                    self.last = None;
                     dirty = true;
                 }
                 _ = tokio::time::sleep(wait) => {

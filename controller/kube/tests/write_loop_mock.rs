@@ -80,9 +80,15 @@ async fn writes_start_with_leadership_and_failures_are_retried() {
     let snap2 = Snapshot::from_objects([json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
         "metadata": {"name": "pc", "generation": 2}, "spec": {"controllerName": OURS}})]);
-    tx.send(Arc::new(snap2)).expect("send");
+    let snap2 = Arc::new(snap2);
+    tx.send(snap2.clone()).expect("send");
     server.expect_silence(300).await;
     assert_eq!(translations.load(Ordering::SeqCst), 2);
+
+    // The same snapshot sent again is a notified change: translated again.
+    tx.send(snap2).expect("send");
+    server.expect_silence(300).await;
+    assert_eq!(translations.load(Ordering::SeqCst), 3);
 
     let _ = stop_tx.send(());
     tokio::time::timeout(Duration::from_secs(2), task)
