@@ -15,7 +15,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{Api, PostParams};
 use kube::Client;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -219,23 +218,22 @@ impl CertAuthority {
     }
 
     /// Load the CA from its Secret, creating it if missing. Safe to call from every replica at
-    /// once: a lost create race (409) re-reads the winner's CA.
+    /// once: a lost create race re-reads the winner's CA.
     pub async fn load_or_create(client: Client, namespace: &str, name: &str) -> Result<Self> {
-        let api: Api<Secret> = Api::namespaced(client, namespace);
-        if let Some(s) = api.get_opt(name).await? {
-            return Self::from_secret(&s);
-        }
-        let ca = Self::generate(OffsetDateTime::now_utc())?;
-        match api
-            .create(&PostParams::default(), &ca.to_secret(namespace, name))
-            .await
-        {
-            Ok(_) => {
+        let mut generated = None;
+        let (secret, created) = crate::secret::get_or_create(client, namespace, name, || {
+            let ca = Self::generate(OffsetDateTime::now_utc())?;
+            let secret = ca.to_secret(namespace, name);
+            generated = Some(ca);
+            Ok(secret)
+        })
+        .await?;
+        match generated.filter(|_| created) {
+            Some(ca) => {
                 tracing::info!(namespace, name, "created the xDS CA");
                 Ok(ca)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Self::from_secret(&api.get(name).await?),
-            Err(e) => Err(Error::Kube(e)),
+            None => Self::from_secret(&secret),
         }
     }
 }

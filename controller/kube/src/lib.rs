@@ -19,6 +19,7 @@ pub mod infra;
 pub mod leader;
 pub mod provider;
 pub mod reconcile;
+mod secret;
 pub mod session;
 pub mod snapshot;
 pub mod status;

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{Api, PostParams};
 use kube::Client;
 
 use crate::error::{Error, Result};
@@ -50,24 +49,17 @@ pub fn to_secret(namespace: &str, name: &str, key: &[u8; 32]) -> Secret {
 }
 
 /// Load the key from Secret `namespace/name`, creating it (random) if missing. Every replica may
-/// call this at once: a lost create race (409) re-reads the winner's key.
+/// call this at once: a lost create race re-reads the winner's key.
 pub async fn load_or_create(client: Client, namespace: &str, name: &str) -> Result<[u8; 32]> {
-    let api: Api<Secret> = Api::namespaced(client, namespace);
-    if let Some(s) = api.get_opt(name).await? {
-        return key_of(&s, name);
+    let created = crate::secret::get_or_create(client, namespace, name, || {
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key)
+            .map_err(|e| Error::Certs(format!("no randomness for the session key: {e}")))?;
+        Ok(to_secret(namespace, name, &key))
+    })
+    .await?;
+    if created.1 {
+        tracing::info!(namespace, name, "created the OIDC session key Secret");
     }
-    let mut key = [0u8; 32];
-    getrandom::getrandom(&mut key)
-        .map_err(|e| Error::Certs(format!("no randomness for the session key: {e}")))?;
-    match api
-        .create(&PostParams::default(), &to_secret(namespace, name, &key))
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(namespace, name, "created the OIDC session key Secret");
-            Ok(key)
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => key_of(&api.get(name).await?, name),
-        Err(e) => Err(Error::Kube(e)),
-    }
+    key_of(&created.0, name)
 }
