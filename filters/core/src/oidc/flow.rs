@@ -1,6 +1,6 @@
 //! The per-request state machine.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -871,7 +871,7 @@ impl RequestFlow {
         match verified {
             Ok(claims) => {
                 let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
-                let claims = Rc::new(claims);
+                let claims = Arc::new(claims);
                 p.cache_bearer(hash, claims.clone(), exp);
                 host.counter_add(metrics::BEARER_VALID, 1);
                 self.authorize(host, p, &claims)

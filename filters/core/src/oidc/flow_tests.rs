@@ -14,7 +14,7 @@ use crate::testing::MemoryHost;
 
 const AUTH: &str = "https://idp.example.com/auth";
 
-fn config(edit: impl FnOnce(&mut Value)) -> Rc<Settings> {
+fn config(edit: impl FnOnce(&mut Value)) -> Arc<Settings> {
     let mut v = json!({
         "issuer": ISS,
         "provider_cluster": "idp",
@@ -31,7 +31,7 @@ fn config(edit: impl FnOnce(&mut Value)) -> Rc<Settings> {
         "bearer": {"accept": true, "audiences": ["api"]}
     });
     edit(&mut v);
-    Rc::new(Settings::from_json(v.to_string().as_bytes()).unwrap())
+    Arc::new(Settings::from_json(v.to_string().as_bytes()).unwrap())
 }
 
 fn discovery() -> Vec<u8> {
@@ -46,7 +46,7 @@ fn discovery() -> Vec<u8> {
     .into_bytes()
 }
 
-fn ready(settings: Rc<Settings>) -> Provider {
+fn ready(settings: Arc<Settings>) -> Provider {
     let mut p = Provider::new(settings);
     let d = p.poll(NOW).unwrap();
     assert_eq!(

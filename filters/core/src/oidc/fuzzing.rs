@@ -1,7 +1,7 @@
 //! Entry points for the fuzz targets (`fuzz/fuzz_targets/oidc_*.rs`), also run over
 //! pseudo-random inputs by the unit tests: nothing here may panic, whatever the bytes.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::config::Settings;
@@ -118,7 +118,7 @@ fn provider() -> Option<Provider> {
         "bearer": {"accept": true}
     });
     let settings = Settings::from_json(cfg.to_string().as_bytes()).ok()?;
-    let mut p = Provider::new(Rc::new(settings));
+    let mut p = Provider::new(Arc::new(settings));
     p.poll(NOW)?;
     let disc = serde_json::json!({
         "issuer": ISSUER,

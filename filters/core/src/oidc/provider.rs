@@ -2,7 +2,7 @@
 //! background fetches that keep them fresh.
 
 use std::num::NonZeroUsize;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -66,14 +66,14 @@ impl Discovery {
 /// A verified bearer token remembered until its expiry.
 #[derive(Debug, Clone)]
 pub struct CachedToken {
-    pub claims: Rc<Claims>,
+    pub claims: Arc<Claims>,
     pub exp: u64,
 }
 
 /// Everything one worker knows about the provider. Shared (single-threaded) by the root
 /// context and every request of that worker.
 pub struct Provider {
-    pub settings: Rc<Settings>,
+    pub settings: Arc<Settings>,
     pub sealer: Sealer,
     pub discovery: Option<Discovery>,
     pub jwks: Option<Jwks>,
@@ -102,7 +102,7 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    pub fn new(settings: Rc<Settings>) -> Self {
+    pub fn new(settings: Arc<Settings>) -> Self {
         let cap = NonZeroUsize::new(settings.config.bearer_cache_size).unwrap_or(NonZeroUsize::MIN);
         Self {
             sealer: Sealer::new(&settings.key),
@@ -267,7 +267,7 @@ impl Provider {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    pub fn cached_bearer(&mut self, hash: &[u8; 32], now: u64) -> Option<Rc<Claims>> {
+    pub fn cached_bearer(&mut self, hash: &[u8; 32], now: u64) -> Option<Arc<Claims>> {
         match self.bearer_cache.get(hash) {
             Some(c) if c.exp > now => Some(c.claims.clone()),
             Some(_) => {
@@ -278,7 +278,7 @@ impl Provider {
         }
     }
 
-    pub fn cache_bearer(&mut self, hash: [u8; 32], claims: Rc<Claims>, exp: u64) {
+    pub fn cache_bearer(&mut self, hash: [u8; 32], claims: Arc<Claims>, exp: u64) {
         self.bearer_cache.put(hash, CachedToken { claims, exp });
     }
 

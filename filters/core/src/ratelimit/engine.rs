@@ -1,5 +1,6 @@
 //! The rate limiter: rules in, decisions and responses out, written against [`Host`].
 
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use super::bucket::Shape;
@@ -8,6 +9,7 @@ use super::config::{
     Config, ConfigError, ContentionFallback, FailureMode, ResponseHeaders, Scope, Unit,
 };
 use super::key::{key_values, matches, short_hash, tag, RequestView};
+use super::process::{ProcessBuckets, RuleBuckets};
 use super::store::{RuleStore, Update};
 use crate::host::{Direction, Host, LogLevel};
 
@@ -39,6 +41,13 @@ const SWEEP_BATCH: u32 = 512;
 pub trait RateLimitHost: Host {
     /// The downstream remote address (`ip:port` or an IP), e.g. proxy-wasm `source.address`.
     fn downstream_address(&self) -> Option<String>;
+
+    /// Process-wide local buckets, when every worker shares this process's memory (dynamic
+    /// modules). Local rules then take tokens under a lock instead of compare-and-swap in
+    /// shared data. `None` (proxy-wasm: one VM per worker) uses shared data.
+    fn process_buckets(&self) -> Option<&'static ProcessBuckets> {
+        None
+    }
 }
 
 /// One rule's standing, for the rate-limit headers and `retry-after`.
@@ -147,13 +156,16 @@ pub enum Decision {
 
 struct CompiledRule {
     store: Option<RuleStore>,
+    /// Set by [`RateLimiter::init`] when the host has process-wide buckets.
+    process: std::sync::OnceLock<Arc<RuleBuckets>>,
 }
 
 /// A configured rate limiter (one per filter instance / root context).
 pub struct RateLimiter {
     cfg: Config,
     rules: Vec<CompiledRule>,
-    sweep_cursor: std::cell::Cell<u32>,
+    /// Atomic so one limiter can serve every worker of a process (dynamic modules).
+    sweep_cursor: std::sync::atomic::AtomicU32,
 }
 
 impl RateLimiter {
@@ -197,13 +209,16 @@ impl RateLimiter {
                         },
                     }
                 });
-                CompiledRule { store }
+                CompiledRule {
+                    store,
+                    process: std::sync::OnceLock::new(),
+                }
             })
             .collect();
         Self {
             cfg,
             rules,
-            sweep_cursor: std::cell::Cell::new(0),
+            sweep_cursor: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -211,11 +226,23 @@ impl RateLimiter {
         &self.cfg
     }
 
-    /// Creates the shared-data slots (configure time).
-    pub fn init<H: Host + ?Sized>(&self, host: &mut H) -> Result<(), crate::host::SharedDataError> {
+    /// Binds each local rule to its buckets (configure time): the host's process-wide buckets
+    /// if it has them, else shared-data slots, created here.
+    pub fn init<H: RateLimitHost + ?Sized>(
+        &self,
+        host: &mut H,
+    ) -> Result<(), crate::host::SharedDataError> {
+        let cap = usize::try_from(
+            u64::from(self.cfg.local.slots) * u64::from(self.cfg.local.slot_entries),
+        )
+        .unwrap_or(usize::MAX);
         for r in &self.rules {
-            if let Some(s) = &r.store {
-                s.init(host)?;
+            let Some(s) = &r.store else { continue };
+            match host.process_buckets() {
+                Some(pb) => {
+                    let _ = r.process.set(pb.rule(&s.prefix, cap));
+                }
+                None => s.init(host)?,
             }
         }
         Ok(())
@@ -226,13 +253,23 @@ impl RateLimiter {
         let now = now_ms(host);
         let mut dropped = 0u64;
         for r in &self.rules {
+            // Process-wide buckets are bounded by their LRU; only shared-data slots are swept.
+            if r.process.get().is_some() {
+                continue;
+            }
             if let Some(s) = &r.store {
-                let (_, d) = s.sweep(host, self.sweep_cursor.get(), SWEEP_BATCH, now);
+                let from = self.sweep_cursor.load(std::sync::atomic::Ordering::Relaxed);
+                let (_, d) = s.sweep(host, from, SWEEP_BATCH, now);
                 dropped += u64::from(d);
             }
         }
+        let next = self
+            .sweep_cursor
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(SWEEP_BATCH)
+            % self.cfg.local.slots.max(1);
         self.sweep_cursor
-            .set(self.sweep_cursor.get().wrapping_add(SWEEP_BATCH) % self.cfg.local.slots.max(1));
+            .store(next, std::sync::atomic::Ordering::Relaxed);
         if dropped > 0 {
             host.counter_add(COLLECTED, dropped);
         }
@@ -240,11 +277,13 @@ impl RateLimiter {
 
     /// Buckets stored for local rule `index` (diagnostics, tests).
     pub fn stored_buckets<H: Host + ?Sized>(&self, host: &H, index: usize) -> usize {
-        self.rules
-            .get(index)
-            .and_then(|r| r.store.as_ref())
-            .map(|s| s.count(host))
-            .unwrap_or(0)
+        let Some(r) = self.rules.get(index) else {
+            return 0;
+        };
+        if let Some(p) = r.process.get() {
+            return p.len();
+        }
+        r.store.as_ref().map(|s| s.count(host)).unwrap_or(0)
     }
 
     /// Request headers arrived: check local rules, and say whether to call the service.
@@ -281,7 +320,18 @@ impl RateLimiter {
             match &compiled.store {
                 Some(store) => {
                     let t = tag(&store.prefix, &values);
-                    let verdict = match store.take(host, t, now, self.cfg.local.max_retries) {
+                    let update = match compiled.process.get() {
+                        Some(buckets) => {
+                            let (take, evicted) = buckets.take(&store.shape, t, now);
+                            Update::Done {
+                                take,
+                                retries: 0,
+                                evicted,
+                            }
+                        }
+                        None => store.take(host, t, now, self.cfg.local.max_retries),
+                    };
+                    let verdict = match update {
                         Update::Done {
                             take,
                             evicted,

@@ -76,7 +76,11 @@ pub fn request(data: &[u8]) {
         let mut state = RequestState::default();
         if let Decision::CallGlobal(req) = rl.on_request(&mut host, &mut state) {
             let _ = proto::encode_request(&req);
-            let result: GlobalResult = proto::decode_response(data);
+            // The dynamic module frames gRPC itself: unframe, then decode, as it does.
+            let result: GlobalResult = match proto::grpc_unframe(data) {
+                Ok(msg) => proto::decode_response(msg),
+                Err(_) => proto::decode_response(data),
+            };
             rl.on_global(&mut host, &mut state, result);
         }
         rl.on_response(&mut host, &state);

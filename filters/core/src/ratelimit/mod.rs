@@ -14,6 +14,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod key;
+pub mod process;
 pub mod proto;
 pub mod store;
 

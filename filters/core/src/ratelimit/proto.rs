@@ -85,6 +85,37 @@ pub struct Duration {
     pub nanos: i32,
 }
 
+/// The gRPC path of `ShouldRateLimit`.
+pub const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// One gRPC message as it travels in an HTTP/2 body: uncompressed flag, big-endian length,
+/// bytes (for hosts without a gRPC client, which frame it over a plain HTTP stream).
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(message);
+    out
+}
+
+/// The single message of a unary gRPC response body.
+pub fn grpc_unframe(body: &[u8]) -> Result<&[u8], String> {
+    let (head, rest) = body
+        .split_at_checked(5)
+        .ok_or_else(|| format!("gRPC body of {} bytes has no message header", body.len()))?;
+    if head[0] != 0 {
+        return Err("compressed gRPC messages are not supported".into());
+    }
+    let len = usize::try_from(u32::from_be_bytes([head[1], head[2], head[3], head[4]]))
+        .unwrap_or(usize::MAX);
+    rest.get(..len)
+        .ok_or_else(|| format!("gRPC message says {len} bytes, body has {}", rest.len()))
+}
+
 pub const CODE_OK: i32 = 1;
 pub const CODE_OVER_LIMIT: i32 = 2;
 
@@ -175,6 +206,17 @@ pub fn decode_response(body: &[u8]) -> GlobalResult {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grpc_frames_round_trip_and_reject_garbage() {
+        let f = super::grpc_frame(b"abc");
+        assert_eq!(f, [0, 0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(super::grpc_unframe(&f), Ok(&b"abc"[..]));
+        assert!(super::grpc_unframe(&f[..4]).is_err());
+        assert!(super::grpc_unframe(&f[..6]).is_err());
+        assert!(super::grpc_unframe(&[1, 0, 0, 0, 0]).is_err());
+        assert_eq!(super::grpc_unframe(&[0, 0, 0, 0, 0]), Ok(&b""[..]));
+    }
+
     use super::*;
 
     #[test]

@@ -13,6 +13,8 @@ use crate::testing::MemoryHost;
 struct TestHost {
     inner: MemoryHost,
     downstream: Option<String>,
+    /// Process-wide buckets, as the dynamic-module host offers them.
+    process: Option<&'static super::process::ProcessBuckets>,
 }
 
 impl Host for TestHost {
@@ -54,6 +56,9 @@ impl Host for TestHost {
 impl RateLimitHost for TestHost {
     fn downstream_address(&self) -> Option<String> {
         self.downstream.clone()
+    }
+    fn process_buckets(&self) -> Option<&'static super::process::ProcessBuckets> {
+        self.process
     }
 }
 
@@ -104,6 +109,7 @@ impl World {
         TestHost {
             inner,
             downstream: Some(downstream.to_string()),
+            process: None,
         }
     }
 
@@ -432,4 +438,56 @@ fn namespaces_separate_policies_unless_shared() {
     c.init(&mut h).unwrap();
     d.init(&mut h).unwrap();
     assert_eq!(h.inner.shared.len(), 4096);
+}
+
+#[test]
+fn process_buckets_replace_shared_data_with_the_same_decisions() {
+    let pb: &'static super::process::ProcessBuckets =
+        Box::leak(Box::new(super::process::ProcessBuckets::new()));
+    let cfg = per_ip(3, json!({"local": {"slots": 1, "slot_entries": 2}}));
+    let rl = RateLimiter::from_json(cfg.to_string().as_bytes()).unwrap();
+    let mut h = TestHost {
+        process: Some(pb),
+        ..TestHost::default()
+    };
+    rl.init(&mut h).unwrap();
+    assert!(
+        h.inner.shared.is_empty(),
+        "no shared-data slots are created"
+    );
+    let g = get("/");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let mut h = TestHost {
+            inner: MemoryHost::with_request(&req(&g)),
+            downstream: Some("10.0.0.1:5000".into()),
+            process: Some(pb),
+        };
+        let mut st = RequestState::default();
+        let d = rl.on_request(&mut h, &mut st);
+        statuses.push(match d {
+            Decision::Continue => 200,
+            Decision::Limited => h.inner.local_response.as_ref().map_or(0, |r| r.status),
+            Decision::CallGlobal(_) => 0,
+        });
+        assert!(h.inner.shared.is_empty());
+        assert_eq!(h.inner.counter(CAS_RETRIES), 0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // slots x slot_entries = 2 keys per rule: a third client evicts the least recently used.
+    let mut evictions = 0;
+    for ip in ["10.0.0.2", "10.0.0.3"] {
+        let mut h = TestHost {
+            inner: MemoryHost::with_request(&req(&g)),
+            downstream: Some(format!("{ip}:1")),
+            process: Some(pb),
+        };
+        assert_eq!(
+            rl.on_request(&mut h, &mut RequestState::default()),
+            Decision::Continue
+        );
+        evictions += h.inner.counter(EVICTIONS);
+    }
+    assert_eq!(evictions, 1);
+    assert_eq!(rl.stored_buckets(&h, 0), 2);
 }
