@@ -14,7 +14,7 @@ export PATH := $(ROOT)/.bin:$(PATH)
 export PORTCULLIS_ROOT := $(ROOT)
 
 
-.PHONY: run-static test-deps setup build build-wasm build-controller run test test-unit images bench bench-filters bench-controller fuzz fmt lint clean help
+.PHONY: run-static test-deps setup build build-wasm build-dynamic build-dynamic-test build-controller run test test-unit images bench bench-filters bench-controller fuzz fmt lint clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -22,7 +22,7 @@ help: ## list targets
 setup: ## install what is missing (wasm target, Envoy venv, binaryen)
 	@bash scripts/setup.sh core
 
-build: build-wasm build-controller ## build filters to dist/wasm and the controller to dist/bin
+build: build-wasm build-dynamic build-controller ## build filters to dist/wasm and dist/dynamic, the controller to dist/bin
 
 # Modules must not carry this machine's paths (panic locations, debug names): map them to neutral ones.
 WASM_RUSTFLAGS ?= --remap-path-prefix=$(CARGO_HOME_DIR)=/cargo --remap-path-prefix=$(CURDIR)=/portcullis
@@ -36,6 +36,20 @@ build-wasm: setup
 	  printf '  %-14s %8d bytes (rustc) -> %8d bytes (wasm-opt)\n' $$f.wasm \
 	    $$(stat -c %s $(WASM_OUT)/$$f.wasm) $$(stat -c %s dist/wasm/$$f.wasm); \
 	done
+
+# The same four filters as one Envoy 1.40 dynamic module. Baseline x86-64 (no target-cpu):
+# AES-NI and friends are detected at run time.
+build-dynamic: setup ## build dist/dynamic/libportcullis.so (the dynamic module)
+	RUSTFLAGS="$(WASM_RUSTFLAGS)" $(CARGO) build --profile dynamic -p portcullis-dynamic
+	@mkdir -p dist/dynamic
+	@cp target/dynamic/libportcullis_dynamic.so dist/dynamic/libportcullis.so.tmp && mv dist/dynamic/libportcullis.so.tmp dist/dynamic/libportcullis.so
+	@printf '  %-18s %8d bytes\n' libportcullis.so $$(stat -c %s dist/dynamic/libportcullis.so)
+
+# Tests only: the library with the `panic` filter (feature test-panic), never shipped.
+build-dynamic-test: setup
+	$(CARGO) build -p portcullis-dynamic --features test-panic
+	@mkdir -p dist/dynamic-test
+	@cp target/debug/libportcullis_dynamic.so dist/dynamic-test/libportcullis.so.tmp && mv dist/dynamic-test/libportcullis.so.tmp dist/dynamic-test/libportcullis.so
 
 build-controller: setup
 	$(CARGO) build --release -p portcullis --bin portcullis
@@ -55,7 +69,7 @@ test-deps: ## install the real peers tests run against (registry, Redis, chromiu
 	@bash scripts/setup.sh browser
 	@bash scripts/setup.sh oidc
 
-test: build test-deps ## every test: unit, golden, end-to-end through real Envoy
+test: build build-dynamic-test test-deps ## every test: unit, golden, end-to-end through real Envoy
 	$(CARGO) test --workspace --all-targets --no-fail-fast $(TEST_ARGS)
 
 test-unit: ## fast native unit tests only

@@ -40,6 +40,12 @@ pub enum HttpFilter {
         /// Passed verbatim, so tests can hand over invalid JSON too.
         config: String,
     },
+    /// A filter of `libportcullis.so` (`filter_name` selects it), JSON config as a StringValue.
+    Dynamic {
+        filter_name: String,
+        library: PathBuf,
+        config: String,
+    },
     /// An inline Lua filter (`default_source_code`).
     Lua { code: String },
     /// Any other filter, as the JSON of an `HttpFilter` message (`name`, `typed_config`).
@@ -53,27 +59,15 @@ impl HttpFilter {
                 name,
                 module,
                 config,
-            } => json!({
-                "name": "envoy.filters.http.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": name,
-                        "root_id": name,
-                        "vm_config": {
-                            // One VM per filter entry: filters in one chain must not share state.
-                            "vm_id": format!("{name}-{index}"),
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": { "local": { "filename": module } }
-                        },
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": config
-                        },
-                        "fail_open": false
-                    }
-                }
-            }),
+            } => {
+                // One VM per filter entry: filters in one chain must not share state.
+                crate::runtime::wasm_filter(module, name, &format!("{name}-{index}"), config)
+            }
+            HttpFilter::Dynamic {
+                filter_name,
+                library,
+                config,
+            } => crate::runtime::dynamic_filter(library, filter_name, config),
             HttpFilter::Lua { code } => json!({
                 "name": "envoy.filters.http.lua",
                 "typed_config": {
@@ -168,6 +162,41 @@ impl EnvoyBuilder {
         self.filters.push(HttpFilter::Wasm {
             name: name.to_string(),
             module: module.as_ref().to_path_buf(),
+            config: config.into(),
+        });
+        self
+    }
+
+    /// Appends filter `name` (`ua_block`, `headers`, ...) on runtime `rt`, JSON config.
+    pub fn filter(self, rt: crate::runtime::Runtime, name: &str, config: Value) -> Self {
+        self.filter_raw(rt, name, config.to_string())
+    }
+
+    /// [`filter`](Self::filter) with the config string passed verbatim. Panics (failing the
+    /// test with the build's message) if the module or library cannot be built.
+    pub fn filter_raw(self, rt: crate::runtime::Runtime, name: &str, config: impl Into<String>) -> Self {
+        match rt {
+            crate::runtime::Runtime::Wasm => {
+                let module = crate::wasm::module(name).unwrap_or_else(|e| panic!("{e}"));
+                self.wasm_raw(name, module, config)
+            }
+            crate::runtime::Runtime::Dynamic => {
+                let library = crate::wasm::dynamic_library().unwrap_or_else(|e| panic!("{e}"));
+                self.dynamic_raw(name, library, config)
+            }
+        }
+    }
+
+    /// Appends a filter of a dynamic-module library, config string passed verbatim.
+    pub fn dynamic_raw(
+        mut self,
+        filter_name: &str,
+        library: impl AsRef<Path>,
+        config: impl Into<String>,
+    ) -> Self {
+        self.filters.push(HttpFilter::Dynamic {
+            filter_name: filter_name.to_string(),
+            library: library.as_ref().to_path_buf(),
             config: config.into(),
         });
         self

@@ -14,4 +14,5 @@ pub mod process;
 pub mod ratelimit_env;
 pub mod redis;
 pub mod registry;
+pub mod runtime;
 pub mod wasm;

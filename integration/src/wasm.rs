@@ -1,4 +1,5 @@
-//! The filter modules under test, shared by every test: `dist/wasm/<name>.wasm`.
+//! The filter modules under test, shared by every test: `dist/wasm/<name>.wasm`, and the
+//! dynamic module `dist/dynamic/libportcullis.so` ([`dynamic_library`]).
 //!
 //! `make test` builds them first. When a module is missing (e.g. plain `cargo test`), the
 //! first caller runs `make build-wasm` once, under a file lock so parallel test binaries do
@@ -16,12 +17,16 @@ use crate::process::workspace_root;
 /// Errors from locating or building the filter modules.
 #[derive(thiserror::Error)]
 pub enum Error {
-    #[error("{path} is missing and PORTCULLIS_NO_BUILD is set: run `make build-wasm`")]
-    Missing { path: PathBuf },
-    #[error("`make build-wasm` failed ({status}); run it by hand to see why:\n{output}")]
-    BuildFailed { status: String, output: String },
-    #[error("`make build-wasm` ran but {path} is still missing")]
-    StillMissing { path: PathBuf },
+    #[error("{path} is missing and PORTCULLIS_NO_BUILD is set: run `make {target}`")]
+    Missing { path: PathBuf, target: String },
+    #[error("`make {target}` failed ({status}); run it by hand to see why:\n{output}")]
+    BuildFailed {
+        target: String,
+        status: String,
+        output: String,
+    },
+    #[error("`make {target}` ran but {path} is still missing")]
+    StillMissing { path: PathBuf, target: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -44,12 +49,20 @@ pub fn dist_dir() -> PathBuf {
 
 /// The path of filter module `name` (`ua_block`, `headers`), building it if missing.
 pub fn module(name: &str) -> Result<PathBuf, Error> {
-    let path = dist_dir().join(format!("{name}.wasm"));
+    ensure(dist_dir().join(format!("{name}.wasm")), "build-wasm")
+}
+
+/// `path`, running `make <target>` once (under a lock shared by every test process) if it is
+/// missing.
+pub fn ensure(path: PathBuf, target: &str) -> Result<PathBuf, Error> {
     if path.is_file() {
         return Ok(path);
     }
     if std::env::var_os("PORTCULLIS_NO_BUILD").is_some_and(|v| v != "0") {
-        return Err(Error::Missing { path });
+        return Err(Error::Missing {
+            path,
+            target: target.into(),
+        });
     }
     // One build per process at a time, and one across processes via the lock file.
     static IN_PROCESS: Mutex<()> = Mutex::new(());
@@ -77,17 +90,18 @@ pub fn module(name: &str) -> Result<PathBuf, Error> {
     if path.is_file() {
         return Ok(path); // another process built it while we waited
     }
-    eprintln!("{} missing: running `make build-wasm` once", path.display());
+    eprintln!("{} missing: running `make {target}` once", path.display());
     let out = Command::new("make")
-        .arg("build-wasm")
+        .arg(target)
         .current_dir(workspace_root())
         .output()
         .map_err(|e| Error::Io {
-            what: "run make build-wasm".into(),
+            what: format!("run make {target}"),
             source: e,
         })?;
     if !out.status.success() {
         return Err(Error::BuildFailed {
+            target: target.into(),
             status: out.status.to_string(),
             output: format!(
                 "{}{}",
@@ -99,6 +113,25 @@ pub fn module(name: &str) -> Result<PathBuf, Error> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(Error::StillMissing { path })
+        Err(Error::StillMissing {
+            path,
+            target: target.into(),
+        })
     }
+}
+
+/// `dist/dynamic/libportcullis.so`: the four filters as one Envoy dynamic module.
+pub fn dynamic_library() -> Result<PathBuf, Error> {
+    ensure(
+        workspace_root().join("dist/dynamic/libportcullis.so"),
+        "build-dynamic",
+    )
+}
+
+/// `dist/dynamic-test/libportcullis.so`: the library with the test-only `panic` filter.
+pub fn dynamic_test_library() -> Result<PathBuf, Error> {
+    ensure(
+        workspace_root().join("dist/dynamic-test/libportcullis.so"),
+        "build-dynamic-test",
+    )
 }
