@@ -315,11 +315,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     _name: EnvoyBuffer,
     _config: EnvoyBuffer,
 ) -> *const c_void {
-    log(
-        LogLevel::Error,
-        "portcullis: per-route config (DynamicModuleFilterPerRoute) is not supported; configure the filter itself",
-    );
-    std::ptr::null()
+    guard(std::ptr::null, || {
+        log(
+            LogLevel::Error,
+            "portcullis: per-route config (DynamicModuleFilterPerRoute) is not supported; configure the filter itself",
+        );
+        std::ptr::null()
+    })
 }
 
 #[no_mangle]
@@ -556,6 +558,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         },
     )
 }
+
+// The hooks below return a constant and call nothing: they cannot panic, so they need no guard.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(

@@ -6,8 +6,11 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use portcullis_core::{SharedDataError, SharedValue};
 
-fn map() -> &'static Mutex<HashMap<String, (Vec<u8>, u32)>> {
-    static MAP: OnceLock<Mutex<HashMap<String, (Vec<u8>, u32)>>> = OnceLock::new();
+/// Key → (value, version); the version is the compare-and-swap token.
+type Map = Mutex<HashMap<String, (Vec<u8>, u32)>>;
+
+fn map() -> &'static Map {
+    static MAP: OnceLock<Map> = OnceLock::new();
     MAP.get_or_init(Default::default)
 }
 
