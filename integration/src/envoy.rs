@@ -174,7 +174,12 @@ impl EnvoyBuilder {
 
     /// [`filter`](Self::filter) with the config string passed verbatim. Panics (failing the
     /// test with the build's message) if the module or library cannot be built.
-    pub fn filter_raw(self, rt: crate::runtime::Runtime, name: &str, config: impl Into<String>) -> Self {
+    pub fn filter_raw(
+        self,
+        rt: crate::runtime::Runtime,
+        name: &str,
+        config: impl Into<String>,
+    ) -> Self {
         match rt {
             crate::runtime::Runtime::Wasm => {
                 let module = crate::wasm::module(name).unwrap_or_else(|e| panic!("{e}"));

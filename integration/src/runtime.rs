@@ -45,9 +45,19 @@ impl Runtime {
     /// Envoy's `HttpFilter` for filter `name` (`ua_block`, `headers`, `ratelimit`, `oidc`)
     /// with `config` passed verbatim (so tests can hand over invalid JSON). `instance` tells
     /// several filters of one chain apart (their wasm VMs are not shared).
-    pub fn http_filter(self, name: &str, config: &str, instance: &str) -> Result<Value, wasm::Error> {
+    pub fn http_filter(
+        self,
+        name: &str,
+        config: &str,
+        instance: &str,
+    ) -> Result<Value, wasm::Error> {
         Ok(match self {
-            Runtime::Wasm => wasm_filter(&wasm::module(name)?, name, &format!("{name}-{instance}"), config),
+            Runtime::Wasm => wasm_filter(
+                &wasm::module(name)?,
+                name,
+                &format!("{name}-{instance}"),
+                config,
+            ),
             Runtime::Dynamic => dynamic_filter(&wasm::dynamic_library()?, name, config),
         })
     }
