@@ -1,20 +1,39 @@
-//! ua-block through a real Envoy 1.40: every behaviour of issue 2, seen from a client.
+//! ua-block through a real Envoy 1.40: every behaviour of issue 2, seen from a client, on
+//! both runtimes (the proxy-wasm module and the dynamic module).
 
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::envoy::{Envoy, EnvoyBuilder};
 use portcullis_integration::http::{client, get_with_ua};
+use portcullis_integration::on_both_runtimes;
 use portcullis_integration::process::workspace_root;
-use portcullis_integration::wasm;
+use portcullis_integration::runtime::Runtime;
 use serde_json::{json, Value};
+
+on_both_runtimes!(
+    deny_allow_exact_regex_and_metrics,
+    case_sensitive_matching,
+    missing_user_agent_deny_counts_absent_and_empty,
+    missing_user_agent_allow_is_explicit_too,
+    custom_status_body_and_headers,
+    ai_crawlers_preset_blocks_every_listed_agent,
+    dry_run_lets_through_counts_and_logs,
+    several_workers_share_config_and_counters,
+    invalid_config_unknown_field,
+    invalid_config_bad_regex,
+    invalid_config_wrong_type,
+    invalid_config_update_is_rejected_and_envoy_keeps_serving,
+    thousands_of_patterns,
+    odd_user_agents_are_judged_not_fatal,
+);
 
 const DENIED: &str = "portcullis_ua_block_denied_total";
 const ALLOWED: &str = "portcullis_ua_block_allowed_total";
 const DRY_RUN: &str = "portcullis_ua_block_dry_run_total";
 
-fn start(echo: &EchoServer, config: Value) -> Envoy {
+fn start(rt: Runtime, echo: &EchoServer, config: Value) -> Envoy {
     EnvoyBuilder::new()
         .upstream(echo.addr())
-        .wasm("ua_block", wasm::module("ua_block").unwrap(), config)
+        .filter(rt, "ua_block", config)
         .start()
         .unwrap()
 }
@@ -54,10 +73,10 @@ fn counters(envoy: &Envoy) -> (Option<u64>, Option<u64>, Option<u64>) {
     )
 }
 
-#[test]
-fn deny_allow_exact_regex_and_metrics() {
+fn deny_allow_exact_regex_and_metrics(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({
             "deny":  { "contains": ["GPTBot", "Bytespider"], "exact": ["curl/7.0"], "regex": ["(?i)python-requests/.*"] },
@@ -86,7 +105,7 @@ fn deny_allow_exact_regex_and_metrics() {
     assert_passed(&envoy, Some(""));
     // 6 blocked, 7 passed; Envoy aggregates the counters of every worker.
     assert_eq!(counters(&envoy), (Some(6), Some(7), Some(0)));
-    // The names Envoy prints: wasm custom metrics get a prefix.
+    // The names Envoy prints: a prefix (`wasmcustom.` / the `portcullis.` namespace), then ours.
     let stats = envoy.stats("portcullis_ua_block").unwrap();
     assert!(
         stats.keys().any(|k| k.ends_with(DENIED)),
@@ -94,10 +113,10 @@ fn deny_allow_exact_regex_and_metrics() {
     );
 }
 
-#[test]
-fn case_sensitive_matching() {
+fn case_sensitive_matching(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({
             "deny": { "contains": ["GPTBot"], "exact": ["curl/7.0"], "regex": ["python-requests"] },
@@ -116,10 +135,10 @@ fn case_sensitive_matching() {
     assert_blocked(&envoy, Some("googlebot GPTBot"), 403, "Forbidden\n");
 }
 
-#[test]
-fn missing_user_agent_deny_counts_absent_and_empty() {
+fn missing_user_agent_deny_counts_absent_and_empty(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({ "missing_user_agent": "deny", "status": 400, "body": "user-agent required\n" }),
     );
@@ -130,10 +149,10 @@ fn missing_user_agent_deny_counts_absent_and_empty() {
     assert_eq!(counters(&envoy), (Some(3), Some(1), Some(0)));
 }
 
-#[test]
-fn missing_user_agent_allow_is_explicit_too() {
+fn missing_user_agent_allow_is_explicit_too(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({ "deny": { "contains": ["GPTBot"] }, "missing_user_agent": "allow" }),
     );
@@ -142,10 +161,10 @@ fn missing_user_agent_allow_is_explicit_too() {
     assert_blocked(&envoy, Some("GPTBot"), 403, "Forbidden\n");
 }
 
-#[test]
-fn custom_status_body_and_headers() {
+fn custom_status_body_and_headers(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({
             "deny": { "contains": ["BadBot"] },
@@ -161,8 +180,7 @@ fn custom_status_body_and_headers() {
     assert_eq!(resp.text().unwrap(), "{\"error\":\"go away\"}");
 }
 
-#[test]
-fn ai_crawlers_preset_blocks_every_listed_agent() {
+fn ai_crawlers_preset_blocks_every_listed_agent(rt: Runtime) {
     let path = workspace_root().join("filters/core/data/ai-crawlers.json");
     let data: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let patterns: Vec<&str> = data["patterns"]
@@ -178,7 +196,7 @@ fn ai_crawlers_preset_blocks_every_listed_agent() {
     assert!(patterns.contains(&"GPTBot"));
 
     let echo = EchoServer::start().unwrap();
-    let envoy = start(&echo, json!({ "deny": { "presets": ["ai-crawlers"] } }));
+    let envoy = start(rt, &echo, json!({ "deny": { "presets": ["ai-crawlers"] } }));
     for p in &patterns {
         assert_blocked(
             &envoy,
@@ -199,10 +217,10 @@ fn ai_crawlers_preset_blocks_every_listed_agent() {
     assert_eq!(counters(&envoy), (Some(n), Some(2), Some(0)));
 }
 
-#[test]
-fn dry_run_lets_through_counts_and_logs() {
+fn dry_run_lets_through_counts_and_logs(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let mut envoy = start(
+        rt,
         &echo,
         json!({ "deny": { "contains": ["GPTBot"] }, "missing_user_agent": "deny", "dry_run": true }),
     );
@@ -219,15 +237,14 @@ fn dry_run_lets_through_counts_and_logs() {
     );
 }
 
-#[test]
-fn several_workers_share_config_and_counters() {
+fn several_workers_share_config_and_counters(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = EnvoyBuilder::new()
         .upstream(echo.addr())
         .concurrency(4)
-        .wasm(
+        .filter(
+            rt,
             "ua_block",
-            wasm::module("ua_block").unwrap(),
             json!({ "deny": { "contains": ["GPTBot"] } }),
         )
         .start()
@@ -241,12 +258,11 @@ fn several_workers_share_config_and_counters() {
     assert_eq!(counters(&envoy), (Some(10), Some(10), Some(0)));
 }
 
-/// Envoy refuses a static bootstrap whose wasm filter fails `on_configure`: it exits with
-/// status 1 (no crash, no signal), and one log line from the filter names the field and the
-/// reason.
-fn assert_config_refused(config: &str, expected_in_line: &[&str]) {
+/// Envoy refuses a static bootstrap whose filter fails to configure: it exits with status 1
+/// (no crash, no signal), and one log line from the filter names the field and the reason.
+fn assert_config_refused(rt: Runtime, config: &str, expected_in_line: &[&str]) {
     let (status, logs) = EnvoyBuilder::new()
-        .wasm_raw("ua_block", wasm::module("ua_block").unwrap(), config)
+        .filter_raw(rt, "ua_block", config)
         .start_expect_exit()
         .unwrap();
     assert_eq!(
@@ -254,62 +270,62 @@ fn assert_config_refused(config: &str, expected_in_line: &[&str]) {
         Some(1),
         "config {config}: {status:?}\n{logs}"
     );
-    assert!(logs.contains("Unable to create Wasm plugin"), "{logs}");
+    assert!(logs.contains(rt.config_refused_marker()), "{logs}");
     assert!(
-        logs.lines().any(|l| l.contains("wasm log")
+        logs.lines().any(|l| l.contains(rt.filter_log_marker())
             && l.contains("ua-block: invalid config")
             && expected_in_line.iter().all(|n| l.contains(n))),
         "config {config}: no filter log line with {expected_in_line:?}:\n{logs}"
     );
 }
 
-#[test]
-fn invalid_config_unknown_field() {
+fn invalid_config_unknown_field(rt: Runtime) {
     assert_config_refused(
+        rt,
         r#"{"deny": {"contans": ["GPTBot"]}}"#,
         &["deny", "unknown field `contans`"],
     );
-    assert_config_refused(r#"{"dryrun": true}"#, &["unknown field `dryrun`"]);
+    assert_config_refused(rt, r#"{"dryrun": true}"#, &["unknown field `dryrun`"]);
 }
 
-#[test]
-fn invalid_config_bad_regex() {
+fn invalid_config_bad_regex(rt: Runtime) {
     assert_config_refused(
+        rt,
         r#"{"deny": {"regex": ["ok", "(unclosed"]}}"#,
         &["deny.regex[1]", "(unclosed"],
     );
 }
 
-#[test]
-fn invalid_config_wrong_type() {
-    assert_config_refused(r#"{"status": "403"}"#, &["status", "invalid type"]);
+fn invalid_config_wrong_type(rt: Runtime) {
+    assert_config_refused(rt, r#"{"status": "403"}"#, &["status", "invalid type"]);
     assert_config_refused(
+        rt,
         r#"{"missing_user_agent": "block"}"#,
         &["missing_user_agent", "unknown variant `block`"],
     );
     assert_config_refused(
+        rt,
         r#"{"deny": {"contains": "GPTBot"}}"#,
         &["deny.contains", "invalid type"],
     );
     assert_config_refused(
+        rt,
         r#"{"deny": {"presets": ["ai-crawler"]}}"#,
         &["deny.presets", "ai-crawler"],
     );
-    assert_config_refused(r#"{"deny": "#, &["EOF"]);
+    assert_config_refused(rt, r#"{"deny": "#, &["EOF"]);
 }
 
 /// Under a control plane (here file-based LDS) a listener whose ua-block config is invalid is
 /// rejected with the same log line, while Envoy keeps running and serving the listener it has.
-#[test]
-fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
+fn invalid_config_update_is_rejected_and_envoy_keeps_serving(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
-    let module = wasm::module("ua_block").unwrap();
     let mut envoy = EnvoyBuilder::new()
         .upstream(echo.addr())
         .dynamic_listeners()
-        .wasm(
+        .filter(
+            rt,
             "ua_block",
-            &module,
             json!({ "deny": { "contains": ["GPTBot"] } }),
         )
         .start()
@@ -318,7 +334,7 @@ fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
 
     let bad_port = portcullis_integration::process::free_port().unwrap();
     let bad = EnvoyBuilder::new()
-        .wasm_raw("ua_block", &module, r#"{"deny": {"regex": ["(unclosed"]}}"#)
+        .filter_raw(rt, "ua_block", r#"{"deny": {"regex": ["(unclosed"]}}"#)
         .listeners("bad-", bad_port, None);
     let mut listeners = envoy.dynamic_listeners();
     listeners.extend(bad);
@@ -330,7 +346,7 @@ fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
     assert!(envoy.process().try_status().is_none(), "Envoy exited");
     let logs = envoy.logs();
     assert!(
-        logs.lines().any(|l| l.contains("wasm log")
+        logs.lines().any(|l| l.contains(rt.filter_log_marker())
             && l.contains("deny.regex[0]")
             && l.contains("unclosed group")),
         "{logs}"
@@ -343,9 +359,9 @@ fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
     let good_port = portcullis_integration::process::free_port().unwrap();
     let good = EnvoyBuilder::new()
         .direct_response(200, "second\n")
-        .wasm(
+        .filter(
+            rt,
             "ua_block",
-            &module,
             json!({ "deny": { "contains": ["ClaudeBot"] } }),
         )
         .listeners("second-", good_port, None);
@@ -363,14 +379,14 @@ fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
     );
 }
 
-#[test]
-fn thousands_of_patterns() {
+fn thousands_of_patterns(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let contains: Vec<String> = (0..5000).map(|i| format!("crawler-{i:05}-bot")).collect();
     let regex: Vec<String> = (0..200)
         .map(|i| format!("^scraper/{i}\\.[0-9]+$"))
         .collect();
     let envoy = start(
+        rt,
         &echo,
         json!({ "deny": { "contains": contains, "regex": regex } }),
     );
@@ -389,10 +405,10 @@ fn thousands_of_patterns() {
 
 /// Odd request input never breaks the filter: non-UTF-8 bytes, a very long value, several
 /// User-Agent headers. Envoy stays up and the decision is still made.
-#[test]
-fn odd_user_agents_are_judged_not_fatal() {
+fn odd_user_agents_are_judged_not_fatal(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let mut envoy = start(
+        rt,
         &echo,
         json!({ "deny": { "contains": ["GPTBot"] }, "allow": { "contains": ["Googlebot"] } }),
     );
