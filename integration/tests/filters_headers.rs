@@ -1,13 +1,30 @@
 //! headers through a real Envoy 1.40: operations in both directions, security presets over
-//! HTTP and HTTPS, upstream headers never overwritten by a preset, and invalid configs.
+//! HTTP and HTTPS, upstream headers never overwritten by a preset, and invalid configs; on both
+//! runtimes (the proxy-wasm module and the dynamic module).
 
 use portcullis_integration::echo::{Echo, EchoServer, RESPONSE_HEADER};
 use portcullis_integration::envoy::{Envoy, EnvoyBuilder, Tls};
 use portcullis_integration::http::{client, insecure_client};
-use portcullis_integration::wasm;
+use portcullis_integration::on_both_runtimes;
+use portcullis_integration::runtime::Runtime;
 use reqwest::blocking::Response;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
+
+on_both_runtimes!(
+    request_operations,
+    response_operations,
+    strict_preset_with_and_without_https,
+    behind_a_proxy_forwarded_proto_decides_https,
+    basic_preset_with_and_without_https,
+    off_preset_adds_nothing,
+    preset_never_overwrites_upstream_headers,
+    filter_order_decides_whether_local_replies_get_headers,
+    invalid_config_update_is_rejected_and_envoy_keeps_serving,
+    invalid_config_unknown_field,
+    invalid_config_bad_regex,
+    invalid_config_wrong_type,
+);
 
 const STRICT: &[(&str, &str)] = &[
     ("x-content-type-options", "nosniff"),
@@ -45,11 +62,12 @@ fn tls() -> Tls {
 
 /// Envoy with the headers filter in front of `echo`, a TLS listener too, and the upstream's
 /// `server` header passed through to the filter (Envoy overwrites it by default).
-fn start(echo: &EchoServer, config: Value) -> Envoy {
-    start_with(echo, config, |b| b)
+fn start(rt: Runtime, echo: &EchoServer, config: Value) -> Envoy {
+    start_with(rt, echo, config, |b| b)
 }
 
 fn start_with(
+    rt: Runtime,
     echo: &EchoServer,
     config: Value,
     more: impl FnOnce(EnvoyBuilder) -> EnvoyBuilder,
@@ -60,7 +78,7 @@ fn start_with(
             .hcm("server_header_transformation", json!("PASS_THROUGH"))
             .tls(tls()),
     )
-    .wasm("headers", wasm::module("headers").unwrap(), config)
+    .filter(rt, "headers", config)
     .start()
     .unwrap()
 }
@@ -94,10 +112,10 @@ fn exchange(
     (headers, echo)
 }
 
-#[test]
-fn request_operations() {
+fn request_operations(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({
             "request": {
@@ -156,10 +174,10 @@ fn request_operations() {
     assert_eq!(seen.header_all("x-trace"), ["1"]);
 }
 
-#[test]
-fn response_operations() {
+fn response_operations(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({
             "response": {
@@ -226,11 +244,10 @@ fn assert_preset(h: &HeaderMap, preset: &[(&str, &str)], hsts: Option<&str>) {
     }
 }
 
-#[test]
-fn strict_preset_with_and_without_https() {
+fn strict_preset_with_and_without_https(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     // An edge Envoy (use_remote_address) sets x-forwarded-proto and :scheme from the connection.
-    let envoy = start_with(&echo, json!({ "security_headers": "strict" }), |b| {
+    let envoy = start_with(rt, &echo, json!({ "security_headers": "strict" }), |b| {
         b.hcm("use_remote_address", json!(true))
     });
     let (h, seen) = exchange(&client(), &envoy.url("/"), &[], &[]);
@@ -255,10 +272,9 @@ fn strict_preset_with_and_without_https() {
 /// x-forwarded-proto it receives and derives `:scheme` from it, so the filter treats such a
 /// request as HTTPS. Browsers ignore HSTS received over plain HTTP (RFC 6797 8.1), so this
 /// only matters for deployments that expose a non-edge Envoy directly: use the edge setting.
-#[test]
-fn behind_a_proxy_forwarded_proto_decides_https() {
+fn behind_a_proxy_forwarded_proto_decides_https(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
-    let envoy = start(&echo, json!({ "security_headers": "strict" }));
+    let envoy = start(rt, &echo, json!({ "security_headers": "strict" }));
     let (h, _) = exchange(&client(), &envoy.url("/"), &[], &[]);
     assert_preset(&h, STRICT, None);
     let (h, _) = exchange(
@@ -270,20 +286,19 @@ fn behind_a_proxy_forwarded_proto_decides_https() {
     assert_preset(&h, STRICT, Some(STRICT_HSTS));
 }
 
-#[test]
-fn basic_preset_with_and_without_https() {
+fn basic_preset_with_and_without_https(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
-    let envoy = start(&echo, json!({ "security_headers": "basic" }));
+    let envoy = start(rt, &echo, json!({ "security_headers": "basic" }));
     let (h, _) = exchange(&client(), &envoy.url("/"), &[], &[]);
     assert_preset(&h, BASIC, None);
     let (h, _) = exchange(&insecure_client(), &envoy.https_url("/").unwrap(), &[], &[]);
     assert_preset(&h, BASIC, Some(BASIC_HSTS));
 }
 
-#[test]
-fn off_preset_adds_nothing() {
+fn off_preset_adds_nothing(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
     let envoy = start(
+        rt,
         &echo,
         json!({ "security_headers": "off", "response": { "set": { "x-marker": "1" } } }),
     );
@@ -300,10 +315,9 @@ fn off_preset_adds_nothing() {
     }
 }
 
-#[test]
-fn preset_never_overwrites_upstream_headers() {
+fn preset_never_overwrites_upstream_headers(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
-    let envoy = start(&echo, json!({ "security_headers": "strict" }));
+    let envoy = start(rt, &echo, json!({ "security_headers": "strict" }));
     let upstream = [
         ("x-frame-options", "SAMEORIGIN"),
         ("referrer-policy", "origin"),
@@ -341,33 +355,21 @@ fn preset_never_overwrites_upstream_headers() {
 
 /// Envoy sends a local reply back through the encoder side of the filters *before* the one
 /// that replied: put headers before ua-block so blocked responses get the preset too.
-#[test]
-fn filter_order_decides_whether_local_replies_get_headers() {
+fn filter_order_decides_whether_local_replies_get_headers(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
-    let ua_block = || {
-        (
-            wasm::module("ua_block").unwrap(),
-            json!({ "deny": { "contains": ["GPTBot"] } }),
-        )
-    };
-    let headers = || {
-        (
-            wasm::module("headers").unwrap(),
-            json!({ "security_headers": "strict", "request": { "set": { "x-env": "prod" } } }),
-        )
-    };
-    let (ub, ub_cfg) = ua_block();
-    let (hd, hd_cfg) = headers();
+    let ua_block = json!({ "deny": { "contains": ["GPTBot"] } });
+    let headers =
+        json!({ "security_headers": "strict", "request": { "set": { "x-env": "prod" } } });
     let headers_first = EnvoyBuilder::new()
         .upstream(echo.addr())
-        .wasm("headers", &hd, hd_cfg.clone())
-        .wasm("ua_block", &ub, ub_cfg.clone())
+        .filter(rt, "headers", headers.clone())
+        .filter(rt, "ua_block", ua_block.clone())
         .start()
         .unwrap();
     let ua_block_first = EnvoyBuilder::new()
         .upstream(echo.addr())
-        .wasm("ua_block", &ub, ub_cfg)
-        .wasm("headers", &hd, hd_cfg)
+        .filter(rt, "ua_block", ua_block)
+        .filter(rt, "headers", headers)
         .start()
         .unwrap();
     for envoy in [&headers_first, &ua_block_first] {
@@ -386,16 +388,20 @@ fn filter_order_decides_whether_local_replies_get_headers() {
         resp.headers().clone()
     };
     assert_preset(&blocked(&headers_first), STRICT, None);
+    // docs/filters.md (ua-block): filters after ua-block do not see its local response.
     let h = blocked(&ua_block_first);
-    assert!(values(&h, "x-frame-options").is_empty(), "{h:?}");
+    assert!(
+        values(&h, "x-frame-options").is_empty(),
+        "{}: headers placed after ua-block changed ua-block's local reply: {h:?}",
+        rt.name()
+    );
 }
 
-/// Envoy refuses a static bootstrap whose wasm filter fails `on_configure`: it exits with
-/// status 1 (no crash, no signal), and one log line from the filter names the field and the
-/// reason.
-fn assert_config_refused(config: &str, expected_in_line: &[&str]) {
+/// Envoy refuses a static bootstrap whose filter fails to configure: it exits with status 1
+/// (no crash, no signal), and one log line from the filter names the field and the reason.
+fn assert_config_refused(rt: Runtime, config: &str, expected_in_line: &[&str]) {
     let (status, logs) = EnvoyBuilder::new()
-        .wasm_raw("headers", wasm::module("headers").unwrap(), config)
+        .filter_raw(rt, "headers", config)
         .start_expect_exit()
         .unwrap();
     assert_eq!(
@@ -403,9 +409,9 @@ fn assert_config_refused(config: &str, expected_in_line: &[&str]) {
         Some(1),
         "config {config}: {status:?}\n{logs}"
     );
-    assert!(logs.contains("Unable to create Wasm plugin"), "{logs}");
+    assert!(logs.contains(rt.config_refused_marker()), "{logs}");
     assert!(
-        logs.lines().any(|l| l.contains("wasm log")
+        logs.lines().any(|l| l.contains(rt.filter_log_marker())
             && l.contains("invalid config")
             && expected_in_line.iter().all(|n| l.contains(n))),
         "config {config}: no filter log line with {expected_in_line:?}:\n{logs}"
@@ -414,18 +420,16 @@ fn assert_config_refused(config: &str, expected_in_line: &[&str]) {
 
 /// Under a control plane (file-based LDS here) the invalid listener is rejected and Envoy
 /// keeps serving what it had.
-#[test]
-fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
+fn invalid_config_update_is_rejected_and_envoy_keeps_serving(rt: Runtime) {
     let echo = EchoServer::start().unwrap();
-    let module = wasm::module("headers").unwrap();
     let mut envoy = EnvoyBuilder::new()
         .upstream(echo.addr())
         .dynamic_listeners()
-        .wasm("headers", &module, json!({ "security_headers": "strict" }))
+        .filter(rt, "headers", json!({ "security_headers": "strict" }))
         .start()
         .unwrap();
     let bad = EnvoyBuilder::new()
-        .wasm_raw("headers", &module, r#"{"security_headers": "extreme"}"#)
+        .filter_raw(rt, "headers", r#"{"security_headers": "extreme"}"#)
         .listeners(
             "bad-",
             portcullis_integration::process::free_port().unwrap(),
@@ -444,33 +448,35 @@ fn invalid_config_update_is_rejected_and_envoy_keeps_serving() {
     assert_preset(&h, STRICT, None);
 }
 
-#[test]
-fn invalid_config_unknown_field() {
+fn invalid_config_unknown_field(rt: Runtime) {
     assert_config_refused(
+        rt,
         r#"{"request": {"sett": {"a": "b"}}}"#,
         &["request", "unknown field `sett`"],
     );
 }
 
-#[test]
-fn invalid_config_bad_regex() {
+fn invalid_config_bad_regex(rt: Runtime) {
     assert_config_refused(
+        rt,
         r#"{"response": {"remove_matching": ["^x-envoy-", "x-(bad"]}}"#,
         &["response.remove_matching[1]", "x-(bad"],
     );
 }
 
-#[test]
-fn invalid_config_wrong_type() {
+fn invalid_config_wrong_type(rt: Runtime) {
     assert_config_refused(
+        rt,
         r#"{"security_headers": "extreme"}"#,
         &["security_headers", "unknown variant `extreme`"],
     );
     assert_config_refused(
+        rt,
         r#"{"request": {"remove": "x-debug"}}"#,
         &["request.remove", "invalid type"],
     );
     assert_config_refused(
+        rt,
         r#"{"response": {"set": {"bad header": "v"}}}"#,
         &["response.set", "bad header"],
     );
