@@ -1,15 +1,17 @@
 //! Test environment for the rate-limit filter: an Envoy whose bootstrap `envoy.rs` cannot
 //! express (an HTTP/2 cluster for the rate-limit service, `use_remote_address`, several
-//! workers), and `portcullis ratelimit-server` replicas run in-process on free ports.
+//! workers), and `portcullis ratelimit-server` replicas run in-process on free ports. The
+//! filter runs on either [`Runtime`]: the proxy-wasm module or the dynamic module.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::envoy::READY_TIMEOUT;
 use crate::process::{envoy_bin, free_port, workspace_root, Error, Process, ProcessBuilder};
+use crate::runtime::Runtime;
 
 /// `dist/wasm/ratelimit.wasm`, built (cargo + wasm-opt) if missing.
 pub fn module() -> Result<PathBuf, Error> {
@@ -23,9 +25,19 @@ pub fn module() -> Result<PathBuf, Error> {
     })
 }
 
+/// `dist/dynamic/libportcullis.so` (the `ratelimit` filter is one of its filters), built if
+/// missing.
+pub fn dynamic_library() -> Result<PathBuf, Error> {
+    crate::wasm::dynamic_library().map_err(|e| Error::Io {
+        what: "build dist/dynamic/libportcullis.so".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
 /// One Envoy with the rate-limit filter in front of a `direct_response` 200.
 #[derive(Debug, Clone)]
 pub struct RateLimitEnvoy {
+    pub runtime: Runtime,
     pub config: Value,
     pub concurrency: u32,
     /// Address of the rate-limit service (cluster `ratelimit`, HTTP/2).
@@ -34,8 +46,9 @@ pub struct RateLimitEnvoy {
 }
 
 impl RateLimitEnvoy {
-    pub fn new(config: Value) -> Self {
+    pub fn new(runtime: Runtime, config: Value) -> Self {
         Self {
+            runtime,
             config,
             concurrency: 1,
             rls: None,
@@ -53,7 +66,26 @@ impl RateLimitEnvoy {
         self
     }
 
-    pub fn bootstrap(&self, module: &Path, http_port: u16, admin_port: u16) -> Value {
+    /// The rate-limit `HttpFilter` on this runtime, with this config.
+    pub fn http_filter(&self) -> Result<Value, Error> {
+        let filter = match self.runtime {
+            Runtime::Wasm => crate::runtime::wasm_filter(
+                &module()?,
+                "ratelimit",
+                "ratelimit",
+                &self.config.to_string(),
+            ),
+            Runtime::Dynamic => crate::runtime::dynamic_filter(
+                &dynamic_library()?,
+                "ratelimit",
+                &self.config.to_string(),
+            ),
+        };
+        Ok(filter)
+    }
+
+    /// The bootstrap for these ports with `filter` (see [`http_filter`](Self::http_filter)).
+    pub fn bootstrap(&self, filter: Value, http_port: u16, admin_port: u16) -> Value {
         let mut clusters = Vec::new();
         if let Some(addr) = self.rls {
             clusters.push(json!({
@@ -99,26 +131,7 @@ impl RateLimitEnvoy {
                                 }]}]
                             },
                             "http_filters": [
-                                {
-                                    "name": "envoy.filters.http.wasm",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                                        "config": {
-                                            "name": "ratelimit",
-                                            "root_id": "ratelimit",
-                                            "vm_config": {
-                                                "vm_id": "ratelimit",
-                                                "runtime": "envoy.wasm.runtime.v8",
-                                                "code": {"local": {"filename": module}}
-                                            },
-                                            "configuration": {
-                                                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                                "value": self.config.to_string()
-                                            },
-                                            "fail_open": false
-                                        }
-                                    }
-                                },
+                                filter,
                                 {
                                     "name": "envoy.filters.http.router",
                                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -133,7 +146,7 @@ impl RateLimitEnvoy {
     }
 
     fn spawn(&self) -> Result<(Process, u16, u16), Error> {
-        let module = module()?;
+        let filter = self.http_filter()?;
         let http_port = free_port()?;
         let admin_port = free_port()?;
         let dir = tempfile::Builder::new()
@@ -144,7 +157,7 @@ impl RateLimitEnvoy {
                 source: e,
             })?;
         let path = dir.path().join("envoy.json");
-        let text = serde_json::to_string_pretty(&self.bootstrap(&module, http_port, admin_port))
+        let text = serde_json::to_string_pretty(&self.bootstrap(filter, http_port, admin_port))
             .map_err(|e| Error::Io {
                 what: "serialize bootstrap".into(),
                 source: e.into(),

@@ -1,14 +1,26 @@
-//! Global scope: the filter calls `portcullis ratelimit-server` (gRPC, real Redis) through
-//! Envoy's `dispatch_grpc_call`.
+//! Global scope: the filter calls `portcullis ratelimit-server` (gRPC, real Redis), on both
+//! runtimes: the proxy-wasm module through Envoy's `dispatch_grpc_call`, the dynamic module
+//! through a streamed HTTP/2 callout with gRPC framing. The server's own tests (config file,
+//! health) involve no filter and run once.
 
 use std::net::TcpListener;
 use std::time::Duration;
 
+use portcullis_integration::on_both_runtimes;
 use portcullis_integration::ratelimit_env::{Envoy, RateLimitEnvoy, RlsServer};
 use portcullis_integration::redis::Redis;
+use portcullis_integration::runtime::Runtime;
 use portcullis_ratelimit_server::Algorithm;
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
+
+on_both_runtimes!(
+    global_count_shared_by_two_envoys_and_two_servers,
+    sliding_window_counts_exactly_within_the_window,
+    service_down_failure_modes,
+    slow_service_is_bounded_by_timeout,
+    missing_cluster_follows_failure_mode,
+);
 
 fn global_cfg(requests: u64, failure_mode: &str, timeout_ms: u64) -> Value {
     json!({
@@ -54,17 +66,16 @@ fn count_ok(client: &Client, envoys: &[&Envoy], key: &str, n: usize) -> (usize, 
     (ok, limited)
 }
 
-#[test]
-fn global_count_shared_by_two_envoys_and_two_servers() {
+fn global_count_shared_by_two_envoys_and_two_servers(rt: Runtime) {
     let redis = Redis::start().unwrap();
     let a = RlsServer::start(&redis.url(), Algorithm::Fixed, None).unwrap();
     let b = RlsServer::start(&redis.url(), Algorithm::Fixed, None).unwrap();
     let cfg = global_cfg(20, "deny", 1000);
-    let ea = RateLimitEnvoy::new(cfg.clone())
+    let ea = RateLimitEnvoy::new(rt, cfg.clone())
         .rls(a.addr())
         .start()
         .unwrap();
-    let eb = RateLimitEnvoy::new(cfg)
+    let eb = RateLimitEnvoy::new(rt, cfg)
         .concurrency(2)
         .rls(b.addr())
         .start()
@@ -113,31 +124,29 @@ fn global_count_shared_by_two_envoys_and_two_servers() {
     );
 }
 
-#[test]
-fn sliding_window_counts_exactly_within_the_window() {
+fn sliding_window_counts_exactly_within_the_window(rt: Runtime) {
     let redis = Redis::start().unwrap();
     let a = RlsServer::start(&redis.url(), Algorithm::Sliding, None).unwrap();
     let b = RlsServer::start(&redis.url(), Algorithm::Sliding, None).unwrap();
-    let ea = RateLimitEnvoy::new(global_cfg(7, "deny", 1000))
+    let ea = RateLimitEnvoy::new(rt, global_cfg(7, "deny", 1000))
         .rls(a.addr())
         .start()
         .unwrap();
-    let eb = RateLimitEnvoy::new(global_cfg(7, "deny", 1000))
+    let eb = RateLimitEnvoy::new(rt, global_cfg(7, "deny", 1000))
         .rls(b.addr())
         .start()
         .unwrap();
     assert_eq!(count_ok(&client(), &[&ea, &eb], "k", 20), (7, 13));
 }
 
-#[test]
-fn service_down_failure_modes() {
+fn service_down_failure_modes(rt: Runtime) {
     let redis = Redis::start().unwrap();
     let mut server = RlsServer::start(&redis.url(), Algorithm::Fixed, None).unwrap();
-    let allow = RateLimitEnvoy::new(global_cfg(100, "allow", 200))
+    let allow = RateLimitEnvoy::new(rt, global_cfg(100, "allow", 200))
         .rls(server.addr())
         .start()
         .unwrap();
-    let deny = RateLimitEnvoy::new(global_cfg(100, "deny", 200))
+    let deny = RateLimitEnvoy::new(rt, global_cfg(100, "deny", 200))
         .rls(server.addr())
         .start()
         .unwrap();
@@ -163,8 +172,7 @@ fn service_down_failure_modes() {
     assert_eq!(deny.counter("portcullis_ratelimit_global_errors_total"), 3);
 }
 
-#[test]
-fn slow_service_is_bounded_by_timeout() {
+fn slow_service_is_bounded_by_timeout(rt: Runtime) {
     // Accepts connections and never answers: every call runs into timeout_ms.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
@@ -177,11 +185,11 @@ fn slow_service_is_bounded_by_timeout() {
             }
         }
     });
-    let allow = RateLimitEnvoy::new(global_cfg(1, "allow", 100))
+    let allow = RateLimitEnvoy::new(rt, global_cfg(1, "allow", 100))
         .rls(addr)
         .start()
         .unwrap();
-    let deny = RateLimitEnvoy::new(global_cfg(1, "deny", 100))
+    let deny = RateLimitEnvoy::new(rt, global_cfg(1, "deny", 100))
         .rls(addr)
         .start()
         .unwrap();
@@ -268,13 +276,12 @@ fn server_limits_from_config_file_without_override() {
     );
 }
 
-#[test]
-fn missing_cluster_follows_failure_mode() {
+fn missing_cluster_follows_failure_mode(rt: Runtime) {
     // No `ratelimit` cluster in this Envoy: the call cannot even be dispatched.
-    let allow = RateLimitEnvoy::new(global_cfg(1, "allow", 100))
+    let allow = RateLimitEnvoy::new(rt, global_cfg(1, "allow", 100))
         .start()
         .unwrap();
-    let deny = RateLimitEnvoy::new(global_cfg(1, "deny", 100))
+    let deny = RateLimitEnvoy::new(rt, global_cfg(1, "deny", 100))
         .start()
         .unwrap();
     let c = client();
@@ -323,4 +330,23 @@ fn server_reports_grpc_health() {
         out
     });
     assert_eq!(statuses, vec![ServingStatus::Serving as i32; 2]);
+}
+
+/// A fleet mixing both runtimes counts once: the two filters send the same descriptors.
+#[test]
+fn mixed_runtimes_share_one_global_count() {
+    let redis = Redis::start().unwrap();
+    let server = RlsServer::start(&redis.url(), Algorithm::Fixed, None).unwrap();
+    let envoys: Vec<Envoy> = Runtime::ALL
+        .iter()
+        .map(|rt| {
+            RateLimitEnvoy::new(*rt, global_cfg(10, "deny", 1000))
+                .rls(server.addr())
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let refs: Vec<&Envoy> = envoys.iter().collect();
+    assert_eq!(count_ok(&client(), &refs, "shared", 25), (10, 15));
+    assert_eq!(redis.keys().unwrap().len(), 1);
 }
