@@ -1,14 +1,18 @@
 //! examples/lua/ua-block.lua (what users attach through EnvoyExtensionPolicy `lua` today) and
-//! the ua-block wasm filter with examples/lua/ua-block.wasm.json block exactly the same
-//! requests, through real Envoy.
+//! the ua-block filter with examples/lua/ua-block.wasm.json, on both runtimes (the proxy-wasm
+//! module and the dynamic module, same config), block exactly the same requests, through real
+//! Envoy.
 
 use std::path::PathBuf;
 
 use portcullis_integration::envoy::{Envoy, EnvoyBuilder};
 use portcullis_integration::http::client;
+use portcullis_integration::on_both_runtimes;
 use portcullis_integration::process::workspace_root;
-use portcullis_integration::wasm;
+use portcullis_integration::runtime::Runtime;
 use serde_json::Value;
+
+on_both_runtimes!(filter_blocks_exactly_the_table);
 
 fn lua_path() -> PathBuf {
     workspace_root().join("examples/lua/ua-block.lua")
@@ -129,8 +133,9 @@ fn mismatches(envoy: &Envoy) -> Vec<String> {
     out
 }
 
-// Both tests check the same table, so together they show that Lua and wasm block exactly the
-// same set of requests (and each failure names the side that is off).
+// Every test checks the same table, so together they show that Lua, the wasm filter and the
+// dynamic module block exactly the same set of requests (and each failure names the side that
+// is off).
 
 #[test]
 fn lua_script_blocks_exactly_the_table() {
@@ -144,15 +149,14 @@ fn lua_script_blocks_exactly_the_table() {
     assert!(off.is_empty(), "Lua script:\n{}", off.join("\n"));
 }
 
-#[test]
-fn wasm_filter_blocks_exactly_the_table() {
+fn filter_blocks_exactly_the_table(rt: Runtime) {
     let envoy = EnvoyBuilder::new()
         .direct_response(200, "upstream\n")
-        .wasm("ua_block", wasm::module("ua_block").unwrap(), wasm_config())
+        .filter(rt, "ua_block", wasm_config())
         .start()
         .unwrap();
     let off = mismatches(&envoy);
-    assert!(off.is_empty(), "wasm filter:\n{}", off.join("\n"));
+    assert!(off.is_empty(), "{} filter:\n{}", rt.name(), off.join("\n"));
     let blocked = CASES.iter().filter(|(_, b)| *b).count() as u64;
     assert_eq!(
         envoy.counter("portcullis_ua_block_denied_total").unwrap(),
