@@ -4,6 +4,7 @@
 //! that can walk the whole login flow, submitting the provider's devInteractions form.
 //!
 //! `envoy.rs` builds a single-listener bootstrap without extra clusters, hence this module.
+//! The filter runs on either [`Runtime`] ([`EnvOptions::runtime`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use serde_json::{json, Value};
 use crate::echo::{Echo, EchoServer};
 use crate::oidc_provider::{OidcProvider, ProviderOptions, TestClient};
 use crate::process::{envoy_bin, free_port, workspace_root, Error, Process, ProcessBuilder};
+use crate::runtime::Runtime;
 
 /// Name of the provider cluster in the bootstrap.
 pub const PROVIDER_CLUSTER: &str = "oidc-idp";
@@ -61,6 +63,24 @@ pub fn oidc_module() -> Result<PathBuf, Error> {
     Ok(raw)
 }
 
+/// The oidc `HttpFilter` of listener `index` on `runtime`. On wasm every listener's filter
+/// shares one VM (`vm_id` `oidc`, as the controller shares VMs per module) with its own plugin
+/// name; the dynamic module has one filter config per listener.
+pub fn oidc_filter(runtime: Runtime, index: usize, config: &Value) -> Result<Value, Error> {
+    Ok(match runtime {
+        Runtime::Wasm => {
+            let mut f =
+                crate::runtime::wasm_filter(&oidc_module()?, "oidc", "oidc", &config.to_string());
+            f["typed_config"]["config"]["name"] = json!(format!("oidc-{index}"));
+            f
+        }
+        Runtime::Dynamic => {
+            let library = crate::wasm::dynamic_library().map_err(|e| io("libportcullis.so", e))?;
+            crate::runtime::dynamic_filter(&library, "oidc", &config.to_string())
+        }
+    })
+}
+
 /// One protected listener: a client at the provider and its filter config.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -74,6 +94,8 @@ pub type ConfigEdit = Box<dyn Fn(usize, &mut Value)>;
 
 /// Options for [`OidcEnv::start`].
 pub struct EnvOptions {
+    /// Which build of the filter Envoy runs (default [`Runtime::Wasm`]).
+    pub runtime: Runtime,
     /// Client ids, one listener each.
     pub clients: Vec<String>,
     pub provider: ProviderOptions,
@@ -86,6 +108,7 @@ pub struct EnvOptions {
 impl Default for EnvOptions {
     fn default() -> Self {
         Self {
+            runtime: Runtime::Wasm,
             clients: vec!["app".into()],
             provider: ProviderOptions::default(),
             edit: Box::new(|_, _| {}),
@@ -169,8 +192,12 @@ impl OidcEnv {
             provider.port()
         };
         let admin_port = free_port()?;
-        let module = oidc_module()?;
-        let bootstrap = bootstrap(&policies, &module, echo.port(), provider_port, admin_port);
+        let filters: Vec<Value> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| oidc_filter(opts.runtime, i, &p.config))
+            .collect::<Result<_, _>>()?;
+        let bootstrap = bootstrap(&policies, &filters, echo.port(), provider_port, admin_port);
         let dir = tempfile::Builder::new()
             .prefix("portcullis-oidc-envoy-")
             .tempdir()
@@ -233,7 +260,8 @@ impl OidcEnv {
         format!("http://127.0.0.1:{}{path}", self.policies[i].port)
     }
 
-    /// Sum of every stat whose name ends with `name` (wasm metrics get a prefix in Envoy).
+    /// Sum of every stat whose name ends with `name` (Envoy prefixes the filters' metrics:
+    /// `wasmcustom.` on wasm, the `portcullis.` namespace on the dynamic module).
     pub fn counter(&self, name: &str) -> u64 {
         let url = format!("http://127.0.0.1:{}/stats?filter={name}", self.admin_port);
         let body = crate::http::client()
@@ -255,15 +283,16 @@ impl OidcEnv {
 
 fn bootstrap(
     policies: &[Policy],
-    module: &std::path::Path,
+    filters: &[Value],
     echo_port: u16,
     provider_port: u16,
     admin_port: u16,
 ) -> Value {
     let listeners: Vec<Value> = policies
         .iter()
+        .zip(filters)
         .enumerate()
-        .map(|(i, p)| {
+        .map(|(i, (p, filter))| {
             json!({
                 "name": format!("policy-{i}"),
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": p.port}},
@@ -275,17 +304,7 @@ fn bootstrap(
                         "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"],
                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
                         "http_filters": [
-                            {"name": "envoy.filters.http.wasm", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                                "config": {
-                                    "name": format!("oidc-{i}"),
-                                    "root_id": "oidc",
-                                    "vm_config": {"vm_id": "oidc", "runtime": "envoy.wasm.runtime.v8",
-                                        "code": {"local": {"filename": module}}},
-                                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                        "value": p.config.to_string()},
-                                    "fail_open": false
-                                }}},
+                            filter,
                             {"name": "envoy.filters.http.router", "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                         ]

@@ -1,10 +1,21 @@
-//! oidc filter end to end over HTTP: real Envoy + the wasm module, a real oidc-provider
-//! (devInteractions login form submitted by the test), an echo upstream.
+//! oidc filter end to end over HTTP: real Envoy with the filter on both runtimes (the
+//! proxy-wasm module and the dynamic module), a real oidc-provider (devInteractions login form
+//! submitted by the test), an echo upstream.
 
 use base64::Engine;
 use portcullis_integration::oidc_env::{Agent, EnvOptions, OidcEnv};
 use portcullis_integration::oidc_provider::ProviderOptions;
+use portcullis_integration::on_both_runtimes;
+use portcullis_integration::runtime::Runtime;
 use serde_json::json;
+
+on_both_runtimes!(
+    login_session_policies_attacks_bearer_and_logout,
+    refresh_large_tokens_expiry_and_require,
+    provider_unreachable_gives_503_not_a_redirect,
+    invalid_config_is_refused_by_envoy,
+    provider_restart_refresh_fails_and_rotated_keys_are_fetched,
+);
 
 fn b64url(v: &serde_json::Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
@@ -19,9 +30,9 @@ fn session_cookies(agent: &Agent, policy_name_prefix: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn login_session_policies_attacks_bearer_and_logout() {
+fn login_session_policies_attacks_bearer_and_logout(rt: Runtime) {
     let env = OidcEnv::start(EnvOptions {
+        runtime: rt,
         clients: vec!["app-a".into(), "app-b".into()],
         ..EnvOptions::default()
     })
@@ -232,9 +243,9 @@ fn login_session_policies_attacks_bearer_and_logout() {
     );
 }
 
-#[test]
-fn refresh_large_tokens_expiry_and_require() {
+fn refresh_large_tokens_expiry_and_require(rt: Runtime) {
     let env = OidcEnv::start(EnvOptions {
+        runtime: rt,
         clients: vec!["big".into()],
         provider: ProviderOptions {
             access_token_ttl: 3,
@@ -298,9 +309,9 @@ fn refresh_large_tokens_expiry_and_require() {
     assert!(env.counter("portcullis_oidc_rejected_forbidden_total") >= 1);
 }
 
-#[test]
-fn provider_unreachable_gives_503_not_a_redirect() {
+fn provider_unreachable_gives_503_not_a_redirect(rt: Runtime) {
     let env = OidcEnv::start(EnvOptions {
+        runtime: rt,
         provider_down: true,
         ..EnvOptions::default()
     })
@@ -311,30 +322,41 @@ fn provider_unreachable_gives_503_not_a_redirect() {
     assert!(r.header("location").is_none());
 }
 
-#[test]
-fn invalid_config_is_refused_by_envoy() {
+fn invalid_config_is_refused_by_envoy(rt: Runtime) {
     use portcullis_integration::envoy::EnvoyBuilder;
-    let module = portcullis_integration::oidc_env::oidc_module().expect("module");
     let mut bad = portcullis_integration::oidc_env::default_config("http://127.0.0.1:1", "x", 1);
     bad["cookie"]["secret"] = json!("dG9vIHNob3J0");
     let (status, logs) = EnvoyBuilder::new()
-        .wasm("oidc", &module, bad)
+        .filter(rt, "oidc", bad)
         .start_expect_exit()
         .expect("envoy exits");
     assert!(!status.success());
+    assert!(logs.contains(rt.config_refused_marker()), "{logs}");
     assert!(
-        logs.contains("oidc: invalid config: cookie.secret"),
+        logs.lines().any(|l| l.contains(rt.filter_log_marker())
+            && l.contains("oidc: invalid config: cookie.secret")),
         "{logs}"
     );
 }
 
-/// Throughput of authenticated requests through Envoy (one worker) with wrk: a valid session
-/// (one AES-GCM open per request), a cached bearer token, and a pass-through path for
-/// reference. Prints the figures; run with `--ignored --nocapture`.
+/// Throughput of authenticated requests through Envoy (one worker) with wrk, on each runtime: a
+/// valid session (one AES-GCM open per request), a cached bearer token, and a pass-through path
+/// for reference. Prints the figures; run with `--ignored --nocapture`.
 #[test]
 #[ignore = "benchmark: needs wrk, prints figures"]
 fn perf_authenticated_request() {
-    let env = OidcEnv::start(EnvOptions::default()).expect("environment");
+    for rt in Runtime::ALL {
+        println!("{}:", rt.name());
+        perf_authenticated_request_on(rt);
+    }
+}
+
+fn perf_authenticated_request_on(rt: Runtime) {
+    let env = OidcEnv::start(EnvOptions {
+        runtime: rt,
+        ..EnvOptions::default()
+    })
+    .expect("environment");
     let mut agent = Agent::new();
     let done = agent.login(&env.url(0, "/"), "alice");
     assert_eq!(done.status, 200);
@@ -375,9 +397,9 @@ fn perf_authenticated_request() {
     );
 }
 
-#[test]
-fn provider_restart_refresh_fails_and_rotated_keys_are_fetched() {
+fn provider_restart_refresh_fails_and_rotated_keys_are_fetched(rt: Runtime) {
     let mut env = OidcEnv::start(EnvOptions {
+        runtime: rt,
         clients: vec!["rot".into()],
         provider: ProviderOptions {
             access_token_ttl: 2,
