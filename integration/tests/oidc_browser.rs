@@ -1,24 +1,33 @@
-//! oidc filter in a real headless chromium: login through the provider's page, stay logged in
-//! on reload, log out and be sent back to login. Screenshots of every step go to
-//! `target/test-artifacts/oidc/`.
+//! oidc filter in a real headless chromium, on both runtimes (the proxy-wasm module and the
+//! dynamic module): login through the provider's page, stay logged in on reload, log out and be
+//! sent back to login. Screenshots of every step go to `target/test-artifacts/oidc/`
+//! (`wasm-…` and `dynamic-…`).
 
 use portcullis_integration::browser::{self, Browser};
 use portcullis_integration::oidc_env::{EnvOptions, OidcEnv};
+use portcullis_integration::on_both_runtimes;
+use portcullis_integration::runtime::Runtime;
 
-#[test]
-fn browser_login_reload_logout() {
+on_both_runtimes!(browser_login_reload_logout);
+
+fn browser_login_reload_logout(rt: Runtime) {
     assert!(
         browser::available(),
         "chromium/chromedriver missing: run `bash scripts/setup.sh browser`"
     );
     let env = OidcEnv::start(EnvOptions {
+        runtime: rt,
         clients: vec!["browser-app".into()],
         ..EnvOptions::default()
     })
     .expect("environment");
     let issuer = env.provider.issuer();
     let mut b = Browser::start().expect("chromium");
-    let shots = "oidc";
+    // One folder for both runtimes, file names prefixed with the runtime.
+    let shot = |b: &Browser, step: &str| {
+        b.screenshot("oidc", &format!("{}-{step}", rt.name()))
+            .unwrap()
+    };
 
     // 1. A protected URL sends the browser to the provider's login page.
     let protected = env.url(0, "/dashboard?from=browser");
@@ -29,7 +38,7 @@ fn browser_login_reload_logout() {
         })
         .unwrap();
     b.find("input[name=login]").unwrap();
-    b.screenshot(shots, "01-login-page").unwrap();
+    shot(&b, "01-login-page");
     assert!(url.starts_with(&issuer));
 
     // 2. Log in and land back on the original URL; the upstream saw x-user-email.
@@ -46,7 +55,7 @@ fn browser_login_reload_logout() {
         "upstream should see x-user-email: {text}"
     );
     assert!(text.contains("x-user-email"));
-    b.screenshot(shots, "02-logged-in").unwrap();
+    shot(&b, "02-logged-in");
     let cookies = b.cookie_names().unwrap();
     assert!(
         cookies
@@ -65,21 +74,21 @@ fn browser_login_reload_logout() {
         logins,
         "no new login on reload"
     );
-    b.screenshot(shots, "03-reloaded").unwrap();
+    shot(&b, "03-reloaded");
 
     // 4. Log out: the provider confirms, then we are back at its login page.
     b.goto(&env.url(0, "/logout")).unwrap();
     b.wait_url("provider logout page", |u| u.starts_with(&issuer))
         .unwrap();
     b.find("#logout-yes").unwrap();
-    b.screenshot(shots, "04-logout-confirm").unwrap();
+    shot(&b, "04-logout-confirm");
     b.click("#logout-yes").unwrap();
     b.wait_url("back at the provider login", |u| {
         u.starts_with(&issuer) && u.contains("/interaction/")
     })
     .unwrap();
     b.find("input[name=login]").unwrap();
-    b.screenshot(shots, "05-logged-out-login-page").unwrap();
+    shot(&b, "05-logged-out-login-page");
     let cookies = b.cookie_names().unwrap();
     assert!(
         !cookies
