@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Data-plane benchmark (`make bench-filters`): every filter against no filter, Envoy's native
-# equivalent and Lua. One Envoy per variant (--concurrency 1) pinned to core 0, wrk (1 thread,
-# 16 connections) and the real-upstream Envoy pinned to core 1; variants interleaved, 5 rounds.
+# Data-plane benchmark (`make bench-filters`): every filter, as proxy-wasm and as the dynamic
+# module dist/dynamic/libportcullis.so, against no filter, Envoy's native equivalent and Lua.
+# One Envoy per variant (--concurrency 1) pinned to core 0, wrk (1 thread, 16 connections) and
+# the real-upstream Envoy pinned to core 1; variants interleaved, 5 rounds. The `c4` rows run
+# Envoy with 4 workers sharing every core with wrk; a last phase checks exactness of a local
+# limit across those workers.
 # Writes target/bench/filters.json, target/bench/filters.md and docs/bench/filters-*.svg.
 # Extra arguments go to `portcullis-bench filters` (see --help), e.g.
 #   scripts/bench-filters.sh --rounds 1 --duration 1 --only ua-wasm,ua-lua
@@ -30,6 +33,11 @@ for f in ratelimit oidc; do
       "target/wasm32-wasip1/wasm/$f.wasm" -o "dist/wasm/$f.wasm"
   fi
 done
+# `make bench-filters` builds the dynamic module too (make build); run directly, build it here.
+if [ ! -f dist/dynamic/libportcullis.so ]; then
+  echo "[bench-filters] dist/dynamic/libportcullis.so missing: make build-dynamic" >&2
+  make build-dynamic
+fi
 cargo build --release -p portcullis-bench
 mkdir -p target/bench docs/bench
 if [ "$(nproc)" -lt 2 ]; then

@@ -38,6 +38,28 @@ pub fn wasm_filter(name: &str, module: &Path, config: &Value) -> Value {
     })
 }
 
+/// One filter of the Envoy dynamic module `library` (`libportcullis.so`), selected by
+/// `filter_name`, its JSON config as a StringValue: exactly the HttpFilter that
+/// `integration/src/runtime.rs::dynamic_filter` (and so the integration tests) produce.
+pub fn dynamic_filter(library: &Path, filter_name: &str, config: &Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "module": {"local": {"filename": library}},
+                "do_not_close": true,
+                "metrics_namespace": "portcullis"
+            },
+            "filter_name": filter_name,
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": config.to_string()
+            }
+        }
+    })
+}
+
 pub fn lua_filter(code: &str) -> Value {
     json!({
         "name": "envoy.filters.http.lua",
@@ -119,7 +141,8 @@ pub fn bootstrap(
     })
 }
 
-/// A running Envoy with `--concurrency 1`, pinned to `cpus` with taskset.
+/// A running Envoy with `--concurrency N` (1 for every variant but the multi-worker rows),
+/// pinned to `cpus` with taskset.
 pub struct Envoy {
     pub log: PathBuf,
     pub guard: Guard,
@@ -131,6 +154,7 @@ impl Envoy {
         dir: &Path,
         name: &str,
         cpus: &str,
+        concurrency: u32,
         admin_port: u16,
         bootstrap: &Value,
     ) -> Result<Self> {
@@ -145,13 +169,9 @@ impl Envoy {
             .arg(envoy_bin)
             .arg("-c")
             .arg(&cfg)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ])
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .args(["--disable-hot-restart", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);

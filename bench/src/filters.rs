@@ -1,5 +1,8 @@
 //! Data-plane benchmark: one Envoy per variant (`--concurrency 1`, pinned to one core), a wrk
-//! load generator pinned to the other core, variants interleaved round by round.
+//! load generator pinned to the other core, variants interleaved round by round. Every filter
+//! runs as proxy-wasm (V8) and as the Envoy dynamic module `libportcullis.so`, with the same
+//! config values. The `c4` group runs Envoy with 4 workers (see `--multi-*`), and a last phase
+//! counts how many requests a 4-worker Envoy lets through a small local limit (exactness).
 
 use crate::envoy::{self, bench_route, bootstrap, cluster, http_listener, lua_filter, Envoy};
 use crate::load::{Wrk, WrkResult};
@@ -49,6 +52,27 @@ pub struct FiltersArgs {
     /// Directory with ua_block.wasm, headers.wasm, ratelimit.wasm, oidc.wasm.
     #[arg(long, default_value = "dist/wasm")]
     pub wasm_dir: PathBuf,
+    /// The dynamic module with all four filters (`make build-dynamic`).
+    #[arg(long, default_value = "dist/dynamic/libportcullis.so")]
+    pub dynamic_module: PathBuf,
+    /// Envoy workers (`--concurrency`) of the multi-worker rows (group `c4`).
+    #[arg(long, default_value_t = 4)]
+    pub multi_concurrency: u32,
+    /// Core(s) shared by the multi-worker Envoy and its wrk (taskset list; default: all cores).
+    #[arg(long)]
+    pub multi_cpus: Option<String>,
+    /// wrk threads for the multi-worker rows.
+    #[arg(long, default_value_t = 2)]
+    pub multi_threads: u32,
+    /// wrk connections for the multi-worker rows (and the exactness phase).
+    #[arg(long, default_value_t = 64)]
+    pub multi_connections: u32,
+    /// The local limit of the exactness phase (requests per day, burst = the same number).
+    #[arg(long, default_value_t = 1000)]
+    pub exact_limit: u64,
+    /// Seconds of load in the exactness phase (0: skip the phase).
+    #[arg(long, default_value_t = 3.0)]
+    pub exact_duration: f64,
     /// Results (JSON).
     #[arg(long, default_value = "target/bench/filters.json")]
     pub out: PathBuf,
@@ -221,6 +245,11 @@ pub struct Variant {
     pub upstream: bool,
     pub request_headers: Vec<(String, String)>,
     pub expect: Expect,
+    /// Envoy workers (`--concurrency`); >1 only for the `c4` group, which shares all cores with
+    /// a multi-threaded wrk.
+    pub concurrency: u32,
+    /// The variant the ratios are taken against: `none`, or `none-c4` for the `c4` group.
+    pub baseline: String,
     #[serde(skip)]
     pub filters: Vec<Value>,
     #[serde(skip)]
@@ -235,6 +264,8 @@ pub struct Variant {
 struct Ctx {
     root: PathBuf,
     wasm_dir: PathBuf,
+    dynamic_module: PathBuf,
+    multi_concurrency: u32,
 }
 
 fn module(ctx: &Ctx, name: &str) -> Result<PathBuf> {
@@ -243,6 +274,14 @@ fn module(ctx: &Ctx, name: &str) -> Result<PathBuf> {
         bail!("{} missing (make build-wasm)", p.display());
     }
     std::fs::canonicalize(&p).with_context(|| format!("resolving {}", p.display()))
+}
+
+fn dynamic_module(ctx: &Ctx) -> Result<PathBuf> {
+    let p = &ctx.dynamic_module;
+    if !p.exists() {
+        bail!("{} missing (make build-dynamic)", p.display());
+    }
+    std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()))
 }
 
 fn base_headers() -> Vec<(String, String)> {
@@ -278,6 +317,8 @@ fn variant(id: &str, group: &str, label: &str, description: &str, filters: Vec<V
         upstream: false,
         request_headers: base_headers(),
         expect: ok(),
+        concurrency: 1,
+        baseline: "none".into(),
         filters,
         route_extra: json!({}),
         idp: None,
@@ -287,7 +328,10 @@ fn variant(id: &str, group: &str, label: &str, description: &str, filters: Vec<V
 
 // ---- filter configs ----
 
-fn ua_wasm_config() -> Value {
+// Each config is used by the wasm and the dynamic-module variant alike (the dynamic module takes
+// exactly the wasm JSON config).
+
+fn ua_config() -> Value {
     json!({
         "deny": {"contains": deny_patterns(), "presets": ["ai-crawlers"]},
         "allow": {"contains": ALLOW},
@@ -335,7 +379,7 @@ const STRICT: [(&str, &str); 5] = [
     ("permissions-policy", "accelerometer=(), browsing-topics=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), midi=(), payment=(), usb=()"),
 ];
 
-fn headers_wasm_config() -> Value {
+fn headers_config() -> Value {
     let set: BTreeMap<&str, &str> = SETS.iter().copied().collect();
     json!({"request": {"set": set, "remove": REMOVES}, "security_headers": "strict"})
 }
@@ -371,19 +415,38 @@ fn route_headers() -> Value {
     })
 }
 
-fn rl_wasm_config(limited: bool) -> Value {
-    if limited {
-        json!({"rules": [{"name": "all", "limit": {"requests": 1, "unit": "day"}, "burst": 1}]})
-    } else {
-        json!({"rules": [{"name": "all", "limit": {"requests": 1_000_000_000u64, "unit": "second"}}]})
+/// The one local bucket of the ratelimit variants (ours and `local_ratelimit` alike).
+#[derive(Debug, Clone, Copy)]
+enum Rl {
+    /// 10^9 per second: never hit.
+    Pass,
+    /// 1 per day, burst 1: every request after the first is limited.
+    Limited,
+    /// N per day, burst N: exactly N pass (the exactness phase).
+    PerDay(u64),
+}
+
+fn rl_config(rl: Rl) -> Value {
+    match rl {
+        Rl::Pass => {
+            json!({"rules": [{"name": "all", "limit": {"requests": 1_000_000_000u64, "unit": "second"}}]})
+        }
+        Rl::Limited => {
+            json!({"rules": [{"name": "all", "limit": {"requests": 1, "unit": "day"}, "burst": 1}]})
+        }
+        Rl::PerDay(n) => {
+            json!({"rules": [{"name": "all", "limit": {"requests": n, "unit": "day"}, "burst": n}]})
+        }
     }
 }
 
-fn local_ratelimit(limited: bool) -> Value {
-    let bucket = if limited {
-        json!({"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "86400s"})
-    } else {
-        json!({"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"})
+fn local_ratelimit(rl: Rl) -> Value {
+    let bucket = match rl {
+        Rl::Pass => {
+            json!({"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"})
+        }
+        Rl::Limited => json!({"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "86400s"}),
+        Rl::PerDay(n) => json!({"max_tokens": n, "tokens_per_fill": n, "fill_interval": "86400s"}),
     };
     let pct = json!({"numerator": 100, "denominator": "HUNDRED"});
     json!({
@@ -566,11 +629,51 @@ fn with_cookie(mut h: Vec<(String, String)>, cookie: String) -> Vec<(String, Str
     h
 }
 
+fn deny_ua(mut d: Variant) -> Variant {
+    d.request_headers = d
+        .request_headers
+        .into_iter()
+        .map(|(k, x)| {
+            if k == "user-agent" {
+                (k, DENIED_UA.to_string())
+            } else {
+                (k, x)
+            }
+        })
+        .collect();
+    d.expect = Expect {
+        status: 403,
+        header: None,
+    };
+    d
+}
+
+fn limited(mut l: Variant) -> Variant {
+    l.expect = Expect {
+        status: 429,
+        header: None,
+    };
+    l
+}
+
+fn with_security_headers(mut h: Variant) -> Variant {
+    h.expect = ok_with("x-frame-options", "DENY");
+    h
+}
+
+/// A `c4` variant: `--concurrency N` on all cores, ratios against `none-c4`.
+fn multi(ctx: &Ctx, mut v: Variant) -> Variant {
+    v.concurrency = ctx.multi_concurrency;
+    v.baseline = "none-c4".into();
+    v
+}
+
 fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
     let ua = module(ctx, "ua_block")?;
     let hd = module(ctx, "headers")?;
     let rl = module(ctx, "ratelimit")?;
     let oidc = module(ctx, "oidc")?;
+    let lib = dynamic_module(ctx)?;
     let mut all_deny = deny_patterns();
     all_deny.extend(preset_patterns(&ctx.root)?);
     let lua = lua_ua_block(&ctx.root, &all_deny)?;
@@ -581,8 +684,11 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
         all_deny.len() - deny_patterns().len()
     );
     let wasm = |name: &str, path: &Path, cfg: Value| envoy::wasm_filter(name, path, &cfg);
+    let dynm = |name: &str, cfg: Value| envoy::dynamic_filter(&lib, name, &cfg);
     // Each provider variant gets its own provider port (the issuer URL names it).
-    let (p_oidc, p_oauth2, p_chain, p_chain_up) = (
+    let (p_oidc, p_oidc_dyn, p_oauth2) =
+        (util::free_port()?, util::free_port()?, util::free_port()?);
+    let (p_chain, p_chain_up, p_chain_dyn, p_chain_dyn_up) = (
         util::free_port()?,
         util::free_port()?,
         util::free_port()?,
@@ -613,13 +719,27 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
         "ua_block.wasm with `{}`: reads the user-agent, matches nothing; the fixed cost of one proxy-wasm filter",
         vec![wasm("ua_block", &ua, json!({}))],
     ));
+    v.push(variant(
+        "dyn-floor",
+        "baseline",
+        "dynamic-module floor (ua-block, empty config)",
+        "libportcullis.so, filter_name ua_block, config `{}`: reads the user-agent, matches nothing; the fixed cost of one dynamic-module filter",
+        vec![dynm("ua_block", json!({}))],
+    ));
 
     v.push(variant(
         "ua-wasm",
         "ua-block",
         "ua-block wasm",
         &ua_desc,
-        vec![wasm("ua_block", &ua, ua_wasm_config())],
+        vec![wasm("ua_block", &ua, ua_config())],
+    ));
+    v.push(variant(
+        "ua-dyn",
+        "ua-block",
+        "ua-block dynamic module",
+        &format!("the wasm config in libportcullis.so; {ua_desc}"),
+        vec![dynm("ua_block", ua_config())],
     ));
     v.push(variant(
         "ua-lua",
@@ -630,12 +750,17 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
     ));
     v.push(variant("ua-rbac", "ua-block", "ua-block native RBAC", "RBAC DENY: one RE2 alternation over the same deny list AND NOT the allow list on user-agent", vec![rbac_ua(&all_deny)]));
 
-    // The deny path: the same three with a deny-listed user-agent (GPTBot, from the preset).
+    // The deny path: the same four with a deny-listed user-agent (GPTBot, from the preset).
     for (id, label, f) in [
         (
             "ua-wasm-deny",
             "ua-block wasm, denied",
-            wasm("ua_block", &ua, ua_wasm_config()),
+            wasm("ua_block", &ua, ua_config()),
+        ),
+        (
+            "ua-dyn-deny",
+            "ua-block dynamic module, denied",
+            dynm("ua_block", ua_config()),
         ),
         ("ua-lua-deny", "ua-block Lua, denied", lua_filter(&lua)),
         (
@@ -644,103 +769,109 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
             rbac_ua(&all_deny),
         ),
     ] {
-        let mut d = variant(id, "ua-block", label, "as above, but the request's user-agent is GPTBot: every request answered 403 by the filter", vec![f]);
-        d.request_headers = d
-            .request_headers
-            .into_iter()
-            .map(|(k, x)| {
-                if k == "user-agent" {
-                    (k, DENIED_UA.to_string())
-                } else {
-                    (k, x)
-                }
-            })
-            .collect();
-        d.expect = Expect {
-            status: 403,
-            header: None,
-        };
-        v.push(d);
+        v.push(deny_ua(variant(id, "ua-block", label, "as above, but the request's user-agent is GPTBot: every request answered 403 by the filter", vec![f])));
     }
 
-    let mut h = variant(
+    let hd_desc = "strict preset + 3 request set + 2 request remove";
+    v.push(with_security_headers(variant(
         "headers-wasm",
         "headers",
         "headers wasm",
-        "strict preset + 3 request set + 2 request remove",
-        vec![wasm("headers", &hd, headers_wasm_config())],
-    );
-    h.expect = ok_with("x-frame-options", "DENY");
-    v.push(h);
-    let mut h = variant(
+        hd_desc,
+        vec![wasm("headers", &hd, headers_config())],
+    )));
+    v.push(with_security_headers(variant(
+        "headers-dyn",
+        "headers",
+        "headers dynamic module",
+        hd_desc,
+        vec![dynm("headers", headers_config())],
+    )));
+    v.push(with_security_headers(variant(
         "headers-native",
         "headers",
         "header_mutation native",
         "header_mutation filter: same 3 set, 2 remove, 5 response headers ADD_IF_ABSENT",
         vec![header_mutation()],
-    );
-    h.expect = ok_with("x-frame-options", "DENY");
-    v.push(h);
-    let mut h = variant(
+    )));
+    let mut h = with_security_headers(variant(
         "headers-route",
         "headers",
         "route header options",
         "route-level request_headers_to_add/remove, response_headers_to_add (no filter)",
         vec![],
-    );
+    ));
     h.route_extra = route_headers();
-    h.expect = ok_with("x-frame-options", "DENY");
     v.push(h);
 
+    let rl_pass = "local rule, one bucket, 10^9/s: every request passes (draft03 headers)";
     v.push(variant(
         "rl-wasm-pass",
         "ratelimit",
         "ratelimit wasm, not hit",
-        "local rule, one bucket, 10^9/s: every request passes (draft03 headers)",
-        vec![wasm("ratelimit", &rl, rl_wasm_config(false))],
+        rl_pass,
+        vec![wasm("ratelimit", &rl, rl_config(Rl::Pass))],
+    ));
+    v.push(variant(
+        "rl-dyn-pass",
+        "ratelimit",
+        "ratelimit dynamic module, not hit",
+        rl_pass,
+        vec![dynm("ratelimit", rl_config(Rl::Pass))],
     ));
     v.push(variant(
         "rl-native-pass",
         "ratelimit",
         "local_ratelimit native, not hit",
         "token bucket 10^9 per 1s, enforced 100%, draft03 headers",
-        vec![local_ratelimit(false)],
+        vec![local_ratelimit(Rl::Pass)],
     ));
-    let mut l = variant(
+    let rl_lim = "1 request per day: every measured request answered 429 by the filter";
+    v.push(limited(variant(
         "rl-wasm-limited",
         "ratelimit",
         "ratelimit wasm, all limited",
-        "1 request per day: every measured request answered 429 by the filter",
-        vec![wasm("ratelimit", &rl, rl_wasm_config(true))],
-    );
-    l.expect = Expect {
-        status: 429,
-        header: None,
-    };
-    v.push(l);
-    let mut l = variant(
+        rl_lim,
+        vec![wasm("ratelimit", &rl, rl_config(Rl::Limited))],
+    )));
+    v.push(limited(variant(
+        "rl-dyn-limited",
+        "ratelimit",
+        "ratelimit dynamic module, all limited",
+        rl_lim,
+        vec![dynm("ratelimit", rl_config(Rl::Limited))],
+    )));
+    v.push(limited(variant(
         "rl-native-limited",
         "ratelimit",
         "local_ratelimit native, all limited",
         "bucket of 1 token per day: every measured request answered 429",
-        vec![local_ratelimit(true)],
-    );
-    l.expect = Expect {
-        status: 429,
-        header: None,
-    };
-    v.push(l);
+        vec![local_ratelimit(Rl::Limited)],
+    )));
 
-    let mut o = variant(
-        "oidc-wasm",
-        "oidc",
-        "oidc wasm, valid session",
-        "sealed session cookie (AES-256-GCM) opened per request, access token forwarded",
-        vec![wasm("oidc", &oidc, oidc_config(p_oidc))],
-    );
-    o.request_headers = with_cookie(base_headers(), oidc_cookie(p_oidc)?);
-    o.idp = Some(p_oidc);
-    v.push(o);
+    // The same sealed cookie format and key for both runtimes: `oidc_cookie` seals with
+    // `portcullis_core::oidc`, which both the wasm and the dynamic-module filter open.
+    let oidc_desc =
+        "sealed session cookie (AES-256-GCM) opened per request, access token forwarded";
+    for (id, label, idp, f) in [
+        (
+            "oidc-wasm",
+            "oidc wasm, valid session",
+            p_oidc,
+            wasm("oidc", &oidc, oidc_config(p_oidc)),
+        ),
+        (
+            "oidc-dyn",
+            "oidc dynamic module, valid session",
+            p_oidc_dyn,
+            dynm("oidc", oidc_config(p_oidc_dyn)),
+        ),
+    ] {
+        let mut o = variant(id, "oidc", label, oidc_desc, vec![f]);
+        o.request_headers = with_cookie(base_headers(), oidc_cookie(idp)?);
+        o.idp = Some(idp);
+        v.push(o);
+    }
     let mut o = variant(
         "oauth2-native",
         "oidc",
@@ -753,31 +884,81 @@ fn variants(ctx: &Ctx) -> Result<Vec<Variant>> {
     o.secrets = oauth2_secrets();
     v.push(o);
 
-    for (upstream, idp) in [(false, p_chain), (true, p_chain_up)] {
-        let chain = vec![
-            wasm("ua_block", &ua, ua_wasm_config()),
-            wasm("ratelimit", &rl, rl_wasm_config(false)),
-            wasm("oidc", &oidc, oidc_config(idp)),
-            wasm("headers", &hd, headers_wasm_config()),
-        ];
-        let (id, label) = if upstream {
-            ("chain-wasm-upstream", "all four wasm, real upstream")
+    for (dynamic, upstream, idp) in [
+        (false, false, p_chain),
+        (false, true, p_chain_up),
+        (true, false, p_chain_dyn),
+        (true, true, p_chain_dyn_up),
+    ] {
+        let chain = if dynamic {
+            vec![
+                dynm("ua_block", ua_config()),
+                dynm("ratelimit", rl_config(Rl::Pass)),
+                dynm("oidc", oidc_config(idp)),
+                dynm("headers", headers_config()),
+            ]
         } else {
-            ("chain-wasm", "all four wasm")
+            vec![
+                wasm("ua_block", &ua, ua_config()),
+                wasm("ratelimit", &rl, rl_config(Rl::Pass)),
+                wasm("oidc", &oidc, oidc_config(idp)),
+                wasm("headers", &hd, headers_config()),
+            ]
         };
-        let mut c = variant(
+        let (id, label) = match (dynamic, upstream) {
+            (false, false) => ("chain-wasm", "all four wasm"),
+            (false, true) => ("chain-wasm-upstream", "all four wasm, real upstream"),
+            (true, false) => ("chain-dyn", "all four dynamic module"),
+            (true, true) => (
+                "chain-dyn-upstream",
+                "all four dynamic module, real upstream",
+            ),
+        };
+        let mut c = with_security_headers(variant(
             id,
             "chain",
             label,
             "ua-block -> ratelimit (not hit) -> oidc (valid session) -> headers",
             chain,
-        );
+        ));
         c.request_headers = with_cookie(base_headers(), oidc_cookie(idp)?);
         c.idp = Some(idp);
         c.upstream = upstream;
-        c.expect = ok_with("x-frame-options", "DENY");
         v.push(c);
     }
+
+    // Several workers: our process-wide bucket against local_ratelimit's, both not hit.
+    let n = ctx.multi_concurrency;
+    v.push(multi(
+        ctx,
+        variant(
+            "none-c4",
+            "c4",
+            &format!("no filter, {n} workers"),
+            &format!("router only, Envoy --concurrency {n}; the baseline of this group"),
+            vec![],
+        ),
+    ));
+    v.push(multi(
+        ctx,
+        variant(
+            "rl-dyn-c4",
+            "c4",
+            &format!("ratelimit dynamic module, not hit, {n} workers"),
+            &format!("{rl_pass}; one process-wide bucket shared by the {n} workers"),
+            vec![dynm("ratelimit", rl_config(Rl::Pass))],
+        ),
+    ));
+    v.push(multi(
+        ctx,
+        variant(
+            "rl-native-c4",
+            "c4",
+            &format!("local_ratelimit native, not hit, {n} workers"),
+            "token bucket 10^9 per 1s, enforced 100%, draft03 headers",
+            vec![local_ratelimit(Rl::Pass)],
+        ),
+    ));
     Ok(v)
 }
 
@@ -812,9 +993,41 @@ pub struct VariantResult {
     pub skipped_reason: Option<String>,
     pub rounds: Vec<Round>,
     pub median: Option<Summary>,
-    /// median / the `none` variant's median (for RSS: end RSS / none's end RSS).
+    /// median / the baseline variant's median (`none`, or `none-c4` for the `c4` group; for
+    /// RSS: end RSS / the baseline's end RSS).
     pub ratio_to_none: Option<Summary>,
+    /// End RSS minus the baseline's end RSS (MiB).
+    pub rss_delta_mib: Option<f64>,
     pub rss_idle_mib: Option<f64>,
+}
+
+/// The exactness phase: a fresh Envoy with `multi_concurrency` workers and one local bucket of
+/// `limit` requests per day, loaded for a few seconds by many connections; how many got a 2xx.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exactness {
+    pub id: String,
+    pub label: String,
+    pub concurrency: u32,
+    pub limit: u64,
+    pub connections: u32,
+    pub seconds: f64,
+    /// Responses counted by wrk.
+    pub requests: u64,
+    /// From Envoy's admin `/stats`: `http.bench.downstream_rq_2xx` and `_4xx`.
+    pub passed: Option<u64>,
+    pub limited: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// 1-minute load averages (`/proc/loadavg`) through the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadSamples {
+    /// Before any Envoy started.
+    pub start: String,
+    /// At the start of each round.
+    pub rounds: Vec<String>,
+    /// After the last round.
+    pub end: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -833,7 +1046,12 @@ pub struct FiltersReport {
     pub warmup_s: f64,
     pub connections: u32,
     pub request: String,
+    /// The `c4` group's setup (workers, cores, wrk).
+    pub multi: String,
+    pub dynamic_module: String,
+    pub load_average: LoadSamples,
     pub variants: Vec<VariantResult>,
+    pub exactness: Vec<Exactness>,
 }
 
 struct Live {
@@ -952,11 +1170,24 @@ pub fn run(args: FiltersArgs) -> Result<()> {
     } else {
         root.join(&args.wasm_dir)
     };
+    let load_start = loadavg();
     let work = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
+    let multi_cpus = args.multi_cpus.clone().unwrap_or_else(|| {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if n > 1 {
+            format!("0-{}", n - 1)
+        } else {
+            "0".into()
+        }
+    });
     let ctx = Ctx {
         root: root.clone(),
         wasm_dir,
+        dynamic_module: abs(&root, &args.dynamic_module),
+        multi_concurrency: args.multi_concurrency,
     };
     let mut all = variants(&ctx)?;
     if args.list {
@@ -969,7 +1200,15 @@ pub fn run(args: FiltersArgs) -> Result<()> {
         return Ok(());
     }
     if !args.only.is_empty() {
-        all.retain(|v| v.id == "none" || args.only.iter().any(|o| o == &v.id));
+        // The baselines of the selected variants stay: `none`, and `none-c4` for `c4` rows.
+        let wanted: Vec<String> = all
+            .iter()
+            .filter(|v| args.only.iter().any(|o| o == &v.id))
+            .map(|v| v.baseline.clone())
+            .chain(std::iter::once("none".to_string()))
+            .chain(args.only.iter().cloned())
+            .collect();
+        all.retain(|v| wanted.contains(&v.id));
     }
 
     // The real upstream: a second Envoy answering with direct_response, on the load core.
@@ -993,6 +1232,7 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             &work,
             "upstream",
             &args.load_cpus,
+            1,
             up_admin,
             &up_boot,
         )?)
@@ -1022,7 +1262,12 @@ pub fn run(args: FiltersArgs) -> Result<()> {
         }
         let boot = bootstrap(admin, listeners, clusters, v.secrets.clone());
         eprintln!("[bench] starting envoy for {}", v.id);
-        let started = Envoy::start(&envoy_bin, &work, &v.id, &args.envoy_cpus, admin, &boot);
+        let cpus = if v.concurrency > 1 {
+            &multi_cpus
+        } else {
+            &args.envoy_cpus
+        };
+        let started = Envoy::start(&envoy_bin, &work, &v.id, cpus, v.concurrency, admin, &boot);
         let envoy = match started {
             Ok(x) => x,
             Err(e) => {
@@ -1057,22 +1302,32 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             rounds: vec![],
             median: None,
             ratio_to_none: None,
+            rss_delta_mib: None,
             rss_idle_mib: rss_idle,
         });
         live.push(Some(Live { envoy, port }));
     }
 
     let wrk = Wrk::new(&work, &args.load_cpus, args.connections, 1)?;
+    let wrk_multi = Wrk::new(
+        &work,
+        &multi_cpus,
+        args.multi_connections,
+        args.multi_threads,
+    )?;
+    let wrk_for = |v: &Variant| if v.concurrency > 1 { &wrk_multi } else { &wrk };
     // Warm-up (also JIT-compiles the wasm modules' hot paths and fills connection pools).
     for (r, l) in results.iter().zip(&live) {
         if let Some(l) = l {
             eprintln!("[bench] warm-up {}", r.variant.id);
-            wrk.run(&url(l.port), &r.variant.request_headers, args.warmup)?;
+            wrk_for(&r.variant).run(&url(l.port), &r.variant.request_headers, args.warmup)?;
         }
     }
     let t0 = Instant::now();
     let n = results.len();
+    let mut load_rounds = vec![];
     for round in 1..=args.rounds {
+        load_rounds.push(loadavg());
         // Rotate the starting variant each round, so no variant always runs first (after a pause)
         // or last (on a machine warmed by the others).
         for k in 0..n {
@@ -1082,7 +1337,8 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             l.envoy.guard.check_alive()?;
             let pid = l.envoy.pid();
             let c0 = util::cpu_seconds(pid)?;
-            let w: WrkResult = wrk.run(&url(l.port), &r.variant.request_headers, args.duration)?;
+            let w: WrkResult =
+                wrk_for(&r.variant).run(&url(l.port), &r.variant.request_headers, args.duration)?;
             let c1 = util::cpu_seconds(pid)?;
             let cpu_us = if w.requests > 0 {
                 (c1 - c0) * 1e6 / w.requests as f64
@@ -1122,24 +1378,30 @@ pub fn run(args: FiltersArgs) -> Result<()> {
             rss_mib: rss,
         });
     }
-    let base = results
+    let load_end = loadavg();
+    let bases: BTreeMap<String, Summary> = results
         .iter()
-        .find(|r| r.variant.id == "none")
-        .and_then(|r| r.median.clone());
-    if let Some(b) = base {
-        for r in &mut results {
-            if let Some(m) = &r.median {
-                r.ratio_to_none = Some(Summary {
-                    rps: m.rps / b.rps,
-                    p50_us: m.p50_us / b.p50_us,
-                    p99_us: m.p99_us / b.p99_us,
-                    cpu_us_per_request: m.cpu_us_per_request / b.cpu_us_per_request,
-                    rss_mib: m.rss_mib / b.rss_mib,
-                });
-            }
-        }
+        .filter_map(|r| r.median.clone().map(|m| (r.variant.id.clone(), m)))
+        .collect();
+    for r in &mut results {
+        let (Some(m), Some(b)) = (&r.median, bases.get(&r.variant.baseline)) else {
+            continue;
+        };
+        r.ratio_to_none = Some(Summary {
+            rps: m.rps / b.rps,
+            p50_us: m.p50_us / b.p50_us,
+            p99_us: m.p99_us / b.p99_us,
+            cpu_us_per_request: m.cpu_us_per_request / b.cpu_us_per_request,
+            rss_mib: m.rss_mib / b.rss_mib,
+        });
+        r.rss_delta_mib = Some(m.rss_mib - b.rss_mib);
     }
     drop(live);
+    let exactness = if args.exact_duration > 0.0 {
+        exactness_phase(&ctx, &args, &envoy_bin, &work, &multi_cpus, &wrk_multi)?
+    } else {
+        vec![]
+    };
     let machine = util::machine();
     let report = FiltersReport {
         benchmark: "filters",
@@ -1162,7 +1424,27 @@ pub fn run(args: FiltersArgs) -> Result<()> {
         warmup_s: args.warmup,
         connections: args.connections,
         request: format!("GET {PATH} HTTP/1.1, Host {HOST}, a Chrome user-agent, x-debug and x-internal headers (+ the session cookie for oidc/oauth2/chain)"),
+        multi: format!(
+            "Envoy --concurrency {} and wrk ({} threads, {} connections) share cores {multi_cpus} (taskset): the machine has {} cores, so the workers and the load generator compete; compare the c4 rows with each other and with none-c4, not with the 1-worker rows",
+            args.multi_concurrency,
+            args.multi_threads,
+            args.multi_connections,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        ),
+        dynamic_module: format!(
+            "{} ({} bytes)",
+            args.dynamic_module.display(),
+            std::fs::metadata(&ctx.dynamic_module)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        ),
+        load_average: LoadSamples {
+            start: load_start,
+            rounds: load_rounds,
+            end: load_end,
+        },
         variants: results,
+        exactness,
     };
     let out = abs(&root, &args.out);
     if let Some(d) = out.parent() {
@@ -1206,6 +1488,118 @@ fn skipped(v: Variant, reason: String) -> VariantResult {
         rounds: vec![],
         median: None,
         ratio_to_none: None,
+        rss_delta_mib: None,
         rss_idle_mib: None,
     }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A counter from Envoy's admin `/stats` (plain text, `name: value` lines).
+fn admin_counter(admin: u16, name: &str) -> Result<u64> {
+    let r = util::get(local(admin), "/stats")?;
+    let body = String::from_utf8_lossy(&r.body);
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| anyhow!("no counter {name} on /stats"))
+}
+
+/// Exactness with several workers: a fresh Envoy per filter with one local bucket of
+/// `--exact-limit` per day (burst the same), loaded by the multi-worker wrk for
+/// `--exact-duration` seconds; an exact process-wide bucket lets exactly the limit through.
+fn exactness_phase(
+    ctx: &Ctx,
+    args: &FiltersArgs,
+    envoy_bin: &Path,
+    work: &Path,
+    cpus: &str,
+    wrk: &Wrk,
+) -> Result<Vec<Exactness>> {
+    let lib = dynamic_module(ctx)?;
+    let rl = module(ctx, "ratelimit")?;
+    let n = args.exact_limit;
+    let cases = [
+        (
+            "rl-dyn-exact",
+            "ratelimit dynamic module",
+            envoy::dynamic_filter(&lib, "ratelimit", &rl_config(Rl::PerDay(n))),
+        ),
+        (
+            "rl-wasm-exact",
+            "ratelimit wasm",
+            envoy::wasm_filter("ratelimit", &rl, &rl_config(Rl::PerDay(n))),
+        ),
+        (
+            "rl-native-exact",
+            "local_ratelimit native",
+            local_ratelimit(Rl::PerDay(n)),
+        ),
+    ];
+    let mut out = vec![];
+    for (id, label, filter) in cases {
+        let port = util::free_port()?;
+        let admin = util::free_port()?;
+        let boot = bootstrap(
+            admin,
+            vec![http_listener(
+                "bench",
+                port,
+                vec![filter],
+                vec![bench_route(false, &json!({}))],
+            )],
+            vec![],
+            vec![],
+        );
+        eprintln!("[bench] exactness: starting envoy for {id}");
+        let mut e = Exactness {
+            id: id.into(),
+            label: label.into(),
+            concurrency: args.multi_concurrency,
+            limit: n,
+            connections: wrk.connections,
+            seconds: args.exact_duration,
+            requests: 0,
+            passed: None,
+            limited: None,
+            error: None,
+        };
+        let res = (|| -> Result<()> {
+            let envoy = Envoy::start(
+                envoy_bin,
+                work,
+                id,
+                cpus,
+                args.multi_concurrency,
+                admin,
+                &boot,
+            )?;
+            let w = wrk.run(&url(port), &base_headers(), args.exact_duration)?;
+            e.requests = w.requests;
+            e.passed = Some(admin_counter(admin, "http.bench.downstream_rq_2xx")?);
+            e.limited = Some(admin_counter(admin, "http.bench.downstream_rq_4xx").unwrap_or(0));
+            drop(envoy);
+            Ok(())
+        })();
+        if let Err(err) = res {
+            eprintln!("[bench] exactness {id}: {err:#}");
+            e.error = Some(format!("{err:#}"));
+        } else {
+            eprintln!(
+                "[bench] exactness {id}: limit {n}, {} requests, {:?} passed, {:?} limited",
+                e.requests, e.passed, e.limited
+            );
+        }
+        out.push(e);
+    }
+    Ok(out)
 }

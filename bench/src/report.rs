@@ -1,7 +1,7 @@
 //! Markdown tables from the results (pasted into BENCHMARKS.md).
 
 use crate::controller::ControllerReport;
-use crate::filters::FiltersReport;
+use crate::filters::{FiltersReport, VariantResult};
 use std::fmt::Write as _;
 
 fn ratio(x: f64) -> String {
@@ -21,24 +21,53 @@ pub fn filters_markdown(r: &FiltersReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{} rounds × {} s per variant (interleaved), {} s warm-up, {} connections. {}.\n",
-        r.rounds, r.duration_s, r.warmup_s, r.connections, r.pinning
+        "{} rounds × {} s per variant (interleaved), {} s warm-up, {} connections. {}. `c4` group: {}.\n",
+        r.rounds, r.duration_s, r.warmup_s, r.connections, r.pinning, r.multi
     );
     let _ = writeln!(
         s,
-        "| variant | req/s | ×none | p50 µs | ×none | p99 µs | ×none | Envoy CPU µs/req | ×none | Envoy RSS MiB | ×none |"
+        "Dynamic module: `{}`. Load average (1/5/15 min): {} before the Envoys started; {} at the start of rounds 1…{}; {} after the last round.\n",
+        r.dynamic_module,
+        r.load_average.start,
+        r.load_average
+            .rounds
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        r.rounds,
+        r.load_average.end
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "Ratios (×none) are to `none` in this run, except the `c4` rows: to `none-c4`. ΔRSS is the Envoy's RSS after the run minus that baseline's.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| variant | req/s | ×none | p50 µs | ×none | p99 µs | ×none | Envoy CPU µs/req | ×none | Envoy RSS MiB | ×none | ΔRSS MiB |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let mut group = String::new();
     for v in &r.variants {
         if v.variant.group != group {
             group = v.variant.group.clone();
         }
-        match (&v.median, &v.ratio_to_none) {
+        // Without its baseline (e.g. `--only` without it), a row shows its medians and no ratios.
+        let nan = crate::filters::Summary {
+            rps: f64::NAN,
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            cpu_us_per_request: f64::NAN,
+            rss_mib: f64::NAN,
+        };
+        match (&v.median, v.ratio_to_none.as_ref().or(Some(&nan))) {
             (Some(m), Some(x)) => {
                 let _ = writeln!(
                     s,
-                    "| `{}` {} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {} | {:.1} | {} |",
+                    "| `{}` {} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {} | {:.1} | {} | {} |",
                     v.variant.id,
                     v.variant.label,
                     m.rps,
@@ -50,13 +79,16 @@ pub fn filters_markdown(r: &FiltersReport) -> String {
                     m.cpu_us_per_request,
                     ratio(x.cpu_us_per_request),
                     m.rss_mib,
-                    ratio(x.rss_mib)
+                    ratio(x.rss_mib),
+                    v.rss_delta_mib
+                        .map(|d| format!("{d:+.1}"))
+                        .unwrap_or_else(|| "–".into())
                 );
             }
             _ => {
                 let _ = writeln!(
                     s,
-                    "| `{}` {} | not measured: {} |||||||||| ",
+                    "| `{}` {} | not measured: {} ||||||||||| ",
                     v.variant.id,
                     v.variant.label,
                     v.skipped_reason
@@ -68,11 +100,13 @@ pub fn filters_markdown(r: &FiltersReport) -> String {
             }
         }
     }
+    targets_markdown(&mut s, r);
+    exactness_markdown(&mut s, r);
     let _ = writeln!(s, "\nVariants:\n");
     for v in &r.variants {
         let _ = writeln!(
             s,
-            "- `{}` ({}): {}; expects {}{}.",
+            "- `{}` ({}): {}; expects {}{}{}.",
             v.variant.id,
             v.variant.group,
             v.variant.description,
@@ -81,6 +115,11 @@ pub fn filters_markdown(r: &FiltersReport) -> String {
                 ", real upstream"
             } else {
                 ", direct_response"
+            },
+            if v.variant.concurrency > 1 {
+                format!(", Envoy --concurrency {}", v.variant.concurrency)
+            } else {
+                String::new()
             }
         );
     }
@@ -104,6 +143,211 @@ pub fn filters_markdown(r: &FiltersReport) -> String {
         );
     }
     s
+}
+
+fn find<'a>(r: &'a FiltersReport, id: &str) -> Option<&'a VariantResult> {
+    r.variants.iter().find(|v| v.variant.id == id)
+}
+
+fn rps_ratio(r: &FiltersReport, id: &str) -> Option<f64> {
+    find(r, id)?.ratio_to_none.as_ref().map(|x| x.rps)
+}
+
+/// Issue 12's targets for the dynamic module, checked against this run's medians.
+fn targets_markdown(s: &mut String, r: &FiltersReport) {
+    let _ = writeln!(
+        s,
+        "\n**Issue 12 targets** (dynamic module; throughput ratios to `none` in this run):\n"
+    );
+    let _ = writeln!(s, "| target | measured | wasm twin | native | met? |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---|");
+    let show = |x: Option<f64>| x.map(ratio).unwrap_or_else(|| "–".into());
+    // (label, dyn id, wasm id, native id, minimum ratio, must beat native)
+    type Target<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, f64, bool);
+    let rows: [Target; 7] = [
+        (
+            "`ua-dyn` pass ≥ 0.93×",
+            "ua-dyn",
+            "ua-wasm",
+            Some("ua-rbac"),
+            0.93,
+            false,
+        ),
+        (
+            "`ua-dyn-deny` deny ≥ 0.93×",
+            "ua-dyn-deny",
+            "ua-wasm-deny",
+            Some("ua-rbac-deny"),
+            0.93,
+            false,
+        ),
+        (
+            "`headers-dyn` ≥ 0.90× and above `header_mutation`",
+            "headers-dyn",
+            "headers-wasm",
+            Some("headers-native"),
+            0.90,
+            true,
+        ),
+        (
+            "`rl-dyn-pass` not hit ≥ 0.93×",
+            "rl-dyn-pass",
+            "rl-wasm-pass",
+            Some("rl-native-pass"),
+            0.93,
+            false,
+        ),
+        (
+            "`rl-dyn-limited` all limited ≥ 0.93×",
+            "rl-dyn-limited",
+            "rl-wasm-limited",
+            Some("rl-native-limited"),
+            0.93,
+            false,
+        ),
+        (
+            "`oidc-dyn` valid session ≥ 0.75× and above `oauth2`",
+            "oidc-dyn",
+            "oidc-wasm",
+            Some("oauth2-native"),
+            0.75,
+            true,
+        ),
+        (
+            "`chain-dyn` all four ≥ 0.60×",
+            "chain-dyn",
+            "chain-wasm",
+            None,
+            0.60,
+            false,
+        ),
+    ];
+    for (label, d, w, nat, min, beat) in rows {
+        let m = rps_ratio(r, d);
+        let n = nat.and_then(|n| rps_ratio(r, n));
+        let verdict = match m {
+            None => "not measured".to_string(),
+            Some(x) => {
+                let mut why = vec![];
+                if x < min {
+                    why.push(format!("{:.2} below {min:.2}", min - x));
+                }
+                if beat {
+                    if let Some(n) = n {
+                        if x <= n {
+                            why.push(format!("{:.2} behind native", n - x));
+                        }
+                    }
+                }
+                if why.is_empty() {
+                    "met".to_string()
+                } else {
+                    format!("missed ({})", why.join("; "))
+                }
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} | {} | {verdict} |",
+            show(m),
+            show(rps_ratio(r, w)),
+            show(n)
+        );
+    }
+    // RSS: the library loaded (one filter, and all four) against none.
+    let delta = |id: &str| find(r, id).and_then(|v| v.rss_delta_mib);
+    let worst = [
+        "dyn-floor",
+        "ua-dyn",
+        "headers-dyn",
+        "rl-dyn-pass",
+        "oidc-dyn",
+        "chain-dyn",
+    ]
+    .iter()
+    .filter_map(|id| delta(id).map(|d| (*id, d)))
+    .max_by(|a, b| a.1.total_cmp(&b.1));
+    let mib = |x: Option<f64>| {
+        x.map(|d| format!("{d:+.1} MiB"))
+            .unwrap_or_else(|| "–".into())
+    };
+    let verdict = match worst {
+        None => "not measured".to_string(),
+        Some((id, d)) if d <= 5.0 => format!("met (largest: `{id}` {d:+.1} MiB)"),
+        Some((id, d)) => format!("missed (`{id}` {d:+.1} MiB, {:.1} MiB over)", d - 5.0),
+    };
+    let _ = writeln!(
+        s,
+        "| Envoy RSS with the library loaded ≤ +5 MiB | `dyn-floor` {}, `chain-dyn` {} | `wasm-floor` {}, `chain-wasm` {} | `ua-rbac` {} | {verdict} |",
+        mib(delta("dyn-floor")),
+        mib(delta("chain-dyn")),
+        mib(delta("wasm-floor")),
+        mib(delta("chain-wasm")),
+        mib(delta("ua-rbac"))
+    );
+    if let (Some(d), Some(n)) = (
+        find(r, "rl-dyn-c4").and_then(|v| v.median.as_ref()),
+        find(r, "rl-native-c4").and_then(|v| v.median.as_ref()),
+    ) {
+        let _ = writeln!(
+            s,
+            "\n`rl-dyn-c4` ÷ `rl-native-c4` (4 workers, not hit): {:.0} ÷ {:.0} req/s = {:.2}×; CPU {:.1} vs {:.1} µs/request.",
+            d.rps,
+            n.rps,
+            d.rps / n.rps,
+            d.cpu_us_per_request,
+            n.cpu_us_per_request
+        );
+    }
+}
+
+fn exactness_markdown(s: &mut String, r: &FiltersReport) {
+    if r.exactness.is_empty() {
+        return;
+    }
+    let e0 = &r.exactness[0];
+    let _ = writeln!(
+        s,
+        "\n**Exactness with {} workers**: a fresh Envoy per row, one local bucket of {} requests per day (burst {}), {} connections for {} s; passed and limited from Envoy's `/stats` (`downstream_rq_2xx`, `_4xx`):\n",
+        e0.concurrency, e0.limit, e0.limit, e0.connections, e0.seconds
+    );
+    let _ = writeln!(
+        s,
+        "| filter | limit | requests | passed (2xx) | limited (4xx) | passed − limit |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for e in &r.exactness {
+        match (&e.error, e.passed) {
+            (None, Some(p)) => {
+                let _ = writeln!(
+                    s,
+                    "| `{}` {} | {} | {} | {} | {} | {:+} |",
+                    e.id,
+                    e.label,
+                    e.limit,
+                    e.requests,
+                    p,
+                    e.limited
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "–".into()),
+                    p as i64 - e.limit as i64
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "| `{}` {} | not measured: {} ||||| ",
+                    e.id,
+                    e.label,
+                    e.error
+                        .as_deref()
+                        .unwrap_or("no result")
+                        .replace('|', "/")
+                        .replace('\n', " ")
+                );
+            }
+        }
+    }
 }
 
 pub fn controller_markdown(r: &ControllerReport) -> String {
