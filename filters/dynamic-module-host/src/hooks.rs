@@ -83,6 +83,13 @@ struct FilterBox {
     paused: Cell<bool>,
     /// A panic answered this stream with a 500: nothing more runs.
     poisoned: Cell<bool>,
+    /// This filter's request-headers hook ran. Envoy runs a stream's encoder hooks for every
+    /// filter in the chain, including the filters behind one that answered with a local reply
+    /// during decoding, whose request-headers hook never ran. Envoy's wasm filter skips the
+    /// response hooks of such a stream (its context is created by decodeHeaders), and proxy-wasm
+    /// is the reference: a filter placed after ua-block does not touch ua-block's 403. So the
+    /// response hooks (headers, body, trailers) do nothing until this is set.
+    saw_request: Cell<bool>,
 }
 
 /// A filter for a config whose factory panicked in `new_stream`: it answers 500.
@@ -184,6 +191,7 @@ impl FilterBox {
     }
 
     fn request_headers(&self, fe: FilterEnvoyPtr, eos: bool) -> u32 {
+        self.saw_request.set(true);
         if self.poisoned.get() {
             return headers_status::CONTINUE;
         }
@@ -204,7 +212,8 @@ impl FilterBox {
     }
 
     fn response_headers(&self, fe: FilterEnvoyPtr, eos: bool) -> u32 {
-        if self.poisoned.get() {
+        // A reply to a request this filter never saw (see `saw_request`): not ours to change.
+        if self.poisoned.get() || !self.saw_request.get() {
             return headers_status::CONTINUE;
         }
         match self.with(fe, |f, s| f.on_response_headers(s, eos)) {
@@ -443,6 +452,7 @@ fn new_box(shared: Arc<Shared>, filter: Box<dyn StreamFilter>) -> *const c_void 
         deferred: RefCell::new(VecDeque::new()),
         paused: Cell::new(false),
         poisoned: Cell::new(false),
+        saw_request: Cell::new(false),
     });
     Box::into_raw(b).cast_const().cast()
 }
@@ -560,6 +570,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 }
 
 // The hooks below return a constant and call nothing: they cannot panic, so they need no guard.
+// The response body and trailers hooks pass everything on, so a stream this filter never saw
+// the request of (`FilterBox::saw_request`) is left alone here as well. If they ever call into
+// the filter, they must check `saw_request` as `response_headers` does.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
