@@ -14,6 +14,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/filters/http/wasm/v3/wasm.proto",
     "envoy/extensions/filters/http/lua/v3/lua.proto",
+    "envoy/extensions/filters/http/dynamic_modules/v3/dynamic_modules.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];

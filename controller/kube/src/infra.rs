@@ -116,9 +116,11 @@ const SUPPORTED_EXACT: [&str; 6] = [
     "spec.logging.level.default",
     "spec.provider.kubernetes.envoyService.annotations",
 ];
-const SUPPORTED_SUBTREES: [&str; 2] = [
+const SUPPORTED_SUBTREES: [&str; 3] = [
     "spec.provider.kubernetes.envoyDeployment.container.resources",
     "spec.provider.kubernetes.envoyService.annotations",
+    // Read by the translator (the dynamic-module registry), not by the fleet.
+    "spec.dynamicModules",
 ];
 
 fn leaf_paths(v: &Value, path: String, out: &mut Vec<String>) {

@@ -175,6 +175,19 @@ impl WasmCache {
     /// now and returns its source, `file://<path>` pinned by sha256. The source resolves Ready
     /// without network; if the cached copy is evicted, a later fetch re-reads `path`.
     pub fn add_local(&self, path: &Path, bytes: &[u8]) -> std::io::Result<WasmSource> {
+        self.add_local_as(WasmCodeType::Http, path, bytes)
+    }
+
+    /// [`Self::add_local`] for a module of `kind` (a wasm module or a dynamic module). Refuses
+    /// bytes that are not of that kind.
+    pub fn add_local_as(
+        &self,
+        kind: WasmCodeType,
+        path: &Path,
+        bytes: &[u8],
+    ) -> std::io::Result<WasmSource> {
+        check_magic(&kind, &path.display().to_string(), bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let sha = hex::encode(Sha256::digest(bytes));
         let cached = self.path_for(&sha);
         if cached.is_file() {
@@ -196,7 +209,7 @@ impl WasmCache {
             .insert(url.clone(), path.to_path_buf());
         self.update_size_metric();
         Ok(WasmSource {
-            code_type: WasmCodeType::Http,
+            code_type: kind,
             url,
             sha256: Some(sha),
             pull_secret: None,
@@ -210,7 +223,7 @@ impl WasmCache {
             return None;
         }
         let sha = match src.code_type {
-            WasmCodeType::Http => pin.to_string(),
+            WasmCodeType::Http | WasmCodeType::DynamicModule => pin.to_string(),
             WasmCodeType::Image => std::fs::read_to_string(self.index_path(pin))
                 .ok()?
                 .trim()
@@ -341,7 +354,7 @@ impl WasmCache {
 
     async fn fetch_once(&self, src: &WasmSource) -> Result<(String, u64), String> {
         let (bytes, manifest_digest) = match src.code_type {
-            WasmCodeType::Http => {
+            WasmCodeType::Http | WasmCodeType::DynamicModule => {
                 let local = self
                     .inner
                     .local
@@ -362,16 +375,11 @@ impl WasmCache {
                 (bytes, Some(digest))
             }
         };
-        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(format!(
-                "{} is not a wasm module (bad magic number)",
-                src.url
-            ));
-        }
+        check_magic(&src.code_type, &src.url, &bytes)?;
         let sha = hex::encode(Sha256::digest(&bytes));
         // For HTTP the pin is the module's digest; for images the oci crate checked the
         // manifest digest against it.
-        if let (WasmCodeType::Http, Some(pin)) =
+        if let (WasmCodeType::Http | WasmCodeType::DynamicModule, Some(pin)) =
             (&src.code_type, src.sha256.as_deref().map(canonical_sha))
         {
             if pin != sha {
@@ -474,21 +482,40 @@ impl WasmCache {
     }
 }
 
+/// Checks that `bytes` are what `kind` names: a wasm module (`\0asm`) or an ELF shared library.
+fn check_magic(kind: &WasmCodeType, url: &str, bytes: &[u8]) -> Result<(), String> {
+    let (magic, what): (&[u8], &str) = match kind {
+        WasmCodeType::Http | WasmCodeType::Image => (b"\0asm", "a wasm module"),
+        WasmCodeType::DynamicModule => (b"\x7fELF", "a shared library (ELF)"),
+    };
+    if bytes.len() < 8 || &bytes[..4] != magic {
+        return Err(format!("{url} is not {what} (bad magic number)"));
+    }
+    Ok(())
+}
+
 impl WasmResolver for WasmCache {
     fn resolve(&self, source: &WasmSource) -> WasmResolution {
         match self.entries().get(source).map(|e| &e.state) {
             Some(EntryState::Ready { sha256, .. }) => WasmResolution::Ready {
                 sha256: sha256.clone(),
-                serve_url: format!(
-                    "{}/wasm/{sha256}.wasm",
-                    self.inner.cfg.serve_base.trim_end_matches('/')
-                ),
+                serve_url: self
+                    .serve_url_for(&source.code_type, sha256)
+                    .unwrap_or_default(),
             },
             Some(EntryState::Failed { reason }) => WasmResolution::Failed {
                 reason: reason.clone(),
             },
             Some(EntryState::Pending) | None => WasmResolution::Pending,
         }
+    }
+
+    fn serve_url_for(&self, kind: &WasmCodeType, sha256: &str) -> Option<String> {
+        let base = self.inner.cfg.serve_base.trim_end_matches('/');
+        Some(match kind {
+            WasmCodeType::DynamicModule => format!("{base}/dynamic/{sha256}.so"),
+            WasmCodeType::Http | WasmCodeType::Image => format!("{base}/wasm/{sha256}.wasm"),
+        })
     }
 }
 

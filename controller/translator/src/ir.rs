@@ -216,6 +216,7 @@ pub struct ClusterIr {
 pub enum FilterIr {
     Wasm(WasmFilterIr),
     Lua(LuaFilterIr),
+    Dynamic(DynamicFilterIr),
 }
 
 impl FilterIr {
@@ -223,8 +224,45 @@ impl FilterIr {
         match self {
             FilterIr::Wasm(w) => &w.name,
             FilterIr::Lua(l) => &l.name,
+            FilterIr::Dynamic(d) => &d.name,
         }
     }
+}
+
+/// One `envoy.filters.http.dynamic_modules` filter: a filter of a native module.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DynamicFilterIr {
+    /// HCM filter name:
+    /// `envoy.filters.http.dynamic_modules/envoyextensionpolicy/<ns>/<policy>/dynamic-module/<i>`
+    /// (or `.../securitypolicy/<ns>/<policy>/oidc`, `.../backendtrafficpolicy/...` for the
+    /// built-in filters).
+    pub name: String,
+    pub module: DynamicModuleIr,
+    /// Selects the filter inside the module (`ua_block`, `headers`, `ratelimit`, `oidc` in
+    /// `libportcullis.so`).
+    pub filter_name: String,
+    /// The filter's config as a JSON string (empty when absent), sent as a `StringValue`.
+    pub config: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DynamicModuleIr {
+    pub source: ModuleSourceIr,
+    pub do_not_close: bool,
+    pub load_globally: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ModuleSourceIr {
+    /// An absolute path on the Envoy's filesystem.
+    Local { path: String },
+    /// Fetched by Envoy from `url` through `fetch_cluster`, verified against `sha256`. Envoy
+    /// rejects the update (NACK) rather than drop the filter while it is not cached.
+    Remote {
+        url: String,
+        fetch_cluster: String,
+        sha256: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -28,7 +28,15 @@
 //!   `global.cluster`, and `service_address` is removed before the config reaches the filter;
 //! - conditions carry `lastTransitionTime: 1970-01-01T00:00:00Z` (pure output has no clock; the
 //!   runtime stamps real times when a condition changes) and `observedGeneration` when the
-//!   manifest sets `metadata.generation`.
+//!   manifest sets `metadata.generation`;
+//! - EnvoyExtensionPolicy `dynamicModule[i]` becomes
+//!   `envoy.filters.http.dynamic_modules/envoyextensionpolicy/<ns>/<policy>/dynamic-module/<i>`
+//!   (after the policy's wasm and lua filters), its module taken from the registry
+//!   (`EnvoyProxy.spec.dynamicModules`) of each Gateway it reaches: the Gateway's
+//!   `infrastructure.parametersRef`, else its GatewayClass's `parametersRef`. `Remote` modules
+//!   are fetched and served like wasm, with `nack_on_cache_miss`; `metrics_namespace` is
+//!   `portcullis`. With [`BuiltinRuntime::Dynamic`] the built-in filters are
+//!   `envoy.filters.http.dynamic_modules/{securitypolicy,backendtrafficpolicy}/...`.
 
 pub mod gatewayapi;
 pub mod ir;
@@ -79,6 +87,35 @@ pub struct TranslateOptions {
     /// Client certificate and CA for the fetch clusters of `https` wasm serve URLs (Kubernetes
     /// mode: the controller serves modules over mutual TLS). `None`: TLS with SNI only.
     pub wasm_fetch_tls: Option<ClientTlsFiles>,
+    /// Which runtime runs the built-in filters (SecurityPolicy `oidc`, BackendTrafficPolicy
+    /// `rateLimit`).
+    pub builtin_runtime: BuiltinRuntime,
+    /// `libportcullis.so`, resolved like a module: used when `builtin_runtime` is
+    /// [`BuiltinRuntime::Dynamic`]. The runtime serves its own copy.
+    pub builtin_dynamic_module: Option<WasmSource>,
+}
+
+/// The runtime of the built-in filters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuiltinRuntime {
+    /// `oidc.wasm` and `ratelimit.wasm` ([`TranslateOptions::builtin_modules`]).
+    #[default]
+    Wasm,
+    /// The `oidc` and `ratelimit` filters of `libportcullis.so`
+    /// ([`TranslateOptions::builtin_dynamic_module`]).
+    Dynamic,
+}
+
+impl std::str::FromStr for BuiltinRuntime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wasm" => Ok(Self::Wasm),
+            "dynamic" => Ok(Self::Dynamic),
+            _ => Err(format!("{s:?} is not a runtime (wasm or dynamic)")),
+        }
+    }
 }
 
 impl Default for TranslateOptions {
@@ -91,6 +128,8 @@ impl Default for TranslateOptions {
             session_secret: None,
             ratelimit_service: None,
             wasm_fetch_tls: None,
+            builtin_runtime: BuiltinRuntime::Wasm,
+            builtin_dynamic_module: None,
         }
     }
 }

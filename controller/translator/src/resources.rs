@@ -76,6 +76,26 @@ pub struct GatewayClassSpec {
 pub struct GatewaySpec {
     pub gateway_class_name: String,
     pub listeners: Vec<Listener>,
+    pub infrastructure: Option<GatewayInfrastructure>,
+}
+
+/// `spec.infrastructure`: labels and annotations go to the Envoy fleet (Kubernetes provider);
+/// `parametersRef` names an EnvoyProxy in the Gateway's namespace, which replaces the
+/// GatewayClass's.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayInfrastructure {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub parameters_ref: Option<LocalParametersRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalParametersRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -424,6 +444,58 @@ pub struct EnvoyExtensionPolicySpec {
     pub target_selectors: Vec<TargetSelector>,
     pub wasm: Vec<WasmSpec>,
     pub lua: Vec<LuaSpec>,
+    pub dynamic_module: Vec<DynamicModuleSpec>,
+}
+
+/// `EnvoyExtensionPolicy.spec.dynamicModule[]`: a filter of a module registered in the
+/// Gateway's EnvoyProxy `spec.dynamicModules`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DynamicModuleSpec {
+    pub name: String,
+    pub filter_name: Option<String>,
+    pub config: Option<Value>,
+    pub terminal_filter: Option<bool>,
+}
+
+/// The part of an EnvoyProxy the translator reads: the dynamic-module registry. The fleet
+/// fields (`provider`, `logging`) are read by the Kubernetes provider.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvoyProxySpec {
+    pub dynamic_modules: Vec<DynamicModuleEntry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DynamicModuleEntry {
+    pub name: String,
+    pub source: DynamicModuleSource,
+    pub do_not_close: Option<bool>,
+    pub load_globally: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DynamicModuleSource {
+    /// `Local` (default) or `Remote`.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub local: Option<LocalModuleSource>,
+    pub remote: Option<RemoteModuleSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalModuleSource {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RemoteModuleSource {
+    pub url: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
@@ -686,6 +758,7 @@ pub enum Resource {
     Namespace(Object<()>),
     Backend(Object<BackendSpec>),
     EnvoyExtensionPolicy(Object<EnvoyExtensionPolicySpec>),
+    EnvoyProxy(Object<EnvoyProxySpec>),
     SecurityPolicy(Object<SecurityPolicySpec>),
     BackendTrafficPolicy(Object<BackendTrafficPolicySpec>),
     /// A kind this controller does not read; kept so callers can report it.
@@ -866,6 +939,12 @@ fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
         (EG_GROUP, "EnvoyExtensionPolicy") => {
             Resource::EnvoyExtensionPolicy(typed(source, spec_of(v), true)?)
         }
+        // Only the registry is read here; other fields are the fleet's (not reported twice).
+        (EG_GROUP, "EnvoyProxy") => {
+            let mut o: Object<EnvoyProxySpec> = typed(source, spec_of(v), true)?;
+            o.unsupported.clear();
+            Resource::EnvoyProxy(o)
+        }
         (EG_GROUP, "SecurityPolicy") => Resource::SecurityPolicy(typed(source, spec_of(v), true)?),
         (EG_GROUP, "BackendTrafficPolicy") => {
             Resource::BackendTrafficPolicy(typed(source, spec_of(v), true)?)
@@ -924,6 +1003,7 @@ pub struct Resources {
     pub namespaces: BTreeMap<String, Object<()>>,
     pub backends: BTreeMap<NsName, Object<BackendSpec>>,
     pub extension_policies: BTreeMap<NsName, Object<EnvoyExtensionPolicySpec>>,
+    pub envoy_proxies: BTreeMap<NsName, Object<EnvoyProxySpec>>,
     pub security_policies: BTreeMap<NsName, Object<SecurityPolicySpec>>,
     pub backend_traffic_policies: BTreeMap<NsName, Object<BackendTrafficPolicySpec>>,
     /// `(apiVersion, kind, namespace/name, source)` of objects of kinds we do not read.
@@ -967,6 +1047,9 @@ impl Resources {
                 }
                 Resource::EnvoyExtensionPolicy(o) => {
                     r.extension_policies.insert(o.key(), o);
+                }
+                Resource::EnvoyProxy(o) => {
+                    r.envoy_proxies.insert(o.key(), o);
                 }
                 Resource::SecurityPolicy(o) => {
                     r.security_policies.insert(o.key(), o);

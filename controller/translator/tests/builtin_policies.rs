@@ -83,6 +83,7 @@ fn wasm_filters(out: &TranslateOutput) -> Vec<(String, String)> {
         .flat_map(|g| g.filters.iter())
         .filter_map(|f| match f {
             FilterIr::Wasm(w) => Some((w.name.clone(), w.configuration.clone())),
+            FilterIr::Dynamic(d) => Some((d.name.clone(), d.config.clone())),
             FilterIr::Lua(_) => None,
         })
         .collect()
@@ -541,4 +542,87 @@ fn cookies_are_secure_unless_the_callback_is_plain_http_off_loopback() {
     assert_eq!(secure("http://localhost:10085/oauth2/callback"), true);
     assert_eq!(secure("http://app.localhost:10085/oauth2/callback"), true);
     assert_eq!(secure("http://app.example.com/oauth2/callback"), false);
+}
+
+/// With the dynamic runtime, SecurityPolicy oidc and BackendTrafficPolicy rateLimit become
+/// filters of `libportcullis.so` (served by the controller, pinned, `nack_on_cache_miss`), with
+/// exactly the config the wasm runtime gives them; without the library they are not programmed.
+#[test]
+fn builtin_policies_run_on_the_dynamic_module_with_the_wasm_config() {
+    use portcullis_translator::ir::ModuleSourceIr;
+    use portcullis_translator::BuiltinRuntime;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata");
+    let mut checked = 0;
+    for case in ["07-securitypolicy-oidc.in.yaml", "08-btp-ratelimit.in.yaml"] {
+        let res = load(&std::fs::read_to_string(dir.join(case)).expect("read case"));
+        let wasm_out = translate(&res, &opts(), &TestResolver);
+        let mut o = opts();
+        o.builtin_runtime = BuiltinRuntime::Dynamic;
+        o.builtin_dynamic_module = Some(WasmSource {
+            code_type: WasmCodeType::DynamicModule,
+            url: "file:///opt/portcullis/libportcullis.so".into(),
+            sha256: Some("cd".repeat(32)),
+            pull_secret: None,
+            pull_policy: None,
+        });
+        let dyn_out = translate(&res, &o, &TestResolver);
+        // Same configs under the same policy paths, one runtime swapped for the other.
+        let wasm: Vec<(String, String)> = wasm_filters(&wasm_out)
+            .into_iter()
+            .filter(|(n, _)| n.contains("securitypolicy/") || n.contains("backendtrafficpolicy/"))
+            .map(|(n, c)| (n.replace("envoy.filters.http.wasm/", ""), c))
+            .collect();
+        assert!(!wasm.is_empty(), "{case}: no built-in filter");
+        let mut dynamic = Vec::new();
+        for f in dyn_out.ir.gateways.values().flat_map(|g| g.filters.iter()) {
+            match f {
+                FilterIr::Dynamic(d) => {
+                    let path = d
+                        .name
+                        .strip_prefix("envoy.filters.http.dynamic_modules/")
+                        .expect("dynamic filter name");
+                    assert!(
+                        path.ends_with(&format!("/{}", d.filter_name))
+                            || (d.filter_name == "ratelimit" && path.contains("backendtrafficpolicy/")),
+                        "{case}: {} runs filter {}",
+                        d.name,
+                        d.filter_name
+                    );
+                    assert!(d.module.do_not_close, "{case}: {}", d.name);
+                    match &d.module.source {
+                        ModuleSourceIr::Remote { sha256, url, .. } => {
+                            assert_eq!(sha256, &"cd".repeat(32));
+                            assert!(url.starts_with("http://127.0.0.1:19102/"), "{url}");
+                        }
+                        other => panic!("{case}: built-in module source {other:?}"),
+                    }
+                    dynamic.push((path.to_string(), d.config.clone()));
+                }
+                FilterIr::Wasm(w) => assert!(
+                    !w.name.contains("securitypolicy/") && !w.name.contains("backendtrafficpolicy/"),
+                    "{case}: {} still on wasm",
+                    w.name
+                ),
+                FilterIr::Lua(_) => {}
+            }
+        }
+        assert_eq!(dynamic, wasm, "{case}");
+        checked += dynamic.len();
+
+        // No library: the policies say so and program nothing.
+        let mut none = o.clone();
+        none.builtin_dynamic_module = None;
+        let out = translate(&res, &none, &TestResolver);
+        assert!(
+            out.ir
+                .gateways
+                .values()
+                .flat_map(|g| g.filters.iter())
+                .all(|f| !matches!(f, FilterIr::Dynamic(_))),
+            "{case}"
+        );
+        let text = serde_json::to_string(&out.statuses).expect("statuses");
+        assert!(text.contains("libportcullis.so"), "{case}: {text}");
+    }
+    assert!(checked >= 2);
 }

@@ -215,7 +215,9 @@ fn restore_configs(boot: &mut Value, out: &portcullis_translator::TranslateOutpu
             portcullis_translator::ir::FilterIr::Wasm(w) => {
                 Some((w.name.clone(), w.configuration.clone()))
             }
-            portcullis_translator::ir::FilterIr::Lua(_) => None,
+            // This suite runs the wasm builds; the dynamic runtime has its own tests.
+            portcullis_translator::ir::FilterIr::Lua(_)
+            | portcullis_translator::ir::FilterIr::Dynamic(_) => None,
         })
         .collect();
     let listeners = boot

@@ -42,10 +42,19 @@ impl WasmResolver for TestResolver {
         } else {
             let sha = s.sha256.clone().unwrap_or_else(|| "0".repeat(64));
             WasmResolution::Ready {
-                serve_url: format!("{}/wasm/{sha}.wasm", self.base),
+                serve_url: self
+                    .serve_url_for(&s.code_type, &sha)
+                    .unwrap_or_default(),
                 sha256: sha,
             }
         }
+    }
+
+    fn serve_url_for(&self, kind: &WasmCodeType, sha256: &str) -> Option<String> {
+        Some(match kind {
+            WasmCodeType::DynamicModule => format!("{}/dynamic/{sha256}.so", self.base),
+            _ => format!("{}/wasm/{sha256}.wasm", self.base),
+        })
     }
 }
 
@@ -295,6 +304,13 @@ fn envoy_accepts_every_golden_output() {
             // Test certificates are real; restore redacted keys from the IR.
             restore_keys(&mut boot, &out.ir);
             local_cert_files(&mut boot);
+            if !local_dynamic_modules(&mut boot, &dir) {
+                eprintln!(
+                    "skipping {} node {node}: it loads a dynamic module and dist/dynamic/libportcullis.so is not built",
+                    input.display()
+                );
+                continue;
+            }
             let file = dir.join(format!(
                 "{}-{}.json",
                 input.file_name().and_then(|n| n.to_str()).unwrap_or("x"),
@@ -303,6 +319,8 @@ fn envoy_accepts_every_golden_output() {
             std::fs::write(&file, serde_json::to_vec_pretty(&boot).expect("json"))
                 .expect("write bootstrap");
             let o = std::process::Command::new(&envoy)
+                // Envoy looks for remote dynamic modules in its temp directory first.
+                .env("TMPDIR", &dir)
                 .args(["--mode", "validate", "--log-level", "error", "-c"])
                 .arg(&file)
                 .output()
@@ -353,6 +371,50 @@ fn restore_keys(v: &mut Value, ir: &portcullis_translator::ir::Ir) {
 
 /// Envoy reads certificate files given by path (`filename`), so validation needs them: cases
 /// name `/etc/envoy/certs/<file>` (as in the Envoy pod), served here from `testdata/certs/`.
+/// Points every dynamic module of `boot` at the workspace's `libportcullis.so`: `local`
+/// filenames become its path; `remote` modules get its sha256, with a copy in `tmp` where Envoy
+/// caches fetched modules (`envoy_dynamic_module_<sha256>.so`), so validation needs no fetch.
+/// Returns false when `boot` loads a module and the library is not built.
+fn local_dynamic_modules(boot: &mut Value, tmp: &Path) -> bool {
+    /// Rewrites the modules under `v` once `lib` is known; counts them.
+    fn rewrite(v: &mut Value, lib: Option<(&str, &str)>) -> usize {
+        match v {
+            Value::Object(o) => {
+                let mut n = 0;
+                if let Some(m) = o.get_mut("dynamic_module_config").map(|c| &mut c["module"]) {
+                    n += 1;
+                    if let Some((path, sha)) = lib {
+                        if m.get("local").is_some() {
+                            m["local"]["filename"] = json!(path);
+                        }
+                        if m.get("remote").is_some() {
+                            m["remote"]["sha256"] = json!(sha);
+                        }
+                    }
+                }
+                n + o.values_mut().map(|v| rewrite(v, lib)).sum::<usize>()
+            }
+            Value::Array(a) => a.iter_mut().map(|v| rewrite(v, lib)).sum(),
+            _ => 0,
+        }
+    }
+    if rewrite(boot, None) == 0 {
+        return true;
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/dynamic/libportcullis.so");
+    let Ok(bytes) = std::fs::read(&lib) else {
+        return false;
+    };
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let cached = tmp.join(format!("envoy_dynamic_module_{sha}.so"));
+    if !cached.exists() {
+        std::fs::write(&cached, &bytes).expect("copy module");
+    }
+    rewrite(boot, Some((&lib.display().to_string(), &sha)));
+    true
+}
+
 fn local_cert_files(v: &mut Value) {
     match v {
         Value::Object(o) => {

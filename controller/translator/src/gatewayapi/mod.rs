@@ -6,6 +6,7 @@
 
 mod backends;
 mod builtin;
+mod dynamic;
 pub mod duration;
 pub mod hostname;
 mod listeners;
@@ -101,13 +102,25 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
             "Accepted",
             "GatewayClass is accepted by this controller.",
         )];
-        if gc.spec.parameters_ref.is_some() {
-            conds.push(Condition::new(
+        match gc.spec.parameters_ref.as_ref().map(dynamic::class_parameters) {
+            None => {}
+            // Envoy Gateway: a class whose EnvoyProxy does not resolve is not accepted.
+            Some(Ok(Some(key))) if !res.envoy_proxies.contains_key(&key) => {
+                conds[0] = Condition::new(
+                    "Accepted",
+                    false,
+                    "InvalidParameters",
+                    format!("EnvoyProxy {}/{} (spec.parametersRef) not found", key.0, key.1),
+                );
+            }
+            Some(Ok(Some(_))) => {}
+            Some(Err(why)) => conds[0] = Condition::new("Accepted", false, "InvalidParameters", why),
+            Some(Ok(None)) => conds.push(Condition::new(
                 "UnsupportedFields",
                 true,
                 "UnsupportedField",
-                "ignored by this controller: spec.parametersRef",
-            ));
+                "ignored by this controller: spec.parametersRef (only an EnvoyProxy is read)",
+            )),
         }
         conds.extend(unsupported_condition(&gc.unsupported));
         statuses.push(ResourceStatus {

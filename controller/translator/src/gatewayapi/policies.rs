@@ -31,6 +31,12 @@ pub struct PolicyState {
     pub problems: Vec<String>,
     /// Modules not available (pending or failed fetch), with their failOpen.
     pub unavailable: Vec<(String, bool)>,
+    /// `dynamicModule[]` filters (after `filters` in the chain) and their fetch clusters, per
+    /// Gateway: each Gateway has its own module registry.
+    pub dynamic: BTreeMap<NsName, super::dynamic::GatewayFilters>,
+    /// Remote dynamic modules Envoy cannot load yet (pending or failed fetch). Not blocking:
+    /// Envoy rejects the update and keeps its last good configuration.
+    pub not_ready: Vec<String>,
 }
 
 impl PolicyState {
@@ -311,6 +317,8 @@ pub fn resolve(
             clusters: vec![],
             problems: vec![],
             unavailable: vec![],
+            dynamic: BTreeMap::new(),
+            not_ready: vec![],
         };
         if !p.unsupported.is_empty() {
             st.problems
@@ -422,6 +430,7 @@ pub fn resolve(
                 Err(e) => st.problems.push(format!("lua[{i}]: {e}")),
             }
         }
+        resolve_dynamic(res, opts, wasm, gateways, &mut st, &mut wasm_needed);
         states.insert(key.clone(), st);
     }
 
@@ -434,6 +443,68 @@ pub fn resolve(
         states,
         winners,
         wasm_needed,
+    }
+}
+
+/// `dynamicModule[]`: configs (with their derived clusters) once, filters per reached Gateway.
+fn resolve_dynamic(
+    res: &Resources,
+    opts: &TranslateOptions,
+    resolver: &dyn WasmResolver,
+    gateways: &GatewayMap,
+    st: &mut PolicyState,
+    needed: &mut BTreeSet<WasmSource>,
+) {
+    let specs = &st.obj.spec.dynamic_module;
+    if specs.is_empty() {
+        return;
+    }
+    let mut configs = Vec::new();
+    for (i, dm) in specs.iter().enumerate() {
+        if dm.terminal_filter == Some(true) {
+            st.problems.push(format!(
+                "dynamicModule[{i}] {}: terminalFilter is not supported",
+                dm.name
+            ));
+        }
+        let mut config = dm.config.clone();
+        match module_clusters(config.as_mut()) {
+            Ok(cs) => {
+                for c in cs {
+                    if !st.clusters.contains(&c) {
+                        st.clusters.push(c);
+                    }
+                }
+            }
+            Err(e) => st
+                .problems
+                .push(format!("dynamicModule[{i}] {}: {e}", dm.name)),
+        }
+        configs.push(match &config {
+            None | Some(Value::Null) => String::new(),
+            Some(v) => v.to_string(),
+        });
+    }
+    let key = st.obj.key();
+    let reached = super::dynamic::reached_gateways(res, &st.targets, gateways);
+    for gw in reached {
+        match super::dynamic::filters_for_gateway(
+            res, &gw, &key, specs, &configs, opts, resolver, needed,
+        ) {
+            Ok(f) => {
+                for m in &f.not_ready {
+                    if !st.not_ready.contains(m) {
+                        st.not_ready.push(m.clone());
+                    }
+                }
+                st.dynamic.insert(gw, f);
+            }
+            Err(e) => {
+                if !st.problems.contains(&e) {
+                    st.problems.push(e);
+                }
+            }
+        }
     }
 }
 
@@ -530,6 +601,16 @@ pub fn statuses(
                 .map(|(m, open)| format!("{m} (failOpen: {open})"))
                 .collect();
             Condition::new("Accepted", false, "Invalid", msgs.join("; "))
+        } else if !st.not_ready.is_empty() {
+            Condition::new(
+                "Accepted",
+                false,
+                "Invalid",
+                format!(
+                    "{}; Envoy keeps its last good configuration until the module can be loaded",
+                    st.not_ready.join("; ")
+                ),
+            )
         } else {
             Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
         };

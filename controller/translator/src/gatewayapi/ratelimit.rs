@@ -17,7 +17,7 @@ use super::policies::{
     effective_in, pick_winners, policy_status, resolve_targets_for, PolicyStatusInput, TargetKey,
 };
 use super::{builtin, GatewayMap};
-use crate::ir::{ClusterIr, FilterIr, WasmFilterIr};
+use crate::ir::{ClusterIr, FilterIr};
 use crate::resources::{
     BackendTrafficPolicySpec, NsName, Object, PolicyTargetRef, RateLimitRule, Resources,
 };
@@ -33,9 +33,7 @@ pub struct Plan {
     rules: Vec<(bool, Rule)>,
     /// Everything but `rules`.
     base: Config,
-    sha256: String,
-    serve_url: String,
-    fetch_cluster: String,
+    module: builtin::ReadyModule,
 }
 
 impl Plan {
@@ -62,21 +60,12 @@ impl Plan {
         } else {
             format!("/{route}")
         };
-        FilterIr::Wasm(WasmFilterIr {
-            name: format!(
-                "envoy.filters.http.wasm/backendtrafficpolicy/{ns}/{name}/ratelimit{suffix}"
-            ),
-            plugin_name: format!("{ns}/{name}/ratelimit{suffix}"),
-            root_id: "ratelimit".into(),
-            vm_id: self.sha256.clone(),
-            url: self.serve_url.clone(),
-            fetch_cluster: self.fetch_cluster.clone(),
-            sha256: self.sha256.clone(),
-            // Serializing plain structs of strings and numbers cannot fail.
-            configuration: serde_json::to_string(&cfg).unwrap_or_default(),
-            fail_open: false,
-            host_env_keys: vec![],
-        })
+        // Serializing plain structs of strings and numbers cannot fail.
+        self.module.filter(
+            &format!("backendtrafficpolicy/{ns}/{name}/ratelimit{suffix}"),
+            "ratelimit",
+            serde_json::to_string(&cfg).unwrap_or_default(),
+        )
     }
 }
 
@@ -353,14 +342,12 @@ pub fn resolve(
             if st.problems.is_empty() {
                 match builtin::builtin_module(opts, wasm, "ratelimit", &mut wasm_needed) {
                     Ok(m) => {
+                        st.clusters.push(m.fetch_cluster.clone());
                         st.plan = Some(Plan {
                             rules,
                             base,
-                            sha256: m.sha256,
-                            serve_url: m.serve_url,
-                            fetch_cluster: m.fetch_cluster.name.clone(),
+                            module: m,
                         });
-                        st.clusters.push(m.fetch_cluster);
                     }
                     Err(e) => st.unavailable = Some(e),
                 }

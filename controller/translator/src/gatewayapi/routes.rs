@@ -585,6 +585,23 @@ pub fn build_gateway_ir(
                                 for c in &p.clusters {
                                     ir.clusters.insert(c.name.clone(), c.clone());
                                 }
+                                if !p.obj.spec.dynamic_module.is_empty() {
+                                    match p.dynamic.get(key) {
+                                        Some(d) => {
+                                            for (fi, f) in d.filters.iter().enumerate() {
+                                                r.enabled_filters.push(f.name().to_string());
+                                                used_filters.insert(
+                                                    (1, pkey.clone(), format!("d{fi:06}")),
+                                                    f.clone(),
+                                                );
+                                            }
+                                            for c in &d.clusters {
+                                                ir.clusters.insert(c.name.clone(), c.clone());
+                                            }
+                                        }
+                                        None => blocked = true,
+                                    }
+                                }
                             }
                         }
                         let bp = rl.effective(&a.route, rule_name.as_deref(), key, &listener.name);

@@ -14,7 +14,7 @@ use super::policies::{
     effective_in, pick_winners, policy_status, resolve_targets_for, PolicyStatusInput, TargetKey,
 };
 use super::{builtin, duration, reference_granted, GatewayMap};
-use crate::ir::{ClusterIr, FilterIr, WasmFilterIr};
+use crate::ir::{ClusterIr, FilterIr};
 use crate::resources::{
     NsName, Object, ObjectRef, PolicyTargetRef, Resources, SecurityPolicySpec, EG_GROUP,
 };
@@ -356,20 +356,11 @@ pub fn resolve(
                     serde_json::to_string(&cfg),
                 ) {
                     (Ok(m), Ok(provider), Ok(configuration)) => {
-                        st.filter = Some(FilterIr::Wasm(WasmFilterIr {
-                            name: format!(
-                                "envoy.filters.http.wasm/securitypolicy/{ns}/{name}/oidc"
-                            ),
-                            plugin_name: format!("{ns}/{name}/oidc"),
-                            root_id: "oidc".into(),
-                            vm_id: m.sha256.clone(),
-                            url: m.serve_url,
-                            fetch_cluster: m.fetch_cluster.name.clone(),
-                            sha256: m.sha256,
+                        st.filter = Some(m.filter(
+                            &format!("securitypolicy/{ns}/{name}/oidc"),
+                            "oidc",
                             configuration,
-                            fail_open: false,
-                            host_env_keys: vec![],
-                        }));
+                        ));
                         st.clusters.push(m.fetch_cluster);
                         st.clusters.push(provider);
                     }

@@ -10,6 +10,8 @@ use serde::Serialize;
 pub enum WasmCodeType {
     Http,
     Image,
+    /// A native shared library (an Envoy dynamic module) fetched over HTTP, pinned by sha256.
+    DynamicModule,
 }
 
 /// Where a module comes from, exactly as an EnvoyExtensionPolicy `wasm[].code` states it.
@@ -39,6 +41,13 @@ pub enum WasmResolution {
 
 pub trait WasmResolver {
     fn resolve(&self, source: &WasmSource) -> WasmResolution;
+
+    /// Where a module of `kind` with `sha256` will be served once it is fetched, if this
+    /// resolver serves modules itself. Remote dynamic modules point Envoy there even before (or
+    /// when) the fetch fails: Envoy then rejects the update and keeps its last good configuration.
+    fn serve_url_for(&self, _kind: &WasmCodeType, _sha256: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Resolver for offline `portcullis translate`: Envoy would fetch the module itself, pinned by the

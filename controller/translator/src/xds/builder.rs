@@ -8,6 +8,8 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::dynamic_modules::v3 as dm;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3 as dm_filter;
 use envoy_types::pb::envoy::extensions::filters::http::lua::v3 as lua;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3 as wasm_filter;
@@ -25,8 +27,8 @@ use super::snapshot::{
     XdsResources, XdsSnapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
 };
 use crate::ir::{
-    ActionIr, ChainIr, ClientTlsFiles, ClusterIr, ClusterKind, EndpointIr, FilterIr, GatewayIr,
-    HeaderOpsIr, Ir, PathMatchIr, PathRewriteIr, PortIr, Protocol, RouteIr, ValueMatchIr,
+    ActionIr, ChainIr, ClientTlsFiles, ClusterIr, ClusterKind, DynamicFilterIr, EndpointIr,
+    FilterIr, GatewayIr, HeaderOpsIr, Ir, ModuleSourceIr, PathMatchIr, PathRewriteIr, PortIr, Protocol, RouteIr, ValueMatchIr,
 };
 use crate::TranslateOptions;
 
@@ -39,6 +41,9 @@ const WASM_FETCH_TIMEOUT_S: i64 = 30;
 /// URL may reach a controller replica that is still downloading the module (404 until then).
 const WASM_FETCH_RETRIES: u32 = 8;
 const CONNECT_TIMEOUT_S: i64 = 10;
+/// Stats of every dynamic module Portcullis programs appear under this namespace
+/// (`portcullis.<name>` on /stats, `envoy_portcullis_<name>` on /stats/prometheus).
+const DYNAMIC_METRICS_NAMESPACE: &str = "portcullis";
 
 fn any<M: Message + prost::Name>(m: &M) -> pb::Any {
     pb::Any {
@@ -588,6 +593,81 @@ fn encode_route_configuration(chain: &ChainIr) -> Vec<u8> {
     buf
 }
 
+/// A module Envoy downloads from `url` through `cluster`, pinned by `sha256`, with retries.
+fn remote_source(url: &str, cluster: &str, sha256: &str) -> core::AsyncDataSource {
+    core::AsyncDataSource {
+        specifier: Some(core::async_data_source::Specifier::Remote(
+            core::RemoteDataSource {
+                http_uri: Some(core::HttpUri {
+                    uri: url.to_string(),
+                    timeout: Some(pb::Duration {
+                        seconds: WASM_FETCH_TIMEOUT_S,
+                        nanos: 0,
+                    }),
+                    http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
+                        cluster.to_string(),
+                    )),
+                }),
+                sha256: sha256.to_string(),
+                retry_policy: Some(core::RetryPolicy {
+                    retry_back_off: Some(core::BackoffStrategy {
+                        base_interval: Some(pb::Duration {
+                            seconds: 0,
+                            nanos: 500_000_000,
+                        }),
+                        max_interval: Some(pb::Duration {
+                            seconds: 10,
+                            nanos: 0,
+                        }),
+                    }),
+                    num_retries: Some(pb::UInt32Value {
+                        value: WASM_FETCH_RETRIES,
+                    }),
+                    ..Default::default()
+                }),
+            },
+        )),
+    }
+}
+
+fn dynamic_filter(d: &DynamicFilterIr) -> pb::Any {
+    let (module, nack_on_cache_miss) = match &d.module.source {
+        ModuleSourceIr::Local { path } => (
+            core::AsyncDataSource {
+                specifier: Some(core::async_data_source::Specifier::Local(
+                    core::DataSource {
+                        specifier: Some(core::data_source::Specifier::Filename(path.clone())),
+                        ..Default::default()
+                    },
+                )),
+            },
+            false,
+        ),
+        // A module Envoy has not cached yet makes it reject the update and fetch in the
+        // background (the xDS server retries); Envoy's default would drop the filter instead.
+        ModuleSourceIr::Remote {
+            url,
+            fetch_cluster,
+            sha256,
+        } => (remote_source(url, fetch_cluster, sha256), true),
+    };
+    any(&dm_filter::DynamicModuleFilter {
+        dynamic_module_config: Some(dm::DynamicModuleConfig {
+            do_not_close: d.module.do_not_close,
+            load_globally: d.module.load_globally,
+            metrics_namespace: DYNAMIC_METRICS_NAMESPACE.into(),
+            module: Some(module),
+            nack_on_cache_miss,
+            ..Default::default()
+        }),
+        filter_name: d.filter_name.clone(),
+        filter_config: Some(any(&pb::StringValue {
+            value: d.config.clone(),
+        })),
+        terminal_filter: false,
+    })
+}
+
 fn http_filter(f: &FilterIr) -> hcm::HttpFilter {
     let typed = match f {
         FilterIr::Wasm(w) => {
@@ -597,41 +677,7 @@ fn http_filter(f: &FilterIr) -> hcm::HttpFilter {
             let vm = wasm::VmConfig {
                 vm_id: w.vm_id.clone(),
                 runtime: "envoy.wasm.runtime.v8".into(),
-                code: Some(core::AsyncDataSource {
-                    specifier: Some(core::async_data_source::Specifier::Remote(
-                        core::RemoteDataSource {
-                            http_uri: Some(core::HttpUri {
-                                uri: w.url.clone(),
-                                timeout: Some(pb::Duration {
-                                    seconds: WASM_FETCH_TIMEOUT_S,
-                                    nanos: 0,
-                                }),
-                                http_upstream_type: Some(
-                                    core::http_uri::HttpUpstreamType::Cluster(
-                                        w.fetch_cluster.clone(),
-                                    ),
-                                ),
-                            }),
-                            sha256: w.sha256.clone(),
-                            retry_policy: Some(core::RetryPolicy {
-                                retry_back_off: Some(core::BackoffStrategy {
-                                    base_interval: Some(pb::Duration {
-                                        seconds: 0,
-                                        nanos: 500_000_000,
-                                    }),
-                                    max_interval: Some(pb::Duration {
-                                        seconds: 10,
-                                        nanos: 0,
-                                    }),
-                                }),
-                                num_retries: Some(pb::UInt32Value {
-                                    value: WASM_FETCH_RETRIES,
-                                }),
-                                ..Default::default()
-                            }),
-                        },
-                    )),
-                }),
+                code: Some(remote_source(&w.url, &w.fetch_cluster, &w.sha256)),
                 environment_variables: (!w.host_env_keys.is_empty()).then(|| {
                     wasm::EnvironmentVariables {
                         host_env_keys: w.host_env_keys.clone(),
@@ -656,6 +702,7 @@ fn http_filter(f: &FilterIr) -> hcm::HttpFilter {
                 config: Some(plugin),
             })
         }
+        FilterIr::Dynamic(d) => dynamic_filter(d),
         FilterIr::Lua(l) => any(&lua::Lua {
             default_source_code: Some(core::DataSource {
                 specifier: Some(core::data_source::Specifier::InlineString(l.code.clone())),
