@@ -5,10 +5,15 @@
 //! finds them in a directory (`--builtin-wasm-dir`, default `dist/wasm` under the current
 //! directory, else `../wasm` beside the executable) or at a URL (`--builtin-wasm-url`).
 //!
+//! With the dynamic module `libportcullis.so` (`--dynamic-module-dir`, default `dist/dynamic`,
+//! else the executable's own directory or `../dynamic` beside it) the same policies run on it
+//! instead ([`choose_runtime`]); `--builtin-runtime wasm|dynamic` chooses explicitly.
+//!
 //! [`TranslateOptions::builtin_modules`]: portcullis_translator::TranslateOptions::builtin_modules
 
 use anyhow::Context;
 use portcullis_translator::wasm::source::{WasmCodeType, WasmSource};
+use portcullis_translator::BuiltinRuntime;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -77,6 +82,81 @@ pub fn read_builtin_dir(dir: &Path) -> anyhow::Result<Vec<LocalModule>> {
         });
     }
     Ok(out)
+}
+
+/// File name of the dynamic module in a `--dynamic-module-dir`.
+pub const DYNAMIC_MODULE_FILE: &str = "libportcullis.so";
+
+/// `dist/dynamic` under the current directory, else the executable's directory, else
+/// `<exe dir>/../dynamic` (the `dist/bin`, `dist/dynamic` layout): the first holding
+/// `libportcullis.so`.
+pub fn default_dynamic_module_dir() -> Option<PathBuf> {
+    let has = |d: &Path| d.join(DYNAMIC_MODULE_FILE).is_file();
+    let local = PathBuf::from("dist/dynamic");
+    if has(&local) {
+        return Some(local);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.to_path_buf(), dir.join("../dynamic")]
+        .into_iter()
+        .find(|d| has(d))
+}
+
+/// Reads `<dir>/libportcullis.so`. `Ok(None)`: the directory has none. A file that is not an
+/// ELF shared library is an error.
+pub fn read_dynamic_module(dir: &Path) -> anyhow::Result<Option<LocalModule>> {
+    let path = dir.join(DYNAMIC_MODULE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if bytes.len() < 8 || &bytes[..4] != b"\x7fELF" {
+        anyhow::bail!(
+            "{} is not a shared library (bad ELF magic number)",
+            path.display()
+        );
+    }
+    let path = std::path::absolute(&path).unwrap_or(path);
+    Ok(Some(LocalModule {
+        name: "dynamic".into(),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        path,
+        bytes,
+    }))
+}
+
+/// The runtime of the built-in filters: the one asked for, else the dynamic module when the
+/// controller has the library, else wasm. Asking for `dynamic` without the library is an error.
+pub fn choose_runtime(
+    asked: Option<BuiltinRuntime>,
+    have_library: bool,
+) -> anyhow::Result<BuiltinRuntime> {
+    match (asked, have_library) {
+        (Some(BuiltinRuntime::Dynamic), false) => anyhow::bail!(
+            "--builtin-runtime dynamic needs {DYNAMIC_MODULE_FILE} (--dynamic-module-dir, dist/dynamic, or beside the executable); run `make build-dynamic`"
+        ),
+        (Some(r), _) => Ok(r),
+        (None, true) => Ok(BuiltinRuntime::Dynamic),
+        (None, false) => Ok(BuiltinRuntime::Wasm),
+    }
+}
+
+/// Source for offline `portcullis translate`: the library as the controller would serve it
+/// (`<wasm_base>/dynamic/<sha256>.so`), pinned by its sha256.
+pub fn offline_dynamic_source(m: &LocalModule, wasm_base: &str) -> WasmSource {
+    WasmSource {
+        code_type: WasmCodeType::DynamicModule,
+        url: format!(
+            "{}/dynamic/{}.so",
+            wasm_base.trim_end_matches('/'),
+            m.sha256
+        ),
+        sha256: Some(m.sha256.clone()),
+        pull_secret: None,
+        pull_policy: None,
+    }
 }
 
 /// Parses `NAME=URL[@sha256]` (`--builtin-wasm-url`).

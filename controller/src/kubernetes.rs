@@ -70,6 +70,11 @@ pub struct KubeRuntimeConfig {
     pub listener_address: String,
     pub builtin_wasm_dir: Option<PathBuf>,
     pub builtin_wasm_urls: BTreeMap<String, WasmSource>,
+    /// Directory holding `libportcullis.so`, served to the fleets over the same mTLS endpoint
+    /// as the wasm modules (None: none found).
+    pub dynamic_module_dir: Option<PathBuf>,
+    /// `--builtin-runtime`; None: the dynamic module when the library is there.
+    pub builtin_runtime: Option<portcullis_translator::BuiltinRuntime>,
     pub ratelimit_service: Option<String>,
     /// Where the fleet's Envoys find their client certificate (`tls.crt`, `tls.key`, `ca.crt`)
     /// for wasm fetches: the mount point of the fleet's Secret,
@@ -356,10 +361,17 @@ pub async fn run(
         &cfg.builtin_wasm_urls,
         &cache,
     )?;
+    let (builtin_runtime, builtin_dynamic_module) = crate::runtime::builtin_dynamic_module(
+        cfg.dynamic_module_dir.as_deref(),
+        cfg.builtin_runtime,
+        &cache,
+    )?;
     let opts = TranslateOptions {
         controller_name: cfg.controller_name.clone(),
         listener_address: cfg.listener_address.clone(),
         builtin_modules,
+        builtin_runtime,
+        builtin_dynamic_module,
         session_secret: Some(session_key),
         ratelimit_service: cfg.ratelimit_service.clone(),
         wasm_fetch_tls: Some(fleet_client_tls(&cfg.fleet_cert_dir)),

@@ -11,9 +11,9 @@ use crate::provider::file::FileProvider;
 use crate::wasm::cache::{CacheConfig, PullSecrets, WasmCache};
 use crate::xds::server::XdsServer;
 use anyhow::Context;
-use portcullis_translator::wasm::source::WasmSource;
+use portcullis_translator::wasm::source::{WasmCodeType, WasmSource};
 use portcullis_translator::{
-    parse_documents, translate, Resources, TranslateOptions, TranslateOutput,
+    parse_documents, translate, BuiltinRuntime, Resources, TranslateOptions, TranslateOutput,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +44,10 @@ pub struct RuntimeConfig {
     pub builtin_wasm_dir: Option<PathBuf>,
     /// Built-in modules fetched from a URL instead; they override the directory's.
     pub builtin_wasm_urls: BTreeMap<String, WasmSource>,
+    /// Directory holding `libportcullis.so` (None: none found).
+    pub dynamic_module_dir: Option<PathBuf>,
+    /// `--builtin-runtime`; None: the dynamic module when the library is there.
+    pub builtin_runtime: Option<BuiltinRuntime>,
     /// Key the OIDC cookie secrets derive from (never logged).
     pub session_secret: Option<[u8; 32]>,
     /// `host:port` of the rate-limit gRPC service for global limits.
@@ -214,12 +218,19 @@ pub async fn run(
         ratelimit_service = ?cfg.ratelimit_service,
         "built-in filter modules"
     );
+    let (builtin_runtime, builtin_dynamic_module) = builtin_dynamic_module(
+        cfg.dynamic_module_dir.as_deref(),
+        cfg.builtin_runtime,
+        &cache,
+    )?;
     let opts = TranslateOptions {
         controller_name: cfg.controller_name.clone(),
         listener_address: cfg.listener_address.clone(),
         builtin_modules,
         session_secret: cfg.session_secret,
         ratelimit_service: cfg.ratelimit_service.clone(),
+        builtin_runtime,
+        builtin_dynamic_module,
         ..TranslateOptions::default()
     };
     let ctx = Reconciler {
@@ -284,6 +295,32 @@ pub(crate) fn builtin_modules(
     }
     out.extend(urls.clone());
     Ok(out)
+}
+
+/// The runtime of the built-in filters and, when the controller has `libportcullis.so`, the
+/// library registered in the cache (served to Envoy from it by sha256, like the wasm modules).
+pub(crate) fn builtin_dynamic_module(
+    dir: Option<&std::path::Path>,
+    asked: Option<BuiltinRuntime>,
+    cache: &WasmCache,
+) -> anyhow::Result<(BuiltinRuntime, Option<WasmSource>)> {
+    let module = match dir {
+        Some(d) => crate::builtin::read_dynamic_module(d)?,
+        None => None,
+    };
+    let runtime = crate::builtin::choose_runtime(asked, module.is_some())?;
+    let source = match module {
+        Some(m) => {
+            let src = cache
+                .add_local_as(WasmCodeType::DynamicModule, &m.path, &m.bytes)
+                .with_context(|| format!("storing {} in the module cache", m.path.display()))?;
+            tracing::info!(path = %m.path.display(), sha256 = %m.sha256, "built-in dynamic module");
+            Some(src)
+        }
+        None => None,
+    };
+    tracing::info!(runtime = ?runtime, "built-in filters (SecurityPolicy oidc, BackendTrafficPolicy rateLimit) run on this runtime");
+    Ok((runtime, source))
 }
 
 struct Reconciler {

@@ -78,6 +78,8 @@ impl ControllerBuilder {
             ("--envoy-concurrency", "1"),
             ("--drain-timeout", "2"),
             ("--envoy-log-level", "info"),
+            // Tests pick the built-in runtime explicitly; the default depends on what is built.
+            ("--builtin-runtime", "wasm"),
         ] {
             if !self.args.iter().any(|a| a == flag) {
                 defaults.extend([flag.to_string(), value.to_string()]);

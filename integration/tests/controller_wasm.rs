@@ -2,6 +2,11 @@
 //! code source, checks its sha256, caches it and serves it to Envoy pinned by sha256. While the
 //! URL is unreachable, only the targeted routes are affected (failOpen false: error; failOpen
 //! true: unfiltered); once it comes back, the retry re-drives translation with no restart.
+//!
+//! Dynamic modules (`EnvoyProxy.spec.dynamicModules` `Remote`) take the same path: fetched,
+//! verified and served by the controller (`/dynamic/<sha256>.so`), loaded by Envoy with
+//! `nack_on_cache_miss`. A wrong sha256 is rejected, the last good configuration keeps serving
+//! and the policy status says why.
 
 use portcullis_integration::controller::{
     conditions_of, resource, Controller, KeepAlive, RawResponse, CONVERGE,
@@ -27,13 +32,17 @@ struct Origin {
 
 impl Origin {
     fn start(wasm: Vec<u8>) -> Origin {
+        Self::serve("/ua_block.wasm", wasm, false)
+    }
+
+    /// Serves `body` at `path`; `up` says whether it answers 200 (else 503) from the start.
+    fn serve(path: &str, wasm: Vec<u8>, up: bool) -> Origin {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let port = free_port().expect("port");
-        let up = Arc::new(AtomicBool::new(false));
+        let up = Arc::new(AtomicBool::new(up));
         let hits = Arc::new(AtomicUsize::new(0));
         let (u, h) = (up.clone(), hits.clone());
         let app = axum::Router::new().route(
-            "/ua_block.wasm",
+            path,
             axum::routing::get(move || {
                 let (u, h, wasm) = (u.clone(), h.clone(), wasm.clone());
                 async move {
@@ -49,9 +58,11 @@ impl Origin {
                 }
             }),
         );
+        // Port 0: the kernel picks a free port and the listener is kept (no bind race).
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
             .expect("bind origin");
+        let port = listener.local_addr().expect("origin addr").port();
         rt.spawn(async move { axum::serve(listener, app).await });
         Origin {
             port,
@@ -285,4 +296,232 @@ fn unreachable_wasm_url_is_isolated_and_recovers_without_restart() {
     ))
     .expect("wasm endpoint");
     assert_eq!(bad.status(), 404);
+}
+
+/// Gateway, echo backend, an EnvoyProxy registering the Remote module `portcullis` (`url`,
+/// `sha`) through the GatewayClass, and an EnvoyExtensionPolicy running its `ua_block` filter
+/// with `deny` on route `/guarded` (route `/plain` has none); no policy when `deny` is None.
+fn dynamic_manifests(
+    gw_port: u16,
+    echo_port: u16,
+    url: &str,
+    sha: &str,
+    deny: Option<&str>,
+) -> String {
+    let policy = match deny {
+        Some(deny) => format!(
+            r#"---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata: {{name: ua-block, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: guarded}}]
+  dynamicModule:
+  - name: portcullis
+    filterName: ua_block
+    config:
+      deny: {{contains: ["{deny}"]}}
+      status: 403
+"#
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec:
+  controllerName: portcullis.dev/gatewayclass-controller
+  parametersRef: {{group: gateway.envoyproxy.io, kind: EnvoyProxy, namespace: default, name: modules}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyProxy
+metadata: {{name: modules, namespace: default}}
+spec:
+  dynamicModules:
+  - name: portcullis
+    source:
+      type: Remote
+      remote: {{url: "{url}", sha256: "{sha}"}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {{name: http, port: {gw_port}, protocol: HTTP}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: echo, namespace: default}}
+spec:
+  endpoints: [{{ip: {{address: 127.0.0.1, port: {echo_port}}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: guarded, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /guarded}}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: echo}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: plain, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /plain}}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: echo}}]
+{policy}"#
+    )
+}
+
+#[test]
+fn remote_dynamic_module_is_served_by_the_controller_and_a_wrong_sha_keeps_the_last_good_config() {
+    let lib = std::fs::read(
+        portcullis_integration::wasm::dynamic_library()
+            .expect("libportcullis.so (make build-dynamic)"),
+    )
+    .expect("read library");
+    let sha = hex::encode(Sha256::digest(&lib));
+    let origin = Origin::serve("/libportcullis.so", lib, true);
+    let url = format!("http://127.0.0.1:{}/libportcullis.so", origin.port);
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = Controller::builder(BIN)
+        .manifest(
+            "all.yaml",
+            dynamic_manifests(gw_port, echo.port(), &url, &sha, None),
+        )
+        .start()
+        .expect("controller");
+    wait_statuses(
+        &mut c,
+        gw_port,
+        "gateway serving",
+        &[("/guarded", BAD_UA, 200)],
+    );
+    c.wait_synced(NODE).expect("synced");
+
+    // The policy arrives while Envoy runs: Envoy rejects the listener (module not cached,
+    // background fetch), the controller sends it again, and the filter runs.
+    c.write_manifest(
+        "all.yaml",
+        &dynamic_manifests(gw_port, echo.port(), &url, &sha, Some("BadBot")),
+    )
+    .expect("edit");
+    wait_statuses(
+        &mut c,
+        gw_port,
+        "dynamic ua_block active on /guarded only",
+        &[
+            ("/guarded", BAD_UA, 403),
+            ("/guarded", "curl/8", 200),
+            ("/plain", BAD_UA, 200),
+        ],
+    );
+    c.wait_synced(NODE).expect("synced");
+    // Envoy may have loaded it before the controller's own fetch re-drove translation.
+    c.wait_status("policy accepted once the module is fetched", |d| {
+        let p = resource(d, "EnvoyExtensionPolicy", Some("default"), "ua-block")
+            .ok_or("no policy status")?;
+        let acc = conditions_of(&p["status"], "Accepted");
+        if !acc.is_empty() && acc.iter().all(|(s, _, _)| s == "True") {
+            Ok(())
+        } else {
+            Err(format!("{acc:?}"))
+        }
+    })
+    .expect("accepted");
+    assert!(
+        c.cache_dir().join(format!("{sha}.wasm")).is_file(),
+        "module cached on disk by digest"
+    );
+    let served =
+        reqwest::blocking::get(format!("http://127.0.0.1:{}/dynamic/{sha}.so", c.wasm_port))
+            .expect("module endpoint");
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        hex::encode(Sha256::digest(served.bytes().expect("body"))),
+        sha
+    );
+    let fetched_by_controller = origin.hits.load(Ordering::SeqCst);
+    assert_eq!(
+        fetched_by_controller, 1,
+        "Envoy fetched from the controller, not the origin"
+    );
+
+    // A wrong sha256, with a new deny list in the same edit: the fetch fails verification, the
+    // policy says so, Envoy rejects the update, and the last good filter (BadBot) keeps serving.
+    let wrong = "0".repeat(64);
+    c.write_manifest(
+        "all.yaml",
+        &dynamic_manifests(gw_port, echo.port(), &url, &wrong, Some("EvilBot")),
+    )
+    .expect("edit");
+    c.wait_status("policy reports the sha256 mismatch", |d| {
+        let p = resource(d, "EnvoyExtensionPolicy", Some("default"), "ua-block")
+            .ok_or("no policy status")?;
+        let acc = conditions_of(&p["status"], "Accepted");
+        if acc
+            .iter()
+            .any(|(s, _, m)| s == "False" && m.contains("sha256 mismatch") && m.contains(&wrong))
+        {
+            Ok(())
+        } else {
+            Err(format!("{acc:?}"))
+        }
+    })
+    .expect("mismatch reported");
+    let xds_url = c.admin_url("/status/xds");
+    c.process()
+        .wait_until("Envoy rejects the update", CONVERGE, || {
+            let x: serde_json::Value = reqwest::blocking::get(&xds_url)
+                .and_then(|r| r.json())
+                .map_err(|e| e.to_string())?;
+            let nack = x["nodes"][NODE]["types"]["Listener"]["nack"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if nack.contains(&wrong) || nack.contains("background fetch") {
+                eprintln!("listener NACK: {nack}");
+                Ok(())
+            } else {
+                Err(format!("no listener NACK yet: {x}"))
+            }
+        })
+        .expect("NACK");
+    for _ in 0..3 {
+        assert_eq!(
+            get(gw_port, "/guarded", BAD_UA).expect("get").status,
+            403,
+            "last good filter"
+        );
+        assert_eq!(
+            get(gw_port, "/guarded", "EvilBot/2").expect("get").status,
+            200,
+            "new config not applied"
+        );
+        assert_eq!(get(gw_port, "/plain", BAD_UA).expect("get").status, 200);
+    }
+
+    // The right sha256 again: the new deny list applies.
+    c.write_manifest(
+        "all.yaml",
+        &dynamic_manifests(gw_port, echo.port(), &url, &sha, Some("EvilBot")),
+    )
+    .expect("edit");
+    wait_statuses(
+        &mut c,
+        gw_port,
+        "fixed sha: new config applies",
+        &[
+            ("/guarded", "EvilBot/2", 403),
+            ("/guarded", BAD_UA, 200),
+            ("/plain", "EvilBot/2", 200),
+        ],
+    );
 }

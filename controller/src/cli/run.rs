@@ -6,6 +6,7 @@ use crate::kubernetes::KubeRuntimeConfig;
 use crate::runtime::{self, EnvoyConfig, RuntimeConfig};
 use anyhow::Context;
 use portcullis_translator::wasm::source::WasmSource;
+use portcullis_translator::BuiltinRuntime;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -80,6 +81,16 @@ pub struct RunArgs {
     /// `ratelimit`. Repeatable; wins over --builtin-wasm-dir.
     #[arg(long, value_name = "NAME=URL[@SHA256]", value_parser = crate::builtin::parse_builtin_url)]
     pub builtin_wasm_url: Vec<(String, WasmSource)>,
+    /// Directory with the dynamic module `libportcullis.so`, served to the Envoys this
+    /// controller manages. Default: `dist/dynamic` under the current directory, else the
+    /// executable's directory, else `../dynamic` beside it.
+    #[arg(long, value_name = "DIR")]
+    pub dynamic_module_dir: Option<PathBuf>,
+    /// Runtime of the built-in filters (SecurityPolicy oidc, BackendTrafficPolicy rateLimit):
+    /// `wasm` (`oidc.wasm`, `ratelimit.wasm`) or `dynamic` (`libportcullis.so`, Envoy 1.40).
+    /// Default: `dynamic` when the library is found, else `wasm`.
+    #[arg(long, value_name = "wasm|dynamic")]
+    pub builtin_runtime: Option<BuiltinRuntime>,
     /// File with the 32-byte key OIDC session cookies derive from (64 hex characters or 32 raw
     /// bytes). Default: `session-secret` in the cache dir, created (random, mode 0600) on first
     /// start. Share it between replicas so sessions survive a failover.
@@ -208,6 +219,12 @@ fn builtin_wasm_dir(args: &RunArgs) -> Option<PathBuf> {
     }
 }
 
+fn dynamic_module_dir(args: &RunArgs) -> Option<PathBuf> {
+    args.dynamic_module_dir
+        .clone()
+        .or_else(crate::builtin::default_dynamic_module_dir)
+}
+
 fn wasm_retry(args: &RunArgs) -> (Duration, Duration) {
     (
         Duration::from_millis(args.wasm_retry_initial_ms.max(1)),
@@ -268,6 +285,8 @@ pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
         listener_address: args.listener_address.clone(),
         builtin_wasm_dir: builtin_wasm_dir(args),
         builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),
+        dynamic_module_dir: dynamic_module_dir(args),
+        builtin_runtime: args.builtin_runtime,
         ratelimit_service: args.ratelimit_service.clone(),
         fleet_cert_dir: portcullis_kube::infra::CERT_DIR.to_string(),
     })
@@ -357,6 +376,8 @@ async fn run_files(args: RunArgs) -> anyhow::Result<()> {
         debounce: Duration::from_millis(args.debounce_ms),
         builtin_wasm_dir,
         builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),
+        dynamic_module_dir: dynamic_module_dir(&args),
+        builtin_runtime: args.builtin_runtime,
         session_secret: Some(session_secret),
         ratelimit_service: args.ratelimit_service.clone(),
     };

@@ -31,6 +31,16 @@ pub struct TranslateArgs {
     /// pins each module by the sha256 of its file, served at `<wasm-base-url>/wasm/<sha256>.wasm`.
     #[arg(long, value_name = "DIR")]
     pub builtin_wasm_dir: Option<PathBuf>,
+    /// Directory with the dynamic module `libportcullis.so`, as `portcullis run
+    /// --dynamic-module-dir` (same default). Read only when the manifests hold a SecurityPolicy
+    /// or BackendTrafficPolicy; the output pins it by sha256, served at
+    /// `<wasm-base-url>/dynamic/<sha256>.so`.
+    #[arg(long, value_name = "DIR")]
+    pub dynamic_module_dir: Option<PathBuf>,
+    /// Runtime of the built-in filters, as `portcullis run --builtin-runtime` (default:
+    /// `dynamic` when the library is found, else `wasm`).
+    #[arg(long, value_name = "wasm|dynamic")]
+    pub builtin_runtime: Option<portcullis_translator::BuiltinRuntime>,
     /// Base URL the built-in modules are shown served from (a controller's `--wasm-addr`).
     #[arg(long, default_value = "http://127.0.0.1:18002")]
     pub wasm_base_url: String,
@@ -96,9 +106,26 @@ pub async fn run(args: TranslateArgs) -> anyhow::Result<()> {
             None => Vec::new(),
         },
     };
+    let dynamic_module = match (needs_builtin, &args.dynamic_module_dir) {
+        (false, _) => None,
+        (true, Some(dir)) => crate::builtin::read_dynamic_module(dir)?,
+        (true, None) => match crate::builtin::default_dynamic_module_dir() {
+            Some(dir) => crate::builtin::read_dynamic_module(&dir)?,
+            None => None,
+        },
+    };
+    let builtin_runtime = if needs_builtin {
+        crate::builtin::choose_runtime(args.builtin_runtime, dynamic_module.is_some())?
+    } else {
+        args.builtin_runtime.unwrap_or_default()
+    };
     let opts = TranslateOptions {
         controller_name: args.controller_name.clone(),
         builtin_modules: crate::builtin::offline_sources(&builtin_modules, &args.wasm_base_url),
+        builtin_runtime,
+        builtin_dynamic_module: dynamic_module
+            .as_ref()
+            .map(|m| crate::builtin::offline_dynamic_source(m, &args.wasm_base_url)),
         ratelimit_service: args.ratelimit_service.clone(),
         ..Default::default()
     };

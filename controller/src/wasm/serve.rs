@@ -28,7 +28,12 @@ async fn serve_dynamic(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>
     serve_module(&dir, &file, ".so", "application/octet-stream").await
 }
 
-async fn serve_module(dir: &std::path::Path, file: &str, suffix: &str, ctype: &'static str) -> Response {
+async fn serve_module(
+    dir: &std::path::Path,
+    file: &str,
+    suffix: &str,
+    ctype: &'static str,
+) -> Response {
     let sha = file.strip_suffix(suffix).unwrap_or(file);
     // Only exact digests: no path traversal, no listing.
     if !is_sha256_hex(sha) {

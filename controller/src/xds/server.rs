@@ -236,6 +236,20 @@ impl Shared {
         });
     }
 
+    /// Forgets the NACK of `version` so that [`Self::desired`] serves the current set again
+    /// (a retry of a transient rejection).
+    fn clear_nack(&self, node: &str, type_url: &str, version: &str) {
+        let mut nodes = self.nodes();
+        if let Some(ts) = nodes
+            .get_mut(node)
+            .and_then(|n| n.types.get_mut(short_type(type_url)))
+        {
+            if ts.nack.as_ref().is_some_and(|n| n.version == version) {
+                ts.nack = None;
+            }
+        }
+    }
+
     fn stream_opened(&self, node: &str) {
         self.metrics.xds_streams.inc();
         self.nodes()
@@ -446,6 +460,7 @@ impl AggregatedDiscoveryService for AdsService {
             auth,
             node: None,
             watches: HashMap::new(),
+            retry: Retry::default(),
             tx,
         };
         tokio::spawn(stream.run(request.into_inner()));
@@ -463,6 +478,7 @@ impl AggregatedDiscoveryService for AdsService {
             auth,
             node: None,
             watches: HashMap::new(),
+            retry: Retry::default(),
             tx,
         };
         tokio::spawn(stream.run(request.into_inner()));
@@ -494,6 +510,7 @@ struct SotwStream {
     auth: NodeAuth,
     node: Option<String>,
     watches: HashMap<String, SotwWatch>,
+    retry: Retry,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
@@ -517,6 +534,11 @@ impl SotwStream {
                 },
                 changed = snap_rx.changed() => {
                     if changed.is_err() { break; }
+                    if !self.push_all().await { break; }
+                }
+                _ = retry_due(self.retry.due) => {
+                    let node = self.node.clone().unwrap_or_default();
+                    self.retry.fire(&self.shared, &node);
                     if !self.push_all().await { break; }
                 }
             }
@@ -551,13 +573,21 @@ impl SotwStream {
                     let set = set.clone();
                     w.in_flight = None;
                     match &req.error_detail {
-                        Some(err) => self.shared.record_nack(
-                            &node,
-                            &req.type_url,
-                            &set.version,
-                            &err.message,
-                        ),
-                        None => self.shared.record_ack(&node, &req.type_url, &set),
+                        Some(err) => {
+                            self.shared.record_nack(
+                                &node,
+                                &req.type_url,
+                                &set.version,
+                                &err.message,
+                            );
+                            if is_transient_nack(&err.message) {
+                                self.retry.schedule(&node, &req.type_url, &set.version);
+                            }
+                        }
+                        None => {
+                            self.retry.acked(&req.type_url);
+                            self.shared.record_ack(&node, &req.type_url, &set);
+                        }
                     }
                 }
                 // Stale nonce: a newer response is on its way, this request is superseded.
@@ -640,6 +670,69 @@ impl SotwStream {
     }
 }
 
+/// A NACK that clears by itself: Envoy rejects a listener whose remote dynamic module it has
+/// not cached yet (`nack_on_cache_miss`) while it fetches the module in the background. The
+/// same version must be sent again once the fetch is done.
+fn is_transient_nack(error: &str) -> bool {
+    error.contains("background fetch in progress")
+}
+
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Re-sends of transiently NACKed types on one stream, with a doubling delay (1 s to 30 s) that
+/// restarts once Envoy ACKs.
+#[derive(Default)]
+struct Retry {
+    due: Option<tokio::time::Instant>,
+    delay: Option<std::time::Duration>,
+    /// Type URL and the NACKed version to forget when the retry is due.
+    pending: BTreeMap<String, String>,
+}
+
+impl Retry {
+    fn schedule(&mut self, node: &str, type_url: &str, version: &str) {
+        let delay = self.delay.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX));
+        self.delay = Some(delay);
+        self.pending
+            .insert(type_url.to_string(), version.to_string());
+        if self.due.is_none() {
+            self.due = Some(tokio::time::Instant::now() + delay);
+        }
+        tracing::info!(
+            node,
+            type_url = short_type(type_url),
+            version,
+            retry_in_ms = delay.as_millis() as u64,
+            "Envoy is fetching a dynamic module; sending the update again later"
+        );
+    }
+
+    fn acked(&mut self, type_url: &str) {
+        self.pending.remove(type_url);
+        if self.pending.is_empty() {
+            self.delay = None;
+            self.due = None;
+        }
+    }
+
+    /// The types due for a re-send; clears their NACKs in `shared`.
+    fn fire(&mut self, shared: &Shared, node: &str) {
+        self.due = None;
+        for (type_url, version) in std::mem::take(&mut self.pending) {
+            shared.clear_nack(node, &type_url, &version);
+        }
+    }
+}
+
+/// Waits until `due`, or forever when there is nothing to retry.
+async fn retry_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 // ---------------------------------------------------------------- Delta
 
 #[derive(Default)]
@@ -664,6 +757,7 @@ struct DeltaStream {
     auth: NodeAuth,
     node: Option<String>,
     watches: HashMap<String, DeltaWatch>,
+    retry: Retry,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
@@ -687,14 +781,12 @@ impl DeltaStream {
                 },
                 changed = snap_rx.changed() => {
                     if changed.is_err() { break; }
-                    let mut alive = true;
-                    for t in PUSH_ORDER {
-                        if self.watches.contains_key(t) && !self.maybe_send(t).await {
-                            alive = false;
-                            break;
-                        }
-                    }
-                    if !alive { break; }
+                    if !self.push_all().await { break; }
+                }
+                _ = retry_due(self.retry.due) => {
+                    let node = self.node.clone().unwrap_or_default();
+                    self.retry.fire(&self.shared, &node);
+                    if !self.push_all().await { break; }
                 }
             }
         }
@@ -753,13 +845,19 @@ impl DeltaStream {
                     let (set, known) = (set.clone(), known.clone());
                     w.in_flight = None;
                     match &req.error_detail {
-                        Some(err) => self.shared.record_nack(
-                            &node,
-                            &req.type_url,
-                            &set.version,
-                            &err.message,
-                        ),
+                        Some(err) => {
+                            self.shared.record_nack(
+                                &node,
+                                &req.type_url,
+                                &set.version,
+                                &err.message,
+                            );
+                            if is_transient_nack(&err.message) {
+                                self.retry.schedule(&node, &req.type_url, &set.version);
+                            }
+                        }
                         None => {
+                            self.retry.acked(&req.type_url);
                             // Keep unsubscriptions that arrived with the ACK.
                             let w_names = (w.wildcard, w.names.clone());
                             w.known = known
@@ -779,6 +877,15 @@ impl DeltaStream {
         } else {
             Err(Status::cancelled("stream closed"))
         }
+    }
+
+    async fn push_all(&mut self) -> bool {
+        for t in PUSH_ORDER {
+            if self.watches.contains_key(t) && !self.maybe_send(t).await {
+                return false;
+            }
+        }
+        true
     }
 
     async fn maybe_send(&mut self, type_url: &str) -> bool {

@@ -583,7 +583,8 @@ fn builtin_policies_run_on_the_dynamic_module_with_the_wasm_config() {
                         .expect("dynamic filter name");
                     assert!(
                         path.ends_with(&format!("/{}", d.filter_name))
-                            || (d.filter_name == "ratelimit" && path.contains("backendtrafficpolicy/")),
+                            || (d.filter_name == "ratelimit"
+                                && path.contains("backendtrafficpolicy/")),
                         "{case}: {} runs filter {}",
                         d.name,
                         d.filter_name
@@ -599,7 +600,8 @@ fn builtin_policies_run_on_the_dynamic_module_with_the_wasm_config() {
                     dynamic.push((path.to_string(), d.config.clone()));
                 }
                 FilterIr::Wasm(w) => assert!(
-                    !w.name.contains("securitypolicy/") && !w.name.contains("backendtrafficpolicy/"),
+                    !w.name.contains("securitypolicy/")
+                        && !w.name.contains("backendtrafficpolicy/"),
                     "{case}: {} still on wasm",
                     w.name
                 ),

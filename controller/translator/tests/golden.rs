@@ -42,9 +42,7 @@ impl WasmResolver for TestResolver {
         } else {
             let sha = s.sha256.clone().unwrap_or_else(|| "0".repeat(64));
             WasmResolution::Ready {
-                serve_url: self
-                    .serve_url_for(&s.code_type, &sha)
-                    .unwrap_or_default(),
+                serve_url: self.serve_url_for(&s.code_type, &sha).unwrap_or_default(),
                 sha256: sha,
             }
         }

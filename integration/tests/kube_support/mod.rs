@@ -780,6 +780,8 @@ pub fn test_config(
         listener_address: "127.0.0.1".into(),
         builtin_wasm_dir: None,
         builtin_wasm_urls: BTreeMap::new(),
+        dynamic_module_dir: None,
+        builtin_runtime: Some(portcullis_translator::BuiltinRuntime::Wasm),
         ratelimit_service: None,
         fleet_cert_dir: cert_dir.display().to_string(),
     }

@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use crate::ir::{
-    ClusterIr, ClusterKind, DynamicFilterIr, DynamicModuleIr, EndpointIr, FilterIr,
-    ModuleSourceIr, WasmFilterIr,
+    ClusterIr, ClusterKind, DynamicFilterIr, DynamicModuleIr, EndpointIr, FilterIr, ModuleSourceIr,
+    WasmFilterIr,
 };
 use crate::wasm::source::{WasmResolution, WasmResolver, WasmSource};
 use crate::{BuiltinRuntime, TranslateOptions};

@@ -121,7 +121,9 @@ pub(crate) struct ResolvedModule {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Resolves a registry entry: validates it as Envoy Gateway does and, for `Remote`, asks the
@@ -142,11 +144,10 @@ pub(crate) fn resolve_entry(
     };
     match entry.source.type_.as_deref().unwrap_or("Local") {
         "Local" => {
-            let local = entry
-                .source
-                .local
-                .as_ref()
-                .ok_or_else(|| format!("dynamic module {name:?} has no local source configured"))?;
+            let local =
+                entry.source.local.as_ref().ok_or_else(|| {
+                    format!("dynamic module {name:?} has no local source configured")
+                })?;
             if !local.path.starts_with('/') {
                 return Err(format!(
                     "dynamic module {name:?}: local path {:?} is not absolute",
@@ -243,7 +244,9 @@ pub(crate) fn filters_for_gateway(
     needed: &mut BTreeSet<WasmSource>,
 ) -> Result<GatewayFilters, String> {
     let proxy = envoy_proxy_for(res, gw)?;
-    let registry = proxy.map(|p| p.spec.dynamic_modules.as_slice()).unwrap_or(&[]);
+    let registry = proxy
+        .map(|p| p.spec.dynamic_modules.as_slice())
+        .unwrap_or(&[]);
     let mut out = GatewayFilters {
         filters: vec![],
         clusters: vec![],

@@ -6,8 +6,8 @@
 
 mod backends;
 mod builtin;
-mod dynamic;
 pub mod duration;
+mod dynamic;
 pub mod hostname;
 mod listeners;
 mod policies;
@@ -102,7 +102,12 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
             "Accepted",
             "GatewayClass is accepted by this controller.",
         )];
-        match gc.spec.parameters_ref.as_ref().map(dynamic::class_parameters) {
+        match gc
+            .spec
+            .parameters_ref
+            .as_ref()
+            .map(dynamic::class_parameters)
+        {
             None => {}
             // Envoy Gateway: a class whose EnvoyProxy does not resolve is not accepted.
             Some(Ok(Some(key))) if !res.envoy_proxies.contains_key(&key) => {
@@ -110,11 +115,16 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
                     "Accepted",
                     false,
                     "InvalidParameters",
-                    format!("EnvoyProxy {}/{} (spec.parametersRef) not found", key.0, key.1),
+                    format!(
+                        "EnvoyProxy {}/{} (spec.parametersRef) not found",
+                        key.0, key.1
+                    ),
                 );
             }
             Some(Ok(Some(_))) => {}
-            Some(Err(why)) => conds[0] = Condition::new("Accepted", false, "InvalidParameters", why),
+            Some(Err(why)) => {
+                conds[0] = Condition::new("Accepted", false, "InvalidParameters", why)
+            }
             Some(Ok(None)) => conds.push(Condition::new(
                 "UnsupportedFields",
                 true,

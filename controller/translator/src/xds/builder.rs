@@ -28,7 +28,8 @@ use super::snapshot::{
 };
 use crate::ir::{
     ActionIr, ChainIr, ClientTlsFiles, ClusterIr, ClusterKind, DynamicFilterIr, EndpointIr,
-    FilterIr, GatewayIr, HeaderOpsIr, Ir, ModuleSourceIr, PathMatchIr, PathRewriteIr, PortIr, Protocol, RouteIr, ValueMatchIr,
+    FilterIr, GatewayIr, HeaderOpsIr, Ir, ModuleSourceIr, PathMatchIr, PathRewriteIr, PortIr,
+    Protocol, RouteIr, ValueMatchIr,
 };
 use crate::TranslateOptions;
 
