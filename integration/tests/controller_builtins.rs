@@ -1,12 +1,16 @@
 //! `portcullis run` with the built-in filter modules (`--builtin-wasm-dir dist/wasm`): Envoy
 //! Gateway's BackendTrafficPolicy `rateLimit` and SecurityPolicy `oidc` translated to the
 //! built-in ratelimit and oidc modules, served from the controller's wasm cache to real Envoy.
+//! Each test runs twice: on `oidc.wasm` / `ratelimit.wasm` (`--builtin-runtime wasm`) and on
+//! `libportcullis.so` (`--builtin-runtime dynamic`), which the controller serves the same way.
 
 use portcullis_integration::controller::{
     conditions_of, gateway_with_echo_backend, resource, Controller, KeepAlive, CONVERGE,
 };
 use portcullis_integration::echo::EchoServer;
+use portcullis_integration::on_both_runtimes;
 use portcullis_integration::process::free_port;
+use portcullis_integration::runtime::Runtime;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
@@ -33,6 +37,35 @@ fn builtin_dir() -> String {
         .display()
         .to_string()
 }
+
+/// The controller flags that run the built-in filters on `runtime`.
+fn runtime_args(runtime: Runtime) -> Vec<String> {
+    let mut args = vec![
+        "--builtin-wasm-dir".to_string(),
+        builtin_dir(),
+        "--builtin-runtime".to_string(),
+        runtime.name().to_string(),
+    ];
+    if runtime == Runtime::Dynamic {
+        let lib = portcullis_integration::wasm::dynamic_library().expect("libportcullis.so built");
+        let dir = lib.parent().expect("library dir").display().to_string();
+        args.extend(["--dynamic-module-dir".to_string(), dir]);
+    }
+    args
+}
+
+/// The file the built-in filters of `runtime` come from.
+fn builtin_file(runtime: Runtime, filter: &str) -> String {
+    match runtime {
+        Runtime::Wasm => format!("{filter}.wasm"),
+        Runtime::Dynamic => "libportcullis.so".into(),
+    }
+}
+
+on_both_runtimes!(
+    backend_traffic_policy_local_rate_limit_runs_the_builtin_module,
+    security_policy_oidc_with_unreachable_issuer_answers_503,
+);
 
 fn get(port: u16, path: &str) -> portcullis_integration::controller::RawResponse {
     KeepAlive::connect(port)
@@ -73,9 +106,7 @@ fn wait_serving(c: &mut Controller, port: u16, path: &str) {
         .expect("serving");
 }
 
-#[test]
-fn backend_traffic_policy_local_rate_limit_runs_the_builtin_module() {
-    let dir = builtin_dir();
+fn backend_traffic_policy_local_rate_limit_runs_the_builtin_module(runtime: Runtime) {
     let echo = EchoServer::start().expect("echo");
     let gw_port = free_port().expect("port");
     let policy = r#"apiVersion: gateway.envoyproxy.io/v1alpha1
@@ -96,7 +127,7 @@ spec:
         .manifest("limited.yaml", route("limited", "/limited"))
         .manifest("open.yaml", route("open", "/open"))
         .manifest("policy.yaml", policy)
-        .args(["--builtin-wasm-dir", dir.as_str()])
+        .args(runtime_args(runtime))
         .start()
         .expect("controller starts");
     wait_accepted(&mut c, "BackendTrafficPolicy", "three-per-minute");
@@ -125,10 +156,13 @@ spec:
     let doc = c.status().expect("status");
     let modules = doc["wasm"].as_array().cloned().unwrap_or_default();
     assert!(
-        modules.iter().any(|m| m["source"]["url"]
-            .as_str()
-            .is_some_and(|u| u.starts_with("file://") && u.ends_with("ratelimit.wasm"))
-            && m["state"] == "ready"),
+        modules
+            .iter()
+            .any(|m| m["source"]["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("file://")
+                    && u.ends_with(&builtin_file(runtime, "ratelimit")))
+                && m["state"] == "ready"),
         "{}",
         doc["wasm"]
     );
@@ -142,9 +176,7 @@ spec:
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[test]
-fn security_policy_oidc_with_unreachable_issuer_answers_503() {
-    let dir = builtin_dir();
+fn security_policy_oidc_with_unreachable_issuer_answers_503(runtime: Runtime) {
     let echo = EchoServer::start().expect("echo");
     let gw_port = free_port().expect("port");
     let dead_port = free_port().expect("port");
@@ -173,7 +205,7 @@ spec:
         .manifest("private.yaml", route("private", "/private"))
         .manifest("open.yaml", route("open", "/open"))
         .manifest("policy.yaml", policy)
-        .args(["--builtin-wasm-dir", dir.as_str()])
+        .args(runtime_args(runtime))
         .start()
         .expect("controller starts");
     wait_accepted(&mut c, "SecurityPolicy", "login");

@@ -3,6 +3,7 @@
 //! form submitted by the test), translated to the built-in oidc filter in the managed Envoy,
 //! in front of an echo upstream. The whole browser flow: redirect with PKCE, login, back on
 //! the original URL with the tokens forwarded, session kept, API requests 401, logout.
+//! Runs on both built-in runtimes (`--builtin-runtime wasm` and `dynamic`).
 
 use base64::Engine;
 use portcullis_integration::controller::{
@@ -11,7 +12,9 @@ use portcullis_integration::controller::{
 use portcullis_integration::echo::EchoServer;
 use portcullis_integration::oidc_env::Agent;
 use portcullis_integration::oidc_provider::{OidcProvider, ProviderOptions, TestClient};
+use portcullis_integration::on_both_runtimes;
 use portcullis_integration::process::free_port;
+use portcullis_integration::runtime::Runtime;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
@@ -81,12 +84,24 @@ fn query_param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-#[test]
-fn security_policy_oidc_login_flow_under_the_controller() {
+on_both_runtimes!(security_policy_oidc_login_flow_under_the_controller);
+
+fn security_policy_oidc_login_flow_under_the_controller(runtime: Runtime) {
     let dir = portcullis_integration::wasm::dist_dir()
         .display()
         .to_string();
     portcullis_integration::wasm::module("oidc").expect("built-in oidc module built");
+    let mut args = vec![
+        "--builtin-wasm-dir".to_string(),
+        dir,
+        "--builtin-runtime".to_string(),
+        runtime.name().to_string(),
+    ];
+    if runtime == Runtime::Dynamic {
+        let lib = portcullis_integration::wasm::dynamic_library().expect("libportcullis.so built");
+        args.push("--dynamic-module-dir".to_string());
+        args.push(lib.parent().expect("library dir").display().to_string());
+    }
     let gw_port = free_port().expect("port");
     let client = TestClient::for_gateway("app", gw_port);
     let secret = client.client_secret.clone();
@@ -104,7 +119,7 @@ fn security_policy_oidc_login_flow_under_the_controller() {
             "all.yaml",
             manifests(gw_port, echo.port(), &issuer, &secret),
         )
-        .args(["--builtin-wasm-dir", dir.as_str()])
+        .args(args)
         .start()
         .expect("controller starts");
     c.wait_status("SecurityPolicy login accepted", |d| {
