@@ -1,11 +1,13 @@
 //! `examples/local` (what `make run` serves) under `portcullis run` with real Envoy 1.40:
 //! ua-block applies to HTTPRoute `api` and not to its neighbour `web`, which gets the headers
-//! filter instead. Ports are swapped for free ones; dist/wasm is served by an in-test origin.
+//! filter instead, from the dynamic module (`EnvoyProxy` registry written as `make run` writes
+//! it). Ports are swapped for free ones; dist/ is served by an in-test origin.
 
 use portcullis_integration::controller::{Controller, KeepAlive, RawResponse, CONVERGE};
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::process::{free_port, workspace_root};
-use portcullis_integration::wasm::module;
+use portcullis_integration::wasm::{dynamic_library, module};
+use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const GPTBOT: &str = "Mozilla/5.0 (compatible; GPTBot/1.2; +https://openai.com/gptbot)";
@@ -18,20 +20,25 @@ fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<RawResponse, S
 
 #[test]
 fn quickstart_policies_apply_per_route() {
-    // Both modules, served over HTTP like `make run` does with dist/wasm.
+    // ua_block.wasm and libportcullis.so, served over HTTP like `make run` does with dist/.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let origin_port = free_port().expect("port");
-    let mut app = axum::Router::new();
-    for name in ["ua_block", "headers"] {
-        let bytes = std::fs::read(module(name).expect("module (make build-wasm)")).expect("read");
-        app = app.route(
-            &format!("/{name}.wasm"),
-            axum::routing::get(move || async move { bytes }),
+    let ua = std::fs::read(module("ua_block").expect("module (make build-wasm)")).expect("read");
+    let lib = std::fs::read(dynamic_library().expect("libportcullis.so (make build-dynamic)"))
+        .expect("read");
+    let lib_sha = hex::encode(Sha256::digest(&lib));
+    let app = axum::Router::new()
+        .route(
+            "/wasm/ua_block.wasm",
+            axum::routing::get(move || async move { ua }),
+        )
+        .route(
+            "/dynamic/libportcullis.so",
+            axum::routing::get(move || async move { lib }),
         );
-    }
     let l = rt
-        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", origin_port)))
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
         .expect("bind");
+    let origin_port = l.local_addr().expect("origin addr").port();
     rt.spawn(async move { axum::serve(l, app).await });
 
     let echo = EchoServer::start().expect("echo");
@@ -51,6 +58,11 @@ fn quickstart_policies_apply_per_route() {
             .replace("18080", &echo.port().to_string());
         b = b.manifest(f, text);
     }
+    // What scripts/quickstart.sh writes beside examples/local.
+    b = b.manifest(
+        "envoyproxy.yaml",
+        quickstart_envoy_proxy(origin_port, &lib_sha),
+    );
     let mut c = b.start().expect("controller");
     c.wait_status("both modules ready", |d| {
         let ready = d["wasm"]
@@ -107,4 +119,41 @@ fn quickstart_policies_apply_per_route() {
     let seen: Echo = serde_json::from_str(&r.body).expect("echo");
     assert_eq!(seen.header("x-debug"), Some("1"));
     assert_eq!(r.header("x-frame-options"), None);
+}
+
+/// The EnvoyProxy `scripts/quickstart.sh` writes (kept in step with it by
+/// `quickstart_script_writes_the_same_envoy_proxy`).
+fn quickstart_envoy_proxy(origin_port: u16, sha: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyProxy
+metadata:
+  name: quickstart-modules
+  namespace: default
+spec:
+  dynamicModules:
+    - name: portcullis
+      source:
+        type: Remote
+        remote:
+          url: http://127.0.0.1:{origin_port}/dynamic/libportcullis.so
+          sha256: {sha}
+"#
+    )
+}
+
+#[test]
+fn quickstart_script_writes_the_same_envoy_proxy() {
+    let script = std::fs::read_to_string(workspace_root().join("scripts/quickstart.sh"))
+        .expect("quickstart.sh");
+    let expected = quickstart_envoy_proxy(18081, "SHA")
+        .replace("18081", "$WASM_ORIGIN_PORT")
+        .replace("SHA", "$LIB_SHA");
+    let body: String = script
+        .lines()
+        .skip_while(|l| !l.starts_with("apiVersion: gateway.envoyproxy.io/v1alpha1"))
+        .take_while(|l| *l != "YAML")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(body, expected);
 }

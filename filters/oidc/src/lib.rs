@@ -169,7 +169,9 @@ impl RootContext for Root {
         names.extend(metrics::REASONS.iter().map(|r| metrics::rejected(r)));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         self.metrics = Some(Metrics::define(&refs));
-        self.provider = Some(Rc::new(RefCell::new(Provider::new(std::sync::Arc::new(settings)))));
+        self.provider = Some(Rc::new(RefCell::new(Provider::new(std::sync::Arc::new(
+            settings,
+        )))));
         self.was_ready = false;
         self.set_tick_period(TICK);
         self.poll();
