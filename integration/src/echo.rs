@@ -107,12 +107,11 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    /// Binds a free port (see [`crate::process::free_port`]) and starts serving; it accepts
-    /// connections as soon as this returns.
+    /// Binds 127.0.0.1 port 0 (the kernel picks a free port; see [`EchoServer::addr`]) and
+    /// starts serving; it accepts connections as soon as this returns.
     pub fn start() -> Result<Self, crate::process::Error> {
-        let port = crate::process::free_port()?;
-        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port))
-            .map_err(|e| io_err(format!("bind echo upstream on 127.0.0.1:{port}"), e))?;
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|e| io_err("bind echo upstream on 127.0.0.1:0", e))?;
         std_listener
             .set_nonblocking(true)
             .map_err(|e| io_err("set echo listener non-blocking", e))?;
@@ -125,7 +124,7 @@ impl EchoServer {
             .map_err(|e| io_err("build echo runtime", e))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name(format!("echo-{port}"))
+            .name(format!("echo-{}", addr.port()))
             .spawn(move || {
                 runtime.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(std_listener) {

@@ -16,8 +16,12 @@
 //! The bootstrap has one HTTP listener (plus an optional TLS listener with the same filter
 //! chain), an admin listener, the given HTTP filters in order, then the router, and a single
 //! route `/` to either an upstream cluster or a `direct_response`. Everything binds 127.0.0.1
-//! on ports from [`free_port`]. `--disable-hot-restart` lets many Envoys run in parallel.
+//! port 0: Envoy picks free ports, the harness reads the admin port from
+//! `--admin-address-path` and the listener ports from admin `/listeners` ([`listener_ports`]),
+//! so no port is chosen first and bound later. `--disable-hot-restart` lets many Envoys run in
+//! parallel.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::process::{envoy_bin, free_port, Error, Process, ProcessBuilder};
+use crate::process::{envoy_bin, Error, Process, ProcessBuilder};
 
 /// How long Envoy may take to become LIVE (V8 compiles modules at startup; cores are shared).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -377,12 +381,10 @@ impl EnvoyBuilder {
 
     /// Writes the bootstrap and spawns Envoy without waiting; returns the process and ports.
     fn spawn(&self) -> Result<Spawned, Error> {
-        let http_port = free_port()?;
-        let https_port = match self.tls {
-            Some(_) => Some(free_port()?),
-            None => None,
-        };
-        let admin_port = free_port()?;
+        // Port 0 everywhere: the ports Envoy bound are read back once it is LIVE.
+        let http_port = 0;
+        let https_port = self.tls.as_ref().map(|_| 0);
+        let admin_port = 0;
         let dir = tempfile::Builder::new()
             .prefix("portcullis-envoy-")
             .tempdir()
@@ -404,9 +406,12 @@ impl EnvoyBuilder {
             what: format!("write {}", config_path.display()),
             source: e,
         })?;
+        let admin_address_path = dir.path().join(ADMIN_ADDRESS_FILE);
         let mut b = ProcessBuilder::new("envoy", envoy_bin()?)
             .arg("-c")
             .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_address_path)
             .args(["--concurrency", &self.concurrency.to_string()])
             .args(["-l", &self.log_level])
             .arg("--disable-hot-restart");
@@ -416,9 +421,7 @@ impl EnvoyBuilder {
         let process = b.spawn_in(dir)?;
         Ok(Spawned {
             process,
-            http_port,
-            https_port,
-            admin_port,
+            admin_address_path,
             lds_path,
         })
     }
@@ -427,25 +430,28 @@ impl EnvoyBuilder {
     pub fn start(&self) -> Result<Envoy, Error> {
         let Spawned {
             mut process,
-            http_port,
-            https_port,
-            admin_port,
+            admin_address_path,
             lds_path,
         } = self.spawn()?;
         let client = admin_client();
-        let ready = format!("http://127.0.0.1:{admin_port}/ready");
-        process.wait_until("Envoy admin /ready to say LIVE", READY_TIMEOUT, || {
-            let resp = client.get(&ready).send().map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = resp.text().map_err(|e| e.to_string())?;
-            if status.is_success() && body.trim() == "LIVE" {
-                Ok(())
-            } else {
-                Err(format!("{status}: {}", body.trim()))
-            }
-        })?;
+        let admin_port = wait_live(&mut process, &admin_address_path, &client)?;
+        let ports = listener_ports(&client, admin_port)?;
+        let bound = |name: &str| {
+            ports.get(name).copied().ok_or_else(|| {
+                Error::io(
+                    "read Envoy's listener ports",
+                    std::io::Error::other(format!("no listener {name:?} in /listeners: {ports:?}")),
+                )
+            })
+        };
+        let http_port = bound("http")?;
+        let https_port = match self.tls {
+            Some(_) => Some(bound("https")?),
+            None => None,
+        };
+        // The LDS record keeps port 0, as first sent: re-sending it changes nothing.
         let listeners = match &lds_path {
-            Some(_) => self.listeners("", http_port, https_port),
+            Some(_) => self.listeners("", 0, self.tls.as_ref().map(|_| 0)),
             None => Vec::new(),
         };
         Ok(Envoy {
@@ -468,17 +474,18 @@ impl EnvoyBuilder {
     pub fn start_expect_exit(&self) -> Result<(ExitStatus, String), Error> {
         let Spawned {
             mut process,
-            admin_port,
+            admin_address_path,
             ..
         } = self.spawn()?;
         let client = admin_client();
-        let ready = format!("http://127.0.0.1:{admin_port}/ready");
         let outcome = process.wait_until("Envoy to exit", READY_TIMEOUT, || {
-            let live = client
-                .get(&ready)
-                .send()
-                .and_then(|r| r.text())
-                .is_ok_and(|b| b.trim() == "LIVE");
+            let live = read_admin_port(&admin_address_path).is_some_and(|port| {
+                client
+                    .get(format!("http://127.0.0.1:{port}/ready"))
+                    .send()
+                    .and_then(|r| r.text())
+                    .is_ok_and(|b| b.trim() == "LIVE")
+            });
             if live {
                 Ok(())
             } else {
@@ -501,10 +508,68 @@ impl EnvoyBuilder {
 /// A just-spawned Envoy, not yet known to be ready.
 struct Spawned {
     process: Process,
-    http_port: u16,
-    https_port: Option<u16>,
-    admin_port: u16,
+    admin_address_path: PathBuf,
     lds_path: Option<PathBuf>,
+}
+
+/// The file, in Envoy's temp dir, that `--admin-address-path` names.
+pub(crate) const ADMIN_ADDRESS_FILE: &str = "admin-address";
+
+/// The admin port from an `--admin-address-path` file (`127.0.0.1:PORT`), once Envoy wrote it.
+fn read_admin_port(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let addr: SocketAddr = text.trim().parse().ok()?;
+    (addr.port() != 0).then_some(addr.port())
+}
+
+/// Waits until an Envoy started with its admin on port 0 and `--admin-address-path path` has
+/// written its admin address and answers `LIVE` on `/ready`; returns the admin port.
+pub(crate) fn wait_live(
+    process: &mut Process,
+    admin_address_path: &Path,
+    client: &reqwest::blocking::Client,
+) -> Result<u16, Error> {
+    process.wait_until("Envoy admin /ready to say LIVE", READY_TIMEOUT, || {
+        let port = read_admin_port(admin_address_path)
+            .ok_or_else(|| format!("no admin address in {} yet", admin_address_path.display()))?;
+        let resp = client
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp.text().map_err(|e| e.to_string())?;
+        if status.is_success() && body.trim() == "LIVE" {
+            Ok(port)
+        } else {
+            Err(format!("{status}: {}", body.trim()))
+        }
+    })
+}
+
+/// The port each listener bound, by listener name, from admin `/listeners?format=json`
+/// (listeners configured on port 0 report the port the kernel gave them).
+pub fn listener_ports(
+    client: &reqwest::blocking::Client,
+    admin_port: u16,
+) -> Result<BTreeMap<String, u16>, Error> {
+    let url = format!("http://127.0.0.1:{admin_port}/listeners?format=json");
+    let body: Value = client
+        .get(&url)
+        .send()
+        .and_then(|r| r.json())
+        .map_err(|e| http_err(&url, e))?;
+    let statuses = body["listener_statuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(statuses
+        .iter()
+        .filter_map(|l| {
+            let name = l["name"].as_str()?.to_string();
+            let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+            Some((name, u16::try_from(port).ok()?))
+        })
+        .collect())
 }
 
 /// Writes an LDS discovery response next to `path` and renames it into place: Envoy's file
@@ -580,6 +645,15 @@ impl Envoy {
 
     pub fn admin_port(&self) -> u16 {
         self.admin_port
+    }
+
+    /// The port listener `name` bound (e.g. one added with
+    /// [`apply_dynamic_listeners`](Self::apply_dynamic_listeners) on port 0); `None` if Envoy
+    /// has no such listener.
+    pub fn listener_port(&self, name: &str) -> Result<Option<u16>, Error> {
+        Ok(listener_ports(&self.client, self.admin_port)?
+            .get(name)
+            .copied())
     }
 
     /// `http://127.0.0.1:<port><path>` on the plain listener.

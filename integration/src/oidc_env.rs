@@ -191,13 +191,14 @@ impl OidcEnv {
         } else {
             provider.port()
         };
-        let admin_port = free_port()?;
         let filters: Vec<Value> = policies
             .iter()
             .enumerate()
             .map(|(i, p)| oidc_filter(opts.runtime, i, &p.config))
             .collect::<Result<_, _>>()?;
-        let bootstrap = bootstrap(&policies, &filters, echo.port(), provider_port, admin_port);
+        // Admin on port 0 (read back from --admin-address-path). The gateway ports are chosen
+        // up front: each one is in its client's redirect_uri, registered with the provider.
+        let bootstrap = bootstrap(&policies, &filters, echo.port(), provider_port, 0);
         let dir = tempfile::Builder::new()
             .prefix("portcullis-oidc-envoy-")
             .tempdir()
@@ -205,25 +206,16 @@ impl OidcEnv {
         let config_path = dir.path().join("envoy.json");
         let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| io("bootstrap", e))?;
         std::fs::write(&config_path, text).map_err(|e| io("write bootstrap", e))?;
+        let admin_address_path = dir.path().join(crate::envoy::ADMIN_ADDRESS_FILE);
         let mut envoy = ProcessBuilder::new("envoy", envoy_bin()?)
             .arg("-c")
             .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_address_path)
             .args(["--concurrency", "1", "-l", "info", "--disable-hot-restart"])
             .spawn_in(dir)?;
         let client = crate::http::client();
-        let ready = format!("http://127.0.0.1:{admin_port}/ready");
-        envoy.wait_until("Envoy LIVE", Duration::from_secs(120), || {
-            let body = client
-                .get(&ready)
-                .send()
-                .and_then(|r| r.text())
-                .map_err(|e| e.to_string())?;
-            if body.trim() == "LIVE" {
-                Ok(())
-            } else {
-                Err(body)
-            }
-        })?;
+        let admin_port = crate::envoy::wait_live(&mut envoy, &admin_address_path, &client)?;
         if !opts.provider_down {
             for p in &policies {
                 let url = format!("http://127.0.0.1:{}/", p.port);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::envoy::READY_TIMEOUT;
-use crate::process::{envoy_bin, free_port, workspace_root, Error, Process, ProcessBuilder};
+use crate::process::{envoy_bin, workspace_root, Error, Process, ProcessBuilder};
 use crate::runtime::Runtime;
 
 /// `dist/wasm/ratelimit.wasm`, built (cargo + wasm-opt) if missing.
@@ -145,10 +145,10 @@ impl RateLimitEnvoy {
         })
     }
 
-    fn spawn(&self) -> Result<(Process, u16, u16), Error> {
+    /// Spawns Envoy with its listener and admin on port 0; returns the process and the
+    /// `--admin-address-path` file.
+    fn spawn(&self) -> Result<(Process, PathBuf), Error> {
         let filter = self.http_filter()?;
-        let http_port = free_port()?;
-        let admin_port = free_port()?;
         let dir = tempfile::Builder::new()
             .prefix("portcullis-rl-envoy-")
             .tempdir()
@@ -157,8 +157,9 @@ impl RateLimitEnvoy {
                 source: e,
             })?;
         let path = dir.path().join("envoy.json");
-        let text = serde_json::to_string_pretty(&self.bootstrap(filter, http_port, admin_port))
-            .map_err(|e| Error::Io {
+        let admin_address_path = dir.path().join(crate::envoy::ADMIN_ADDRESS_FILE);
+        let text =
+            serde_json::to_string_pretty(&self.bootstrap(filter, 0, 0)).map_err(|e| Error::Io {
                 what: "serialize bootstrap".into(),
                 source: e.into(),
             })?;
@@ -169,30 +170,29 @@ impl RateLimitEnvoy {
         let process = ProcessBuilder::new("envoy", envoy_bin()?)
             .arg("-c")
             .arg(&path)
+            .arg("--admin-address-path")
+            .arg(&admin_address_path)
             .args(["--concurrency", &self.concurrency.to_string()])
             .args(["-l", "info"])
             .arg("--disable-hot-restart")
             .spawn_in(dir)?;
-        Ok((process, http_port, admin_port))
+        Ok((process, admin_address_path))
     }
 
     /// Starts Envoy and waits for admin `/ready` = LIVE.
     pub fn start(&self) -> Result<Envoy, Error> {
-        let (mut process, http_port, admin_port) = self.spawn()?;
+        let (mut process, admin_address_path) = self.spawn()?;
         let client = reqwest::blocking::Client::new();
-        let ready = format!("http://127.0.0.1:{admin_port}/ready");
-        process.wait_until("Envoy /ready to say LIVE", READY_TIMEOUT, || {
-            let body = client
-                .get(&ready)
-                .send()
-                .and_then(|r| r.text())
-                .map_err(|e| e.to_string())?;
-            if body.trim() == "LIVE" {
-                Ok(())
-            } else {
-                Err(body)
-            }
-        })?;
+        let admin_port = crate::envoy::wait_live(&mut process, &admin_address_path, &client)?;
+        let http_port = crate::envoy::listener_ports(&client, admin_port)?
+            .get("http")
+            .copied()
+            .ok_or_else(|| {
+                Error::io(
+                    "read Envoy's listener ports",
+                    std::io::Error::other("no listener \"http\" in /listeners"),
+                )
+            })?;
         Ok(Envoy {
             process,
             http_port,
@@ -202,7 +202,7 @@ impl RateLimitEnvoy {
 
     /// Starts Envoy expecting it to refuse the config; returns its log once it exited.
     pub fn start_expect_exit(&self) -> Result<String, Error> {
-        let (mut process, _, _) = self.spawn()?;
+        let (mut process, _) = self.spawn()?;
         process.wait_exit(READY_TIMEOUT)?;
         Ok(process.logs())
     }
@@ -283,8 +283,13 @@ impl RlsServer {
         algorithm: portcullis_ratelimit_server::Algorithm,
         config: Option<PathBuf>,
     ) -> Result<Self, Error> {
-        let port = free_port()?;
-        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Bound here on port 0 and handed to the server: no port is chosen first.
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| Error::io("bind ratelimit-server on 127.0.0.1:0", e))?;
+        let addr: SocketAddr = std_listener
+            .local_addr()
+            .map_err(|e| Error::io("ratelimit-server listener address", e))?;
         let args = portcullis_ratelimit_server::Args {
             redis: redis_url.to_string(),
             addr,
@@ -298,9 +303,13 @@ impl RlsServer {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(portcullis_ratelimit_server::serve(args, async {
-                let _ = rx.await;
-            }))
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                portcullis_ratelimit_server::serve_on(args, listener, async {
+                    let _ = rx.await;
+                })
+                .await
+            })
         });
         let mut server = Self {
             addr,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{free_port, Error, Process, ProcessBuilder};
+use crate::process::{Error, Process, ProcessBuilder};
 
 /// The registry binary: `$DOCKER_REGISTRY_BIN`, else `docker-registry` on `PATH`
 /// (`bash scripts/setup.sh registry` installs it).
@@ -77,7 +77,6 @@ impl Registry {
     }
 
     fn spawn(mode: AuthMode, tls: Option<(&str, &str)>) -> Result<Self, Error> {
-        let port = free_port()?;
         let dir = tempfile::Builder::new()
             .prefix("portcullis-registry-")
             .tempdir()
@@ -88,7 +87,7 @@ impl Registry {
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: portcullis-test-only\n",
+             http:\n  addr: 127.0.0.1:0\n  secret: portcullis-test-only\n",
             storage = storage.display()
         );
         if let Some((cert, key)) = tls {
@@ -137,6 +136,16 @@ impl Registry {
             // The registry reads REGISTRY_* variables as config overrides; keep the host's out.
             .env_remove("REGISTRY_HTTP_ADDR")
             .spawn_in(dir)?;
+        // Port 0: the registry logs the address it bound (`msg="listening on 127.0.0.1:N"`).
+        let log_path = process.log_path().to_path_buf();
+        let port = process.wait_until(
+            "registry to log its listening address",
+            Duration::from_secs(30),
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                listening_port(&log).ok_or("not listening yet")
+            },
+        )?;
         let url = format!("http://127.0.0.1:{port}/v2/");
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -235,4 +244,28 @@ fn write_htpasswd(path: &Path, user: &str, pass: &str) -> Result<(), Error> {
         ));
     }
     std::fs::write(path, &out.stdout).map_err(|e| io_err("write htpasswd", e))
+}
+
+/// The port in the registry's `listening on 127.0.0.1:N` log line.
+fn listening_port(log: &str) -> Option<u16> {
+    log.lines().find_map(|l| {
+        let rest = &l[l.find("listening on 127.0.0.1:")? + "listening on 127.0.0.1:".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok().filter(|p| *p != 0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_port_from_the_listening_line() {
+        let log = "time=x level=info msg=\"redirecting\"\n\
+                   time=x level=info msg=\"listening on 127.0.0.1:34193\" go.version=go1.19.8\n";
+        assert_eq!(super::listening_port(log), Some(34193));
+        assert_eq!(
+            super::listening_port("msg=\"listening on 127.0.0.1:0\""),
+            None
+        );
+        assert_eq!(super::listening_port("starting"), None);
+    }
 }

@@ -59,6 +59,19 @@ pub async fn serve(
     args: Args,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("listen on {}", args.addr))?;
+    serve_on(args, listener, shutdown).await
+}
+
+/// [`serve`] on a listener the caller already bound (`args.addr` is ignored): tests bind
+/// port 0 and pass the listener on, so no port is chosen first and bound later.
+pub async fn serve_on(
+    args: Args,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let limits = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -71,9 +84,6 @@ pub async fn serve(
     let store = store::Store::connect(&args.redis, args.algorithm, &args.key_prefix)
         .await
         .with_context(|| format!("connect to Redis at {}", args.redis))?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("listen on {}", args.addr))?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!(addr = %local, redis = %args.redis, algorithm = ?args.algorithm, "ratelimit-server listening");
     let svc = service::RateLimit::new(Arc::new(limits), store);
