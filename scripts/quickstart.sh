@@ -95,7 +95,7 @@ for _ in $(seq 1 50); do
 done
 # The controller goes first in the list so cleanup stops it (and its Envoy) before the helpers.
 "$PORTCULLIS_BIN" run -f examples/local -f "$RUN_DIR/manifests" --envoy-bin "$ENVOY" --listener-address 127.0.0.1 \
-  --work-dir "$RUN_DIR/envoy" --cache-dir "$RUN_DIR/wasm-cache" > "$RUN_DIR/portcullis.log" 2>&1 &
+  --allow-backend-cidr 127.0.0.0/8 --work-dir "$RUN_DIR/envoy" --cache-dir "$RUN_DIR/wasm-cache" > "$RUN_DIR/portcullis.log" 2>&1 &
 pids=($! "${pids[@]}")
 
 log "waiting for Envoy to take its config"

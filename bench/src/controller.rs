@@ -432,6 +432,7 @@ fn converge(
         .args(["--envoy-concurrency", "1", "--debounce-ms", "0"])
         .arg("--listener-address")
         .arg("127.0.0.1")
+        .args(["--allow-backend-cidr", "127.0.0.0/8"])
         .arg("--work-dir")
         .arg(run_dir.join("work"))
         .arg("--cache-dir")
@@ -564,6 +565,7 @@ pub fn run(args: ControllerArgs) -> Result<()> {
                 .arg("-f")
                 .arg(&set.dir)
                 .args(["-o", "json"])
+                .args(["--allow-backend-cidr", "127.0.0.0/8"])
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(Stdio::null());

@@ -76,6 +76,8 @@ pub struct KubeRuntimeConfig {
     /// `--builtin-runtime`; None: the dynamic module when the library is there.
     pub builtin_runtime: Option<portcullis_translator::BuiltinRuntime>,
     pub ratelimit_service: Option<String>,
+    /// Which upstreams tenant config may reach (Backend off unless `--enable-backend`).
+    pub egress: portcullis_translator::egress::EgressPolicy,
     /// Where the fleet's Envoys find their client certificate (`tls.crt`, `tls.key`, `ca.crt`)
     /// for wasm fetches: the mount point of the fleet's Secret,
     /// [`CERT_DIR`](portcullis_kube::infra::CERT_DIR). Tests running Envoy outside a pod point it
@@ -375,6 +377,7 @@ pub async fn run(
         session_secret: Some(session_key),
         ratelimit_service: cfg.ratelimit_service.clone(),
         wasm_fetch_tls: Some(fleet_client_tls(&cfg.fleet_cert_dir)),
+        egress: cfg.egress.clone(),
         ..TranslateOptions::default()
     };
     let translator = KubeTranslator {

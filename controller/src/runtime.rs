@@ -52,6 +52,8 @@ pub struct RuntimeConfig {
     pub session_secret: Option<[u8; 32]>,
     /// `host:port` of the rate-limit gRPC service for global limits.
     pub ratelimit_service: Option<String>,
+    /// Which upstreams tenant config may reach (`--enable-backend`, `--allow-backend-cidr`).
+    pub egress: portcullis_translator::egress::EgressPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +233,7 @@ pub async fn run(
         ratelimit_service: cfg.ratelimit_service.clone(),
         builtin_runtime,
         builtin_dynamic_module,
+        egress: cfg.egress.clone(),
         ..TranslateOptions::default()
     };
     let ctx = Reconciler {

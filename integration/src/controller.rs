@@ -80,6 +80,8 @@ impl ControllerBuilder {
             ("--envoy-log-level", "info"),
             // Tests pick the built-in runtime explicitly; the default depends on what is built.
             ("--builtin-runtime", "wasm"),
+            // The upstreams the tests run are local; the controller refuses loopback otherwise.
+            ("--allow-backend-cidr", "127.0.0.0/8"),
         ] {
             if !self.args.iter().any(|a| a == flag) {
                 defaults.extend([flag.to_string(), value.to_string()]);
@@ -220,6 +222,39 @@ impl Controller {
                 .map_err(|e| e.to_string())?;
             check(&doc)
         })
+    }
+
+    /// The admin address (`host:port`) of the Envoy the controller runs for `node`, once it has
+    /// bound it.
+    pub fn envoy_admin(&mut self, node: &str) -> Result<String, Error> {
+        let http = self.http.clone();
+        let url = self.admin_url("/status");
+        self.process
+            .wait_until(&format!("Envoy admin address of {node}"), CONVERGE, || {
+                let doc: Value = http
+                    .get(&url)
+                    .send()
+                    .and_then(|r| r.json())
+                    .map_err(|e| e.to_string())?;
+                doc["envoys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["nodeId"] == node)
+                    .and_then(|e| e["adminAddr"].as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("no admin address yet: {}", doc["envoys"]))
+            })
+    }
+
+    /// `/config_dump` of the Envoy for `node`.
+    pub fn envoy_config_dump(&mut self, node: &str) -> Result<String, String> {
+        let admin = self.envoy_admin(node).map_err(|e| e.to_string())?;
+        self.http
+            .get(format!("http://{admin}/config_dump"))
+            .send()
+            .and_then(|r| r.text())
+            .map_err(|e| e.to_string())
     }
 
     /// The `/status/xds` document: generation and per-node ACK/NACK state only.

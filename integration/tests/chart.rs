@@ -118,6 +118,11 @@ fn chart_renders_lints_and_validates() {
         args.contains(&"--xds-service=portcullis.portcullis-system.svc".to_string()),
         "{args:?}"
     );
+    // Backend is off by default, as in Envoy Gateway (a Backend names any address).
+    assert!(
+        args.contains(&"--enable-backend=false".to_string()),
+        "{args:?}"
+    );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
 

@@ -540,3 +540,92 @@ fn envoys_do_not_outlive_a_killed_controller() {
     })
     .expect("Envoy gone");
 }
+
+/// A tenant's `Backend` cannot point Envoy at loopback (where Envoy's admin and the controller
+/// listen) unless the operator allows the range. With an allow-list that does not name
+/// 127.0.0.0/8, a route to the Envoy's own admin port (by IP) and one to `localhost` report
+/// `ResolvedRefs=False` / `RefNotPermitted` naming the flag, no cluster for them reaches Envoy,
+/// and requests get the spec's 500 for an unresolvable backend instead of `/config_dump`.
+#[test]
+fn loopback_backend_is_refused_unless_allowed() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    // Replaces the harness's default `--allow-backend-cidr 127.0.0.0/8`.
+    let mut c = start(
+        echo.port(),
+        gw_port,
+        &["--allow-backend-cidr", "192.0.2.0/24"],
+    );
+    let admin = c.envoy_admin(NODE).expect("Envoy admin address");
+    let admin_port = admin.rsplit(':').next().expect("port").to_string();
+    c.write_manifest(
+        "backend-admin.yaml",
+        &format!(
+            r#"apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: admin, namespace: default}}
+spec:
+  endpoints:
+  - ip: {{address: 127.0.0.1, port: {admin_port}}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: local, namespace: default}}
+spec:
+  endpoints:
+  - fqdn: {{hostname: localhost, port: {admin_port}}}
+"#
+        ),
+    )
+    .expect("write");
+    c.write_manifest("routes/b.yaml", &route("b", "/b", "admin", "b"))
+        .expect("write");
+    c.write_manifest("routes/c.yaml", &route("c", "/c", "local", "c"))
+        .expect("write");
+    let doc = c
+        .wait_status("the routes are refused", |d| {
+            let refused = |name: &str| {
+                resource(d, "HTTPRoute", Some("default"), name)
+                    .map(|r| conditions_of(&r["status"], "ResolvedRefs"))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .any(|(s, reason, _)| s == "False" && reason == "RefNotPermitted")
+            };
+            if ["a", "b", "c"].into_iter().all(refused) {
+                Ok(d.clone())
+            } else {
+                Err(d["resources"].to_string())
+            }
+        })
+        .expect("statuses");
+    for (route, needle) in [("b", "127.0.0.1"), ("c", "localhost")] {
+        let r = resource(&doc, "HTTPRoute", Some("default"), route).expect("route");
+        let msg = conditions_of(&r["status"], "ResolvedRefs")
+            .into_iter()
+            .map(|(_, _, m)| m)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            msg.contains(needle) && msg.contains("--allow-backend-cidr"),
+            "route {route}: the reason names the address and the flag: {msg}"
+        );
+    }
+    c.wait_synced(NODE).expect("synced");
+    let mut conn = KeepAlive::connect(gw_port).expect("connect");
+    for path in ["/a", "/b", "/c"] {
+        let r = conn.get("example.com", path, &[]).expect("get");
+        assert_eq!(r.status, 500, "{path}: {}", r.body);
+        assert!(!r.body.contains("configs"), "{path} reached Envoy's admin");
+    }
+    let dump = c.envoy_config_dump(NODE).expect("config dump");
+    for cluster in [
+        "backend/default/echo",
+        "backend/default/admin",
+        "backend/default/local",
+    ] {
+        assert!(
+            !dump.contains(&format!("\"{cluster}")),
+            "cluster {cluster} reached Envoy"
+        );
+    }
+}

@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube_support::{
-    admin_get, applies, cluster, envoy_bootstrap, fleet_paths, serve_origin, test_config, unb64,
-    ApiServer, Recorded, BAD_UA, CONTROLLER_NS, GOOD_UA,
+    admin_get, admin_get_unix, applies, cluster, envoy_bootstrap, fleet_paths, serve_origin,
+    test_config, unb64, ApiServer, Recorded, BAD_UA, CONTROLLER_NS, GOOD_UA,
 };
 use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::echo::{Echo, EchoServer};
@@ -467,9 +467,11 @@ fn two_replicas_one_leader_envoy_served_by_the_follower_and_failover() {
         std::fs::write(cert_dir.join(file), pem).expect("write cert");
     }
     let boot = envoy_bootstrap(&fleet["ConfigMap"], &cert_dir, a.xds_port, b.xds_port);
-    let envoy_admin = boot["admin"]["address"]["socket_address"]["port_value"]
-        .as_u64()
-        .expect("admin port") as u16;
+    let envoy_admin = std::path::PathBuf::from(
+        boot["admin"]["address"]["pipe"]["path"]
+            .as_str()
+            .expect("admin socket"),
+    );
     let boot_path = tmp.path().join("bootstrap.json");
     std::fs::write(
         &boot_path,
@@ -546,7 +548,7 @@ fn two_replicas_one_leader_envoy_served_by_the_follower_and_failover() {
         "replica-a /status/xds: {:#}",
         a.get_json("/status/xds")
     );
-    let (code, dump) = admin_get(envoy_admin, "/config_dump").expect("Envoy /config_dump");
+    let (code, dump) = admin_get_unix(&envoy_admin, "/config_dump").expect("Envoy /config_dump");
     assert_eq!(code, 200, "{dump}");
     let from_b = format!("https://localhost:{}/wasm/{sha}.wasm", b.wasm_port);
     let from_a = format!("https://localhost:{}/wasm/", a.wasm_port);

@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use kube_support::{
-    admin_get, applies, cluster, envoy_bootstrap, fleet_paths, free_local_ports, replace_prefix,
-    serve_origin, test_config, unb64, ApiServer, Crds, BAD_UA, CONTROLLER_NS, GOOD_UA,
-    GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
+    admin_get, admin_get_unix, applies, cluster, envoy_bootstrap, fleet_paths, free_local_ports,
+    replace_prefix, serve_origin, test_config, unb64, ApiServer, Crds, BAD_UA, CONTROLLER_NS,
+    GOOD_UA, GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
 };
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::http::{client, get_with_ua};
@@ -461,6 +461,31 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // --- The admin is a unix socket (no TCP port a tenant's Backend could name); the readiness
+    // listener reaches it through the bootstrap's pipe cluster, and so does a direct client.
+    let ready_port = boot["static_resources"]["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "portcullis_ready"))
+        .and_then(|l| l["address"]["socket_address"]["port_value"].as_u64())
+        .expect("readiness port");
+    let ready = http
+        .get(format!("http://127.0.0.1:{ready_port}/ready"))
+        .send()
+        .expect("GET /ready");
+    assert_eq!(ready.status(), 200, "/ready through the admin socket");
+    assert_eq!(ready.text().expect("body").trim(), "LIVE");
+    let socket = std::path::PathBuf::from(
+        boot["admin"]["address"]["pipe"]["path"]
+            .as_str()
+            .expect("admin socket"),
+    );
+    let (code, body) = admin_get_unix(&socket, "/ready").expect("admin over its socket");
+    assert_eq!(
+        (code, body.trim()),
+        (200, "LIVE"),
+        "Envoy's admin on its socket"
+    );
+
     // --- A fleet certificate only opens its own Gateway's node: an Envoy presenting another
     // Gateway's (valid) client certificate while asking for infra/web's config is refused.
     let ca = portcullis_kube::certs::CertAuthority::from_pem(
@@ -492,7 +517,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         &format!("{}/", other_dir.display()),
     );
     assert_eq!(moved, 3);
-    free_local_ports(&mut boot2);
+    free_local_ports(&mut boot2, &other_dir);
     let boot2_path = tmp.path().join("bootstrap-other.json");
     std::fs::write(
         &boot2_path,

@@ -39,8 +39,9 @@ pub const BOOTSTRAP_DIR: &str = "/etc/envoy/bootstrap";
 pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
 /// Envoy's xDS cluster (static, in the bootstrap).
 pub const XDS_CLUSTER: &str = "portcullis_xds";
-/// Envoy admin port (localhost only).
-pub const ADMIN_PORT: u16 = 19000;
+/// Envoy admin: a unix socket in the pod's private `/tmp` (mode 0600), never a TCP port, so no
+/// upstream a tenant configures (a loopback `Backend`, an issuer) can reach `/config_dump`.
+pub const ADMIN_SOCKET: &str = "/tmp/envoy-admin.sock";
 /// Envoy readiness (`/ready`) and metrics (`/stats/prometheus`) port.
 pub const READY_PORT: u16 = 19001;
 /// Label on every fleet object: the fleet name.
@@ -229,7 +230,8 @@ pub fn fleet_name(gateway: &str) -> String {
 }
 
 /// Envoy bootstrap for one Gateway's fleet: ADS over mutual TLS to the controller's Service,
-/// admin on localhost, and a `/ready` + `/stats/prometheus` listener for probes and scraping.
+/// admin on a unix socket ([`ADMIN_SOCKET`]), and a `/ready` + `/stats/prometheus` listener
+/// (proxied to the admin socket) for probes and scraping.
 /// `cert_dir` holds `tls.crt`, `tls.key` and `ca.crt` ([`CERT_DIR`] in the pod).
 pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Value {
     let api_type = if cfg.xds_delta { "DELTA_GRPC" } else { "GRPC" };
@@ -239,11 +241,12 @@ pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Value {
     };
     let mut xds_la = endpoint(&cfg.xds_host, cfg.xds_port);
     xds_la["cluster_name"] = json!(XDS_CLUSTER);
-    let mut admin_la = endpoint("127.0.0.1", ADMIN_PORT);
-    admin_la["cluster_name"] = json!("portcullis_admin");
+    let admin_pipe = json!({"pipe": {"path": ADMIN_SOCKET, "mode": 0o600}});
+    let admin_la = json!({"cluster_name": "portcullis_admin", "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"pipe": {"path": ADMIN_SOCKET}}}}]}]});
     json!({
         "node": {"id": node_id, "cluster": "portcullis"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN_PORT}}},
+        "admin": {"address": admin_pipe},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": api_type,

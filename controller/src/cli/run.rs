@@ -101,6 +101,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT", value_parser = crate::builtin::parse_host_port)]
     pub ratelimit_service: Option<String>,
     #[command(flatten)]
+    pub egress: super::egress::EgressArgs,
+    #[command(flatten)]
     pub kube: KubeArgs,
     /// Log format on stderr: `text` for people, `json` (one object per line) for log pipelines.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -288,6 +290,7 @@ pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
         dynamic_module_dir: dynamic_module_dir(args),
         builtin_runtime: args.builtin_runtime,
         ratelimit_service: args.ratelimit_service.clone(),
+        egress: args.egress.policy(false),
         fleet_cert_dir: portcullis_kube::infra::CERT_DIR.to_string(),
     })
 }
@@ -380,6 +383,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<()> {
         builtin_runtime: args.builtin_runtime,
         session_secret: Some(session_secret),
         ratelimit_service: args.ratelimit_service.clone(),
+        egress: args.egress.policy(true),
     };
     tracing::info!(work_dir = %work_dir.display(), cache_dir = %cfg.cache_dir.display(), "starting");
     runtime::run(cfg, shutdown_signal()).await?;

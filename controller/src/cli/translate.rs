@@ -47,6 +47,9 @@ pub struct TranslateArgs {
     /// `HOST:PORT` of the rate-limit gRPC service, as `portcullis run --ratelimit-service`.
     #[arg(long, value_name = "HOST:PORT", value_parser = crate::builtin::parse_host_port)]
     pub ratelimit_service: Option<String>,
+    /// As `portcullis run`: Backend on by default, loopback and metadata targets refused.
+    #[command(flatten)]
+    pub egress: super::egress::EgressArgs,
 }
 
 /// `*.yaml` / `*.yml` files under `path` (or `path` itself), sorted for deterministic output.
@@ -127,6 +130,7 @@ pub async fn run(args: TranslateArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|m| crate::builtin::offline_dynamic_source(m, &args.wasm_base_url)),
         ratelimit_service: args.ratelimit_service.clone(),
+        egress: args.egress.policy(true),
         ..Default::default()
     };
     let out = portcullis_translator::translate(&resources, &opts, &OfflineResolver);

@@ -38,6 +38,7 @@
 //!   `portcullis`. With [`BuiltinRuntime::Dynamic`] the built-in filters are
 //!   `envoy.filters.http.dynamic_modules/{securitypolicy,backendtrafficpolicy}/...`.
 
+pub mod egress;
 pub mod gatewayapi;
 pub mod ir;
 pub mod resources;
@@ -93,6 +94,9 @@ pub struct TranslateOptions {
     /// `libportcullis.so`, resolved like a module: used when `builtin_runtime` is
     /// [`BuiltinRuntime::Dynamic`]. The runtime serves its own copy.
     pub builtin_dynamic_module: Option<WasmSource>,
+    /// Which upstreams tenant config may reach (`Backend` on or off, refused ranges allowed).
+    /// The default refuses `Backend` and every loopback/link-local/metadata target.
+    pub egress: egress::EgressPolicy,
 }
 
 /// The runtime of the built-in filters.
@@ -130,6 +134,7 @@ impl Default for TranslateOptions {
             wasm_fetch_tls: None,
             builtin_runtime: BuiltinRuntime::Wasm,
             builtin_dynamic_module: None,
+            egress: egress::EgressPolicy::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use portcullis_translator::egress::EgressPolicy;
 use portcullis_translator::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
 use portcullis_translator::{
     parse_documents, render_output, translate, ClientTlsFiles, OutputFormat, Resources,
@@ -74,7 +75,26 @@ fn opts() -> TranslateOptions {
     }
     o.session_secret = Some([7u8; 32]);
     o.ratelimit_service = Some("127.0.0.1:8081".into());
+    // As `portcullis run --allow-backend-cidr 127.0.0.0/8 --allow-backend-unix`: cases use
+    // loopback and unix upstreams. Cases with an `egress` option test the refusals.
+    o.egress = EgressPolicy {
+        enable_backend: true,
+        allowed_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
+        allow_unix: true,
+    };
     o
+}
+
+/// `egress` in `<case>.options.yaml`: the operator flags of `portcullis run`.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressCase {
+    #[serde(default)]
+    enable_backend: bool,
+    #[serde(default)]
+    allow_backend_cidr: Vec<String>,
+    #[serde(default)]
+    allow_backend_unix: bool,
 }
 
 /// `<case>.options.yaml`: what a case changes from [`opts`] and the default [`TestResolver`].
@@ -84,6 +104,7 @@ struct CaseOptions {
     /// Base URL the resolver serves modules from (default `http://127.0.0.1:19102`).
     serve_base: Option<String>,
     wasm_fetch_tls: Option<ClientTlsFiles>,
+    egress: Option<EgressCase>,
 }
 
 /// Options and resolver for the case whose input is `input`.
@@ -97,6 +118,17 @@ fn case(input: &Path) -> (TranslateOptions, TestResolver) {
     };
     let mut o = opts();
     o.wasm_fetch_tls = co.wasm_fetch_tls;
+    if let Some(e) = co.egress {
+        o.egress = EgressPolicy {
+            enable_backend: e.enable_backend,
+            allowed_cidrs: e
+                .allow_backend_cidr
+                .iter()
+                .map(|c| c.parse().unwrap_or_else(|err| panic!("cidr {c}: {err}")))
+                .collect(),
+            allow_unix: e.allow_backend_unix,
+        };
+    }
     let mut r = TestResolver::default();
     if let Some(base) = co.serve_base {
         r.base = base;

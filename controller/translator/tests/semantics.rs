@@ -45,7 +45,15 @@ fn run(extra: &str, resolver: &Resolver) -> TranslateOutput {
     assert!(errs.is_empty(), "{errs:?}");
     translate(
         &Resources::from_parsed(res),
-        &TranslateOptions::default(),
+        &TranslateOptions {
+            // Loopback upstreams, as under `portcullis run --allow-backend-cidr 127.0.0.0/8`.
+            egress: portcullis_translator::egress::EgressPolicy {
+                enable_backend: true,
+                allowed_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
+                allow_unix: false,
+            },
+            ..TranslateOptions::default()
+        },
         resolver,
     )
 }

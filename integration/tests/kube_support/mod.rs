@@ -721,25 +721,86 @@ pub fn envoy_bootstrap(configmap: &Value, cert_dir: &Path, was_port: u16, xds_po
         &format!("{}/", cert_dir.display()),
     );
     assert_eq!(replaced, 3, "tls.crt, tls.key and ca.crt in the bootstrap");
-    free_local_ports(&mut boot);
+    assert_eq!(
+        boot["admin"]["address"]["pipe"]["path"],
+        portcullis_kube::infra::ADMIN_SOCKET
+    );
+    free_local_ports(&mut boot, cert_dir.parent().unwrap_or(cert_dir));
     boot
 }
 
-/// Move a fleet bootstrap's admin and readiness ports to free ones on 127.0.0.1 (in a pod they
-/// are fixed; here several Envoys share the machine). Returns the admin port.
-pub fn free_local_ports(boot: &mut Value) -> u16 {
-    let (admin, ready) = (free_port().expect("port"), free_port().expect("port"));
-    boot["admin"]["address"]["socket_address"]["port_value"] = json!(admin);
+/// Move a fleet bootstrap's admin socket into `dir` and its readiness port to a free one on
+/// 127.0.0.1 (in a pod they are fixed; here several Envoys share the machine). Returns the admin
+/// socket's path. Asserts the bootstrap's admin is a unix socket: no TCP port for a tenant's
+/// upstream to reach.
+pub fn free_local_ports(boot: &mut Value, dir: &Path) -> PathBuf {
+    assert!(
+        boot["admin"]["address"]["pipe"]["path"].is_string()
+            && boot["admin"]["address"]["socket_address"].is_null(),
+        "the fleet's admin listens on a unix socket: {}",
+        boot["admin"]
+    );
+    let socket = dir.join("envoy-admin.sock");
+    let path = json!(socket.display().to_string());
+    boot["admin"]["address"]["pipe"]["path"] = path.clone();
     find_named(
         &mut boot["static_resources"]["clusters"],
         "portcullis_admin",
-    )["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        ["socket_address"]["port_value"] = json!(admin);
+    )["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+        ["path"] = path;
+    let ready = free_port().expect("port");
     find_named(
         &mut boot["static_resources"]["listeners"],
         "portcullis_ready",
     )["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": ready});
-    admin
+    socket
+}
+
+/// GET `path` from an Envoy admin listening on the unix socket `socket` (HTTP/1.1, one request).
+pub fn admin_get_unix(socket: &Path, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: envoy-admin\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP head in {text:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    if !chunked {
+        return Ok((code, body.to_string()));
+    }
+    let (mut out, mut rest) = (String::new(), body);
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or_else(|| "truncated chunk".to_string())?;
+        let n = usize::from_str_radix(size.trim(), 16).map_err(|e| format!("chunk size: {e}"))?;
+        if n == 0 {
+            return Ok((code, out));
+        }
+        let chunk = after
+            .get(..n)
+            .ok_or_else(|| "truncated chunk".to_string())?;
+        out.push_str(chunk);
+        rest = after.get(n + 2..).unwrap_or_default();
+    }
 }
 
 /// The controller configuration both Kubernetes-mode tests run with: listeners dual-stack on
@@ -784,5 +845,14 @@ pub fn test_config(
         builtin_runtime: Some(portcullis_translator::BuiltinRuntime::Wasm),
         ratelimit_service: None,
         fleet_cert_dir: cert_dir.display().to_string(),
+        // The tests' upstreams are local Backends (Envoy Gateway gates the kind the same way).
+        egress: portcullis_translator::egress::EgressPolicy {
+            enable_backend: true,
+            allowed_cidrs: vec![
+                "127.0.0.0/8".parse().expect("cidr"),
+                "::1/128".parse().expect("cidr"),
+            ],
+            allow_unix: false,
+        },
     }
 }

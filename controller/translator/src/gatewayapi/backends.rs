@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::reference_granted;
+use crate::egress::EgressPolicy;
 use crate::ir::{ClusterIr, ClusterKind, EndpointIr};
 use crate::resources::{
     EndpointSliceBody, NsName, Object, ObjectRef, Resources, EG_GROUP, GATEWAY_GROUP,
@@ -28,6 +29,7 @@ pub fn slice_index(res: &Resources) -> SliceIndex<'_> {
 
 pub fn resolve(
     res: &Resources,
+    egress: &EgressPolicy,
     slices: &SliceIndex<'_>,
     route_ns: &str,
     r: &ObjectRef,
@@ -50,6 +52,15 @@ pub fn resolve(
             "RefNotPermitted",
             format!(
                 "{kind} {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                r.name
+            ),
+        ));
+    }
+    if is_backend && !egress.enable_backend {
+        return Err((
+            "InvalidKind",
+            format!(
+                "backendRef to {EG_GROUP}/Backend {ns}/{}: the Backend kind is disabled (the controller runs without --enable-backend)",
                 r.name
             ),
         ));
@@ -96,6 +107,17 @@ pub fn resolve(
                     continue;
                 }
                 for a in &ep.addresses {
+                    // A tenant can write EndpointSlices in its namespace: same rule as Backend.
+                    egress.check_host(a).map_err(|e| {
+                        (
+                            "RefNotPermitted",
+                            format!(
+                                "Service {ns}/{} EndpointSlice {} address {e}",
+                                r.name,
+                                slice.name()
+                            ),
+                        )
+                    })?;
                     endpoints.insert((a.clone(), target));
                 }
             }
@@ -108,6 +130,12 @@ pub fn resolve(
                 .as_deref()
                 .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
             {
+                egress.check_host(ip).map_err(|e| {
+                    (
+                        "RefNotPermitted",
+                        format!("Service {ns}/{} clusterIP {e}", r.name),
+                    )
+                })?;
                 endpoints.insert((ip.to_string(), port));
             }
         }
@@ -139,9 +167,22 @@ pub fn resolve(
             ),
         ));
     }
+    let refused = |e: crate::egress::Refused| {
+        (
+            "RefNotPermitted",
+            format!("Backend {ns}/{} endpoint {e}", r.name),
+        )
+    };
     let mut eps = Vec::new();
     let mut dns = false;
     for e in &be.spec.endpoints {
+        if let Some(ip) = &e.ip {
+            egress.check_host(&ip.address).map_err(refused)?;
+        } else if let Some(f) = &e.fqdn {
+            egress.check_host(&f.address).map_err(refused)?;
+        } else if let Some(u) = &e.unix {
+            egress.check_unix(&u.path).map_err(refused)?;
+        }
         if let Some(ip) = &e.ip {
             eps.push(EndpointIr::Socket {
                 address: ip.address.clone(),

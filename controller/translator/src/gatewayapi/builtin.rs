@@ -1,5 +1,6 @@
 //! Built-in filter modules (oidc, ratelimit) and the clusters they call.
 
+use crate::egress::EgressPolicy;
 use std::collections::BTreeSet;
 
 use crate::ir::{
@@ -142,6 +143,28 @@ pub(crate) fn oidc_cluster_name(issuer: &str) -> Result<String, String> {
 pub(crate) fn issuer_cluster(name: &str, issuer: &str) -> Result<ClusterIr, String> {
     let (host, port, tls) = url_parts(issuer)?;
     Ok(endpoint_cluster(name.to_string(), &host, port, tls, false))
+}
+
+/// [`issuer_cluster`] for an issuer a tenant wrote: its host must pass `egress`.
+pub(crate) fn tenant_issuer_cluster(
+    egress: &EgressPolicy,
+    name: &str,
+    issuer: &str,
+) -> Result<ClusterIr, String> {
+    let (host, _, _) = url_parts(issuer)?;
+    egress.check_host(&host).map_err(|e| e.to_string())?;
+    issuer_cluster(name, issuer)
+}
+
+/// [`grpc_cluster`] for a service address a tenant wrote: its host must pass `egress`.
+pub(crate) fn tenant_grpc_cluster(
+    egress: &EgressPolicy,
+    name: &str,
+    address: &str,
+) -> Result<ClusterIr, String> {
+    let (host, _) = host_port(address)?;
+    egress.check_host(&host).map_err(|e| e.to_string())?;
+    grpc_cluster(name, address)
 }
 
 /// Parses `host:port` (IPv6 as `[addr]:port`).

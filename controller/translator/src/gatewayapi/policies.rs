@@ -102,7 +102,10 @@ pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<Cluster
 /// - ratelimit (`global.cluster` + controller-only `global.service_address: "host:port"`): an
 ///   HTTP/2 cluster named `global.cluster`. `service_address` is removed from the config before
 ///   it reaches the filter, which rejects unknown fields.
-fn module_clusters(config: Option<&mut Value>) -> Result<Vec<ClusterIr>, String> {
+fn module_clusters(
+    egress: &crate::egress::EgressPolicy,
+    config: Option<&mut Value>,
+) -> Result<Vec<ClusterIr>, String> {
     let Some(Value::Object(cfg)) = config else {
         return Ok(vec![]);
     };
@@ -111,7 +114,8 @@ fn module_clusters(config: Option<&mut Value>) -> Result<Vec<ClusterIr>, String>
         (cfg.get("issuer"), cfg.get("provider_cluster"))
     {
         out.push(
-            super::builtin::issuer_cluster(cluster, issuer).map_err(|e| format!("issuer: {e}"))?,
+            super::builtin::tenant_issuer_cluster(egress, cluster, issuer)
+                .map_err(|e| format!("issuer: {e}"))?,
         );
     }
     if let Some(Value::Object(g)) = cfg.get_mut("global") {
@@ -124,7 +128,7 @@ fn module_clusters(config: Option<&mut Value>) -> Result<Vec<ClusterIr>, String>
                 .and_then(Value::as_str)
                 .ok_or("global.service_address needs global.cluster")?;
             out.push(
-                super::builtin::grpc_cluster(cluster, addr)
+                super::builtin::tenant_grpc_cluster(egress, cluster, addr)
                     .map_err(|e| format!("global.service_address: {e}"))?,
             );
         }
@@ -345,7 +349,7 @@ pub fn resolve(
                         }
                     };
                     let mut config = w.config.clone();
-                    match module_clusters(config.as_mut()) {
+                    match module_clusters(&opts.egress, config.as_mut()) {
                         Ok(cs) => {
                             for c in cs {
                                 if !st.clusters.contains(&c) {
@@ -468,7 +472,7 @@ fn resolve_dynamic(
             ));
         }
         let mut config = dm.config.clone();
-        match module_clusters(config.as_mut()) {
+        match module_clusters(&opts.egress, config.as_mut()) {
             Ok(cs) => {
                 for c in cs {
                     if !st.clusters.contains(&c) {

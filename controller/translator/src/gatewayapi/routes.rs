@@ -81,6 +81,7 @@ struct RulesOutput {
 
 fn translate_rules(
     res: &Resources,
+    egress: &crate::egress::EgressPolicy,
     slices: &backends::SliceIndex<'_>,
     route: &Object<HttpRouteSpec>,
 ) -> RulesOutput {
@@ -122,7 +123,7 @@ fn translate_rules(
                 "URLRewrite" => rewrite = f.url_rewrite.clone(),
                 "RequestMirror" => {
                     let Some(m) = &f.request_mirror else { continue };
-                    match backends::resolve(res, slices, &ns, &m.backend_ref) {
+                    match backends::resolve(res, egress, slices, &ns, &m.backend_ref) {
                         Ok(c) => {
                             let per_million = match (&m.fraction, m.percent) {
                                 (Some(fr), _) => {
@@ -159,7 +160,7 @@ fn translate_rules(
                 ));
                 broken = true;
             }
-            match backends::resolve(res, slices, &ns, &b.object_ref()) {
+            match backends::resolve(res, egress, slices, &ns, &b.object_ref()) {
                 Ok(c) => {
                     let weight = b.weight.unwrap_or(1);
                     if weight > 0 {
@@ -305,7 +306,7 @@ pub fn translate_routes(
             clusters,
             resolved,
             mut unsupported,
-        } = translate_rules(res, &slices, route);
+        } = translate_rules(res, &opts.egress, &slices, route);
         unsupported.extend(route.unsupported.iter().cloned());
         let mut parents = Vec::new();
         let mut seen_refs = BTreeSet::new();

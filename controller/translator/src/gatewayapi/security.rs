@@ -352,7 +352,11 @@ pub fn resolve(
             Ok(cfg) if st.problems.is_empty() => {
                 match (
                     builtin::builtin_module(opts, wasm, "oidc", &mut wasm_needed),
-                    builtin::issuer_cluster(&cfg.provider_cluster, &cfg.issuer),
+                    builtin::tenant_issuer_cluster(
+                        &opts.egress,
+                        &cfg.provider_cluster,
+                        &cfg.issuer,
+                    ),
                     serde_json::to_string(&cfg),
                 ) {
                     (Ok(m), Ok(provider), Ok(configuration)) => {
@@ -366,7 +370,8 @@ pub fn resolve(
                     }
                     (m, c, j) => {
                         st.problems.extend(m.err());
-                        st.problems.extend(c.err());
+                        st.problems
+                            .extend(c.err().map(|e| format!("oidc.provider.issuer: {e}")));
                         st.problems.extend(j.err().map(|e| e.to_string()));
                     }
                 }

@@ -1,0 +1,33 @@
+//! `--enable-backend`, `--allow-backend-cidr`, `--allow-backend-unix`: which upstreams tenant
+//! configuration may reach (shared by `run` and `translate`).
+
+use portcullis_translator::egress::EgressPolicy;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EgressArgs {
+    /// Honour Envoy Gateway `Backend` references (`--enable-backend=false` to refuse them).
+    /// Default: on with `--provider file` and in `translate`, off with `--provider kubernetes`
+    /// (as Envoy Gateway's `extensionApis.enableBackend`).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_backend: Option<bool>,
+    /// Allow upstreams in this range that are refused by default (loopback, link-local and
+    /// the metadata service, unspecified), for `Backend` endpoints, EndpointSlice addresses,
+    /// OIDC issuers and rate-limit `service_address`. Repeatable, e.g. `127.0.0.0/8` for a
+    /// local upstream.
+    #[arg(long, value_name = "CIDR")]
+    pub allow_backend_cidr: Vec<ipnet::IpNet>,
+    /// Allow `Backend` unix-socket endpoints (refused by default).
+    #[arg(long)]
+    pub allow_backend_unix: bool,
+}
+
+impl EgressArgs {
+    /// The policy, with `enable_backend` defaulting to `backend_by_default`.
+    pub fn policy(&self, backend_by_default: bool) -> EgressPolicy {
+        EgressPolicy {
+            enable_backend: self.enable_backend.unwrap_or(backend_by_default),
+            allowed_cidrs: self.allow_backend_cidr.clone(),
+            allow_unix: self.allow_backend_unix,
+        }
+    }
+}
