@@ -227,24 +227,16 @@ impl Controller {
     /// The admin address (`host:port`) of the Envoy the controller runs for `node`, once it has
     /// bound it.
     pub fn envoy_admin(&mut self, node: &str) -> Result<String, Error> {
-        let http = self.http.clone();
-        let url = self.admin_url("/status");
-        self.process
-            .wait_until(&format!("Envoy admin address of {node}"), CONVERGE, || {
-                let doc: Value = http
-                    .get(&url)
-                    .send()
-                    .and_then(|r| r.json())
-                    .map_err(|e| e.to_string())?;
-                doc["envoys"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|e| e["nodeId"] == node)
-                    .and_then(|e| e["adminAddr"].as_str())
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("no admin address yet: {}", doc["envoys"]))
-            })
+        self.wait_status(&format!("Envoy admin address of {node}"), |doc| {
+            doc["envoys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["nodeId"] == node)
+                .and_then(|e| e["adminAddr"].as_str())
+                .map(str::to_string)
+                .ok_or_else(|| format!("no admin address yet: {}", doc["envoys"]))
+        })
     }
 
     /// `/config_dump` of the Envoy for `node`.

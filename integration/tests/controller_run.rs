@@ -557,18 +557,17 @@ fn loopback_backend_is_refused_unless_allowed() {
         &["--allow-backend-cidr", "192.0.2.0/24"],
     );
     let admin = c.envoy_admin(NODE).expect("Envoy admin address");
-    let admin_port = admin.rsplit(':').next().expect("port").to_string();
+    let admin_port: u16 = admin
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("admin port");
+    c.write_manifest("backend-admin.yaml", &backend("admin", admin_port))
+        .expect("write");
     c.write_manifest(
-        "backend-admin.yaml",
+        "backend-local.yaml",
         &format!(
             r#"apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: Backend
-metadata: {{name: admin, namespace: default}}
-spec:
-  endpoints:
-  - ip: {{address: 127.0.0.1, port: {admin_port}}}
----
-apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: Backend
 metadata: {{name: local, namespace: default}}
 spec:

@@ -66,6 +66,16 @@ impl EgressPolicy {
         }
     }
 
+    /// `Backend` on and `cidrs` allowed, unix sockets refused: `portcullis run
+    /// --allow-backend-cidr ...`, for tests and tools.
+    pub fn allowing(cidrs: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            enable_backend: true,
+            allowed_cidrs: cidrs.into_iter().collect(),
+            allow_unix: false,
+        }
+    }
+
     /// Checks a host (IP literal or DNS name) a tenant wants Envoy to connect to.
     pub fn check_host(&self, host: &str) -> Result<(), Refused> {
         let bare = host.trim_matches(['[', ']']);
@@ -129,14 +139,6 @@ impl EgressPolicy {
 mod tests {
     use super::*;
 
-    fn cidrs(list: &[&str]) -> EgressPolicy {
-        EgressPolicy {
-            enable_backend: true,
-            allowed_cidrs: list.iter().map(|c| c.parse().unwrap()).collect(),
-            allow_unix: false,
-        }
-    }
-
     #[test]
     fn refuses_local_and_metadata_targets_by_default() {
         let p = EgressPolicy::default();
@@ -177,7 +179,7 @@ mod tests {
         ] {
             p.check_host(host).unwrap_or_else(|e| panic!("{host}: {e}"));
         }
-        let p = cidrs(&["127.0.0.0/8"]);
+        let p = EgressPolicy::allowing(["127.0.0.0/8".parse().unwrap()]);
         p.check_host("127.0.0.1").unwrap();
         p.check_host("localhost").unwrap();
         let e = p.check_host("169.254.169.254").unwrap_err().to_string();

@@ -57,11 +57,9 @@ fn opts() -> TranslateOptions {
     o.session_secret = Some([9u8; 32]);
     o.ratelimit_service = Some("ratelimit.internal:8081".into());
     // Local upstreams, as under `portcullis run --allow-backend-cidr 127.0.0.0/8`.
-    o.egress = portcullis_translator::egress::EgressPolicy {
-        enable_backend: true,
-        allowed_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
-        allow_unix: false,
-    };
+    o.egress = portcullis_translator::egress::EgressPolicy::allowing(["127.0.0.0/8"
+        .parse()
+        .expect("cidr")]);
     o
 }
 

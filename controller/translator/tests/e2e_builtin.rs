@@ -166,11 +166,9 @@ fn start(yaml: &str, module: &str) -> Option<Kill> {
         listener_address: "127.0.0.1".into(),
         session_secret: Some([3u8; 32]),
         // The upstream and the issuer run on loopback here.
-        egress: portcullis_translator::egress::EgressPolicy {
-            enable_backend: true,
-            allowed_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
-            allow_unix: false,
-        },
+        egress: portcullis_translator::egress::EgressPolicy::allowing(["127.0.0.0/8"
+            .parse()
+            .expect("cidr")]),
         ..TranslateOptions::default()
     };
     opts.builtin_modules.insert(

@@ -47,11 +47,9 @@ fn run(extra: &str, resolver: &Resolver) -> TranslateOutput {
         &Resources::from_parsed(res),
         &TranslateOptions {
             // Loopback upstreams, as under `portcullis run --allow-backend-cidr 127.0.0.0/8`.
-            egress: portcullis_translator::egress::EgressPolicy {
-                enable_backend: true,
-                allowed_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
-                allow_unix: false,
-            },
+            egress: portcullis_translator::egress::EgressPolicy::allowing(["127.0.0.0/8"
+                .parse()
+                .expect("cidr")]),
             ..TranslateOptions::default()
         },
         resolver,

@@ -846,13 +846,9 @@ pub fn test_config(
         ratelimit_service: None,
         fleet_cert_dir: cert_dir.display().to_string(),
         // The tests' upstreams are local Backends (Envoy Gateway gates the kind the same way).
-        egress: portcullis_translator::egress::EgressPolicy {
-            enable_backend: true,
-            allowed_cidrs: vec![
-                "127.0.0.0/8".parse().expect("cidr"),
-                "::1/128".parse().expect("cidr"),
-            ],
-            allow_unix: false,
-        },
+        egress: portcullis_translator::egress::EgressPolicy::allowing([
+            "127.0.0.0/8".parse().expect("cidr"),
+            "::1/128".parse().expect("cidr"),
+        ]),
     }
 }

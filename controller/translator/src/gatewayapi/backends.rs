@@ -178,23 +178,19 @@ pub fn resolve(
     for e in &be.spec.endpoints {
         if let Some(ip) = &e.ip {
             egress.check_host(&ip.address).map_err(refused)?;
-        } else if let Some(f) = &e.fqdn {
-            egress.check_host(&f.address).map_err(refused)?;
-        } else if let Some(u) = &e.unix {
-            egress.check_unix(&u.path).map_err(refused)?;
-        }
-        if let Some(ip) = &e.ip {
             eps.push(EndpointIr::Socket {
                 address: ip.address.clone(),
                 port: ip.port,
             });
         } else if let Some(f) = &e.fqdn {
+            egress.check_host(&f.address).map_err(refused)?;
             dns = true;
             eps.push(EndpointIr::Socket {
                 address: f.address.clone(),
                 port: f.port,
             });
         } else if let Some(u) = &e.unix {
+            egress.check_unix(&u.path).map_err(refused)?;
             eps.push(EndpointIr::Pipe {
                 path: u.path.clone(),
             });

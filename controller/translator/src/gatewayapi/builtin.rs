@@ -139,21 +139,16 @@ pub(crate) fn oidc_cluster_name(issuer: &str) -> Result<String, String> {
     Ok(format!("oidc/{host}:{port}"))
 }
 
-/// The cluster named `name` reaching the issuer's host and port, TLS with SNI for https.
-pub(crate) fn issuer_cluster(name: &str, issuer: &str) -> Result<ClusterIr, String> {
-    let (host, port, tls) = url_parts(issuer)?;
-    Ok(endpoint_cluster(name.to_string(), &host, port, tls, false))
-}
-
-/// [`issuer_cluster`] for an issuer a tenant wrote: its host must pass `egress`.
+/// The cluster named `name` reaching the issuer's host and port, TLS with SNI for https. Issuers
+/// are tenant-written: the host must pass `egress`.
 pub(crate) fn tenant_issuer_cluster(
     egress: &EgressPolicy,
     name: &str,
     issuer: &str,
 ) -> Result<ClusterIr, String> {
-    let (host, _, _) = url_parts(issuer)?;
+    let (host, port, tls) = url_parts(issuer)?;
     egress.check_host(&host).map_err(|e| e.to_string())?;
-    issuer_cluster(name, issuer)
+    Ok(endpoint_cluster(name.to_string(), &host, port, tls, false))
 }
 
 /// [`grpc_cluster`] for a service address a tenant wrote: its host must pass `egress`.
@@ -194,19 +189,22 @@ mod tests {
 
     #[test]
     fn clusters_from_urls_and_addresses() {
-        let c = issuer_cluster("oidc/iam:443", "https://iam.example.com/realms/x").unwrap();
+        let any = EgressPolicy::permissive();
+        let c = tenant_issuer_cluster(&any, "oidc/iam:443", "https://iam.example.com/realms/x")
+            .unwrap();
         assert_eq!(c.tls_sni.as_deref(), Some("iam.example.com"));
         assert!(matches!(c.kind, ClusterKind::StrictDns(_)));
         assert_eq!(
             oidc_cluster_name("http://127.0.0.1:8080/").unwrap(),
             "oidc/127.0.0.1:8080"
         );
-        let c = issuer_cluster("x", "http://127.0.0.1:8080/").unwrap();
+        let c = tenant_issuer_cluster(&any, "x", "http://127.0.0.1:8080/").unwrap();
         assert!(matches!(c.kind, ClusterKind::Static(_)) && c.tls_sni.is_none());
         let g = grpc_cluster("rl", "[::1]:8081").unwrap();
         assert!(g.http2 && matches!(g.kind, ClusterKind::Static(_)));
         assert!(host_port("nope").is_err());
         assert!(host_port("h:0").is_err());
-        assert!(issuer_cluster("x", "ftp://h/").is_err());
+        assert!(tenant_issuer_cluster(&any, "x", "ftp://h/").is_err());
+        assert!(tenant_issuer_cluster(&EgressPolicy::default(), "x", "http://127.0.0.1/").is_err());
     }
 }

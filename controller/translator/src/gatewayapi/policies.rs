@@ -870,8 +870,12 @@ mod tests {
             })
         );
         // Issuer clusters never get the wasm client certificate.
-        let c =
-            super::super::builtin::issuer_cluster("oidc/x", "https://iam.example.com/").unwrap();
+        let c = super::super::builtin::tenant_issuer_cluster(
+            &crate::egress::EgressPolicy::permissive(),
+            "oidc/x",
+            "https://iam.example.com/",
+        )
+        .unwrap();
         assert_eq!(c.tls_client, None);
     }
 }
