@@ -17,15 +17,19 @@
 //!   placed disabled in the HCM and enabled per route; the wasm `vm_id` is the module sha256;
 //! - SecurityPolicy `oidc` runs the built-in oidc module ([`TranslateOptions::builtin_modules`])
 //!   as `envoy.filters.http.wasm/securitypolicy/<ns>/<policy>/oidc`, with the provider cluster
-//!   `oidc/<host>:<port>` made from the issuer URL; BackendTrafficPolicy `rateLimit` runs the
+//!   `sp/<ns>/<policy>/oidc` reaching the issuer (named after the policy, never the issuer); BackendTrafficPolicy `rateLimit` runs the
 //!   ratelimit module as `envoy.filters.http.wasm/backendtrafficpolicy/<ns>/<policy>/ratelimit[/<route>]`
 //!   (one instance per route rule unless every rule is `shared`), with the HTTP/2 cluster
 //!   `ratelimit/<host:port>` of [`TranslateOptions::ratelimit_service`]. HCM order:
 //!   SecurityPolicy, then EnvoyExtensionPolicy, then BackendTrafficPolicy filters;
-//! - an EnvoyExtensionPolicy that attaches the oidc module gets a cluster named its config's
+//! - an EnvoyExtensionPolicy that attaches the oidc module gets a cluster for its config's
 //!   `provider_cluster` (from `issuer`); one that attaches the ratelimit module with the
-//!   controller-only `global.service_address: "host:port"` gets an HTTP/2 cluster named
-//!   `global.cluster`, and `service_address` is removed before the config reaches the filter;
+//!   controller-only `global.service_address: "host:port"` gets an HTTP/2 cluster for
+//!   `global.cluster`, and `service_address` is removed before the config reaches the filter.
+//!   Both names are rewritten to `eep/<ns>/<policy>/<name>` in the filter's config, and a name
+//!   without the field that defines its cluster is refused;
+//! - a cluster name has one definition: routes claim theirs first, then policies oldest first;
+//!   a policy whose cluster another defines differently gets `Accepted=False` / `Conflicted`;
 //! - conditions carry `lastTransitionTime: 1970-01-01T00:00:00Z` (pure output has no clock; the
 //!   runtime stamps real times when a condition changes) and `observedGeneration` when the
 //!   manifest sets `metadata.generation`;

@@ -248,8 +248,8 @@ fn oidc_policy_enables_the_filter_and_its_clusters() {
     }
     let clusters = &gw(&out).clusters;
     let idp = clusters
-        .get("oidc/iam.example.com:443")
-        .expect("provider cluster");
+        .get("sp/ns/sp/oidc")
+        .expect("provider cluster, named after the policy");
     assert_eq!(idp.tls_sni.as_deref(), Some("iam.example.com"));
     assert!(matches!(idp.kind, ClusterKind::StrictDns(_)));
     assert!(out
@@ -257,7 +257,7 @@ fn oidc_policy_enables_the_filter_and_its_clusters() {
         .iter()
         .any(|w| w.url.ends_with("/builtin/oidc.wasm")));
     let cfg = oidc_config(&out);
-    assert_eq!(cfg["provider_cluster"], "oidc/iam.example.com:443");
+    assert_eq!(cfg["provider_cluster"], "sp/ns/sp/oidc");
     assert_eq!(cfg["scopes"], serde_json::json!(["openid"]));
     assert_eq!(
         cfg["cookie"]["secret"].as_str(),
@@ -481,11 +481,12 @@ spec:
     let out = run(eep, &opts());
     let c = gw(&out)
         .clusters
-        .get("my-rls")
-        .expect("cluster from service_address");
+        .get("eep/ns/e/my-rls")
+        .expect("cluster from service_address, named inside the policy");
     assert!(c.http2 && matches!(c.kind, ClusterKind::Static(_)));
     let (_, cfg) = wasm_filters(&out).into_iter().next().expect("filter");
     assert!(!cfg.contains("service_address"));
+    assert!(cfg.contains(r#""cluster":"eep/ns/e/my-rls""#), "{cfg}");
     RateLimitConfig::from_json(cfg.as_bytes()).expect("filter accepts the stripped config");
     let bad = eep.replace("10.0.0.5:8081", "no-port");
     let out = run(&bad, &opts());
@@ -631,4 +632,213 @@ fn builtin_policies_run_on_the_dynamic_module_with_the_wasm_config() {
         assert!(text.contains("libportcullis.so"), "{case}: {text}");
     }
     assert!(checked >= 2);
+}
+
+/// A shared Gateway: tenant `ns` (route `r`, SecurityPolicy `sp`, a BackendTrafficPolicy using
+/// the operator's rate-limit service) and tenant `evil` (route `er`), both attached.
+const SHARED: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: pc}
+spec: {controllerName: portcullis.dev/gatewayclass-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns}
+spec:
+  gatewayClassName: pc
+  listeners: [{name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: ns}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /a}}], backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: er, namespace: evil}
+spec:
+  parentRefs: [{name: gw, namespace: ns}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /evil}}], backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]}]
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {name: be, namespace: ns}
+spec: {endpoints: [{ip: {address: 127.0.0.1, port: 9}}]}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {name: be, namespace: evil}
+spec: {endpoints: [{ip: {address: 127.0.0.1, port: 10}}]}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: sp, namespace: ns}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+  oidc:
+    provider: {issuer: "https://iam.example.com/realms/x"}
+    clientID: app
+    redirectURL: "https://app.example.com/oauth2/callback"
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: rl, namespace: ns}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+  rateLimit:
+    type: Global
+    global: {rules: [{limit: {requests: 5, unit: Minute}}]}
+"#;
+
+fn evil_eep(wasm: &str) -> String {
+    format!(
+        r#"
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata: {{name: e, namespace: evil}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: er}}]
+  wasm:
+{wasm}"#
+    )
+}
+
+fn shared(extra: &str) -> TranslateOutput {
+    translate(
+        &load(&format!("{SHARED}---\n{extra}")),
+        &opts(),
+        &TestResolver,
+    )
+}
+
+fn sni_of<'a>(out: &'a TranslateOutput, name: &str) -> Option<&'a str> {
+    gw(out)
+        .clusters
+        .get(name)
+        .and_then(|c| c.tls_sni.as_deref())
+}
+
+#[test]
+fn a_tenant_cannot_redefine_or_reach_another_tenants_clusters() {
+    let clean = shared("");
+    let victim_idp = "sp/ns/sp/oidc";
+    let victim_rls = "ratelimit/ratelimit.internal:8081";
+    assert_eq!(sni_of(&clean, victim_idp), Some("iam.example.com"));
+    let rls_before = gw(&clean).clusters.get(victim_rls).expect("rls").clone();
+    // The attacker names the victim's issuer cluster and the operator's rate-limit cluster, with
+    // endpoints of its own.
+    let out = shared(&evil_eep(
+        r#"  - code: {type: HTTP, http: {url: "http://m/oidc.wasm", sha256: "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"}}
+    config:
+      issuer: "https://evil.example.net/"
+      provider_cluster: "sp/ns/sp/oidc"
+      client_id: x
+      redirect_uri: "https://evil.example.net/cb"
+      cookie: {secret: "0000000000000000000000000000000000000000000000000000000000000000"}
+  - code: {type: HTTP, http: {url: "http://m/rl.wasm", sha256: "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"}}
+    config:
+      rules: [{name: a, limit: {requests: 1, unit: second}, scope: global}]
+      global: {cluster: "ratelimit/ratelimit.internal:8081", domain: d, service_address: "evil.example.net:8081"}
+"#,
+    ));
+    assert_eq!(
+        conditions(&out, "EnvoyExtensionPolicy", "e")[0].0,
+        "Accepted=True",
+        "{:?}",
+        conditions(&out, "EnvoyExtensionPolicy", "e")
+    );
+    // The victim's clusters are untouched ...
+    assert_eq!(sni_of(&out, victim_idp), Some("iam.example.com"));
+    assert_eq!(gw(&out).clusters.get(victim_rls), Some(&rls_before));
+    // ... every cluster reaching the attacker's hosts is named inside its policy ...
+    for (name, c) in &gw(&out).clusters {
+        let evil = format!("{:?}", c.kind).contains("evil.example.net");
+        assert_eq!(evil, name.starts_with("eep/evil/e/"), "{name}: {c:?}");
+    }
+    // ... and the filters it configured call only those.
+    for (name, cfg) in wasm_filters(&out) {
+        if name.contains("/envoyextensionpolicy/evil/e/") {
+            let v: Value = serde_json::from_str(&cfg).expect("json");
+            for field in ["/provider_cluster", "/global/cluster"] {
+                if let Some(c) = v.pointer(field).and_then(Value::as_str) {
+                    assert!(c.starts_with("eep/evil/e/"), "{field} = {c}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cluster_name_without_its_definition_is_refused() {
+    // Naming an existing cluster without the field that defines it would reach it as is.
+    for wasm in [
+        r#"      provider_cluster: "sp/ns/sp/oidc""#,
+        r#"      global: {cluster: "ratelimit/ratelimit.internal:8081", domain: d}"#,
+    ] {
+        let out = shared(&evil_eep(&format!(
+            r#"  - code: {{type: HTTP, http: {{url: "http://m/x.wasm", sha256: "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"}}}}
+    config:
+{wasm}
+"#
+        )));
+        let c = conditions(&out, "EnvoyExtensionPolicy", "e");
+        assert_eq!(c[0].0, "Accepted=False", "{wasm}: {c:?}");
+        assert!(c[0].2.contains("cannot name one it did not cause"), "{c:?}");
+    }
+}
+
+#[test]
+fn one_name_with_two_definitions_is_refused_and_the_rest_keeps_working() {
+    let out = shared(&evil_eep(
+        r#"  - code: {type: HTTP, http: {url: "http://m/a.wasm", sha256: "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"}}
+    config: {issuer: "https://one.example.net/", provider_cluster: idp}
+  - code: {type: HTTP, http: {url: "http://m/b.wasm", sha256: "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"}}
+    config: {issuer: "https://two.example.net/", provider_cluster: idp}
+"#,
+    ));
+    let c = conditions(&out, "EnvoyExtensionPolicy", "e");
+    assert_eq!(
+        (c[0].0.as_str(), c[0].1.as_str()),
+        ("Accepted=False", "Conflicted")
+    );
+    assert!(
+        c[0].2.contains("\"eep/evil/e/idp\" is defined twice"),
+        "{c:?}"
+    );
+    assert!(!gw(&out).clusters.contains_key("eep/evil/e/idp"));
+    // The refused policy's route fails closed; the other tenant's policies are unaffected.
+    let all = routes(&out);
+    let (evil, rest): (Vec<&&RouteIr>, Vec<&&RouteIr>) =
+        all.iter().partition(|r| r.name.contains("evil"));
+    assert!(!evil.is_empty() && evil.iter().all(|r| is_500(r)));
+    assert!(rest.iter().all(|r| !is_500(r)));
+    assert_eq!(
+        conditions(&out, "SecurityPolicy", "sp")[0].0,
+        "Accepted=True"
+    );
+}
+
+#[test]
+fn two_security_policies_with_one_issuer_get_their_own_clusters() {
+    let second = r#"
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: sp2, namespace: evil}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: er}]
+  oidc:
+    provider: {issuer: "https://iam.example.com/realms/x"}
+    clientID: other
+    redirectURL: "https://other.example.com/oauth2/callback"
+"#;
+    let out = shared(second);
+    assert_eq!(sni_of(&out, "sp/ns/sp/oidc"), Some("iam.example.com"));
+    assert_eq!(sni_of(&out, "sp/evil/sp2/oidc"), Some("iam.example.com"));
+    assert_eq!(
+        conditions(&out, "SecurityPolicy", "sp2")[0].0,
+        "Accepted=True"
+    );
 }

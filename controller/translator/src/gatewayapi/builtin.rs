@@ -115,7 +115,7 @@ fn endpoint_cluster(name: String, host: &str, port: u16, tls: bool, http2: bool)
 }
 
 /// `host` and port of an http(s) URL, and whether it is https.
-fn url_parts(u: &str) -> Result<(String, u16, bool), String> {
+pub(crate) fn url_parts(u: &str) -> Result<(String, u16, bool), String> {
     let p = url::Url::parse(u).map_err(|e| format!("invalid URL {u}: {e}"))?;
     let tls = match p.scheme() {
         "http" => false,
@@ -131,12 +131,6 @@ fn url_parts(u: &str) -> Result<(String, u16, bool), String> {
         .port_or_known_default()
         .ok_or_else(|| format!("URL {u} has no port"))?;
     Ok((host, port, tls))
-}
-
-/// Deterministic name of the cluster that reaches an OIDC issuer: `oidc/<host>:<port>`.
-pub(crate) fn oidc_cluster_name(issuer: &str) -> Result<String, String> {
-    let (host, port, _) = url_parts(issuer)?;
-    Ok(format!("oidc/{host}:{port}"))
 }
 
 /// The cluster named `name` reaching the issuer's host and port, TLS with SNI for https. Issuers
@@ -194,10 +188,6 @@ mod tests {
             .unwrap();
         assert_eq!(c.tls_sni.as_deref(), Some("iam.example.com"));
         assert!(matches!(c.kind, ClusterKind::StrictDns(_)));
-        assert_eq!(
-            oidc_cluster_name("http://127.0.0.1:8080/").unwrap(),
-            "oidc/127.0.0.1:8080"
-        );
         let c = tenant_issuer_cluster(&any, "x", "http://127.0.0.1:8080/").unwrap();
         assert!(matches!(c.kind, ClusterKind::Static(_)) && c.tls_sni.is_none());
         let g = grpc_cluster("rl", "[::1]:8081").unwrap();

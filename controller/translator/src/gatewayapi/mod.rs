@@ -6,6 +6,7 @@
 
 mod backends;
 mod builtin;
+mod clusters;
 pub mod duration;
 mod dynamic;
 pub mod hostname;
@@ -145,13 +146,15 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
     let mut gateways = listeners::build(res, &our_classes);
 
     // Policies: targets, filters, fetch states.
-    let pols = policies::resolve(res, opts, wasm, &gateways);
+    let mut pols = policies::resolve(res, opts, wasm, &gateways);
 
-    let sec = security::resolve(res, opts, wasm, &gateways);
-    let rl = ratelimit::resolve(res, opts, wasm, &gateways);
+    let mut sec = security::resolve(res, opts, wasm, &gateways);
+    let mut rl = ratelimit::resolve(res, opts, wasm, &gateways);
 
     // Routes: attachment, rules, clusters.
     let routes = routes::translate_routes(res, opts, &mut gateways);
+
+    claim_clusters(&routes, &mut pols, &mut sec, &mut rl);
 
     // IR per Gateway.
     let mut ir = Ir::default();
@@ -179,6 +182,70 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect(),
+    }
+}
+
+/// Every cluster name has one definition: routes claim theirs first, then policies of every kind,
+/// oldest first. A policy whose cluster is already defined differently is refused (its
+/// `cluster_conflicts`), so the earlier owner keeps working.
+fn claim_clusters(
+    routes: &routes::RouteOutput,
+    pols: &mut policies::Policies,
+    sec: &mut security::SecurityPolicies,
+    rl: &mut ratelimit::RateLimitPolicies,
+) {
+    let mut claims = clusters::Claims::default();
+    for (key, r) in &routes.routes {
+        // Backend clusters are derived from the referenced object alone, so two routes that
+        // name one backend define it identically; should they not, the first keeps it.
+        let _ = claims.claim(&format!("HTTPRoute {}/{}", key.0, key.1), &r.clusters);
+    }
+    enum Kind {
+        Security,
+        Extension,
+        RateLimit,
+    }
+    let mut order: Vec<(AgeKey, u8, Kind, NsName)> = Vec::new();
+    for (k, st) in &sec.states {
+        order.push((age_key(&st.obj.meta, &k.0), 0, Kind::Security, k.clone()));
+    }
+    for (k, st) in &pols.states {
+        order.push((age_key(&st.obj.meta, &k.0), 1, Kind::Extension, k.clone()));
+    }
+    for (k, st) in &rl.states {
+        order.push((age_key(&st.obj.meta, &k.0), 2, Kind::RateLimit, k.clone()));
+    }
+    order.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (_, _, kind, key) in order {
+        let owner = |k: &str| format!("{k} {}/{}", key.0, key.1);
+        // A policy that is not applied defines nothing.
+        match kind {
+            Kind::Security => {
+                if let Some(st) = sec.states.get_mut(&key).filter(|st| !st.blocks()) {
+                    if let Err(e) = claims.claim(&owner("SecurityPolicy"), &st.clusters) {
+                        st.cluster_conflicts = e;
+                    }
+                }
+            }
+            Kind::Extension => {
+                if let Some(st) = pols.states.get_mut(&key).filter(|st| !st.blocks()) {
+                    let all = st
+                        .clusters
+                        .iter()
+                        .chain(st.dynamic.values().flat_map(|d| &d.clusters));
+                    if let Err(e) = claims.claim(&owner("EnvoyExtensionPolicy"), all) {
+                        st.cluster_conflicts = e;
+                    }
+                }
+            }
+            Kind::RateLimit => {
+                if let Some(st) = rl.states.get_mut(&key).filter(|st| !st.blocks()) {
+                    if let Err(e) = claims.claim(&owner("BackendTrafficPolicy"), &st.clusters) {
+                        st.cluster_conflicts = e;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -37,12 +37,17 @@ pub struct PolicyState {
     /// Remote dynamic modules Envoy cannot load yet (pending or failed fetch). Not blocking:
     /// Envoy rejects the update and keeps its last good configuration.
     pub not_ready: Vec<String>,
+    /// Clusters another route or policy already defines differently ([`super::clusters::Claims`]):
+    /// the policy is not applied.
+    pub cluster_conflicts: Vec<String>,
 }
 
 impl PolicyState {
     /// Targeted routes answer an error rather than run without a fail-closed filter.
     pub fn blocks(&self) -> bool {
-        !self.problems.is_empty() || self.unavailable.iter().any(|(_, fail_open)| !fail_open)
+        !self.problems.is_empty()
+            || !self.cluster_conflicts.is_empty()
+            || self.unavailable.iter().any(|(_, fail_open)| !fail_open)
     }
 }
 
@@ -97,40 +102,63 @@ pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<Cluster
 }
 
 /// Clusters that the built-in modules call, derived from their config so users write none:
-/// - oidc (`issuer` + `provider_cluster`): a cluster named `provider_cluster` reaching the
-///   issuer's host and port, TLS with SNI for https;
+/// - oidc (`issuer` + `provider_cluster`): a cluster reaching the issuer's host and port, TLS
+///   with SNI for https;
 /// - ratelimit (`global.cluster` + controller-only `global.service_address: "host:port"`): an
-///   HTTP/2 cluster named `global.cluster`. `service_address` is removed from the config before
-///   it reaches the filter, which rejects unknown fields.
+///   HTTP/2 cluster. `service_address` is removed from the config before it reaches the filter,
+///   which rejects unknown fields.
+///
+/// The names a tenant writes are local to the policy: `provider_cluster` and `global.cluster`
+/// are rewritten to `eep/<ns>/<policy>/<name>` in the config the filter gets, so a policy can
+/// neither reach nor redefine a cluster it did not cause (another tenant's issuer, a backend, the
+/// operator's rate-limit service). A name without the field that defines its cluster is refused
+/// for the same reason.
 fn module_clusters(
     egress: &crate::egress::EgressPolicy,
+    (ns, policy): (&str, &str),
     config: Option<&mut Value>,
 ) -> Result<Vec<ClusterIr>, String> {
     let Some(Value::Object(cfg)) = config else {
         return Ok(vec![]);
     };
+    let scoped = |field: &str, v: &Value| -> Result<String, String> {
+        match v.as_str() {
+            Some(local) if !local.is_empty() => {
+                Ok(super::clusters::extension_policy_cluster(ns, policy, local))
+            }
+            _ => Err(format!("{field} must be a non-empty string")),
+        }
+    };
     let mut out = Vec::new();
-    if let (Some(Value::String(issuer)), Some(Value::String(cluster))) =
-        (cfg.get("issuer"), cfg.get("provider_cluster"))
-    {
+    if let Some(local) = cfg.get("provider_cluster") {
+        let name = scoped("provider_cluster", local)?;
+        let Some(Value::String(issuer)) = cfg.get("issuer") else {
+            return Err(
+                "provider_cluster needs issuer: the controller creates the cluster, and a policy cannot name one it did not cause".into(),
+            );
+        };
         out.push(
-            super::builtin::tenant_issuer_cluster(egress, cluster, issuer)
+            super::builtin::tenant_issuer_cluster(egress, &name, issuer)
                 .map_err(|e| format!("issuer: {e}"))?,
         );
+        cfg.insert("provider_cluster".into(), Value::String(name));
     }
     if let Some(Value::Object(g)) = cfg.get_mut("global") {
-        if let Some(addr) = g.remove("service_address") {
+        if let Some(local) = g.get("cluster") {
+            let name = scoped("global.cluster", local)?;
+            let addr = g.remove("service_address").ok_or(
+                "global.cluster needs global.service_address: the controller creates the cluster, and a policy cannot name one it did not cause",
+            )?;
             let addr = addr
                 .as_str()
                 .ok_or("global.service_address must be a \"host:port\" string")?;
-            let cluster = g
-                .get("cluster")
-                .and_then(Value::as_str)
-                .ok_or("global.service_address needs global.cluster")?;
             out.push(
-                super::builtin::tenant_grpc_cluster(egress, cluster, addr)
+                super::builtin::tenant_grpc_cluster(egress, &name, addr)
                     .map_err(|e| format!("global.service_address: {e}"))?,
             );
+            g.insert("cluster".into(), Value::String(name));
+        } else if g.contains_key("service_address") {
+            return Err("global.service_address needs global.cluster".into());
         }
     }
     Ok(out)
@@ -323,6 +351,7 @@ pub fn resolve(
             unavailable: vec![],
             dynamic: BTreeMap::new(),
             not_ready: vec![],
+            cluster_conflicts: vec![],
         };
         if !p.unsupported.is_empty() {
             st.problems
@@ -349,7 +378,7 @@ pub fn resolve(
                         }
                     };
                     let mut config = w.config.clone();
-                    match module_clusters(&opts.egress, config.as_mut()) {
+                    match module_clusters(&opts.egress, (ns, name), config.as_mut()) {
                         Ok(cs) => {
                             for c in cs {
                                 if !st.clusters.contains(&c) {
@@ -463,6 +492,7 @@ fn resolve_dynamic(
     if specs.is_empty() {
         return;
     }
+    let key = st.obj.key();
     let mut configs = Vec::new();
     for (i, dm) in specs.iter().enumerate() {
         if dm.terminal_filter == Some(true) {
@@ -472,7 +502,7 @@ fn resolve_dynamic(
             ));
         }
         let mut config = dm.config.clone();
-        match module_clusters(&opts.egress, config.as_mut()) {
+        match module_clusters(&opts.egress, (&key.0, &key.1), config.as_mut()) {
             Ok(cs) => {
                 for c in cs {
                     if !st.clusters.contains(&c) {
@@ -489,7 +519,6 @@ fn resolve_dynamic(
             Some(v) => v.to_string(),
         });
     }
-    let key = st.obj.key();
     let reached = super::dynamic::reached_gateways(res, &st.targets, gateways);
     for gw in reached {
         match super::dynamic::filters_for_gateway(
@@ -596,7 +625,9 @@ pub fn statuses(
 ) -> Vec<ResourceStatus> {
     let mut out = Vec::new();
     for (key, st) in &pols.states {
-        let base = if !st.problems.is_empty() {
+        let base = if let Some(c) = super::clusters::conflict_condition(&st.cluster_conflicts) {
+            c
+        } else if !st.problems.is_empty() {
             Condition::new("Accepted", false, "Invalid", st.problems.join("; "))
         } else if !st.unavailable.is_empty() {
             let msgs: Vec<String> = st

@@ -81,11 +81,14 @@ pub struct RateLimitState {
     pub unavailable: Option<String>,
     /// Other BackendTrafficPolicy features, not implemented.
     pub ignored: Vec<String>,
+    /// Clusters another route or policy already defines differently ([`super::clusters::Claims`]):
+    /// targeted routes answer 500 (fail closed).
+    pub cluster_conflicts: Vec<String>,
 }
 
 impl RateLimitState {
     pub fn blocks(&self) -> bool {
-        self.unavailable.is_some()
+        self.unavailable.is_some() || !self.cluster_conflicts.is_empty()
     }
 }
 
@@ -319,6 +322,7 @@ pub fn resolve(
             problems: vec![],
             unavailable: None,
             ignored: vec![],
+            cluster_conflicts: vec![],
         };
         for u in &p.unsupported {
             if u.starts_with("spec.rateLimit") {
@@ -376,7 +380,9 @@ pub fn statuses(
 ) -> Vec<ResourceStatus> {
     let mut out = Vec::new();
     for (key, st) in &pols.states {
-        let base = if !st.problems.is_empty() {
+        let base = if let Some(c) = super::clusters::conflict_condition(&st.cluster_conflicts) {
+            c
+        } else if !st.problems.is_empty() {
             Condition::new(
                 "Accepted",
                 false,

@@ -551,9 +551,7 @@ pub fn build_gateway_ir(
                     continue;
                 };
                 let listener = &gw.listeners[a.listener];
-                for c in &tr.clusters {
-                    ir.clusters.insert(c.name.clone(), c.clone());
-                }
+                super::clusters::add_all(&mut ir.clusters, &tr.clusters);
                 for (ri, (rule_name, irs)) in tr.rules.iter().enumerate() {
                     let policy =
                         pols.effective(&a.route, rule_name.as_deref(), key, &listener.name);
@@ -566,9 +564,7 @@ pub fn build_gateway_ir(
                                 (Some(f), false) => {
                                     r.enabled_filters.push(f.name().to_string());
                                     used_filters.insert((0, p.obj.key(), String::new()), f.clone());
-                                    for c in &p.clusters {
-                                        ir.clusters.insert(c.name.clone(), c.clone());
-                                    }
+                                    super::clusters::add_all(&mut ir.clusters, &p.clusters);
                                 }
                                 _ => blocked = true,
                             }
@@ -583,9 +579,7 @@ pub fn build_gateway_ir(
                                     used_filters
                                         .insert((1, pkey.clone(), format!("{fi:06}")), f.clone());
                                 }
-                                for c in &p.clusters {
-                                    ir.clusters.insert(c.name.clone(), c.clone());
-                                }
+                                super::clusters::add_all(&mut ir.clusters, &p.clusters);
                                 if !p.obj.spec.dynamic_module.is_empty() {
                                     match p.dynamic.get(key) {
                                         Some(d) => {
@@ -596,9 +590,7 @@ pub fn build_gateway_ir(
                                                     f.clone(),
                                                 );
                                             }
-                                            for c in &d.clusters {
-                                                ir.clusters.insert(c.name.clone(), c.clone());
-                                            }
+                                            super::clusters::add_all(&mut ir.clusters, &d.clusters);
                                         }
                                         None => blocked = true,
                                     }
@@ -614,9 +606,7 @@ pub fn build_gateway_ir(
                                 let f = plan.filter_for(&pkey.0, &pkey.1, &r.name);
                                 r.enabled_filters.push(f.name().to_string());
                                 used_filters.insert((2, pkey, f.name().to_string()), f);
-                                for c in &p.clusters {
-                                    ir.clusters.insert(c.name.clone(), c.clone());
-                                }
+                                super::clusters::add_all(&mut ir.clusters, &p.clusters);
                                 ir.use_remote_address = true;
                             }
                         }

@@ -38,11 +38,14 @@ pub struct SecurityState {
     /// Fields accepted but not expressible by the filter.
     pub ignored: Vec<String>,
     pub placeholder_secret: bool,
+    /// Clusters another route or policy already defines differently ([`super::clusters::Claims`]):
+    /// the policy is not applied.
+    pub cluster_conflicts: Vec<String>,
 }
 
 impl SecurityState {
     pub fn blocks(&self) -> bool {
-        !self.problems.is_empty() || self.filter.is_none()
+        !self.problems.is_empty() || !self.cluster_conflicts.is_empty() || self.filter.is_none()
     }
 }
 
@@ -130,13 +133,11 @@ fn oidc_config(
         ]);
     };
     let issuer = o.provider.issuer.clone();
-    let provider_cluster = match builtin::oidc_cluster_name(&issuer) {
-        Ok(c) => c,
-        Err(e) => {
-            problems.push(format!("oidc.provider.issuer: {e}"));
-            String::new()
-        }
-    };
+    if let Err(e) = builtin::url_parts(&issuer) {
+        problems.push(format!("oidc.provider.issuer: {e}"));
+    }
+    // Named after the policy, not the issuer: two policies with one issuer get two clusters.
+    let provider_cluster = super::clusters::security_policy_issuer_cluster(ns, name);
     let client_id = match (&o.client_id, &o.client_id_ref) {
         (Some(id), _) => id.clone(),
         (None, Some(r)) => match secret_value(res, ns, r, "client-id") {
@@ -340,6 +341,7 @@ pub fn resolve(
             problems: vec![],
             ignored: vec![],
             placeholder_secret: opts.session_secret.is_none(),
+            cluster_conflicts: vec![],
         };
         if !p.unsupported.is_empty() {
             // Unmodelled auth (jwt, basicAuth, extAuth, authorization...) must not be skipped.
@@ -401,7 +403,9 @@ pub fn statuses(
 ) -> Vec<ResourceStatus> {
     let mut out = Vec::new();
     for (key, st) in &pols.states {
-        let base = if st.problems.is_empty() {
+        let base = if let Some(c) = super::clusters::conflict_condition(&st.cluster_conflicts) {
+            c
+        } else if st.problems.is_empty() {
             Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
         } else {
             Condition::new(
