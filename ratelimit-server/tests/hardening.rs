@@ -237,7 +237,7 @@ async fn distinct_keys_per_rule_are_capped_over_limit_by_default() {
             assert!(ttl > 0 && ttl <= 86_401_000, "{k}: {ttl}");
         }
         let text = logs.text();
-        assert!(text.contains("distinct keys"), "{text}");
+        assert!(text.contains("distinct keys"), "{algorithm:?}: {text}");
         // The warning is throttled: two refusals, one line.
         assert_eq!(text.matches("distinct keys").count(), 1, "{text}");
     }

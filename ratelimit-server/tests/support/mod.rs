@@ -272,20 +272,39 @@ pub async fn code(
         .map(|r| r.into_inner().overall_code)
 }
 
-/// Log lines written while the guard lives (on this thread: use a current-thread runtime).
+/// Log lines written on this thread while the guard lives (use a current-thread runtime, so
+/// the server's tasks run here too). One global subscriber routes every thread's events to that
+/// thread's capture: per-thread subscribers (`set_default`) race with callsite interest caching
+/// when tests run in parallel, and then drop events.
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+pub struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.borrow_mut().take());
+    }
+}
+
 impl Logs {
-    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+    pub fn capture() -> (Self, CaptureGuard) {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            let sub = tracing_subscriber::fmt()
+                .with_writer(ThreadWriter)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            tracing::subscriber::set_global_default(sub).expect("global subscriber");
+        });
         let logs = Self::default();
-        let sub = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        let guard = tracing::subscriber::set_default(sub);
-        (logs, guard)
+        CURRENT.with(|c| *c.borrow_mut() = Some(logs.clone()));
+        (logs, CaptureGuard)
     }
 
     pub fn text(&self) -> String {
@@ -293,9 +312,16 @@ impl Logs {
     }
 }
 
-impl std::io::Write for Logs {
+/// Appends to this thread's capture, if any.
+pub struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CURRENT.with(|c| {
+            if let Some(l) = c.borrow().as_ref() {
+                l.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -303,9 +329,9 @@ impl std::io::Write for Logs {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadWriter {
+    type Writer = ThreadWriter;
     fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+        ThreadWriter
     }
 }
