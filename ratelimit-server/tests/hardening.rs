@@ -15,6 +15,12 @@ async fn limit_override_is_refused_unless_the_domain_opted_in() {
     // Default: no domain may override.
     let server = Rls::start(args(&redis)).await;
     let mut c = server.client().await;
+    let forged = request(
+        "evil\nFORGED ratelimit-server listening",
+        vec![descriptor(&[("k", "v")], Some(1))],
+    );
+    let err = code(&mut c, forged).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
     let over = || request("portcullis", vec![descriptor(&[("rule", "r")], Some(1))]);
     let err = code(&mut c, over()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -24,15 +30,11 @@ async fn limit_override_is_refused_unless_the_domain_opted_in() {
     // Without an override the request is served (no config: no limit).
     let plain = request("portcullis", vec![descriptor(&[("rule", "r")], None)]);
     assert_eq!(code(&mut c, plain).await.unwrap(), OK);
-    // The refusal is logged, with the caller's domain escaped: no forged line.
-    let forged = request(
-        "evil\nFORGED ratelimit-server listening",
-        vec![descriptor(&[("k", "v")], Some(1))],
-    );
-    let err = code(&mut c, forged).await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    // Refusals are logged (one line per 10 s), with the caller's domain escaped: the line a
+    // newline in the domain tries to forge is not there.
     let text = logs.text();
     assert!(text.contains("limit override"), "{text}");
+    assert!(text.contains(r#"domain="evil\nFORGED"#), "{text}");
     assert!(
         !text.lines().any(|l| l.starts_with("FORGED")),
         "unescaped domain in the log:\n{text}"

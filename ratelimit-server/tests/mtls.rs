@@ -48,7 +48,9 @@ fn leaf(ca: &Ca, server: bool) -> (String, String) {
         // Like the fleet's client certificates the controller's CA issues.
         let mut p = CertificateParams::default();
         p.subject_alt_names = vec![SanType::URI(
-            "spiffe://portcullis/ns/default/gateway/eg".try_into().unwrap(),
+            "spiffe://portcullis/ns/default/gateway/eg"
+                .try_into()
+                .unwrap(),
         )];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p
