@@ -270,6 +270,10 @@ impl Envoy {
     }
 }
 
+/// The domain whose descriptor `limit` overrides [`RlsServer`] accepts (the filter's
+/// `global.domain` in the tests, and the domain BackendTrafficPolicy translation uses).
+pub const RLS_OVERRIDE_DOMAIN: &str = "portcullis";
+
 /// A `portcullis ratelimit-server` replica, in-process on a free port; stopped on drop.
 pub struct RlsServer {
     addr: SocketAddr,
@@ -290,13 +294,13 @@ impl RlsServer {
         let addr: SocketAddr = std_listener
             .local_addr()
             .map_err(|e| Error::io("ratelimit-server listener address", e))?;
-        let args = portcullis_ratelimit_server::Args {
-            redis: redis_url.to_string(),
-            addr,
-            config,
-            algorithm,
-            key_prefix: "portcullis-rl".into(),
-        };
+        let mut args = portcullis_ratelimit_server::Args::new(redis_url);
+        args.addr = addr;
+        args.config = config;
+        args.algorithm = algorithm;
+        // The filter always sends its rule's limit as the descriptor's override, for the domain
+        // in its `global.domain` (every test here uses `portcullis`): opt in for that domain.
+        args.allow_limit_override = vec![RLS_OVERRIDE_DOMAIN.into()];
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,22 @@
 //! The gRPC service.
+//!
+//! Every request is checked before anything touches Redis:
+//!
+//! - At most [`Bounds::max_descriptors`] descriptors, each with 1 to [`Bounds::max_entries`]
+//!   entries, whose keys and values are at most [`Bounds::max_key_bytes`] /
+//!   [`Bounds::max_value_bytes`] long: else `INVALID_ARGUMENT` (the caller's failure mode
+//!   applies).
+//! - A descriptor's `limit` override is honoured only for domains the operator opted in
+//!   (`--allow-limit-override`); any other request carrying one is refused whole with
+//!   `PERMISSION_DENIED`. Refusing rather than ignoring: an ignored override would leave the
+//!   descriptor with the config file's limit or none at all (OK), so a misconfigured fleet would
+//!   silently stop limiting; a refusal shows in the caller's error counters and logs.
+//! - The rule of a descriptor (domain, window, entry keys) counts at most `--max-keys-per-rule`
+//!   distinct descriptors per window; a new one beyond that is answered per `--on-key-cap`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     rate_limit::Unit, Code, DescriptorStatus, RateLimit as RateLimitMsg,
@@ -13,16 +29,190 @@ use envoy_types::pb::google::protobuf::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::config::{unit_seconds, Limit, Limits};
+use crate::redact::{show, show_entries};
 use crate::store::Store;
+
+/// Request size bounds (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub max_descriptors: usize,
+    pub max_entries: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+/// Which domains may carry a descriptor `limit` override.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OverridePolicy {
+    /// None (the default).
+    #[default]
+    Refuse,
+    /// These domains.
+    Domains(Vec<String>),
+    /// Every domain (`--allow-limit-override '*'`).
+    Any,
+}
+
+impl OverridePolicy {
+    /// From `--allow-limit-override` values: `*` allows every domain, no value none.
+    pub fn from_flags(domains: &[String]) -> Self {
+        let domains: Vec<String> = domains
+            .iter()
+            .map(|d| d.trim().to_string())
+            .filter(|d| !d.is_empty())
+            .collect();
+        if domains.iter().any(|d| d == "*") {
+            Self::Any
+        } else if domains.is_empty() {
+            Self::Refuse
+        } else {
+            Self::Domains(domains)
+        }
+    }
+
+    pub fn allows(&self, domain: &str) -> bool {
+        match self {
+            Self::Refuse => false,
+            Self::Domains(d) => d.iter().any(|d| d == domain),
+            Self::Any => true,
+        }
+    }
+}
+
+/// What a descriptor new to its rule gets once the rule is at `--max-keys-per-rule`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnKeyCap {
+    /// OVER_LIMIT (default): the server never stops limiting silently; keys already counted in
+    /// the window keep their own counts.
+    #[default]
+    OverLimit,
+    /// OK without counting it (nothing is written), with a warning.
+    Allow,
+}
+
+/// Everything the service decides with besides the limits.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub bounds: Bounds,
+    pub overrides: OverridePolicy,
+    /// Distinct descriptors per rule and window; 0: no cap.
+    pub max_keys_per_rule: u64,
+    pub on_key_cap: OnKeyCap,
+}
+
+/// Lets one warning of a kind through per interval, so a caller cannot flood the log; the next
+/// one says how many were held back.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last_s: AtomicU64,
+    held: AtomicU64,
+}
+
+/// Seconds between two warnings of one kind.
+const WARN_INTERVAL_S: u64 = 10;
+
+impl LogThrottle {
+    /// `Some(held back since the last one)` when a warning may be logged now.
+    pub fn admit(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last_s.load(Ordering::Relaxed);
+        if (last == 0 || now >= last.saturating_add(WARN_INTERVAL_S))
+            && self
+                .last_s
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Throttles {
+    invalid: LogThrottle,
+    override_refused: LogThrottle,
+    key_cap: LogThrottle,
+    redis: LogThrottle,
+}
 
 pub struct RateLimit {
     limits: Arc<Limits>,
     store: Store,
+    policy: Policy,
+    throttles: Throttles,
 }
 
 impl RateLimit {
-    pub fn new(limits: Arc<Limits>, store: Store) -> Self {
-        Self { limits, store }
+    pub fn new(limits: Arc<Limits>, store: Store, policy: Policy) -> Self {
+        Self {
+            limits,
+            store,
+            policy,
+            throttles: Throttles::default(),
+        }
+    }
+
+    /// `INVALID_ARGUMENT` naming the first bound the request breaks.
+    fn check_bounds(&self, req: &RateLimitRequest) -> Result<(), Status> {
+        let b = &self.policy.bounds;
+        let fail = |reason: String| {
+            if let Some(held) = self.throttles.invalid.admit() {
+                tracing::warn!(domain = %show(&req.domain), %reason, held_back = held, "request refused: INVALID_ARGUMENT");
+            }
+            Err(Status::invalid_argument(reason))
+        };
+        if req.domain.is_empty() {
+            return fail("domain must not be empty".into());
+        }
+        if req.domain.len() > b.max_key_bytes {
+            return fail(format!(
+                "domain is {} bytes, more than {} (--max-entry-key-bytes)",
+                req.domain.len(),
+                b.max_key_bytes
+            ));
+        }
+        if req.descriptors.len() > b.max_descriptors {
+            return fail(format!(
+                "{} descriptors, more than {} (--max-descriptors)",
+                req.descriptors.len(),
+                b.max_descriptors
+            ));
+        }
+        for (i, d) in req.descriptors.iter().enumerate() {
+            if d.entries.is_empty() {
+                return fail(format!("descriptor {i} has no entries"));
+            }
+            if d.entries.len() > b.max_entries {
+                return fail(format!(
+                    "descriptor {i} has {} entries, more than {} (--max-descriptor-entries)",
+                    d.entries.len(),
+                    b.max_entries
+                ));
+            }
+            for (j, e) in d.entries.iter().enumerate() {
+                if e.key.len() > b.max_key_bytes {
+                    return fail(format!(
+                        "descriptor {i} entry {j}: key is {} bytes, more than {} (--max-entry-key-bytes)",
+                        e.key.len(),
+                        b.max_key_bytes
+                    ));
+                }
+                if e.value.len() > b.max_value_bytes {
+                    return fail(format!(
+                        "descriptor {i} entry {j}: value is {} bytes, more than {} (--max-entry-value-bytes)",
+                        e.value.len(),
+                        b.max_value_bytes
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -39,8 +229,21 @@ impl RateLimitService for RateLimit {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let req = request.into_inner();
-        if req.domain.is_empty() {
-            return Err(Status::invalid_argument("domain must not be empty"));
+        self.check_bounds(&req)?;
+        if !self.policy.overrides.allows(&req.domain)
+            && req.descriptors.iter().any(|d| d.limit.is_some())
+        {
+            if let Some(held) = self.throttles.override_refused.admit() {
+                tracing::warn!(
+                    domain = %show(&req.domain),
+                    held_back = held,
+                    "request refused: it carries a descriptor limit override and its domain is not in --allow-limit-override"
+                );
+            }
+            return Err(Status::permission_denied(format!(
+                "descriptor limit overrides are not allowed for domain {} (the server's --allow-limit-override)",
+                show(&req.domain)
+            )));
         }
         let mut overall = Code::Ok;
         let mut statuses = Vec::with_capacity(req.descriptors.len());
@@ -73,18 +276,41 @@ impl RateLimitService for RateLimit {
                 });
                 continue;
             };
-            let key = self.store.key(&req.domain, &entries, limit.unit_seconds);
+            let keys = self.store.keys(&req.domain, &entries, limit.unit_seconds);
             let count = self
                 .store
-                .hit(&key, hits, limit.requests_per_unit, limit.unit_seconds)
+                .hit(
+                    &keys,
+                    hits,
+                    limit.requests_per_unit,
+                    limit.unit_seconds,
+                    self.policy.max_keys_per_rule,
+                )
                 .await
                 .map_err(|e| {
-                    tracing::warn!(error = %e, "redis");
-                    Status::unavailable(format!("redis: {e}"))
+                    if let Some(held) = self.throttles.redis.admit() {
+                        tracing::warn!(error = %e, held_back = held, "redis");
+                    }
+                    Status::unavailable(e.to_string())
                 })?;
-            let over = !count.allowed && !limit.shadow;
+            let over = if count.capped {
+                let deny = self.policy.on_key_cap == OnKeyCap::OverLimit;
+                if let Some(held) = self.throttles.key_cap.admit() {
+                    tracing::warn!(
+                        domain = %show(&req.domain),
+                        rule = %keys.rule,
+                        max_keys_per_rule = self.policy.max_keys_per_rule,
+                        answer = if deny { "OVER_LIMIT" } else { "OK, not counted" },
+                        held_back = held,
+                        "rule has the most distinct keys allowed in this window; a new key is not counted"
+                    );
+                }
+                deny && !limit.shadow
+            } else {
+                !count.allowed && !limit.shadow
+            };
             if !count.allowed && limit.shadow {
-                tracing::info!(domain = %req.domain, ?entries, "shadow mode: would be over limit");
+                tracing::info!(domain = %show(&req.domain), entries = %show_entries(&entries), "shadow mode: would be over limit");
             }
             if over {
                 overall = Code::OverLimit;
@@ -96,7 +322,11 @@ impl RateLimitService for RateLimit {
                     requests_per_unit: limit.requests_per_unit,
                     unit: Unit::try_from(limit.unit_proto).unwrap_or(Unit::Unknown) as i32,
                 }),
-                limit_remaining: count.remaining,
+                limit_remaining: if count.capped && !over {
+                    limit.requests_per_unit
+                } else {
+                    count.remaining
+                },
                 duration_until_reset: Some(Duration {
                     seconds: i64::try_from(count.reset_ms / 1000).unwrap_or(i64::MAX),
                     nanos: i32::try_from((count.reset_ms % 1000) * 1_000_000).unwrap_or(0),
