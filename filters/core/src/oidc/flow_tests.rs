@@ -748,7 +748,7 @@ fn expired_session_refreshes_transparently_or_relogs() {
         Algorithm::RS256,
         Some("rsa1"),
         &rsa1(),
-        &json!({"iss": ISS, "aud": "client", "exp": later + 3600, "iat": later, "email": "alice@example.com"}),
+        &json!({"iss": ISS, "aud": "client", "sub": "alice", "exp": later + 3600, "iat": later, "email": "alice@example.com"}),
     );
     let body = json!({"access_token": "AT-2", "refresh_token": "RT-2", "expires_in": 300, "id_token": new_id}).to_string();
     let a = r
@@ -787,7 +787,13 @@ fn expired_session_refreshes_transparently_or_relogs() {
 fn logout_clears_and_goes_to_end_session() {
     let mut p = ready(config(|_| {}));
     let (jar, _) = login(&mut p, "/", |_| {});
-    let r = send(&mut p, "/logout", &jar, &[], NOW);
+    let r = send(
+        &mut p,
+        "/logout",
+        &jar,
+        &[("sec-fetch-site", "same-origin")],
+        NOW,
+    );
     assert_eq!(r.status(), 302);
     let loc = r.header("location").unwrap();
     assert!(loc.starts_with("https://idp.example.com/session/end?"));
