@@ -107,7 +107,7 @@ pub struct CookieConfig {
 }
 
 /// `cookie.secret`: one key or several (the first seals, all open).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum CookieSecret {
     One(String),
@@ -120,6 +120,32 @@ impl CookieSecret {
             CookieSecret::One(s) => std::slice::from_ref(s),
             CookieSecret::Many(v) => v,
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for CookieSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CookieSecret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 key or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<CookieSecret, E> {
+                Ok(CookieSecret::One(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CookieSecret, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = seq.next_element::<String>()? {
+                    keys.push(k);
+                }
+                Ok(CookieSecret::Many(keys))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -166,18 +192,25 @@ impl Serialize for MaxAge {
 
 impl<'de> Deserialize<'de> for MaxAge {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxAge;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("seconds or a duration string like \"24h\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<MaxAge, E> {
+                Ok(MaxAge(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<MaxAge, E> {
+                u64::try_from(n)
+                    .map(MaxAge)
+                    .map_err(|_| E::custom("must be positive"))
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<MaxAge, E> {
+                parse_duration(t).map(MaxAge).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(MaxAge(n)),
-            Raw::Text(t) => parse_duration(&t)
-                .map(MaxAge)
-                .map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -780,6 +813,85 @@ mod tests {
                 .unwrap_err()
                 .field,
             "cookie.same_site"
+        );
+    }
+
+    #[test]
+    fn secret_lists_and_max_age() {
+        const A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        const B: &str = "Hx4dHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA";
+        let parse = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = sample();
+            edit(&mut v);
+            Settings::from_json(v.to_string().as_bytes())
+        };
+        let s = parse(&|v| v["cookie"]["secret"] = serde_json::json!([B, A])).unwrap();
+        assert_eq!(s.keys.len(), 2);
+        assert_eq!((s.keys[0][0], s.keys[1][0]), (0x1f, 0));
+        assert_eq!(s.config.cookie.max_age.secs(), 24 * 3600);
+        let out = serde_json::to_value(&s.config).unwrap();
+        assert_eq!(out["cookie"]["secret"], serde_json::json!([B, A]));
+        assert!(
+            out["cookie"].get("max_age").is_none(),
+            "default not written"
+        );
+        for (secret, field) in [
+            (serde_json::json!([]), "cookie.secret"),
+            (serde_json::json!([A, "c2hvcnQ="]), "cookie.secret[1]"),
+            (serde_json::json!([A, A]), "cookie.secret[1]"),
+            (
+                serde_json::json!([A, B, A, B, A, B, A, B, A]),
+                "cookie.secret",
+            ),
+        ] {
+            let err = parse(&|v| v["cookie"]["secret"] = secret.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{secret}");
+        }
+        for (text, secs) in [
+            ("24h", 86400),
+            ("90m", 5400),
+            ("1h30m", 5400),
+            ("3600s", 3600),
+        ] {
+            let s = parse(&|v| v["cookie"]["max_age"] = text.into()).unwrap();
+            assert_eq!(s.config.cookie.max_age.secs(), secs, "{text}");
+            // Written back as seconds, which parse to the same value.
+            let back = serde_json::to_string(&s.config).unwrap();
+            assert_eq!(
+                Settings::from_json(back.as_bytes()).unwrap().config,
+                s.config
+            );
+        }
+        assert_eq!(
+            parse(&|v| v["cookie"]["max_age"] = 600.into())
+                .unwrap()
+                .config
+                .cookie
+                .max_age
+                .secs(),
+            600
+        );
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!("0s"),
+            serde_json::json!("1d"),
+            serde_json::json!("h"),
+            serde_json::json!("10"),
+            serde_json::json!("1h1h"),
+            serde_json::json!(""),
+            serde_json::json!(-5),
+        ] {
+            let err = parse(&|v| v["cookie"]["max_age"] = bad.clone()).unwrap_err();
+            assert!(err.field.contains("max_age"), "{bad}: {err}");
+        }
+        let err = parse(&|v| v["cookie"]["max_age"] = "1d".into()).unwrap_err();
+        assert!(err.reason.contains("like \"24h\""), "{err}");
+        let err = parse(&|v| v["cookie"]["max_age"] = (-5).into()).unwrap_err();
+        assert!(err.reason.contains("positive"), "{err}");
+        let err = parse(&|v| v["cookie"]["secret"] = 5.into()).unwrap_err();
+        assert!(
+            err.field == "cookie.secret" && err.reason.contains("a base64 key or a list"),
+            "{err}"
         );
     }
 }
