@@ -231,7 +231,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
             's' => 1,
             _ => return Err(err()),
         };
-        if digits.is_empty() || digits.len() > 9 || seen.contains(c) {
+        if digits.is_empty() || seen.contains(c) {
             return Err(err());
         }
         seen.push(c);
@@ -852,6 +852,7 @@ mod tests {
             ("90m", 5400),
             ("1h30m", 5400),
             ("3600s", 3600),
+            ("9999999999999999999h", u64::MAX),
         ] {
             let s = parse(&|v| v["cookie"]["max_age"] = text.into()).unwrap();
             assert_eq!(s.config.cookie.max_age.secs(), secs, "{text}");
@@ -878,6 +879,7 @@ mod tests {
             serde_json::json!("h"),
             serde_json::json!("10"),
             serde_json::json!("1h1h"),
+            serde_json::json!("99999999999999999999999s"),
             serde_json::json!(""),
             serde_json::json!(-5),
         ] {
