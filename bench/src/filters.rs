@@ -530,9 +530,14 @@ fn oidc_cookie(idp_port: u16) -> Result<String> {
         access_token: Some(t.access_token),
         refresh_token: None,
         expires_at: t.expires_at,
+        // Logged in now: the bench runs well inside the default cookie.max_age.
+        login_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     let aad = format!("session\0{}", settings.session_cookie);
-    let sealed = Sealer::new(&settings.key)
+    let sealed = Sealer::with_keys(&settings.keys)
         .seal(aad.as_bytes(), &serde_json::to_vec(&session)?)
         .map_err(|e| anyhow!("sealing: {e}"))?;
     let chunks = cookies::split_chunks(&sealed, settings.config.cookie.max_chunks)

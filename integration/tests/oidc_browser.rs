@@ -60,7 +60,7 @@ fn browser_login_reload_logout(rt: Runtime) {
     assert!(
         cookies
             .iter()
-            .any(|c| c.starts_with("portcullis-") && c.ends_with("-0")),
+            .any(|c| c.starts_with("__Host-portcullis-") && c.ends_with("-0")),
         "session cookie: {cookies:?}"
     );
 
@@ -76,8 +76,10 @@ fn browser_login_reload_logout(rt: Runtime) {
     );
     shot(&b, "03-reloaded");
 
-    // 4. Log out: the provider confirms, then we are back at its login page.
+    // 4. Log out: typed in the address bar it is refused (no same-origin proof), and the
+    // page's button POSTs it; the provider confirms, then we are back at its login page.
     b.goto(&env.url(0, "/logout")).unwrap();
+    b.click("button[type=submit]").unwrap();
     b.wait_url("provider logout page", |u| u.starts_with(&issuer))
         .unwrap();
     b.find("#logout-yes").unwrap();

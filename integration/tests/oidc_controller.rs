@@ -266,7 +266,7 @@ fn security_policy_oidc_login_flow_under_the_controller(runtime: Runtime) {
     assert_eq!(r.status, 200, "{}", r.body);
 
     // Logout: the session cookies go, and the browser is sent to the provider's end_session.
-    let r = agent.get(&gw("/logout"));
+    let r = agent.send("POST", &gw("/logout"), &[("accept", "text/html")], None);
     assert_eq!(r.status, 302, "{}", r.body);
     let loc = r.location().expect("location");
     assert!(

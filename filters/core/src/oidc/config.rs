@@ -28,10 +28,12 @@ pub struct OidcConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logout: Option<LogoutConfig>,
     pub cookie: CookieConfig,
-    /// Requests under these prefixes skip authentication entirely.
+    /// Requests under these path prefixes (whole segments) skip authentication entirely.
+    /// Paths with `..`, `;`, a backslash or percent-encoded `/`, `\`, `.`, `%` never pass through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pass_through: Vec<PathMatch>,
-    /// Requests under these prefixes get 401 JSON instead of a login redirect.
+    /// Requests under these path prefixes (whole segments) get 401 JSON instead of a login
+    /// redirect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_paths: Vec<PathMatch>,
     #[serde(default)]
@@ -84,8 +86,9 @@ pub struct CookieConfig {
     /// Base name; the filter appends a hash of issuer, client and redirect URI.
     #[serde(default = "default_cookie_name")]
     pub name: String,
-    /// Base64 (standard or URL-safe) of exactly 32 random bytes.
-    pub secret: String,
+    /// Base64 (standard or URL-safe) of exactly 32 random bytes, or a list of them: the first
+    /// seals, every one opens (key rotation).
+    pub secret: CookieSecret,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     #[serde(default)]
@@ -98,6 +101,148 @@ pub struct CookieConfig {
     pub secure: bool,
     #[serde(default = "default_cookie_path")]
     pub path: String,
+    /// Absolute session lifetime from login, refreshes included.
+    #[serde(default, skip_serializing_if = "MaxAge::is_default")]
+    pub max_age: MaxAge,
+}
+
+/// `cookie.secret`: one key or several (the first seals, all open).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CookieSecret {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl CookieSecret {
+    pub fn keys(&self) -> &[String] {
+        match self {
+            CookieSecret::One(s) => std::slice::from_ref(s),
+            CookieSecret::Many(v) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CookieSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CookieSecret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 key or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<CookieSecret, E> {
+                Ok(CookieSecret::One(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CookieSecret, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = seq.next_element::<String>()? {
+                    keys.push(k);
+                }
+                Ok(CookieSecret::Many(keys))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl From<String> for CookieSecret {
+    fn from(s: String) -> Self {
+        CookieSecret::One(s)
+    }
+}
+
+impl From<&str> for CookieSecret {
+    fn from(s: &str) -> Self {
+        CookieSecret::One(s.to_string())
+    }
+}
+
+/// `cookie.max_age`: seconds as a number, or a duration string such as `"24h"`, `"90m"`,
+/// `"1h30m"`, `"3600s"` (units `h`, `m`, `s`). Serialized as `"<seconds>s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAge(pub u64);
+
+impl MaxAge {
+    pub const DEFAULT_SECS: u64 = 24 * 3600;
+
+    pub fn secs(self) -> u64 {
+        self.0
+    }
+
+    fn is_default(&self) -> bool {
+        self.0 == Self::DEFAULT_SECS
+    }
+}
+
+impl Default for MaxAge {
+    fn default() -> Self {
+        MaxAge(Self::DEFAULT_SECS)
+    }
+}
+
+impl Serialize for MaxAge {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxAge {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxAge;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("seconds or a duration string like \"24h\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<MaxAge, E> {
+                Ok(MaxAge(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<MaxAge, E> {
+                u64::try_from(n)
+                    .map(MaxAge)
+                    .map_err(|_| E::custom("must be positive"))
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<MaxAge, E> {
+                parse_duration(t).map(MaxAge).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `1h30m`, `45m`, `3600s`, `24h`: one or more `<digits><h|m|s>` groups, each unit at most once.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let err = || format!("{text:?} is not a duration like \"24h\", \"90m\" or \"1h30m\"");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut seen = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(err()),
+        };
+        if digits.is_empty() || seen.contains(c) {
+            return Err(err());
+        }
+        seen.push(c);
+        let n: u64 = digits.parse().map_err(|_| err())?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() || seen.is_empty() {
+        return Err(err());
+    }
+    Ok(total)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +288,13 @@ pub struct BearerConfig {
     /// Accepted `aud` values; empty means the client id.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Extra `azp` values accepted on tokens with several audiences (besides the client id
+    /// and `audiences`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_parties: Vec<String>,
+    /// Strict RFC 9068: only tokens whose header `typ` is `at+jwt` (or `application/at+jwt`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_at_jwt: bool,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -245,13 +397,17 @@ pub struct Settings {
     pub issuer_url: HttpUrl,
     pub redirect: HttpUrl,
     pub provider_authority: String,
-    pub key: [u8; 32],
-    /// Session cookie base name: chunks are `<session_cookie>-0..N`.
+    /// Sealing keys: the first seals, all open.
+    pub keys: Vec<[u8; 32]>,
+    /// Session cookie base name: chunks are `<session_cookie>-0..N`. Starts with `__Host-`
+    /// when the cookies are `Secure`, host-only and `Path=/`.
     pub session_cookie: String,
     /// The one login-flow cookie of this policy.
     pub flow_cookie: String,
     pub scope: String,
     pub bearer_audiences: Vec<String>,
+    /// `azp` values accepted on bearer tokens with several audiences.
+    pub bearer_authorized_parties: Vec<String>,
 }
 
 /// Whether a header name is safe to set (lowercase token characters only).
@@ -320,7 +476,21 @@ impl Settings {
         if !valid_cookie_name(&c.name) {
             return Err(bad("cookie.name", "use letters, digits, '-', '_' or '.'"));
         }
-        let key = decode_secret(&c.secret).map_err(|e| bad("cookie.secret", e))?;
+        let keys = decode_secrets(&c.secret)?;
+        let host_prefix = c.secure && c.domain.is_none() && c.path == "/";
+        let lower = c.name.to_ascii_lowercase();
+        if lower.starts_with("__host-") && !host_prefix {
+            return Err(bad(
+                "cookie.name",
+                "a __Host- name needs cookie.secure, no cookie.domain and cookie.path \"/\"",
+            ));
+        }
+        if lower.starts_with("__secure-") && !c.secure {
+            return Err(bad("cookie.name", "a __Secure- name needs cookie.secure"));
+        }
+        if c.max_age.secs() == 0 {
+            return Err(bad("cookie.max_age", "must be positive"));
+        }
         if !(1..=32).contains(&c.max_chunks) {
             return Err(bad("cookie.max_chunks", "must be between 1 and 32"));
         }
@@ -338,20 +508,24 @@ impl Settings {
                 return Err(bad("cookie.domain", "invalid domain"));
             }
         }
-        for (i, p) in config.pass_through.iter().enumerate() {
-            if !p.path_prefix.starts_with('/') {
-                return Err(bad(
-                    &format!("pass_through[{i}].path_prefix"),
-                    "must start with /",
-                ));
-            }
-        }
-        for (i, p) in config.api_paths.iter().enumerate() {
-            if !p.path_prefix.starts_with('/') {
-                return Err(bad(
-                    &format!("api_paths[{i}].path_prefix"),
-                    "must start with /",
-                ));
+        for (list, paths) in [
+            ("pass_through", &config.pass_through),
+            ("api_paths", &config.api_paths),
+        ] {
+            for (i, p) in paths.iter().enumerate() {
+                let field = format!("{list}[{i}].path_prefix");
+                if !p.path_prefix.starts_with('/') {
+                    return Err(bad(&field, "must start with /"));
+                }
+                if p.path_prefix.contains(['?', '#']) {
+                    return Err(bad(&field, "a path only, without query or fragment"));
+                }
+                if is_ambiguous_path(&p.path_prefix) {
+                    return Err(bad(
+                        &field,
+                        "must not contain '..', ';', '\\', control characters or percent-encoded '/', '\\', '.' or '%'",
+                    ));
+                }
             }
         }
         for (claim, header) in &config.claims_to_headers {
@@ -399,7 +573,15 @@ impl Settings {
         h.update(config.redirect_uri.as_bytes());
         let digest = h.finalize();
         let suffix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        let session_cookie = format!("{}-{suffix}", c.name);
+        // RFC 6265bis __Host-: the browser then refuses the cookie from any other host or
+        // without Secure, so a sibling subdomain or plain-http page cannot plant or shadow it.
+        let prefix =
+            if host_prefix && !lower.starts_with("__host-") && !lower.starts_with("__secure-") {
+                "__Host-"
+            } else {
+                ""
+            };
+        let session_cookie = format!("{prefix}{}-{suffix}", c.name);
         let flow_cookie = format!("{session_cookie}-flow");
         let scope = config.scopes.join(" ");
         let bearer_audiences = if config.bearer.audiences.is_empty() {
@@ -407,16 +589,26 @@ impl Settings {
         } else {
             config.bearer.audiences.clone()
         };
+        let mut bearer_authorized_parties = vec![config.client_id.clone()];
+        for a in bearer_audiences
+            .iter()
+            .chain(&config.bearer.authorized_parties)
+        {
+            if !bearer_authorized_parties.contains(a) {
+                bearer_authorized_parties.push(a.clone());
+            }
+        }
         Ok(Self {
             issuer,
             issuer_url,
             redirect,
             provider_authority,
-            key,
+            keys,
             session_cookie,
             flow_cookie,
             scope,
             bearer_audiences,
+            bearer_authorized_parties,
             config,
         })
     }
@@ -429,19 +621,83 @@ impl Settings {
         )
     }
 
+    /// Whether the request `:path` skips authentication. Fails closed: a path an upstream
+    /// could normalize differently (`..`, `;`, encoded separators) never passes through.
     pub fn is_pass_through(&self, path: &str) -> bool {
-        self.config
-            .pass_through
-            .iter()
-            .any(|p| path.starts_with(&p.path_prefix))
+        let path = path_only(path);
+        !is_ambiguous_path(path)
+            && self
+                .config
+                .pass_through
+                .iter()
+                .any(|p| prefix_matches(&p.path_prefix, path))
     }
 
     pub fn is_api_path(&self, path: &str) -> bool {
+        let path = path_only(path);
         self.config
             .api_paths
             .iter()
-            .any(|p| path.starts_with(&p.path_prefix))
+            .any(|p| prefix_matches(&p.path_prefix, path))
     }
+}
+
+/// The path of a `:path`, without query or fragment.
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or_default()
+}
+
+/// Gateway API `PathPrefix`: whole segments, a trailing `/` in the prefix ignored.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// A path that upstreams may decode or normalize into something else: dot segments,
+/// `;` parameters, backslashes, control bytes, or percent-encoded `/`, `\`, `.` and `%`.
+pub fn is_ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("..")
+        || lower.contains(';')
+        || lower.contains('\\')
+        || lower.bytes().any(|b| b.is_ascii_control())
+        || ["%2f", "%5c", "%2e", "%25"]
+            .iter()
+            .any(|e| lower.contains(e))
+}
+
+/// Most keys `cookie.secret` may list: each one is tried when a value's key id is unknown.
+const MAX_SECRETS: usize = 8;
+
+fn decode_secrets(secret: &CookieSecret) -> Result<Vec<[u8; 32]>, ConfigError> {
+    let list = secret.keys();
+    if list.is_empty() {
+        return Err(bad("cookie.secret", "list at least one key"));
+    }
+    if list.len() > MAX_SECRETS {
+        return Err(bad(
+            "cookie.secret",
+            format!("at most {MAX_SECRETS} keys, got {}", list.len()),
+        ));
+    }
+    let many = matches!(secret, CookieSecret::Many(_));
+    let mut keys: Vec<[u8; 32]> = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let field = if many {
+            format!("cookie.secret[{i}]")
+        } else {
+            "cookie.secret".to_string()
+        };
+        let key = decode_secret(s).map_err(|e| bad(&field, e))?;
+        if keys.contains(&key) {
+            return Err(bad(&field, "the same key is listed twice"));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 fn decode_secret(s: &str) -> Result<[u8; 32], String> {
@@ -488,8 +744,8 @@ mod tests {
             s.discovery_path(),
             "/realms/picluster/.well-known/openid-configuration"
         );
-        assert_eq!(s.key[1], 1);
-        assert!(s.session_cookie.starts_with("portcullis-session-"));
+        assert_eq!(s.keys[0][1], 1);
+        assert!(s.session_cookie.starts_with("__Host-portcullis-session-"));
         assert_eq!(s.flow_cookie, format!("{}-flow", s.session_cookie));
         // Serializable for a translator, and the output parses back to the same config.
         let out = serde_json::to_string(&s.config).unwrap();
@@ -557,6 +813,87 @@ mod tests {
                 .unwrap_err()
                 .field,
             "cookie.same_site"
+        );
+    }
+
+    #[test]
+    fn secret_lists_and_max_age() {
+        const A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        const B: &str = "Hx4dHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA";
+        let parse = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = sample();
+            edit(&mut v);
+            Settings::from_json(v.to_string().as_bytes())
+        };
+        let s = parse(&|v| v["cookie"]["secret"] = serde_json::json!([B, A])).unwrap();
+        assert_eq!(s.keys.len(), 2);
+        assert_eq!((s.keys[0][0], s.keys[1][0]), (0x1f, 0));
+        assert_eq!(s.config.cookie.max_age.secs(), 24 * 3600);
+        let out = serde_json::to_value(&s.config).unwrap();
+        assert_eq!(out["cookie"]["secret"], serde_json::json!([B, A]));
+        assert!(
+            out["cookie"].get("max_age").is_none(),
+            "default not written"
+        );
+        for (secret, field) in [
+            (serde_json::json!([]), "cookie.secret"),
+            (serde_json::json!([A, "c2hvcnQ="]), "cookie.secret[1]"),
+            (serde_json::json!([A, A]), "cookie.secret[1]"),
+            (
+                serde_json::json!([A, B, A, B, A, B, A, B, A]),
+                "cookie.secret",
+            ),
+        ] {
+            let err = parse(&|v| v["cookie"]["secret"] = secret.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{secret}");
+        }
+        for (text, secs) in [
+            ("24h", 86400),
+            ("90m", 5400),
+            ("1h30m", 5400),
+            ("3600s", 3600),
+            ("9999999999999999999h", u64::MAX),
+        ] {
+            let s = parse(&|v| v["cookie"]["max_age"] = text.into()).unwrap();
+            assert_eq!(s.config.cookie.max_age.secs(), secs, "{text}");
+            // Written back as seconds, which parse to the same value.
+            let back = serde_json::to_string(&s.config).unwrap();
+            assert_eq!(
+                Settings::from_json(back.as_bytes()).unwrap().config,
+                s.config
+            );
+        }
+        assert_eq!(
+            parse(&|v| v["cookie"]["max_age"] = 600.into())
+                .unwrap()
+                .config
+                .cookie
+                .max_age
+                .secs(),
+            600
+        );
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!("0s"),
+            serde_json::json!("1d"),
+            serde_json::json!("h"),
+            serde_json::json!("10"),
+            serde_json::json!("1h1h"),
+            serde_json::json!("99999999999999999999999s"),
+            serde_json::json!(""),
+            serde_json::json!(-5),
+        ] {
+            let err = parse(&|v| v["cookie"]["max_age"] = bad.clone()).unwrap_err();
+            assert!(err.field.contains("max_age"), "{bad}: {err}");
+        }
+        let err = parse(&|v| v["cookie"]["max_age"] = "1d".into()).unwrap_err();
+        assert!(err.reason.contains("like \"24h\""), "{err}");
+        let err = parse(&|v| v["cookie"]["max_age"] = (-5).into()).unwrap_err();
+        assert!(err.reason.contains("positive"), "{err}");
+        let err = parse(&|v| v["cookie"]["secret"] = 5.into()).unwrap_err();
+        assert!(
+            err.field == "cookie.secret" && err.reason.contains("a base64 key or a list"),
+            "{err}"
         );
     }
 }

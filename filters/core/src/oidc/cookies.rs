@@ -182,12 +182,13 @@ mod tests {
     fn set_cookie_attributes() {
         let cfg = CookieConfig {
             name: "n".into(),
-            secret: String::new(),
+            secret: String::new().into(),
             domain: Some("example.com".into()),
             same_site: SameSite::Strict,
             max_chunks: 8,
             secure: true,
             path: "/".into(),
+            max_age: Default::default(),
         };
         let s = set_cookie(&cfg, "n-0", "v", None, SameSite::Strict);
         assert_eq!(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::config::SameSite;
+use super::config::{HttpUrl, SameSite};
 use super::cookies::{self, parse_cookie_headers};
 use super::jwt::{self, Claims, Expectations, JwtError};
 use super::seal::random_bytes;
@@ -33,6 +33,9 @@ pub struct Session {
     /// Unix seconds when the access token (and so the session, unless refreshed) expires.
     #[serde(rename = "e")]
     pub expires_at: u64,
+    /// Unix seconds of the login; refreshes keep it, so `cookie.max_age` bounds the session.
+    #[serde(rename = "t")]
+    pub login_at: u64,
 }
 
 /// The login-flow cookie: one per policy, overwritten by each new login.
@@ -139,14 +142,33 @@ fn claim_value(v: &Value) -> String {
     raw.chars().filter(|c| !c.is_control()).collect()
 }
 
-fn claim_contains(v: &Value, wanted: &str) -> bool {
+/// Whether claim `name` (value `v`) contains `wanted`. Only `scope` and `scp` are
+/// space-separated lists (RFC 9068 2.2.3, RFC 8693 4.2); other strings compare whole, so a
+/// `name` of "Bob admins" never satisfies `admins`.
+fn claim_contains(name: &str, v: &Value, wanted: &str) -> bool {
     match v {
-        Value::String(s) => s == wanted || s.split(' ').any(|p| p == wanted),
+        Value::String(s) if name == "scope" || name == "scp" => s.split(' ').any(|p| p == wanted),
+        Value::String(s) => s == wanted,
         Value::Array(a) => a.iter().any(|x| x.as_str() == Some(wanted)),
         Value::Bool(b) => b.to_string() == wanted,
         Value::Number(n) => n.to_string() == wanted,
         _ => false,
     }
+}
+
+/// Header names a backend may treat as the same header: case and `_`/`-` differ (CGI-style
+/// servers map both `x-user-email` and `x_user_email` to `HTTP_X_USER_EMAIL`).
+fn header_key(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// `scheme://host[:port]`, lowercase, default port dropped, for comparing origins.
+fn normalize_origin(scheme: &str, authority: &str) -> String {
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = authority.to_ascii_lowercase();
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    let authority = authority.strip_suffix(default).unwrap_or(&authority);
+    format!("{scheme}://{authority}")
 }
 
 impl RequestFlow {
@@ -166,11 +188,24 @@ impl RequestFlow {
     pub fn on_request_headers(&mut self, host: &mut dyn Host, p: &mut Provider) -> Action {
         let s = p.settings.clone();
         let now = now_secs(host);
-        // Identity headers are only ever set by this filter: drop client-sent copies first.
-        for h in s.config.claims_to_headers.values() {
-            host.remove_header(REQ, h);
-        }
-        if let Some(h) = &s.config.forward.id_token_header {
+        // Identity headers are only ever set by this filter: drop client-sent copies first,
+        // with every spelling a backend could fold into the same name.
+        let identity: Vec<String> = s
+            .config
+            .claims_to_headers
+            .values()
+            .chain(&s.config.forward.id_token_header)
+            .map(|h| header_key(h))
+            .collect();
+        let mut forged: Vec<String> = host
+            .headers(REQ)
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| identity.contains(&header_key(k)))
+            .collect();
+        forged.sort();
+        forged.dedup();
+        for h in &forged {
             host.remove_header(REQ, h);
         }
         let path = host.header(REQ, ":path").unwrap_or_default();
@@ -225,7 +260,7 @@ impl RequestFlow {
             .as_ref()
             .is_some_and(|l| l.path == path_only)
         {
-            return self.logout(host, p);
+            return self.logout(host, p, &path_only);
         }
         if s.config.bearer.accept {
             if let Some(auth) = host.header(REQ, "authorization") {
@@ -236,7 +271,12 @@ impl RequestFlow {
                 }
             }
         }
+        let max_age = s.config.cookie.max_age.secs();
         match self.open_session(host, p) {
+            Some(session) if session.login_at.saturating_add(max_age) <= now => {
+                reject(host, "session_expired", "cookie.max_age reached");
+                self.unauthenticated(host, p, None)
+            }
             Some(session) if session.expires_at > now => self.authorize_session(host, p, &session),
             Some(session) if session.refresh_token.is_some() => {
                 let call =
@@ -312,6 +352,11 @@ impl RequestFlow {
 
     /// Response headers from upstream: add cookies from a transparent refresh.
     pub fn on_response_headers(&mut self, host: &mut dyn Host) {
+        if self.response_cookies.is_empty() {
+            return;
+        }
+        // A shared cache must never store (and replay to others) a response carrying a session.
+        host.set_header(Direction::Response, "cache-control", "no-store");
         for c in self.response_cookies.drain(..) {
             host.add_header(Direction::Response, "set-cookie", &c);
         }
@@ -680,7 +725,9 @@ impl RequestFlow {
             issuer: &s.issuer,
             audiences: aud,
             nonce,
-            client_id: Some(&s.config.client_id),
+            authorized_parties: aud,
+            id_token_for: Some(&s.config.client_id),
+            require_at_jwt: false,
             now,
             skew: s.config.clock_skew_seconds,
         }
@@ -758,6 +805,7 @@ impl RequestFlow {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
             expires_at,
+            login_at: now,
         };
         let Some(mut set_cookies) = self.session_cookies(p, &session) else {
             reject(
@@ -811,8 +859,26 @@ impl RequestFlow {
                 Some(jwks) => jwt::verify(id, jwks, &Self::id_expectations(p, &aud, None, now)),
                 None => Err(JwtError::NoKey),
             };
-            if let Err(e) = checked {
-                reject(host, "refresh_failed", &format!("refreshed ID token: {e}"));
+            let new = match checked {
+                Ok(c) => c,
+                Err(e) => {
+                    reject(host, "refresh_failed", &format!("refreshed ID token: {e}"));
+                    return self.unauthenticated(host, p, None);
+                }
+            };
+            // OIDC Core 12.2: same issuer and subject as at login, else it is another user's
+            // token and the session ends.
+            let same = jwt::unverified_claims(&old.id_token).is_some_and(|orig| {
+                ["iss", "sub"]
+                    .iter()
+                    .all(|c| orig.get(*c).is_some() && orig.get(*c) == new.get(*c))
+            });
+            if !same {
+                reject(
+                    host,
+                    "session_mismatch",
+                    "refreshed ID token has another iss or sub",
+                );
                 return self.unauthenticated(host, p, None);
             }
         }
@@ -825,6 +891,7 @@ impl RequestFlow {
             access_token: tokens.access_token.or(old.access_token),
             refresh_token: tokens.refresh_token.or(old.refresh_token),
             expires_at,
+            login_at: old.login_at,
         };
         match self.session_cookies(p, &session) {
             Some(c) => self.response_cookies = c,
@@ -860,7 +927,9 @@ impl RequestFlow {
             issuer: &s.issuer,
             audiences: &s.bearer_audiences,
             nonce: None,
-            client_id: None,
+            authorized_parties: &s.bearer_authorized_parties,
+            id_token_for: None,
+            require_at_jwt: s.config.bearer.require_at_jwt,
             now,
             skew: s.config.clock_skew_seconds,
         };
@@ -926,7 +995,7 @@ impl RequestFlow {
         for (claim, accepted) in &s.require {
             let ok = claims
                 .get(claim)
-                .is_some_and(|v| accepted.iter().any(|a| claim_contains(v, a)));
+                .is_some_and(|v| accepted.iter().any(|a| claim_contains(claim, v, a)));
             if !ok {
                 reject(
                     host,
@@ -947,7 +1016,71 @@ impl RequestFlow {
         Action::Continue
     }
 
-    fn logout(&mut self, host: &mut dyn Host, p: &mut Provider) -> Action {
+    /// Logout CSRF check: a POST, or a GET/HEAD the browser marks as same-origin
+    /// (`Sec-Fetch-Site: same-origin` or an `Origin` of this site). A foreign `Origin` or a
+    /// cross-site `Sec-Fetch-Site` always refuses.
+    fn logout_allowed(&self, host: &dyn Host, p: &Provider) -> bool {
+        let method = host.header(REQ, ":method").unwrap_or_default();
+        let site = host.header(REQ, "sec-fetch-site");
+        let site = site.as_deref().map(str::to_ascii_lowercase);
+        let authority = host
+            .header(REQ, ":authority")
+            .or_else(|| host.header(REQ, "host"))
+            .unwrap_or_default();
+        let scheme = host
+            .header(REQ, ":scheme")
+            .unwrap_or_else(|| p.settings.redirect.scheme.clone());
+        // The redirect_uri origin counts as ours too: TLS may end before Envoy (`:scheme` http).
+        let own = [
+            normalize_origin(&scheme, &authority),
+            normalize_origin(&p.settings.redirect.scheme, &p.settings.redirect.authority),
+        ];
+        let origin_ok = host.header(REQ, "origin").map(|o| {
+            HttpUrl::parse(&o)
+                .is_ok_and(|u| own.contains(&normalize_origin(&u.scheme, &u.authority)))
+        });
+        if origin_ok == Some(false) {
+            return false;
+        }
+        match method.as_str() {
+            "POST" => matches!(site.as_deref(), None | Some("same-origin") | Some("none")),
+            "GET" | "HEAD" => site.as_deref() == Some("same-origin") || origin_ok == Some(true),
+            _ => false,
+        }
+    }
+
+    /// 403 for a logout that may be cross-site; the session is kept. Browsers get a button
+    /// that POSTs the logout.
+    fn refuse_logout(&mut self, host: &mut dyn Host, p: &Provider, path: &str) -> Action {
+        reject(
+            host,
+            "cross_site_logout",
+            "logout without POST or same-origin proof",
+        );
+        let message = "Logging out needs a POST or a same-origin request.";
+        if self.info.api {
+            return self.deny(host, p, 403, message, false);
+        }
+        let body = format!(
+            "<!doctype html><title>403</title><h1>403</h1><p>{}</p><form method=\"post\" action=\"{}\"><button type=\"submit\">Log out</button></form>",
+            html_escape(message),
+            html_escape(path)
+        );
+        host.send_local_response(
+            403,
+            &[
+                ("content-type", "text/html; charset=utf-8"),
+                ("cache-control", "no-store"),
+            ],
+            body.as_bytes(),
+        );
+        Action::Responded
+    }
+
+    fn logout(&mut self, host: &mut dyn Host, p: &mut Provider, path: &str) -> Action {
+        if !self.logout_allowed(host, p) {
+            return self.refuse_logout(host, p, path);
+        }
         let s = p.settings.clone();
         let session = self.open_session(host, p);
         let mut set_cookies = self.delete_chunks(p, 0);

@@ -748,7 +748,7 @@ fn expired_session_refreshes_transparently_or_relogs() {
         Algorithm::RS256,
         Some("rsa1"),
         &rsa1(),
-        &json!({"iss": ISS, "aud": "client", "exp": later + 3600, "iat": later, "email": "alice@example.com"}),
+        &json!({"iss": ISS, "aud": "client", "sub": "alice", "exp": later + 3600, "iat": later, "email": "alice@example.com"}),
     );
     let body = json!({"access_token": "AT-2", "refresh_token": "RT-2", "expires_in": 300, "id_token": new_id}).to_string();
     let a = r
@@ -787,7 +787,13 @@ fn expired_session_refreshes_transparently_or_relogs() {
 fn logout_clears_and_goes_to_end_session() {
     let mut p = ready(config(|_| {}));
     let (jar, _) = login(&mut p, "/", |_| {});
-    let r = send(&mut p, "/logout", &jar, &[], NOW);
+    let r = send(
+        &mut p,
+        "/logout",
+        &jar,
+        &[("sec-fetch-site", "same-origin")],
+        NOW,
+    );
     assert_eq!(r.status(), 302);
     let loc = r.header("location").unwrap();
     assert!(loc.starts_with("https://idp.example.com/session/end?"));
@@ -898,4 +904,478 @@ fn bench_authenticated_request() {
         let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
         println!("{label:<22} {us:>8.1} µs/request (incl. test host setup)");
     }
+}
+
+const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY_B: &str = "Hx4dHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
+
+fn set_cookies(r: &Sent) -> Vec<String> {
+    r.resp_headers()
+        .into_iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+fn bearer(p: &mut Provider, token: &str) -> Sent {
+    send(
+        p,
+        "/api/x",
+        &Jar::default(),
+        &[("authorization", &format!("Bearer {token}"))],
+        NOW,
+    )
+}
+
+#[test]
+fn host_prefix_on_secure_host_only_root_cookies() {
+    let mut p = ready(config(|_| {}));
+    assert!(p.settings.session_cookie.starts_with("__Host-portcullis-"));
+    assert_eq!(
+        p.settings.flow_cookie,
+        format!("{}-flow", p.settings.session_cookie)
+    );
+    let first = send(&mut p, "/", &Jar::default(), &[], NOW);
+    let flow = set_cookies(&first);
+    assert!(flow[0].starts_with(&format!("{}=", p.settings.flow_cookie)));
+    let (jar, done) = login(&mut p, "/", |_| {});
+    for c in set_cookies(&done) {
+        assert!(c.starts_with("__Host-"), "{c}");
+        // What browsers demand of __Host- cookies.
+        assert!(c.contains("; Secure") && c.contains("; Path=/;") && !c.contains("Domain="));
+    }
+    assert!(jar.0.keys().all(|k| k.starts_with("__Host-")));
+    assert_eq!(send(&mut p, "/", &jar, &[], NOW).action, Action::Continue);
+    // Any of the three conditions missing: the plain name.
+    for edit in [
+        Box::new(|v: &mut Value| v["cookie"]["domain"] = "example.com".into())
+            as Box<dyn Fn(&mut Value)>,
+        Box::new(|v: &mut Value| v["cookie"]["secure"] = false.into()),
+        Box::new(|v: &mut Value| v["cookie"]["path"] = "/app".into()),
+    ] {
+        let s = config(|v| edit(v));
+        assert!(
+            s.session_cookie.starts_with("portcullis-"),
+            "{}",
+            s.session_cookie
+        );
+    }
+    // A name that already carries a prefix is used as is, and must meet its rules.
+    let s = config(|v| v["cookie"]["name"] = "__Host-mine".into());
+    assert!(s.session_cookie.starts_with("__Host-mine-"));
+    let mut v = json!({"issuer": ISS, "provider_cluster": "idp", "client_id": "c",
+        "redirect_uri": "https://app.example.com/cb",
+        "cookie": {"secret": KEY_A, "name": "__Host-mine", "domain": "example.com"}});
+    let err = Settings::from_json(v.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.field, "cookie.name");
+    v["cookie"] = json!({"secret": KEY_A, "name": "__Secure-mine", "secure": false});
+    let err = Settings::from_json(v.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.field, "cookie.name");
+}
+
+#[test]
+fn login_id_token_is_refused_as_bearer() {
+    // Default bearer audiences are the client id, which an ID token also names.
+    let mut p = ready(config(|v| v["bearer"] = json!({"accept": true})));
+    let id = sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &rsa1(),
+        &json!({"iss": ISS, "aud": "client", "sub": "alice", "exp": NOW + 60, "nonce": "n", "at_hash": "x"}),
+    );
+    let r = bearer(&mut p, &id);
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.host.counter(&metrics::rejected("not_access_token")), 1);
+    // The same claims without the ID-token-only ones is an access token.
+    let at = sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &rsa1(),
+        &json!({"iss": ISS, "aud": "client", "sub": "alice", "exp": NOW + 60}),
+    );
+    assert_eq!(bearer(&mut p, &at).action, Action::Continue);
+}
+
+#[test]
+fn bearer_typ_and_azp_rules() {
+    let typed = |typ: Option<&str>, c: &Value| {
+        crate::oidc::jwt::tests::sign_typ(Algorithm::RS256, Some("rsa1"), typ, &rsa1(), c)
+    };
+    let claims = json!({"iss": ISS, "aud": "api", "exp": NOW + 60});
+    let mut p = ready(config(|_| {}));
+    let r = bearer(&mut p, &typed(Some("logout+jwt"), &claims));
+    assert_eq!(
+        (r.status(), r.host.counter(&metrics::rejected("bad_type"))),
+        (401, 1)
+    );
+    assert_eq!(
+        bearer(&mut p, &typed(Some("at+jwt"), &claims)).action,
+        Action::Continue
+    );
+    // Strict RFC 9068 on request.
+    let mut strict = ready(config(|v| v["bearer"]["require_at_jwt"] = true.into()));
+    assert_eq!(
+        bearer(&mut strict, &typed(Some("JWT"), &claims)).status(),
+        401
+    );
+    assert_eq!(
+        bearer(&mut strict, &typed(Some("application/at+jwt"), &claims)).action,
+        Action::Continue
+    );
+    // Several audiences: azp required, and must be the client, an audience or listed.
+    let multi = |azp: Option<&str>| {
+        let mut c = json!({"iss": ISS, "aud": ["api", "other"], "exp": NOW + 60});
+        if let Some(a) = azp {
+            c["azp"] = a.into();
+        }
+        typed(Some("at+jwt"), &c)
+    };
+    let r = bearer(&mut p, &multi(None));
+    assert_eq!(
+        (r.status(), r.host.counter(&metrics::rejected("bad_azp"))),
+        (401, 1)
+    );
+    assert_eq!(bearer(&mut p, &multi(Some("svc"))).status(), 401);
+    assert_eq!(
+        bearer(&mut p, &multi(Some("client"))).action,
+        Action::Continue
+    );
+    assert_eq!(bearer(&mut p, &multi(Some("api"))).action, Action::Continue);
+    let mut listed = ready(config(|v| {
+        v["bearer"]["authorized_parties"] = json!(["svc"])
+    }));
+    assert_eq!(
+        bearer(&mut listed, &multi(Some("svc"))).action,
+        Action::Continue
+    );
+}
+
+fn refresh_with(p: &mut Provider, jar: &Jar, id_claims: Value, at: u64) -> Sent {
+    let mut r = send(p, "/dash", jar, &[], at);
+    assert!(matches!(r.action, Action::Call(_)), "{:?}", r.action);
+    let id = sign(Algorithm::RS256, Some("rsa1"), &rsa1(), &id_claims);
+    let body =
+        json!({"access_token": "AT-2", "refresh_token": "RT-2", "expires_in": 300, "id_token": id})
+            .to_string();
+    r.action = r
+        .flow
+        .on_callout_response(&mut r.host, p, 200, body.as_bytes());
+    r
+}
+
+#[test]
+fn refresh_with_another_subject_or_issuer_ends_the_session() {
+    let later = NOW + 400;
+    let base =
+        json!({"iss": ISS, "aud": "client", "sub": "alice", "exp": later + 3600, "iat": later});
+    let mut p = ready(config(|_| {}));
+    let (jar, _) = login(&mut p, "/", |_| {});
+    let ok = refresh_with(&mut p, &jar, base.clone(), later);
+    assert_eq!(ok.action, Action::Continue);
+    let mut other = base.clone();
+    other["sub"] = "mallory".into();
+    let r = refresh_with(&mut p, &jar, other, later);
+    assert_eq!(r.action, Action::Responded);
+    assert_eq!(r.status(), 302);
+    assert!(r.header("location").unwrap().starts_with(AUTH));
+    assert_eq!(r.host.counter(&metrics::rejected("session_mismatch")), 1);
+    let mut after = jar.clone();
+    after.apply(&r.resp_headers());
+    assert!(
+        !after
+            .0
+            .keys()
+            .any(|k| k.starts_with(&p.settings.session_cookie) && !k.ends_with("-flow")),
+        "session deleted: {:?}",
+        after.0.keys()
+    );
+    // The issuer is compared too (a trailing-slash variant still verifies, but differs).
+    let mut iss = base;
+    iss["iss"] = format!("{ISS}/").into();
+    let r = refresh_with(&mut p, &jar, iss, later);
+    assert_eq!(r.host.counter(&metrics::rejected("session_mismatch")), 1);
+}
+
+#[test]
+fn require_splits_only_scope_claims_on_spaces() {
+    let mut p = ready(config(|v| v["require"] = json!({"name": ["admins"]})));
+    let (jar, _) = login(&mut p, "/", |c| c["name"] = "Bob admins".into());
+    assert_eq!(send(&mut p, "/", &jar, &[], NOW).status(), 403);
+    let (jar, _) = login(&mut p, "/", |c| c["name"] = "admins".into());
+    assert_eq!(send(&mut p, "/", &jar, &[], NOW).action, Action::Continue);
+    for claim in ["scope", "scp"] {
+        let mut p = ready(config(|v| v["require"] = json!({claim: ["write"]})));
+        let (jar, _) = login(&mut p, "/", |c| c[claim] = "read write".into());
+        assert_eq!(
+            send(&mut p, "/", &jar, &[], NOW).action,
+            Action::Continue,
+            "{claim}"
+        );
+    }
+}
+
+#[test]
+fn logout_needs_post_or_same_origin() {
+    let mut p = ready(config(|_| {}));
+    let (jar, _) = login(&mut p, "/", |_| {});
+    let refused: &[&[(&str, &str)]] = &[
+        &[],
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+        &[("sec-fetch-site", "none")],
+        &[("origin", "https://evil.example")],
+        &[("origin", "null")],
+        // A foreign Origin wins over a same-origin claim.
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://evil.example"),
+        ],
+        &[(":method", "POST"), ("origin", "https://evil.example")],
+        &[(":method", "POST"), ("sec-fetch-site", "cross-site")],
+        &[(":method", "PUT"), ("sec-fetch-site", "same-origin")],
+    ];
+    for extra in refused {
+        let r = send(&mut p, "/logout", &jar, extra, NOW);
+        assert_eq!(r.status(), 403, "{extra:?}");
+        assert!(set_cookies(&r).is_empty(), "session kept: {extra:?}");
+        let body =
+            String::from_utf8_lossy(&r.host.local_response.as_ref().unwrap().body).into_owned();
+        assert!(
+            body.contains("<form method=\"post\" action=\"/logout\">"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        send(&mut p, "/", &jar, &[], NOW).action,
+        Action::Continue,
+        "still logged in"
+    );
+    let api = send(
+        &mut p,
+        "/logout",
+        &jar,
+        &[("accept", "application/json")],
+        NOW,
+    );
+    assert_eq!(api.status(), 403);
+    assert_eq!(
+        api.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(api.host.counter(&metrics::rejected("cross_site_logout")), 1);
+    let allowed: &[&[(&str, &str)]] = &[
+        &[(":method", "POST")],
+        &[(":method", "POST"), ("origin", "https://app.example.com")],
+        &[(":method", "POST"), ("sec-fetch-site", "same-origin")],
+        &[("sec-fetch-site", "same-origin")],
+        &[("origin", "https://app.example.com")],
+        &[("origin", "https://APP.example.com:443")],
+        // TLS ended before Envoy: the redirect_uri origin counts as ours.
+        &[(":scheme", "http"), ("origin", "https://app.example.com")],
+        &[(":scheme", "http"), ("origin", "http://app.example.com")],
+    ];
+    for extra in allowed {
+        let r = send(&mut p, "/logout", &jar, extra, NOW);
+        assert_eq!(r.status(), 302, "{extra:?}");
+        let mut after = jar.clone();
+        after.apply(&r.resp_headers());
+        assert!(after.0.is_empty(), "{extra:?}");
+    }
+}
+
+#[test]
+fn refreshed_cookies_are_never_cached() {
+    let later = NOW + 400;
+    let mut p = ready(config(|_| {}));
+    let (jar, _) = login(&mut p, "/", |_| {});
+    let mut r = refresh_with(
+        &mut p,
+        &jar,
+        json!({"iss": ISS, "aud": "client", "sub": "alice", "exp": later + 3600}),
+        later,
+    );
+    assert_eq!(r.action, Action::Continue);
+    r.host
+        .add_header(Direction::Response, "cache-control", "public, max-age=600");
+    r.flow.on_response_headers(&mut r.host);
+    assert_eq!(
+        r.host.values(Direction::Response, "cache-control"),
+        ["no-store"]
+    );
+    assert!(!r.host.values(Direction::Response, "set-cookie").is_empty());
+    // Without new cookies the upstream's caching is left alone.
+    let mut ok = send(&mut p, "/", &jar, &[], NOW);
+    ok.host
+        .add_header(Direction::Response, "cache-control", "public, max-age=600");
+    ok.flow.on_response_headers(&mut ok.host);
+    assert_eq!(
+        ok.host.values(Direction::Response, "cache-control"),
+        ["public, max-age=600"]
+    );
+}
+
+#[test]
+fn secret_rotation_keeps_sessions() {
+    let mut old = ready(config(|_| {}));
+    let (jar, _) = login(&mut old, "/", |_| {});
+    // New key first, old key still listed: the old session opens.
+    let mut rotating = ready(config(|v| v["cookie"]["secret"] = json!([KEY_B, KEY_A])));
+    assert_eq!(
+        rotating.settings.session_cookie,
+        old.settings.session_cookie
+    );
+    assert_eq!(
+        send(&mut rotating, "/", &jar, &[], NOW).action,
+        Action::Continue
+    );
+    // New sessions are sealed with the new key: they open once the old key is gone.
+    let (new_jar, _) = login(&mut rotating, "/", |_| {});
+    let mut rotated = ready(config(|v| v["cookie"]["secret"] = json!([KEY_B])));
+    assert_eq!(
+        send(&mut rotated, "/", &new_jar, &[], NOW).action,
+        Action::Continue
+    );
+    let r = send(&mut rotated, "/", &jar, &[], NOW);
+    assert_eq!(r.status(), 302, "old-key session ends with the old key");
+    assert_eq!(r.host.counter(&metrics::rejected("bad_session")), 1);
+}
+
+#[test]
+fn max_age_ends_sessions_that_refresh_forever() {
+    let day = 24 * 3600;
+    let mut p = ready(config(|_| {}));
+    let (jar, _) = login(&mut p, "/", |_| {});
+    // Refresh near the end of the day: the new session keeps the login time.
+    let at = NOW + day - 100;
+    let mut r = refresh_with(
+        &mut p,
+        &jar,
+        json!({"iss": ISS, "aud": "client", "sub": "alice", "exp": at + 3600}),
+        at,
+    );
+    assert_eq!(r.action, Action::Continue);
+    r.flow.on_response_headers(&mut r.host);
+    let mut jar2 = jar.clone();
+    jar2.apply(&r.host.response);
+    assert_eq!(
+        send(&mut p, "/", &jar2, &[], at + 10).action,
+        Action::Continue
+    );
+    // Its access token is still fresh, but the day since login is over.
+    let late = send(&mut p, "/", &jar2, &[], NOW + day);
+    assert_eq!(late.status(), 302);
+    assert!(late.header("location").unwrap().starts_with(AUTH));
+    assert_eq!(late.host.counter(&metrics::rejected("session_expired")), 1);
+    // Configurable, as a duration or seconds.
+    let mut short = ready(config(|v| v["cookie"]["max_age"] = "1h".into()));
+    let (jar, _) = login(&mut short, "/", |_| {});
+    assert_eq!(
+        send(&mut short, "/", &jar, &[], NOW + 200).action,
+        Action::Continue
+    );
+    assert_eq!(
+        send(&mut short, "/api/x", &jar, &[], NOW + 3600).status(),
+        401
+    );
+    assert_eq!(
+        config(|v| v["cookie"]["max_age"] = 90.into())
+            .config
+            .cookie
+            .max_age
+            .secs(),
+        90
+    );
+}
+
+#[test]
+fn pass_through_matches_whole_segments_and_fails_closed() {
+    let mut p =
+        ready(config(
+            |v| {
+                v["pass_through"] =
+                    json!([{"path_prefix": "/healthz"}, {"path_prefix": "/public/"}])
+            },
+        ));
+    for path in [
+        "/healthz",
+        "/healthz/",
+        "/healthz/live",
+        "/healthz?probe=1",
+        "/healthz/?a=..;",
+        "/public",
+        "/public/a.css",
+    ] {
+        let r = send(&mut p, path, &Jar::default(), &[], NOW);
+        assert_eq!(r.action, Action::Continue, "{path} passes through");
+    }
+    for path in [
+        "/healthzadmin",
+        "/healthz..;/admin",
+        "/healthz%2F..%2Fadmin",
+        "/healthz/..%2Fadmin",
+        "/healthz/%2e%2e/admin",
+        "/healthz/%2E%2E/admin",
+        "/healthz/..",
+        "/healthz/../admin",
+        "/healthz;jsessionid=x",
+        "/healthz/%5C..%5Cadmin",
+        "/healthz/\\..\\admin",
+        "/healthz/%252e%252e/admin",
+        "/publicity",
+        "/",
+    ] {
+        let r = send(&mut p, path, &Jar::default(), &[], NOW);
+        assert_eq!(r.status(), 302, "{path} needs a login");
+    }
+    // api_paths: whole segments, query ignored.
+    for (path, status) in [
+        ("/api", 401),
+        ("/api/x?y=1", 401),
+        ("/api?x", 401),
+        ("/apix", 302),
+    ] {
+        let r = send(&mut p, path, &Jar::default(), &[], NOW);
+        assert_eq!(r.status(), status, "{path}");
+    }
+    // Prefixes that could never match safely are refused at config time.
+    for bad in ["/a/../b", "/a;b", "/a?b", "/a%2Fb"] {
+        let mut v = json!({"issuer": ISS, "provider_cluster": "idp", "client_id": "c",
+            "redirect_uri": "https://app.example.com/cb", "cookie": {"secret": KEY_A},
+            "pass_through": [{"path_prefix": bad}]});
+        let err = Settings::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field, "pass_through[0].path_prefix", "{bad}");
+        v["api_paths"] = v["pass_through"].take();
+        v.as_object_mut().unwrap().remove("pass_through");
+        let err = Settings::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field, "api_paths[0].path_prefix", "{bad}");
+    }
+}
+
+#[test]
+fn claim_header_spellings_are_all_stripped() {
+    let mut p = ready(config(|_| {}));
+    let forged: &[(&str, &str)] = &[
+        ("x_user_email", "root@evil.example"),
+        ("X-User-Email", "root@evil.example"),
+        ("x-user_email", "root@evil.example"),
+        ("X_ID_TOKEN", "forged"),
+    ];
+    let r = send(&mut p, "/healthz", &Jar::default(), forged, NOW);
+    assert_eq!(r.action, Action::Continue);
+    for (name, _) in forged {
+        assert_eq!(r.req(name), None, "{name}");
+    }
+    let (jar, _) = login(&mut p, "/", |_| {});
+    let ok = send(&mut p, "/", &jar, forged, NOW);
+    assert_eq!(ok.action, Action::Continue);
+    let emails: Vec<_> = ok
+        .host
+        .request
+        .iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().replace('_', "-") == "x-user-email")
+        .collect();
+    assert_eq!(
+        emails,
+        [&("x-user-email".to_string(), "alice@example.com".to_string())]
+    );
 }

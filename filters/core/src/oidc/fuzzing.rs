@@ -72,7 +72,9 @@ pub fn jwt(data: &[u8]) {
         issuer: ISSUER,
         audiences: &aud,
         nonce: Some("n"),
-        client_id: Some("client"),
+        authorized_parties: &aud,
+        id_token_for: Some("client"),
+        require_at_jwt: false,
         now: NOW,
         skew: 60,
     };

@@ -36,6 +36,12 @@ pub enum JwtError {
     NotYetValid,
     #[error("nonce mismatch")]
     Nonce,
+    #[error("token type {0:?} is not accepted here")]
+    BadType(String),
+    #[error("azp missing or not an authorized party")]
+    Azp,
+    #[error("an ID token is not an access token")]
+    NotAccessToken,
 }
 
 impl JwtError {
@@ -52,6 +58,9 @@ impl JwtError {
             JwtError::Expired => "expired",
             JwtError::NotYetValid => "not_yet_valid",
             JwtError::Nonce => "bad_nonce",
+            JwtError::BadType(_) => "bad_type",
+            JwtError::Azp => "bad_azp",
+            JwtError::NotAccessToken => "not_access_token",
         }
     }
 }
@@ -172,14 +181,24 @@ pub struct Expectations<'a> {
     pub audiences: &'a [String],
     /// For ID tokens: the `nonce` sent in the authorization request.
     pub nonce: Option<&'a str>,
-    /// For ID tokens with several audiences, `azp` must be this client.
-    pub client_id: Option<&'a str>,
+    /// With several audiences `azp` is required and must be one of these.
+    pub authorized_parties: &'a [String],
+    /// `Some(client_id)` for ID tokens, `None` for access tokens.
+    pub id_token_for: Option<&'a str>,
+    /// Access tokens only: accept nothing but `typ: at+jwt` (RFC 9068 strictly).
+    pub require_at_jwt: bool,
     pub now: u64,
     pub skew: u64,
 }
 
-/// The `alg` and `kid` of a token header, read without trusting anything.
-fn peek_header(token: &str) -> Result<(String, Option<String>), JwtError> {
+/// The `alg`, `kid` and `typ` of a token header, read without trusting anything.
+struct Header {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+fn peek_header(token: &str) -> Result<Header, JwtError> {
     let header = token.split('.').next().ok_or(JwtError::Malformed)?;
     let raw = URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
@@ -191,7 +210,43 @@ fn peek_header(token: &str) -> Result<(String, Option<String>), JwtError> {
         .ok_or(JwtError::Malformed)?
         .to_string();
     let kid = v.get("kid").and_then(Value::as_str).map(str::to_string);
-    Ok((alg, kid))
+    let typ = match v.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(JwtError::Malformed),
+    };
+    Ok(Header { alg, kid, typ })
+}
+
+/// RFC 9068 2.1: `at+jwt`, with or without the `application/` prefix (media types are
+/// case-insensitive).
+fn is_at_jwt(typ: &str) -> bool {
+    let t = typ.to_ascii_lowercase();
+    t == "at+jwt" || t == "application/at+jwt"
+}
+
+/// An access token must not be an ID token. Accepted `typ`: `at+jwt`, `application/at+jwt`,
+/// `JWT` or none (only `at+jwt` with `require_at_jwt`). Claims that only ID tokens carry
+/// (OIDC Core 2, 3.1.3.6, 3.3.2.11: `nonce`, `at_hash`, `c_hash`) are refused whatever the
+/// `typ`, since RFC 9068 access tokens never have them.
+pub fn check_access_token(
+    typ: Option<&str>,
+    claims: &Claims,
+    require_at_jwt: bool,
+) -> Result<(), JwtError> {
+    match typ {
+        Some(t) if is_at_jwt(t) => {}
+        Some(t) if !require_at_jwt && t.eq_ignore_ascii_case("jwt") => {}
+        None if !require_at_jwt => {}
+        other => return Err(JwtError::BadType(other.unwrap_or("").to_string())),
+    }
+    if ["nonce", "at_hash", "c_hash"]
+        .iter()
+        .any(|c| claims.contains_key(*c))
+    {
+        return Err(JwtError::NotAccessToken);
+    }
+    Ok(())
 }
 
 /// Reads the payload of a token without verifying it: only for tokens this filter already
@@ -219,9 +274,9 @@ pub fn verify(token: &str, jwks: &Jwks, expect: &Expectations<'_>) -> Result<Cla
     if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
         return Err(JwtError::Malformed);
     }
-    let (alg_name, kid) = peek_header(token)?;
-    let alg = accepted_algorithm(&alg_name).ok_or(JwtError::BadAlgorithm(alg_name))?;
-    let key = jwks.select(kid.as_deref(), alg)?;
+    let header = peek_header(token)?;
+    let alg = accepted_algorithm(&header.alg).ok_or(JwtError::BadAlgorithm(header.alg))?;
+    let key = jwks.select(header.kid.as_deref(), alg)?;
 
     let mut validation = Validation::new(alg);
     validation.required_spec_claims.clear();
@@ -239,6 +294,12 @@ pub fn verify(token: &str, jwks: &Jwks, expect: &Expectations<'_>) -> Result<Cla
         }
     })?;
     check_claims(&data.claims, expect)?;
+    match (expect.id_token_for, header.typ.as_deref()) {
+        // RFC 9068 2.1: `at+jwt` exists so an access token is never taken for an ID token.
+        (Some(_), Some(t)) if is_at_jwt(t) => return Err(JwtError::BadType(t.to_string())),
+        (Some(_), _) => {}
+        (None, typ) => check_access_token(typ, &data.claims, expect.require_at_jwt)?,
+    }
     Ok(data.claims)
 }
 
@@ -268,13 +329,21 @@ pub fn check_claims(claims: &Claims, e: &Expectations<'_>) -> Result<(), JwtErro
     if !auds.iter().any(|a| e.audiences.iter().any(|x| x == a)) {
         return Err(JwtError::Audience);
     }
-    if let Some(client) = e.client_id {
-        if auds.len() > 1 {
-            if let Some(azp) = claims.get("azp").and_then(Value::as_str) {
-                if azp != client {
-                    return Err(JwtError::Audience);
-                }
-            }
+    let azp = match claims.get("azp") {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(JwtError::Azp),
+    };
+    // Several audiences: the token must say which party it was issued to (OIDC Core 2).
+    if auds.len() > 1 {
+        let azp = azp.ok_or(JwtError::Azp)?;
+        if !e.authorized_parties.iter().any(|p| p == azp) {
+            return Err(JwtError::Azp);
+        }
+    }
+    if let (Some(client), Some(azp)) = (e.id_token_for, azp) {
+        if azp != client {
+            return Err(JwtError::Azp);
         }
     }
     let exp = num(claims, "exp").ok_or(JwtError::Expired)?;
@@ -338,8 +407,18 @@ pub(crate) mod tests {
         Jwks::parse(&jwks_json(names)).unwrap()
     }
     pub fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+        sign_typ(alg, kid, Some("JWT"), key, claims)
+    }
+    pub fn sign_typ(
+        alg: Algorithm,
+        kid: Option<&str>,
+        typ: Option<&str>,
+        key: &EncodingKey,
+        claims: &Value,
+    ) -> String {
         let mut h = Header::new(alg);
         h.kid = kid.map(str::to_string);
+        h.typ = typ.map(str::to_string);
         jsonwebtoken::encode(&h, claims, key).unwrap()
     }
     pub fn id_claims() -> Value {
@@ -350,7 +429,9 @@ pub(crate) mod tests {
             issuer: ISS,
             audiences: aud,
             nonce: Some("n0nce"),
-            client_id: Some("client"),
+            authorized_parties: aud,
+            id_token_for: Some("client"),
+            require_at_jwt: false,
             now: NOW,
             skew: 60,
         }
@@ -400,12 +481,116 @@ pub(crate) mod tests {
         c["aud"] = json!(["client", "other"]);
         c["azp"] = json!("other");
         let t = sign(Algorithm::RS256, Some("rsa1"), &rsa1(), &c);
-        assert_eq!(verify(&t, &set, &expect(&aud)), Err(JwtError::Audience));
+        assert_eq!(verify(&t, &set, &expect(&aud)), Err(JwtError::Azp));
         // Missing nonce when one is expected.
         let mut c = id_claims();
         c.as_object_mut().unwrap().remove("nonce");
         let t = sign(Algorithm::RS256, Some("rsa1"), &rsa1(), &c);
         assert_eq!(verify(&t, &set, &expect(&aud)), Err(JwtError::Nonce));
+    }
+
+    #[test]
+    fn several_audiences_require_an_authorized_azp() {
+        let aud = vec!["client".to_string()];
+        let set = jwks(&["rsa1"]);
+        let with = |azp: Option<&str>| {
+            let mut c = id_claims();
+            c["aud"] = json!(["client", "other"]);
+            if let Some(a) = azp {
+                c["azp"] = json!(a);
+            }
+            sign(Algorithm::RS256, Some("rsa1"), &rsa1(), &c)
+        };
+        assert_eq!(verify(&with(None), &set, &expect(&aud)), Err(JwtError::Azp));
+        assert!(verify(&with(Some("client")), &set, &expect(&aud)).is_ok());
+        // A single-audience ID token with a foreign azp is refused too.
+        let mut c = id_claims();
+        c["azp"] = json!("other");
+        let t = sign(Algorithm::RS256, Some("rsa1"), &rsa1(), &c);
+        assert_eq!(verify(&t, &set, &expect(&aud)), Err(JwtError::Azp));
+        // Access tokens: azp must be one of the authorized parties.
+        let parties = vec!["client".to_string(), "api".to_string()];
+        let access = Expectations {
+            nonce: None,
+            id_token_for: None,
+            authorized_parties: &parties,
+            ..expect(&aud)
+        };
+        let at = |azp: Option<&str>| {
+            let mut c = json!({"iss": ISS, "aud": ["client", "x"], "exp": NOW + 60});
+            if let Some(a) = azp {
+                c["azp"] = json!(a);
+            }
+            sign(Algorithm::RS256, Some("rsa1"), &rsa1(), &c)
+        };
+        assert_eq!(verify(&at(None), &set, &access), Err(JwtError::Azp));
+        assert_eq!(verify(&at(Some("svc")), &set, &access), Err(JwtError::Azp));
+        assert!(verify(&at(Some("api")), &set, &access).is_ok());
+    }
+
+    #[test]
+    fn access_tokens_check_typ_and_are_never_id_tokens() {
+        let aud = vec!["client".to_string()];
+        let set = jwks(&["rsa1"]);
+        let access = |strict: bool| Expectations {
+            nonce: None,
+            id_token_for: None,
+            require_at_jwt: strict,
+            ..expect(&aud)
+        };
+        let claims = json!({"iss": ISS, "aud": "client", "exp": NOW + 60, "sub": "svc"});
+        let t = |typ: Option<&str>, c: &Value| {
+            sign_typ(Algorithm::RS256, Some("rsa1"), typ, &rsa1(), c)
+        };
+        for typ in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("application/AT+JWT"),
+        ] {
+            assert!(
+                verify(&t(typ, &claims), &set, &access(false)).is_ok(),
+                "{typ:?}"
+            );
+        }
+        for typ in ["id_token+jwt", "logout+jwt", "dpop+jwt", ""] {
+            assert_eq!(
+                verify(&t(Some(typ), &claims), &set, &access(false)),
+                Err(JwtError::BadType(typ.into()))
+            );
+        }
+        // Strict RFC 9068: only at+jwt.
+        assert!(verify(&t(Some("at+jwt"), &claims), &set, &access(true)).is_ok());
+        assert_eq!(
+            verify(&t(Some("JWT"), &claims), &set, &access(true)),
+            Err(JwtError::BadType("JWT".into()))
+        );
+        assert_eq!(
+            verify(&t(None, &claims), &set, &access(true)),
+            Err(JwtError::BadType(String::new()))
+        );
+        // The login's ID token (nonce) or one with at_hash / c_hash is no access token.
+        let id = t(Some("JWT"), &id_claims());
+        assert!(verify(&id, &set, &expect(&aud)).is_ok());
+        assert_eq!(
+            verify(&id, &set, &access(false)),
+            Err(JwtError::NotAccessToken)
+        );
+        for claim in ["at_hash", "c_hash"] {
+            let mut c = claims.clone();
+            c[claim] = json!("x");
+            assert_eq!(
+                verify(&t(None, &c), &set, &access(false)),
+                Err(JwtError::NotAccessToken),
+                "{claim}"
+            );
+        }
+        // And an at+jwt access token is never taken for an ID token.
+        assert_eq!(
+            verify(&t(Some("at+jwt"), &id_claims()), &set, &expect(&aud)),
+            Err(JwtError::BadType("at+jwt".into()))
+        );
     }
 
     #[test]

@@ -100,6 +100,11 @@ pub mod metrics {
         "expired",
         "not_yet_valid",
         "bad_nonce",
+        "bad_type",
+        "bad_azp",
+        "not_access_token",
+        "session_mismatch",
+        "cross_site_logout",
     ];
 }
 

@@ -105,7 +105,7 @@ impl Provider {
     pub fn new(settings: Arc<Settings>) -> Self {
         let cap = NonZeroUsize::new(settings.config.bearer_cache_size).unwrap_or(NonZeroUsize::MIN);
         Self {
-            sealer: Sealer::new(&settings.key),
+            sealer: Sealer::with_keys(&settings.keys),
             settings,
             discovery: None,
             jwks: None,
