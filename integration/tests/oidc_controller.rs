@@ -246,7 +246,8 @@ fn security_policy_oidc_login_flow_under_the_controller(runtime: Runtime) {
     let session: Vec<String> = agent
         .jar
         .keys()
-        .filter(|k| k.starts_with("portcullis"))
+        // Secure, no domain, path /: the `__Host-` prefix.
+        .filter(|k| k.starts_with("__Host-portcullis"))
         .cloned()
         .collect();
     assert!(!session.is_empty(), "session cookie set: {:?}", agent.jar);
