@@ -739,11 +739,22 @@ fn build_hcm(gw: &GatewayIr, chain: &ChainIr, stat_prefix: &str) -> listener::Fi
             },
         )),
         http_filters,
+        // One spelling per path before routing and filters match on it: `/a/../b`, `//a` and
+        // `%2F` cannot slip past a prefix (a redirect shows the client the unescaped path).
         normalize_path: Some(pb::BoolValue { value: true }),
+        merge_slashes: true,
+        path_with_escaped_slashes_action:
+            hcm::http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32,
+        // `x_user_email` would reach WSGI/PHP upstreams as `x-user-email`, past the claim-header
+        // stripping.
+        common_http_protocol_options: Some(core::HttpProtocolOptions {
+            headers_with_underscores_action:
+                core::http_protocol_options::HeadersWithUnderscoresAction::RejectRequest as i32,
+            ..Default::default()
+        }),
         use_remote_address: gw
             .use_remote_address
             .then_some(pb::BoolValue { value: true }),
-        merge_slashes: true,
         ..Default::default()
     };
     listener::Filter {
