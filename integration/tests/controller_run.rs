@@ -628,3 +628,35 @@ spec:
         );
     }
 }
+
+/// Every listener the controller builds rejects header names with underscores (they would reach
+/// WSGI/PHP upstreams as dashes, past header stripping) and gives each path one spelling before
+/// routes and filters match on it.
+#[test]
+fn listeners_reject_underscored_headers_and_normalize_paths() {
+    let echo = EchoServer::start().expect("echo");
+    let gw_port = free_port().expect("port");
+    let mut c = start(echo.port(), gw_port, &[]);
+    wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        KeepAlive::connect(gw_port)
+            .and_then(|mut k| k.get("example.com", path, headers))
+            .expect("request")
+    };
+    let r = get("/a", &[("x_user_email", "root@evil.example")]);
+    assert_eq!(r.status, 400, "underscored header: {}", r.body);
+    assert_eq!(get("/a", &[("x-user-email", "a@b")]).status, 200);
+    // An escaped slash is unescaped with a redirect, so the client sees the path that matched.
+    let r = get("/a%2Fb", &[]);
+    assert!((300..400).contains(&r.status), "HTTP {}", r.status);
+    assert!(
+        r.header("location").is_some_and(|l| l.ends_with("/a/b")),
+        "{:?}",
+        r.header("location")
+    );
+    // Dot segments and repeated slashes resolve before routing.
+    for path in ["/x/../a", "//a"] {
+        let r = get(path, &[]);
+        assert_eq!((r.status, r.header("x-route")), (200, Some("v1")), "{path}");
+    }
+}

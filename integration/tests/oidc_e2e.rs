@@ -70,6 +70,26 @@ fn login_session_policies_attacks_bearer_and_logout(rt: Runtime) {
         None,
         "forged identity header removed"
     );
+    // Pass-through matches whole path segments, and a path that could be read as another one
+    // is never passed through (Envoy here normalizes nothing: the filter alone decides).
+    for path in [
+        "/healthzadmin",
+        "/healthz..;/admin",
+        "/healthz%2F..%2Fadmin",
+    ] {
+        let r = anon.send(
+            "GET",
+            &env.url(0, path),
+            &[("accept", "application/json")],
+            None,
+        );
+        assert_eq!(r.status, 401, "{path} must need a login: {}", r.body);
+    }
+    let r = anon.send("GET", &env.url(0, "/healthz/live?x=1"), &[], None);
+    assert_eq!(
+        r.status, 200,
+        "a sub-path of the pass-through prefix passes"
+    );
 
     // Browser request: 302 to the provider with PKCE S256.
     let mut agent = Agent::new();

@@ -306,6 +306,11 @@ pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "portcullis_ready",
+                        // Exact paths only reach admin: no spelling of another admin path.
+                        "normalize_path": true,
+                        "merge_slashes": true,
+                        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+                        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
                         "route_config": {"name": "portcullis_ready", "virtual_hosts": [{
                             "name": "ready", "domains": ["*"],
                             "routes": [

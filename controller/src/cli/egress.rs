@@ -19,6 +19,11 @@ pub struct EgressArgs {
     /// Allow `Backend` unix-socket endpoints (refused by default).
     #[arg(long)]
     pub allow_backend_unix: bool,
+    /// PEM CA bundle, on Envoy's host, that an https OIDC issuer's certificate must chain to
+    /// (its SAN must also name the issuer's host). A policy's own CA (EEP `provider_ca`)
+    /// overrides it.
+    #[arg(long, value_name = "PATH", default_value = portcullis_translator::egress::DEFAULT_CA_BUNDLE)]
+    pub issuer_ca_bundle: String,
 }
 
 impl EgressArgs {
@@ -28,6 +33,7 @@ impl EgressArgs {
             enable_backend: self.enable_backend.unwrap_or(backend_by_default),
             allowed_cidrs: self.allow_backend_cidr.clone(),
             allow_unix: self.allow_backend_unix,
+            issuer_ca_bundle: Some(self.issuer_ca_bundle.clone()),
         }
     }
 }

@@ -22,7 +22,13 @@ pub struct EgressPolicy {
     pub allowed_cidrs: Vec<IpNet>,
     /// `Backend` unix-socket endpoints are allowed.
     pub allow_unix: bool,
+    /// CA bundle an https identity provider's certificate must chain to, on Envoy's host
+    /// (`--issuer-ca-bundle`); `None`: [`DEFAULT_CA_BUNDLE`].
+    pub issuer_ca_bundle: Option<String>,
 }
+
+/// The platform trust bundle of Debian, Ubuntu and the Envoy images.
+pub const DEFAULT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Why a target was refused: one line for a status message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +60,13 @@ fn refused_range(ip: IpAddr) -> Option<(&'static str, IpNet)> {
 const WHY: &str = "Envoy's admin, the node's local services or the metadata service";
 
 impl EgressPolicy {
+    /// The CA bundle file https issuers are verified against.
+    pub fn issuer_ca_bundle(&self) -> &str {
+        self.issuer_ca_bundle
+            .as_deref()
+            .unwrap_or(DEFAULT_CA_BUNDLE)
+    }
+
     /// Everything allowed: for tests and tools that translate trusted input.
     pub fn permissive() -> Self {
         Self {
@@ -63,6 +76,7 @@ impl EgressPolicy {
                 "::/0".parse().expect("valid"),
             ],
             allow_unix: true,
+            issuer_ca_bundle: None,
         }
     }
 
@@ -73,6 +87,7 @@ impl EgressPolicy {
             enable_backend: true,
             allowed_cidrs: cidrs.into_iter().collect(),
             allow_unix: false,
+            issuer_ca_bundle: None,
         }
     }
 

@@ -197,6 +197,15 @@ pub struct ClientTlsFiles {
     pub trusted_ca: String,
 }
 
+/// Trust anchors for an upstream's server certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TrustedCa {
+    /// A PEM bundle file on Envoy's host (e.g. the platform's `/etc/ssl/certs/ca-certificates.crt`).
+    File(String),
+    /// PEM certificates inline.
+    Pem(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterIr {
     pub name: String,
@@ -208,6 +217,10 @@ pub struct ClusterIr {
     /// controller in Kubernetes mode, which requires client certificates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client: Option<ClientTlsFiles>,
+    /// With `tls_sni` and no `tls_client`: accept only a server certificate that chains to this
+    /// CA and whose SAN is the `tls_sni` host (identity providers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<TrustedCa>,
     /// Upstream HTTP/2 only (gRPC services such as the rate-limit service).
     pub http2: bool,
 }

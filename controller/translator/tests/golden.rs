@@ -81,6 +81,7 @@ fn opts() -> TranslateOptions {
         enable_backend: true,
         allowed_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
         allow_unix: true,
+        issuer_ca_bundle: None,
     };
     o
 }
@@ -95,6 +96,9 @@ struct EgressCase {
     allow_backend_cidr: Vec<String>,
     #[serde(default)]
     allow_backend_unix: bool,
+    /// `--issuer-ca-bundle`.
+    #[serde(default)]
+    issuer_ca_bundle: Option<String>,
 }
 
 /// `<case>.options.yaml`: what a case changes from [`opts`] and the default [`TestResolver`].
@@ -127,6 +131,7 @@ fn case(input: &Path) -> (TranslateOptions, TestResolver) {
                 .map(|c| c.parse().unwrap_or_else(|err| panic!("cidr {c}: {err}")))
                 .collect(),
             allow_unix: e.allow_backend_unix,
+            issuer_ca_bundle: e.issuer_ca_bundle,
         };
     }
     let mut r = TestResolver::default();

@@ -149,6 +149,7 @@ pub fn resolve(
             ),
             tls_sni: None,
             tls_client: None,
+            tls_verify: None,
             http2: false,
         });
     }
@@ -217,6 +218,7 @@ pub fn resolve(
         },
         tls_sni: None,
         tls_client: None,
+        tls_verify: None,
         http2: false,
     })
 }

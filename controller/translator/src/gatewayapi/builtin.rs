@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::ir::{
     ClusterIr, ClusterKind, DynamicFilterIr, DynamicModuleIr, EndpointIr, FilterIr, ModuleSourceIr,
-    WasmFilterIr,
+    TrustedCa, WasmFilterIr,
 };
 use crate::wasm::source::{WasmResolution, WasmResolver, WasmSource};
 use crate::{BuiltinRuntime, TranslateOptions};
@@ -110,6 +110,7 @@ fn endpoint_cluster(name: String, host: &str, port: u16, tls: bool, http2: bool)
         kind,
         tls_sni: tls.then(|| host.to_string()),
         tls_client: None,
+        tls_verify: None,
         http2,
     }
 }
@@ -133,16 +134,26 @@ pub(crate) fn url_parts(u: &str) -> Result<(String, u16, bool), String> {
     Ok((host, port, tls))
 }
 
-/// The cluster named `name` reaching the issuer's host and port, TLS with SNI for https. Issuers
-/// are tenant-written: the host must pass `egress`.
+/// The cluster named `name` reaching the issuer's host and port. Issuers are tenant-written: the
+/// host must pass `egress`. For https: TLS with SNI, and the certificate must chain to `ca`
+/// (default: the operator's `--issuer-ca-bundle`) with a SAN naming the host. Without that,
+/// anyone on the path could serve discovery and JWKS and read the client secret.
 pub(crate) fn tenant_issuer_cluster(
     egress: &EgressPolicy,
     name: &str,
     issuer: &str,
+    ca: Option<&TrustedCa>,
 ) -> Result<ClusterIr, String> {
     let (host, port, tls) = url_parts(issuer)?;
     egress.check_host(&host).map_err(|e| e.to_string())?;
-    Ok(endpoint_cluster(name.to_string(), &host, port, tls, false))
+    let mut c = endpoint_cluster(name.to_string(), &host, port, tls, false);
+    if tls {
+        c.tls_verify = Some(
+            ca.cloned()
+                .unwrap_or_else(|| TrustedCa::File(egress.issuer_ca_bundle().to_string())),
+        );
+    }
+    Ok(c)
 }
 
 /// [`grpc_cluster`] for a service address a tenant wrote: its host must pass `egress`.
@@ -184,17 +195,31 @@ mod tests {
     #[test]
     fn clusters_from_urls_and_addresses() {
         let any = EgressPolicy::permissive();
-        let c = tenant_issuer_cluster(&any, "oidc/iam:443", "https://iam.example.com/realms/x")
-            .unwrap();
+        let c = tenant_issuer_cluster(
+            &any,
+            "oidc/iam:443",
+            "https://iam.example.com/realms/x",
+            None,
+        )
+        .unwrap();
         assert_eq!(c.tls_sni.as_deref(), Some("iam.example.com"));
+        assert_eq!(
+            c.tls_verify,
+            Some(TrustedCa::File(crate::egress::DEFAULT_CA_BUNDLE.into())),
+            "an https issuer is verified against the platform bundle by default"
+        );
         assert!(matches!(c.kind, ClusterKind::StrictDns(_)));
-        let c = tenant_issuer_cluster(&any, "x", "http://127.0.0.1:8080/").unwrap();
+        let c = tenant_issuer_cluster(&any, "x", "http://127.0.0.1:8080/", None).unwrap();
         assert!(matches!(c.kind, ClusterKind::Static(_)) && c.tls_sni.is_none());
+        assert!(c.tls_verify.is_none());
         let g = grpc_cluster("rl", "[::1]:8081").unwrap();
         assert!(g.http2 && matches!(g.kind, ClusterKind::Static(_)));
         assert!(host_port("nope").is_err());
         assert!(host_port("h:0").is_err());
-        assert!(tenant_issuer_cluster(&any, "x", "ftp://h/").is_err());
-        assert!(tenant_issuer_cluster(&EgressPolicy::default(), "x", "http://127.0.0.1/").is_err());
+        assert!(tenant_issuer_cluster(&any, "x", "ftp://h/", None).is_err());
+        assert!(
+            tenant_issuer_cluster(&EgressPolicy::default(), "x", "http://127.0.0.1/", None)
+                .is_err()
+        );
     }
 }

@@ -110,6 +110,7 @@ mod tests {
             }]),
             tls_sni: Some(host.into()),
             tls_client: None,
+            tls_verify: None,
             http2: false,
         }
     }

@@ -96,6 +96,7 @@ pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<Cluster
             port,
         }]),
         tls_client: tls.is_some().then(|| opts.wasm_fetch_tls.clone()).flatten(),
+        tls_verify: None,
         tls_sni: tls,
         http2: false,
     })
@@ -130,6 +131,11 @@ fn module_clusters(
         }
     };
     let mut out = Vec::new();
+    // Controller-only, like `service_address`: the filter rejects unknown fields.
+    let provider_ca = match cfg.remove("provider_ca") {
+        None => None,
+        Some(v) => Some(provider_ca(&v)?),
+    };
     if let Some(local) = cfg.get("provider_cluster") {
         let name = scoped("provider_cluster", local)?;
         let Some(Value::String(issuer)) = cfg.get("issuer") else {
@@ -138,10 +144,12 @@ fn module_clusters(
             );
         };
         out.push(
-            super::builtin::tenant_issuer_cluster(egress, &name, issuer)
+            super::builtin::tenant_issuer_cluster(egress, &name, issuer, provider_ca.as_ref())
                 .map_err(|e| format!("issuer: {e}"))?,
         );
         cfg.insert("provider_cluster".into(), Value::String(name));
+    } else if provider_ca.is_some() {
+        return Err("provider_ca needs provider_cluster and issuer".into());
     }
     if let Some(Value::Object(g)) = cfg.get_mut("global") {
         if let Some(local) = g.get("cluster") {
@@ -162,6 +170,22 @@ fn module_clusters(
         }
     }
     Ok(out)
+}
+
+/// `provider_ca`: PEM certificates, or the absolute path of a PEM bundle on Envoy's host.
+fn provider_ca(v: &Value) -> Result<crate::ir::TrustedCa, String> {
+    match v.as_str().map(str::trim) {
+        Some(pem) if pem.starts_with("-----BEGIN CERTIFICATE-----") => {
+            Ok(crate::ir::TrustedCa::Pem(pem.to_string()))
+        }
+        Some(path) if path.starts_with('/') && !path.contains('\n') => {
+            Ok(crate::ir::TrustedCa::File(path.to_string()))
+        }
+        _ => Err(
+            "provider_ca must be PEM certificates (-----BEGIN CERTIFICATE-----) or an absolute file path"
+                .into(),
+        ),
+    }
 }
 
 fn wasm_source(
@@ -905,6 +929,7 @@ mod tests {
             &crate::egress::EgressPolicy::permissive(),
             "oidc/x",
             "https://iam.example.com/",
+            None,
         )
         .unwrap();
         assert_eq!(c.tls_client, None);

@@ -359,6 +359,7 @@ pub fn resolve(
                         &opts.egress,
                         &cfg.provider_cluster,
                         &cfg.issuer,
+                        None,
                     ),
                     serde_json::to_string(&cfg),
                 ) {

@@ -29,7 +29,7 @@ use super::snapshot::{
 use crate::ir::{
     ActionIr, ChainIr, ClientTlsFiles, ClusterIr, ClusterKind, DynamicFilterIr, EndpointIr,
     FilterIr, GatewayIr, HeaderOpsIr, Ir, ModuleSourceIr, PathMatchIr, PathRewriteIr, PortIr,
-    Protocol, RouteIr, ValueMatchIr,
+    Protocol, RouteIr, TrustedCa, ValueMatchIr,
 };
 use crate::TranslateOptions;
 
@@ -185,7 +185,25 @@ pub(crate) fn build_cluster(
     if let Some(sni) = &c.tls_sni {
         let ctx = tls::UpstreamTlsContext {
             sni: sni.clone(),
-            common_tls_context: c.tls_client.as_ref().map(|f| client_tls_context(f, sni)),
+            common_tls_context: match (&c.tls_client, &c.tls_verify) {
+                (Some(f), _) => Some(client_tls_context(f, sni)),
+                (None, Some(ca)) => Some(tls::CommonTlsContext {
+                    validation_context_type: Some(server_validation(
+                        match ca {
+                            TrustedCa::File(p) => file(p),
+                            TrustedCa::Pem(pem) => core::DataSource {
+                                specifier: Some(core::data_source::Specifier::InlineString(
+                                    pem.clone(),
+                                )),
+                                ..Default::default()
+                            },
+                        },
+                        sni,
+                    )),
+                    ..Default::default()
+                }),
+                (None, None) => None,
+            },
             ..Default::default()
         };
         out.transport_socket = Some(core::TransportSocket {
@@ -206,38 +224,44 @@ fn file(path: &str) -> core::DataSource {
 /// Mutual TLS to an upstream: present the client certificate, and accept only a server
 /// certificate from the trusted CA whose SAN is `host` (an IP SAN for IP literals).
 fn client_tls_context(f: &ClientTlsFiles, host: &str) -> tls::CommonTlsContext {
-    use tls::subject_alt_name_matcher::SanType;
-    let san_type = if host.parse::<std::net::IpAddr>().is_ok() {
-        SanType::IpAddress
-    } else {
-        SanType::Dns
-    };
     tls::CommonTlsContext {
         tls_certificates: vec![tls::TlsCertificate {
             certificate_chain: Some(file(&f.cert_chain)),
             private_key: Some(file(&f.private_key)),
             ..Default::default()
         }],
-        validation_context_type: Some(
-            tls::common_tls_context::ValidationContextType::ValidationContext(
-                tls::CertificateValidationContext {
-                    trusted_ca: Some(file(&f.trusted_ca)),
-                    match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
-                        san_type: san_type as i32,
-                        matcher: Some(matcher::StringMatcher {
-                            ignore_case: false,
-                            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
-                                host.to_string(),
-                            )),
-                        }),
-                        oid: String::new(),
-                    }],
-                    ..Default::default()
-                },
-            ),
-        ),
+        validation_context_type: Some(server_validation(file(&f.trusted_ca), host)),
         ..Default::default()
     }
+}
+
+/// Accept only a server certificate that chains to `ca` and whose SAN is `host`.
+fn server_validation(
+    ca: core::DataSource,
+    host: &str,
+) -> tls::common_tls_context::ValidationContextType {
+    use tls::subject_alt_name_matcher::SanType;
+    let san_type = if host.parse::<std::net::IpAddr>().is_ok() {
+        SanType::IpAddress
+    } else {
+        SanType::Dns
+    };
+    tls::common_tls_context::ValidationContextType::ValidationContext(
+        tls::CertificateValidationContext {
+            trusted_ca: Some(ca),
+            match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                san_type: san_type as i32,
+                matcher: Some(matcher::StringMatcher {
+                    ignore_case: false,
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
+                        host.to_string(),
+                    )),
+                }),
+                oid: String::new(),
+            }],
+            ..Default::default()
+        },
+    )
 }
 
 fn string_matcher(v: &ValueMatchIr) -> matcher::StringMatcher {
@@ -739,11 +763,22 @@ fn build_hcm(gw: &GatewayIr, chain: &ChainIr, stat_prefix: &str) -> listener::Fi
             },
         )),
         http_filters,
+        // One spelling per path before routing and filters match on it: `/a/../b`, `//a` and
+        // `%2F` cannot slip past a prefix (a redirect shows the client the unescaped path).
         normalize_path: Some(pb::BoolValue { value: true }),
+        merge_slashes: true,
+        path_with_escaped_slashes_action:
+            hcm::http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32,
+        // `x_user_email` would reach WSGI/PHP upstreams as `x-user-email`, past the claim-header
+        // stripping.
+        common_http_protocol_options: Some(core::HttpProtocolOptions {
+            headers_with_underscores_action:
+                core::http_protocol_options::HeadersWithUnderscoresAction::RejectRequest as i32,
+            ..Default::default()
+        }),
         use_remote_address: gw
             .use_remote_address
             .then_some(pb::BoolValue { value: true }),
-        merge_slashes: true,
         ..Default::default()
     };
     listener::Filter {
