@@ -842,3 +842,39 @@ spec:
         "Accepted=True"
     );
 }
+
+#[test]
+fn a_pull_secret_in_another_namespace_needs_a_reference_grant() {
+    let eep = r#"
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata: {name: e, namespace: evil}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: er}]
+  wasm:
+  - code:
+      type: Image
+      image: {url: "registry.example.com/x:1", pullSecretRef: {name: regcred, namespace: ns}}
+"#;
+    let out = shared(eep);
+    let c = conditions(&out, "EnvoyExtensionPolicy", "e");
+    assert_eq!(c[0].0, "Accepted=False", "{c:?}");
+    assert!(c[0].2.contains("no ReferenceGrant allows it"), "{c:?}");
+    assert!(
+        !out.wasm_needed.iter().any(|w| w.pull_secret.is_some()),
+        "the runtime is never asked to pull with another tenant's credentials"
+    );
+    let grant = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: regcred, namespace: ns}
+spec:
+  from: [{group: gateway.envoyproxy.io, kind: EnvoyExtensionPolicy, namespace: evil}]
+  to: [{group: "", kind: Secret, name: regcred}]
+"#;
+    let out = shared(&format!("{eep}---\n{grant}"));
+    assert!(out
+        .wasm_needed
+        .iter()
+        .any(|w| w.pull_secret == Some(("ns".into(), "regcred".into()))));
+}

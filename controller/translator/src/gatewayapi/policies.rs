@@ -189,6 +189,7 @@ fn provider_ca(v: &Value) -> Result<crate::ir::TrustedCa, String> {
 }
 
 fn wasm_source(
+    res: &Resources,
     p: &Object<EnvoyExtensionPolicySpec>,
     w: &crate::resources::WasmSpec,
 ) -> Result<WasmSource, String> {
@@ -222,6 +223,19 @@ fn wasm_source(
                     s.name.clone(),
                 )
             });
+            // Registry credentials are a Secret like any other: another namespace's needs its
+            // owner's ReferenceGrant, as Envoy Gateway requires.
+            if let Some((sns, sname)) = &pull_secret {
+                if !super::reference_granted(
+                    res,
+                    (EG_GROUP, "EnvoyExtensionPolicy", p.namespace()),
+                    ("", "Secret", sns, sname),
+                ) {
+                    return Err(format!(
+                        "code.image.pullSecretRef: secret {sns}/{sname} is in another namespace and no ReferenceGrant allows it"
+                    ));
+                }
+            }
             Ok(WasmSource {
                 code_type: WasmCodeType::Image,
                 url: i.url.clone(),
@@ -383,7 +397,7 @@ pub fn resolve(
         }
         for (i, w) in p.spec.wasm.iter().enumerate() {
             let label = w.name.clone().unwrap_or_else(|| i.to_string());
-            let src = match wasm_source(p, w) {
+            let src = match wasm_source(res, p, w) {
                 Ok(s) => s,
                 Err(e) => {
                     st.problems.push(format!("wasm[{i}] {label}: {e}"));
