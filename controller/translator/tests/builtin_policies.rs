@@ -878,3 +878,122 @@ spec:
         .iter()
         .any(|w| w.pull_secret == Some(("ns".into(), "regcred".into()))));
 }
+
+/// `portcullis translate` prints configuration for people and CI logs: no secret value (OIDC
+/// client secret, derived cookie key, a secret in an EEP config, a TLS private key) appears in
+/// any output format, whichever runtime runs the built-in filters.
+#[test]
+fn translate_output_never_contains_a_secret_value() {
+    use portcullis_translator::{render_output, BuiltinRuntime, OutputFormat};
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/certs");
+    let read = |f: &str| std::fs::read_to_string(certs.join(f)).expect("test cert");
+    let indent = |pem: String| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let (crt, key) = (read("tls.crt"), read("tls.key"));
+    let client_secret = "client-secret-4f1c9e";
+    let eep_secret = "eep-client-secret-77ab";
+    let eep_cookie = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=";
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: oidc, namespace: ns}}
+stringData: {{client-secret: {client_secret}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: ns}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{crt}  tls.key: |
+{key}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tls, namespace: ns}}
+spec:
+  gatewayClassName: pc
+  listeners:
+  - name: https
+    port: 8443
+    protocol: HTTPS
+    hostname: app.example.com
+    tls: {{mode: Terminate, certificateRefs: [{{name: cert}}]}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {{name: sp, namespace: ns}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}}]
+  oidc:
+    provider: {{issuer: "https://iam.example.com/realms/x"}}
+    clientID: app
+    clientSecret: {{name: oidc}}
+    redirectURL: "https://app.example.com/oauth2/callback"
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata: {{name: e, namespace: evil}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: er}}]
+  wasm:
+  - code: {{type: HTTP, http: {{url: "http://m/oidc.wasm", sha256: "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"}}}}
+    config:
+      issuer: "https://idp.example.net/"
+      provider_cluster: idp
+      client_id: b
+      client_secret: {eep_secret}
+      redirect_uri: "https://b.example.com/cb"
+      cookie: {{secret: "{eep_cookie}"}}
+"#,
+        crt = indent(crt),
+        key = indent(key.clone()),
+    );
+    let mut dynamic = opts();
+    dynamic.builtin_runtime = BuiltinRuntime::Dynamic;
+    dynamic.builtin_dynamic_module = Some(WasmSource {
+        code_type: WasmCodeType::DynamicModule,
+        url: "file:///opt/portcullis/libportcullis.so".into(),
+        sha256: Some("cd".repeat(32)),
+        pull_secret: None,
+        pull_policy: None,
+    });
+    let cookie_key = cookie_secret(&[9u8; 32], "ns", "sp");
+    let key_body: Vec<&str> = key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_body.is_empty());
+    for (runtime, o) in [("wasm", opts()), ("dynamic", dynamic)] {
+        let out = translate(&load(&format!("{SHARED}---\n{yaml}")), &o, &TestResolver);
+        // The inputs did reach the filters: otherwise "absent" would prove nothing.
+        assert_eq!(
+            conditions(&out, "SecurityPolicy", "sp")[0].0,
+            "Accepted=True",
+            "{runtime}"
+        );
+        assert_eq!(
+            conditions(&out, "EnvoyExtensionPolicy", "e")[0].0,
+            "Accepted=True",
+            "{runtime}"
+        );
+        let debug = format!("{:?}", out.ir);
+        assert!(debug.contains(client_secret) && debug.contains(&cookie_key));
+        for format in [OutputFormat::Json, OutputFormat::Yaml] {
+            let text = render_output(&out, format);
+            for secret in [client_secret, eep_secret, eep_cookie, cookie_key.as_str()]
+                .into_iter()
+                .chain(key_body.iter().copied())
+            {
+                assert!(
+                    !text.contains(secret),
+                    "{runtime} {format:?}: output contains {secret:?}"
+                );
+            }
+            assert!(text.contains("[redacted]"), "{runtime} {format:?}");
+        }
+    }
+}

@@ -131,7 +131,9 @@ fn redact(v: &mut Value) {
                     if !path_only {
                         *val = json!({ "inline_string": "[redacted]" });
                     }
-                } else if k == "configuration" {
+                } else if k == "configuration" || k == "filter_config" {
+                    // Wasm plugin `configuration` and dynamic-module `filter_config` carry the
+                    // same filter JSON.
                     redact_plugin_config(val);
                 } else {
                     redact(val);
@@ -143,7 +145,7 @@ fn redact(v: &mut Value) {
     }
 }
 
-/// OIDC client and cookie secrets inside a wasm plugin's JSON configuration.
+/// OIDC client and cookie secrets inside a filter's JSON configuration (wasm or dynamic module).
 fn redact_plugin_config(v: &mut Value) {
     let Some(Value::String(text)) = v.get_mut("value") else {
         return;
