@@ -127,6 +127,14 @@ pub(crate) fn log_server_end<E: std::fmt::Display>(
     }
 }
 
+/// File mode serves xDS without TLS: fine on loopback (the Envoys it spawns), but anyone who
+/// reaches another address reads every tenant's configuration, cookie keys and client secrets.
+fn plaintext_xds_warning(addr: SocketAddr) -> Option<&'static str> {
+    (!addr.ip().is_loopback()).then_some(
+        "the xDS server has no TLS in file mode and listens beyond loopback: anyone who reaches it reads every Gateway's configuration and secrets; bind --xds-addr to 127.0.0.1 or restrict access to it",
+    )
+}
+
 /// Run until `shutdown` resolves, then drain Envoys and return.
 pub async fn run(
     cfg: RuntimeConfig,
@@ -141,6 +149,9 @@ pub async fn run(
     let xds_addr = xds_listener.local_addr()?;
     let wasm_addr = wasm_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    if let Some(why) = plaintext_xds_warning(xds_addr) {
+        tracing::warn!(%xds_addr, "{why}");
+    }
 
     let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(1);
     let cache = WasmCache::new(
@@ -522,4 +533,20 @@ pub(crate) fn pull_secrets(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext_xds_warning;
+
+    #[test]
+    fn plaintext_xds_beyond_loopback_is_warned_about() {
+        for quiet in ["127.0.0.1:18000", "[::1]:18000", "127.0.0.1:0"] {
+            assert_eq!(plaintext_xds_warning(quiet.parse().expect("addr")), None);
+        }
+        for loud in ["0.0.0.0:18000", "[::]:18000", "10.0.0.5:18000"] {
+            let w = plaintext_xds_warning(loud.parse().expect("addr")).expect(loud);
+            assert!(w.contains("--xds-addr"));
+        }
+    }
 }

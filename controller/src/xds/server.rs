@@ -366,7 +366,9 @@ impl XdsServer {
         AggregatedDiscoveryServiceServer::new(AdsService {
             shared: self.shared.clone(),
         })
-        .max_decoding_message_size(64 << 20)
+        // A DiscoveryRequest is names, versions and an error detail: 4 MiB holds a Delta
+        // subscription to well over 10,000 resources, and bounds what a peer can make us buffer.
+        .max_decoding_message_size(4 << 20)
     }
 
     /// Serve ADS on `listener` until `shutdown` resolves.
