@@ -48,8 +48,9 @@ pub struct RuntimeConfig {
     pub dynamic_module_dir: Option<PathBuf>,
     /// `--builtin-runtime`; None: the dynamic module when the library is there.
     pub builtin_runtime: Option<BuiltinRuntime>,
-    /// Key the OIDC cookie secrets derive from (never logged).
-    pub session_secret: Option<[u8; 32]>,
+    /// Key the OIDC cookie secrets derive from (never logged). Not optional: file mode always
+    /// serves with the persisted key, never the public placeholder of offline `translate`.
+    pub session_secret: [u8; 32],
     /// `host:port` of the rate-limit gRPC service for global limits.
     pub ratelimit_service: Option<String>,
     /// Which upstreams tenant config may reach (`--enable-backend`, `--allow-backend-cidr`).
@@ -240,7 +241,8 @@ pub async fn run(
         controller_name: cfg.controller_name.clone(),
         listener_address: cfg.listener_address.clone(),
         builtin_modules,
-        session_secret: cfg.session_secret,
+        // Always a loaded key: only offline `translate` uses the public placeholder.
+        session_secret: Some(cfg.session_secret),
         ratelimit_service: cfg.ratelimit_service.clone(),
         builtin_runtime,
         builtin_dynamic_module,

@@ -381,7 +381,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<()> {
         builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),
         dynamic_module_dir: dynamic_module_dir(&args),
         builtin_runtime: args.builtin_runtime,
-        session_secret: Some(session_secret),
+        session_secret,
         ratelimit_service: args.ratelimit_service.clone(),
         egress: args.egress.policy(true),
     };
