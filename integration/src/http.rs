@@ -17,6 +17,15 @@ pub fn insecure_client() -> Client {
         .unwrap_or_else(|_| Client::new())
 }
 
+/// A client that also trusts the CA certificates in `pem` (a test's own CA).
+pub fn client_trusting(pem: &[u8]) -> reqwest::Result<Client> {
+    let mut b = builder();
+    for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+        b = b.add_root_certificate(cert);
+    }
+    b.build()
+}
+
 fn builder() -> reqwest::blocking::ClientBuilder {
     Client::builder()
         .no_proxy()

@@ -393,6 +393,15 @@ impl Agent {
         }
     }
 
+    /// An agent that also trusts the CA certificates in `pem` (a provider served over https).
+    pub fn trusting(pem: &[u8]) -> Self {
+        Self {
+            client: crate::http::client_trusting(pem).expect("CA PEM parses"),
+            jar: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
+
     fn apply(&mut self, headers: &[(String, String)]) {
         for (k, v) in headers {
             if k != "set-cookie" {

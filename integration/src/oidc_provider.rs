@@ -54,6 +54,16 @@ pub struct ProviderOptions {
     pub id_token_ttl: u64,
     /// Size of the `big` claim (scope `big`); 0 for none.
     pub big_claim_bytes: usize,
+    /// Serve https with this certificate chain and key (PEM files); the issuer is then
+    /// `https://127.0.0.1:<port>`.
+    pub tls: Option<ProviderTls>,
+}
+
+/// PEM files the provider serves https with.
+#[derive(Debug, Clone)]
+pub struct ProviderTls {
+    pub cert_chain: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for ProviderOptions {
@@ -63,6 +73,7 @@ impl Default for ProviderOptions {
             access_token_ttl: 300,
             id_token_ttl: 3600,
             big_claim_bytes: 0,
+            tls: None,
         }
     }
 }
@@ -143,7 +154,13 @@ impl OidcProvider {
             what: "serialize clients".into(),
             source: e.into(),
         })?;
-        let mut process = ProcessBuilder::new("oidc-provider", "node")
+        let mut builder = ProcessBuilder::new("oidc-provider", "node");
+        if let Some(tls) = &opts.tls {
+            builder = builder
+                .env("TLS_CERT", tls.cert_chain.display().to_string())
+                .env("TLS_KEY", tls.key.display().to_string());
+        }
+        let mut process = builder
             .arg(tools_dir().join("provider.js"))
             .current_dir(tools_dir())
             .env("PORT", port.to_string())
@@ -187,9 +204,14 @@ impl OidcProvider {
         self.port
     }
 
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>` (`https://` when served with [`ProviderOptions::tls`]).
     pub fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn logs(&self) -> String {

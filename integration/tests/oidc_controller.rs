@@ -11,9 +11,11 @@ use portcullis_integration::controller::{
 };
 use portcullis_integration::echo::EchoServer;
 use portcullis_integration::oidc_env::Agent;
-use portcullis_integration::oidc_provider::{OidcProvider, ProviderOptions, TestClient};
+use portcullis_integration::oidc_provider::{
+    OidcProvider, ProviderOptions, ProviderTls, TestClient,
+};
 use portcullis_integration::on_both_runtimes;
-use portcullis_integration::process::free_port;
+use portcullis_integration::process::{free_port, wait_until};
 use portcullis_integration::runtime::Runtime;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
@@ -287,4 +289,150 @@ fn security_policy_oidc_login_flow_under_the_controller(runtime: Runtime) {
         !c.logs().contains(&secret),
         "the client secret is never logged"
     );
+}
+
+/// A private CA and a leaf for 127.0.0.1 signed by it: `(ca_pem, chain_file, key_file)`.
+fn private_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis test IdP CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf cert");
+    let chain = dir.join("idp-chain.pem");
+    let key = dir.join("idp-key.pem");
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca.pem())).expect("write chain");
+    std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
+    (ca.pem(), chain, key)
+}
+
+/// Security finding High #2: the issuer cluster verifies the provider's certificate. An https
+/// provider whose CA the gateway does not trust fails closed (503, and a log line naming the
+/// certificate failure); trusted through `--issuer-ca-bundle`, the same login works.
+#[test]
+fn an_https_issuer_is_verified_against_the_trusted_cas() {
+    let dir = portcullis_integration::wasm::dist_dir()
+        .display()
+        .to_string();
+    portcullis_integration::wasm::module("oidc").expect("built-in oidc module built");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca_pem, chain, key) = private_ca(certs.path());
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).expect("write CA");
+
+    let gw_port = free_port().expect("port");
+    let client = TestClient::for_gateway("app", gw_port);
+    let secret = client.client_secret.clone();
+    let provider = OidcProvider::start(ProviderOptions {
+        clients: vec![client],
+        tls: Some(ProviderTls {
+            cert_chain: chain,
+            key,
+        }),
+        ..ProviderOptions::default()
+    })
+    .expect("oidc-provider over https");
+    let issuer = provider.issuer();
+    assert!(issuer.starts_with("https://"), "{issuer}");
+    let echo = EchoServer::start().expect("echo");
+    let gw = |path: &str| format!("http://127.0.0.1:{gw_port}{path}");
+    let probe = |path: &str| {
+        KeepAlive::connect(gw_port)
+            .and_then(|mut k| {
+                k.get(
+                    &format!("127.0.0.1:{gw_port}"),
+                    path,
+                    &[("accept", "text/html")],
+                )
+            })
+            .map_err(|e| format!("{path}: {e}"))
+    };
+    let start = |extra: &[&str]| {
+        let mut args = vec!["--builtin-wasm-dir".to_string(), dir.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut c = Controller::builder(BIN)
+            .manifest(
+                "all.yaml",
+                manifests(gw_port, echo.port(), &issuer, &secret),
+            )
+            .args(args)
+            .start()
+            .expect("controller starts");
+        c.wait_synced(NODE).expect("synced");
+        c.process()
+            .wait_until("open route serves", CONVERGE, || {
+                let r = probe("/open/probe")?;
+                (r.status == 200)
+                    .then_some(())
+                    .ok_or_else(|| format!("open route: HTTP {}", r.status))
+            })
+            .expect("listener up");
+        c
+    };
+
+    // Default trust (the platform bundle): the provider's certificate is not trusted.
+    let c = start(&[]);
+    wait_until(
+        "a log line naming the certificate failure",
+        CONVERGE,
+        || {
+            let logs = c.logs();
+            if logs.contains("certificate chains to a CA") && logs.contains(&issuer) {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
+    let r = probe("/dashboard").expect("protected route answers");
+    assert_eq!(r.status, 503, "fails closed: {}", r.body);
+    assert!(r.body.contains("not reachable"), "{}", r.body);
+    let line = c
+        .logs()
+        .lines()
+        .find(|l| l.contains("certificate chains to a CA"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.contains("oidc:") && line.contains("Discovery"),
+        "{line}"
+    );
+    drop(c);
+
+    // The operator trusts the provider's CA: login works over verified TLS.
+    let ca_arg = ca_file.display().to_string();
+    let mut c = start(&["--issuer-ca-bundle", &ca_arg]);
+    c.process()
+        .wait_until("protected route redirects", CONVERGE, || {
+            let r = probe("/probe")?;
+            (r.status == 302)
+                .then_some(())
+                .ok_or_else(|| format!("protected route: HTTP {} {}", r.status, r.body))
+        })
+        .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
+    let mut agent = Agent::trusting(ca_pem.as_bytes());
+    let r = agent.get(&gw("/dashboard"));
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(r
+        .location()
+        .is_some_and(|l| l.starts_with(&format!("{issuer}/auth?"))));
+    let done = agent.follow(r, "alice", false);
+    assert_eq!(
+        done.status,
+        200,
+        "{} {}\nprovider logs:\n{}",
+        done.url,
+        done.body,
+        provider.logs()
+    );
+    assert_eq!(done.url, gw("/dashboard"));
+    assert_eq!(done.echo().path, "/dashboard");
 }

@@ -2,7 +2,9 @@
 //
 // Environment:
 //   PORT             port to listen on (required)
-//   ISSUER           issuer URL (default http://127.0.0.1:$PORT)
+//   ISSUER           issuer URL (default http://127.0.0.1:$PORT, https:// with TLS_CERT)
+//   TLS_CERT         PEM certificate chain file: serve https (with TLS_KEY)
+//   TLS_KEY          PEM private key file for TLS_CERT
 //   CLIENTS          JSON array of {client_id, client_secret, redirect_uris, post_logout_redirect_uris}
 //   AT_TTL           access-token lifetime in seconds (default 300)
 //   ID_TTL           ID-token lifetime in seconds (default 3600)
@@ -10,6 +12,8 @@
 // Users: any login and password; user "bob" is in group "viewers", everyone else in "admins","dev".
 // Prints "ready <issuer>" once listening.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import https from 'node:https';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT);
@@ -17,7 +21,10 @@ if (!port) {
   console.error('PORT is required');
   process.exit(2);
 }
-const issuer = process.env.ISSUER || `http://127.0.0.1:${port}`;
+const tls = process.env.TLS_CERT
+  ? { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }
+  : null;
+const issuer = process.env.ISSUER || `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 const atTtl = Number(process.env.AT_TTL || 300);
 const idTtl = Number(process.env.ID_TTL || 3600);
 const bigBytes = Number(process.env.BIG_CLAIM_BYTES || 0);
@@ -115,9 +122,10 @@ provider.on('grant.error', (ctx, err) => console.error('grant.error', err.messag
 provider.on('end_session.error', (ctx, err) => console.error('end_session.error', err.message, err.error_description || ''));
 provider.on('authorization.error', (ctx, err) => console.error('authorization.error', err.message, err.error_description || ''));
 
-const server = provider.listen(port, '127.0.0.1', () => {
-  console.log(`ready ${issuer}`);
-});
+const ready = () => console.log(`ready ${issuer}`);
+const server = tls
+  ? https.createServer(tls, provider.callback()).listen(port, '127.0.0.1', ready)
+  : provider.listen(port, '127.0.0.1', ready);
 const stop = () => server.close(() => process.exit(0));
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

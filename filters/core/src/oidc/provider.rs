@@ -27,18 +27,69 @@ pub struct Discovery {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("discovery answered HTTP {0}")]
-    Status(u32),
+    #[error("discovery answered HTTP {0}{1}")]
+    Status(u32, UpstreamFailure),
     #[error("discovery document is not valid JSON: {0}")]
     Json(String),
     #[error("discovery issuer {got:?} differs from the configured issuer {want:?}")]
     Issuer { got: String, want: String },
     #[error("discovery endpoint {0}: {1}")]
     Endpoint(&'static str, String),
-    #[error("JWKS answered HTTP {0}")]
-    JwksStatus(u32),
+    #[error("JWKS answered HTTP {0}{1}")]
+    JwksStatus(u32, UpstreamFailure),
     #[error("JWKS: {0}")]
     Jwks(String),
+}
+
+/// Why Envoy could not reach the provider, from its own local reply (e.g. `transport failure
+/// reason: TLS_error:...CERTIFICATE_VERIFY_FAILED`), so a log line says "bad certificate"
+/// rather than a bare 503. The provider's own bodies are never repeated: they are not ours to
+/// log and can be anything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamFailure(Option<String>, bool);
+
+impl UpstreamFailure {
+    const MAX: usize = 200;
+
+    /// `https`: the provider is reached over TLS, where a failed connection is most often an
+    /// untrusted certificate (Envoy's callout replies do not always carry the TLS reason).
+    pub fn of(body: &[u8], https: bool) -> Self {
+        let Ok(text) = std::str::from_utf8(body) else {
+            return Self(None, false);
+        };
+        let reason = if let Some((_, r)) = text.split_once("transport failure reason: ") {
+            r
+        } else if text.starts_with("upstream connect error")
+            || text.starts_with("no healthy upstream")
+            || text.starts_with("upstream request timeout")
+        {
+            text
+        } else {
+            return Self(None, false);
+        };
+        let hint = https && text.contains("connection failure");
+        let clean: String = reason
+            .chars()
+            .take_while(|c| *c != '\n')
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(Self::MAX)
+            .collect();
+        Self(Some(clean).filter(|s| !s.is_empty()), hint)
+    }
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = &self.0 {
+            write!(f, " (Envoy: {r})")?;
+        }
+        if self.1 {
+            f.write_str(
+                "; the provider is https: check that its certificate chains to a CA the gateway trusts and names the issuer's host",
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Discovery {
@@ -224,7 +275,10 @@ impl Provider {
         now: u64,
     ) -> Result<(), DiscoveryError> {
         if status != 200 {
-            return Err(DiscoveryError::Status(status));
+            return Err(DiscoveryError::Status(
+                status,
+                UpstreamFailure::of(body, self.settings.issuer.starts_with("https:")),
+            ));
         }
         let d = Discovery::parse(body, &self.settings)?;
         self.discovery = Some(d);
@@ -234,7 +288,10 @@ impl Provider {
 
     fn apply_jwks(&mut self, status: u32, body: &[u8]) -> Result<(), DiscoveryError> {
         if status != 200 {
-            return Err(DiscoveryError::JwksStatus(status));
+            return Err(DiscoveryError::JwksStatus(
+                status,
+                UpstreamFailure::of(body, self.settings.issuer.starts_with("https:")),
+            ));
         }
         let j = Jwks::parse(body).map_err(|e| DiscoveryError::Jwks(e.to_string()))?;
         self.jwks = Some(j);
@@ -284,5 +341,44 @@ impl Provider {
 
     pub fn bearer_cache_len(&self) -> usize {
         self.bearer_cache.len()
+    }
+}
+
+#[cfg(test)]
+mod upstream_failure_tests {
+    use super::UpstreamFailure;
+
+    #[test]
+    fn envoys_transport_failure_is_named_and_provider_bodies_are_not() {
+        let envoy = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end";
+        let shown = UpstreamFailure::of(envoy, true).to_string();
+        assert!(shown.contains("CERTIFICATE_VERIFY_FAILED"), "{shown}");
+        assert!(!shown.contains("reset reason"), "{shown}");
+        // Envoy's callout replies often lack the TLS reason: an https provider gets the hint.
+        let bare = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+        assert!(UpstreamFailure::of(bare, true)
+            .to_string()
+            .contains("certificate chains to a CA"));
+        assert!(!UpstreamFailure::of(bare, false)
+            .to_string()
+            .contains("certificate"));
+        assert_eq!(
+            UpstreamFailure::of(b"no healthy upstream", true).to_string(),
+            " (Envoy: no healthy upstream)"
+        );
+        // Whatever the provider itself answered stays out of logs.
+        assert_eq!(
+            UpstreamFailure::of(b"<html>secret-ish</html>", true).to_string(),
+            ""
+        );
+        assert_eq!(UpstreamFailure::of(&[0xff, 0xfe], true).to_string(), "");
+        // Control characters cannot forge log lines; length is bounded.
+        let long = format!("no healthy upstream\r\x1b[31m{}", "x".repeat(1000));
+        let shown = UpstreamFailure::of(long.as_bytes(), false).to_string();
+        assert!(
+            !shown.contains('\r') && !shown.contains('\x1b'),
+            "{shown:?}"
+        );
+        assert!(shown.len() < 230, "{}", shown.len());
     }
 }
