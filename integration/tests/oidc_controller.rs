@@ -302,7 +302,7 @@ fn private_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::
     let ca = ca_params.self_signed(&ca_key).expect("CA cert");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "idp.test".to_string()])
         .expect("leaf params")
         .signed_by(&leaf_key, &issuer)
         .expect("leaf cert");
@@ -354,14 +354,12 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
             })
             .map_err(|e| format!("{path}: {e}"))
     };
-    let start = |extra: &[&str]| {
+    let plain = manifests(gw_port, echo.port(), &issuer, &secret);
+    let start = |all: &str, extra: &[&str]| {
         let mut args = vec!["--builtin-wasm-dir".to_string(), dir.clone()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut c = Controller::builder(BIN)
-            .manifest(
-                "all.yaml",
-                manifests(gw_port, echo.port(), &issuer, &secret),
-            )
+            .manifest("all.yaml", all)
             .args(args)
             .start()
             .expect("controller starts");
@@ -378,7 +376,7 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
     };
 
     // Default trust (the platform bundle): the provider's certificate is not trusted.
-    let c = start(&[]);
+    let c = start(&plain, &[]);
     wait_until(
         "a log line naming the certificate failure",
         CONVERGE,
@@ -409,7 +407,7 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
 
     // The operator trusts the provider's CA: login works over verified TLS.
     let ca_arg = ca_file.display().to_string();
-    let mut c = start(&["--issuer-ca-bundle", &ca_arg]);
+    let mut c = start(&plain, &["--issuer-ca-bundle", &ca_arg]);
     c.process()
         .wait_until("protected route redirects", CONVERGE, || {
             let r = probe("/probe")?;
@@ -435,4 +433,54 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
     );
     assert_eq!(done.url, gw("/dashboard"));
     assert_eq!(done.echo().path, "/dashboard");
+    drop(c);
+
+    // The tenant's own CA option instead: the provider reached through a Backend, verified by a
+    // BackendTLSPolicy (CA from a ConfigMap, SNI/SAN idp.test); no operator flag.
+    let provider_line = format!("    provider: {{issuer: \"{issuer}\"}}\n");
+    assert!(plain.contains(&provider_line), "{plain}");
+    let ca_block: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let tenant_ca = format!(
+        "{}---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: idp, namespace: default}}
+spec:
+  endpoints: [{{ip: {{address: 127.0.0.1, port: {port}}}}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: idp-ca, namespace: default}}
+data:
+  ca.crt: |
+{ca_block}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: idp, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: idp}}]
+  validation:
+    caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: idp-ca}}]
+    hostname: idp.test
+",
+        plain.replace(
+            &provider_line,
+            &format!("    provider:\n      issuer: \"{issuer}\"\n      backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: idp}}]\n"),
+        ),
+        port = provider.port(),
+    );
+    let mut c = start(&tenant_ca, &[]);
+    c.process()
+        .wait_until("protected route redirects", CONVERGE, || {
+            let r = probe("/probe")?;
+            (r.status == 302)
+                .then_some(())
+                .ok_or_else(|| format!("protected route: HTTP {} {}", r.status, r.body))
+        })
+        .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
+    let mut agent = Agent::trusting(ca_pem.as_bytes());
+    let r = agent.get(&gw("/tenant"));
+    let done = agent.follow(r, "alice", false);
+    assert_eq!(done.status, 200, "{} {}", done.url, done.body);
+    assert_eq!(done.echo().path, "/tenant");
 }

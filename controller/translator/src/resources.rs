@@ -410,6 +410,39 @@ pub struct BackendSpec {
     pub type_: Option<String>,
     pub endpoints: Vec<BackendEndpoint>,
     pub app_protocols: Vec<String>,
+    /// TLS towards the endpoints (Envoy Gateway's `BackendTLSSettings`); the fields not listed
+    /// here are reported unsupported.
+    pub tls: Option<BackendTlsSettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendTlsSettings {
+    pub ca_certificate_refs: Vec<ObjectRef>,
+    #[serde(rename = "wellKnownCACertificates")]
+    pub well_known_ca_certificates: Option<String>,
+    pub sni: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+// ---------------------------------------------------------------- BackendTLSPolicy
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendTlsPolicySpec {
+    pub target_refs: Vec<PolicyTargetRef>,
+    pub validation: BackendTlsValidation,
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendTlsValidation {
+    pub ca_certificate_refs: Vec<ObjectRef>,
+    #[serde(rename = "wellKnownCACertificates")]
+    pub well_known_ca_certificates: Option<String>,
+    pub hostname: String,
+    pub subject_alt_names: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -761,6 +794,7 @@ pub enum Resource {
     EnvoyProxy(Object<EnvoyProxySpec>),
     SecurityPolicy(Object<SecurityPolicySpec>),
     BackendTrafficPolicy(Object<BackendTrafficPolicySpec>),
+    BackendTlsPolicy(Object<BackendTlsPolicySpec>),
     /// A kind this controller does not read; kept so callers can report it.
     Other {
         api_version: String,
@@ -935,6 +969,9 @@ fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
         (GATEWAY_GROUP, "ReferenceGrant") => {
             Resource::ReferenceGrant(typed(source, spec_of(v), true)?)
         }
+        (GATEWAY_GROUP, "BackendTLSPolicy") => {
+            Resource::BackendTlsPolicy(typed(source, spec_of(v), true)?)
+        }
         (EG_GROUP, "Backend") => Resource::Backend(typed(source, spec_of(v), true)?),
         (EG_GROUP, "EnvoyExtensionPolicy") => {
             Resource::EnvoyExtensionPolicy(typed(source, spec_of(v), true)?)
@@ -1006,6 +1043,7 @@ pub struct Resources {
     pub envoy_proxies: BTreeMap<NsName, Object<EnvoyProxySpec>>,
     pub security_policies: BTreeMap<NsName, Object<SecurityPolicySpec>>,
     pub backend_traffic_policies: BTreeMap<NsName, Object<BackendTrafficPolicySpec>>,
+    pub backend_tls_policies: BTreeMap<NsName, Object<BackendTlsPolicySpec>>,
     /// `(apiVersion, kind, namespace/name, source)` of objects of kinds we do not read.
     pub others: Vec<(String, String, String, String)>,
 }
@@ -1056,6 +1094,9 @@ impl Resources {
                 }
                 Resource::BackendTrafficPolicy(o) => {
                     r.backend_traffic_policies.insert(o.key(), o);
+                }
+                Resource::BackendTlsPolicy(o) => {
+                    r.backend_tls_policies.insert(o.key(), o);
                 }
                 Resource::Other {
                     api_version,

@@ -27,6 +27,7 @@ pub fn slice_index(res: &Resources) -> SliceIndex<'_> {
     idx
 }
 
+/// The backend `r` names, referenced from an HTTPRoute in `route_ns`.
 pub fn resolve(
     res: &Resources,
     egress: &EgressPolicy,
@@ -34,6 +35,58 @@ pub fn resolve(
     route_ns: &str,
     r: &ObjectRef,
 ) -> Result<ClusterIr, RefError> {
+    resolve_from(
+        res,
+        egress,
+        slices,
+        (GATEWAY_GROUP, "HTTPRoute", route_ns),
+        r,
+    )
+}
+
+/// The backend `r` names, referenced from `from` (`(group, kind, namespace)`, the subject of a
+/// ReferenceGrant), with the upstream TLS a BackendTLSPolicy or the Backend's `tls` asks for.
+pub fn resolve_from(
+    res: &Resources,
+    egress: &EgressPolicy,
+    slices: &SliceIndex<'_>,
+    from: (&str, &str, &str),
+    r: &ObjectRef,
+) -> Result<ClusterIr, RefError> {
+    let mut c = endpoints(res, egress, slices, from, r)?;
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    let ns = r.namespace.as_deref().unwrap_or(from.2);
+    let port_name = (group.is_empty() && kind == "Service")
+        .then(|| {
+            res.services
+                .get(&(ns.to_string(), r.name.clone()))
+                .and_then(|s| s.spec.ports.iter().find(|p| Some(p.port) == r.port))
+                .and_then(|p| p.name.as_deref())
+        })
+        .flatten();
+    let target = super::backend_tls::Target {
+        group,
+        kind,
+        namespace: ns,
+        name: &r.name,
+        port_name,
+    };
+    if let Some(tls) = super::backend_tls::for_backend(res, egress, &target)? {
+        c.tls_sni = Some(tls.sni);
+        c.tls_verify = Some(tls.ca);
+    }
+    Ok(c)
+}
+
+fn endpoints(
+    res: &Resources,
+    egress: &EgressPolicy,
+    slices: &SliceIndex<'_>,
+    from: (&str, &str, &str),
+    r: &ObjectRef,
+) -> Result<ClusterIr, RefError> {
+    let route_ns = from.2;
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
     let ns = r.namespace.as_deref().unwrap_or(route_ns);
@@ -43,11 +96,7 @@ pub fn resolve(
     if !is_service && !is_backend {
         return Err(("InvalidKind", format!("backendRef kind {group}/{kind} is not supported; use Service or {EG_GROUP}/Backend")));
     }
-    if !reference_granted(
-        res,
-        (GATEWAY_GROUP, "HTTPRoute", route_ns),
-        (group, kind, ns, &r.name),
-    ) {
+    if !reference_granted(res, from, (group, kind, ns, &r.name)) {
         return Err((
             "RefNotPermitted",
             format!(

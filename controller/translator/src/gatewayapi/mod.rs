@@ -4,6 +4,7 @@
 //! policies (they only need to know targets), then HTTPRoutes attach to listeners and pick up
 //! the policy that applies to each rule.
 
+mod backend_tls;
 mod backends;
 mod builtin;
 mod clusters;

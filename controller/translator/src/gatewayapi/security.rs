@@ -213,22 +213,10 @@ fn oidc_config(
         problems
             .push("oidc.passThroughAuthHeader is not supported (it needs a jwt provider)".into());
     }
-    for (field, set) in [
-        ("oidc.provider.backendRef", o.provider.backend_ref.is_some()),
-        (
-            "oidc.provider.backendRefs",
-            o.provider.backend_refs.is_some(),
-        ),
-        (
-            "oidc.provider.backendSettings",
-            o.provider.backend_settings.is_some(),
-        ),
-    ] {
-        if set {
-            problems.push(format!(
-                "{field} is not supported: the provider is reached at the issuer's host and port"
-            ));
-        }
+    if o.provider.backend_settings.is_some() {
+        problems.push(
+            "oidc.provider.backendSettings is not supported (timeouts, retries and balancing of the provider's connection are Envoy's defaults)".into(),
+        );
     }
     // Fields the filter handles its own way: reported as ignored.
     for (field, set) in [
@@ -315,6 +303,61 @@ fn oidc_config(
     Ok(cfg)
 }
 
+/// The cluster the filter reaches the provider through. Without `backendRefs`: the issuer's
+/// host and port. With one: that Service or Backend's endpoints, with the TLS its
+/// BackendTLSPolicy (or the Backend's `tls`) asks for. An https issuer is always verified:
+/// without either, against the operator's `--issuer-ca-bundle` and the issuer's host.
+fn issuer_cluster(
+    res: &Resources,
+    opts: &TranslateOptions,
+    slices: &super::backends::SliceIndex<'_>,
+    p: &Object<SecurityPolicySpec>,
+    cfg: &OidcConfig,
+) -> Result<ClusterIr, String> {
+    let provider = p.spec.oidc.as_ref().map(|o| &o.provider);
+    let refs: Vec<ObjectRef> = match provider.and_then(|pr| {
+        pr.backend_refs.clone().or_else(|| {
+            pr.backend_ref
+                .clone()
+                .map(|one| serde_json::Value::Array(vec![one]))
+        })
+    }) {
+        None => Vec::new(),
+        Some(v) => serde_json::from_value(v).map_err(|e| format!("backendRefs: {e}"))?,
+    };
+    let r = match refs.as_slice() {
+        [] => {
+            return builtin::tenant_issuer_cluster(
+                &opts.egress,
+                &cfg.provider_cluster,
+                &cfg.issuer,
+                None,
+            )
+            .map_err(|e| format!("issuer: {e}"));
+        }
+        [one] => one,
+        _ => return Err("backendRefs: exactly one backend is supported for the provider".into()),
+    };
+    let ns = p.namespace();
+    let mut c = super::backends::resolve_from(
+        res,
+        &opts.egress,
+        slices,
+        (EG_GROUP, "SecurityPolicy", ns),
+        r,
+    )
+    .map_err(|(reason, msg)| format!("backendRefs ({reason}): {msg}"))?;
+    c.name = cfg.provider_cluster.clone();
+    let (host, _, https) = builtin::url_parts(&cfg.issuer).map_err(|e| format!("issuer: {e}"))?;
+    if https && c.tls_sni.is_none() {
+        c.tls_sni = Some(host);
+        c.tls_verify = Some(crate::ir::TrustedCa::File(
+            opts.egress.issuer_ca_bundle().to_string(),
+        ));
+    }
+    Ok(c)
+}
+
 pub fn resolve(
     res: &Resources,
     opts: &TranslateOptions,
@@ -323,6 +366,7 @@ pub fn resolve(
 ) -> SecurityPolicies {
     let mut states = BTreeMap::new();
     let mut wasm_needed = BTreeSet::new();
+    let slices = super::backends::slice_index(res);
     for (key, p) in &res.security_policies {
         let (ns, name) = key;
         let (targets, not_found) = resolve_targets_for(
@@ -355,12 +399,7 @@ pub fn resolve(
             Ok(cfg) if st.problems.is_empty() => {
                 match (
                     builtin::builtin_module(opts, wasm, "oidc", &mut wasm_needed),
-                    builtin::tenant_issuer_cluster(
-                        &opts.egress,
-                        &cfg.provider_cluster,
-                        &cfg.issuer,
-                        None,
-                    ),
+                    issuer_cluster(res, opts, &slices, p, &cfg),
                     serde_json::to_string(&cfg),
                 ) {
                     (Ok(m), Ok(provider), Ok(configuration)) => {
@@ -375,7 +414,7 @@ pub fn resolve(
                     (m, c, j) => {
                         st.problems.extend(m.err());
                         st.problems
-                            .extend(c.err().map(|e| format!("oidc.provider.issuer: {e}")));
+                            .extend(c.err().map(|e| format!("oidc.provider.{e}")));
                         st.problems.extend(j.err().map(|e| e.to_string()));
                     }
                 }
