@@ -357,3 +357,48 @@ fn wasm_idle_buckets_are_collected_on_the_tick() {
     )
     .unwrap();
 }
+
+/// Security finding (Low, shared-data prefixes): the controller shares one VM per module digest,
+/// so two tenants' instances of the ratelimit module see one shared-data space. Keys are scoped
+/// by the tenant in the plugin name the controller sets (`<namespace>/<policy>/...`), which no
+/// config chooses: two tenants writing the same `namespace` each keep their own token; one
+/// tenant's two instances share it.
+#[test]
+fn wasm_tenants_in_one_vm_never_share_buckets() {
+    let module = portcullis_integration::wasm::module("ratelimit").expect("ratelimit.wasm built");
+    let cfg = per_ip(1, 0, json!({"namespace": "btp/victim/limits"})).to_string();
+    let filter = |plugin: &str| {
+        let mut f = portcullis_integration::runtime::wasm_filter(&module, plugin, "one-vm", &cfg);
+        f["typed_config"]["config"]["root_id"] = json!("ratelimit");
+        f
+    };
+    let first_status = |plugins: [&str; 2]| {
+        let envoy = portcullis_integration::envoy::EnvoyBuilder::new()
+            .raw_filter(filter(plugins[0]))
+            .raw_filter(filter(plugins[1]))
+            .start()
+            .expect("envoy");
+        let client = fresh_connections();
+        let statuses: Vec<u16> = (0..2)
+            .map(|_| {
+                client
+                    .get(envoy.url("/"))
+                    .send()
+                    .expect("request")
+                    .status()
+                    .as_u16()
+            })
+            .collect();
+        statuses
+    };
+    // Each tenant's filter takes its own token: the first request passes both, the second not.
+    assert_eq!(
+        first_status(["evil/p/ratelimit", "victim/limits/ratelimit"]),
+        vec![200, 429]
+    );
+    // Control: one tenant's two instances share the bucket, so the second filter finds it empty.
+    assert_eq!(
+        first_status(["victim/a/ratelimit", "victim/limits/ratelimit"]),
+        vec![429, 429]
+    );
+}

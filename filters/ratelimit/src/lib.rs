@@ -21,6 +21,18 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// The tenant whose policy configured this plugin: the first segment of the plugin name, which
+/// the controller sets to `<namespace>/<policy>/...` and no policy config can choose. VMs are
+/// shared per module digest, so shared-data keys must carry it.
+fn tenant() -> String {
+    let name = proxy_wasm::hostcalls::get_property(vec!["plugin_name"])
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let name = String::from_utf8_lossy(&name);
+    name.split('/').next().unwrap_or_default().to_string()
+}
+
 #[derive(Default)]
 struct Root {
     limiter: Option<Rc<RateLimiter>>,
@@ -32,7 +44,7 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let raw = self.get_plugin_configuration().unwrap_or_default();
-        let limiter = match RateLimiter::from_json(&raw) {
+        let limiter = match RateLimiter::from_json_for_tenant(&raw, &tenant()) {
             Ok(l) => l,
             Err(e) => {
                 log(

@@ -172,6 +172,31 @@ fn module_clusters(
     Ok(out)
 }
 
+/// A dynamic module's rate limiter keeps its buckets process-wide, shared by every filter that
+/// writes the same `namespace`: a tenant could name the victim's (`btp/<ns>/<policy>`) and drain
+/// it. The controller prefixes the tenant's value with `eep/<ns>/<policy>/`, which no policy of
+/// another namespace can produce (the wasm build scopes by the controller-set plugin name).
+fn scope_ratelimit_namespace((ns, policy): (&str, &str), entry: usize, config: Option<&mut Value>) {
+    let Some(Value::Object(cfg)) = config else {
+        return;
+    };
+    let local = match cfg.get("namespace") {
+        Some(Value::String(n)) => n.clone(),
+        _ => format!("#{entry}"),
+    };
+    let mut scoped = format!("eep/{ns}/{policy}/{local}");
+    if scoped.len() > 256 {
+        // The filter's limit; a digest keeps it unique and still unforgeable.
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(scoped.as_bytes());
+        scoped = format!(
+            "eep/{}",
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+    }
+    cfg.insert("namespace".into(), Value::String(scoped));
+}
+
 /// `provider_ca`: PEM certificates, or the absolute path of a PEM bundle on Envoy's host.
 fn provider_ca(v: &Value) -> Result<crate::ir::TrustedCa, String> {
     match v.as_str().map(str::trim) {
@@ -551,6 +576,9 @@ fn resolve_dynamic(
             Err(e) => st
                 .problems
                 .push(format!("dynamicModule[{i}] {}: {e}", dm.name)),
+        }
+        if dm.filter_name.as_deref() == Some("ratelimit") {
+            scope_ratelimit_namespace((&key.0, &key.1), i, config.as_mut());
         }
         configs.push(match &config {
             None | Some(Value::Null) => String::new(),

@@ -175,11 +175,28 @@ impl RateLimiter {
         Ok(Self::new(cfg, raw))
     }
 
+    /// [`from_json`](Self::from_json) for an instance the controller attributed to `tenant`
+    /// (see [`new_for_tenant`](Self::new_for_tenant)).
+    pub fn from_json_for_tenant(raw: &[u8], tenant: &str) -> Result<Self, ConfigError> {
+        let cfg = Config::from_json(raw)?;
+        Ok(Self::new_for_tenant(cfg, raw, tenant))
+    }
+
     /// `seed` names the default namespace (e.g. the raw config bytes).
     pub fn new(cfg: Config, seed: &[u8]) -> Self {
-        let ns = match &cfg.namespace {
-            Some(n) => short_hash(&[b"ns", n.as_bytes()]),
-            None => short_hash(&[b"cfg", seed]),
+        Self::new_for_tenant(cfg, seed, "")
+    }
+
+    /// Like [`new`](Self::new), with every shared-data key scoped to `tenant`: the Kubernetes
+    /// namespace of the policy, taken from a name the controller sets (the wasm plugin name) and
+    /// no config can choose. Two tenants writing the same `namespace` never share, read or drain
+    /// each other's buckets; policies of one tenant still share by `namespace`.
+    pub fn new_for_tenant(cfg: Config, seed: &[u8], tenant: &str) -> Self {
+        let ns = match (&cfg.namespace, tenant) {
+            (Some(n), "") => short_hash(&[b"ns", n.as_bytes()]),
+            (None, "") => short_hash(&[b"cfg", seed]),
+            (Some(n), t) => short_hash(&[b"tenant-ns", t.as_bytes(), b"\0", n.as_bytes()]),
+            (None, t) => short_hash(&[b"tenant-cfg", t.as_bytes(), b"\0", seed]),
         };
         let rules = cfg
             .rules

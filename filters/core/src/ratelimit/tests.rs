@@ -113,6 +113,14 @@ impl World {
         }
     }
 
+    /// Serve the next requests with `rl` (another filter instance on the same shared data).
+    fn switch_to(&mut self, rl: RateLimiter) {
+        let mut h = self.host(&[], "127.0.0.1:1");
+        rl.init(&mut h).unwrap();
+        self.put_back(h);
+        self.rl = rl;
+    }
+
     fn put_back(&mut self, h: TestHost) {
         self.shared = h.inner.shared;
         self.counters = h.inner.counters;
@@ -438,6 +446,27 @@ fn namespaces_separate_policies_unless_shared() {
     c.init(&mut h).unwrap();
     d.init(&mut h).unwrap();
     assert_eq!(h.inner.shared.len(), 4096);
+}
+
+/// Security finding (Low): VMs are shared per module digest, so a tenant loading the same module
+/// could write the victim's `namespace` and drain its buckets. Keys are scoped to the tenant the
+/// controller names (the plugin name's namespace), which no config can choose.
+#[test]
+fn tenants_never_share_buckets_even_when_they_write_the_same_namespace() {
+    let cfg = per_ip(1, json!({"namespace": "btp/victim/policy"})).to_string();
+    let of = |tenant: &str| RateLimiter::from_json_for_tenant(cfg.as_bytes(), tenant).unwrap();
+    let h = get("/");
+    let mut w = World::new(per_ip(5, json!({"namespace": "unrelated"})));
+    // The attacker spends the client's only token under the victim's namespace name.
+    w.switch_to(of("evil"));
+    assert_eq!(w.request(&req(&h), "10.0.0.1:1000").status, 200);
+    assert_eq!(w.request(&req(&h), "10.0.0.1:1000").status, 429);
+    // The victim's own bucket is untouched...
+    w.switch_to(of("victim"));
+    assert_eq!(w.request(&req(&h), "10.0.0.1:1000").status, 200);
+    // ...and shared by the victim's other instances (another route or worker).
+    w.switch_to(of("victim"));
+    assert_eq!(w.request(&req(&h), "10.0.0.1:1000").status, 429);
 }
 
 #[test]
