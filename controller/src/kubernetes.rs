@@ -275,9 +275,11 @@ pub async fn run(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { xds.serve_tls(conns, stop).await })
     };
-    let wasm_task = spawn_http(
+    // Fleets present their certificates: each gets only its own Gateway's modules.
+    let modules = crate::wasm::access::ModuleAccess::default();
+    let wasm_task = crate::runtime::spawn_https_with_peers(
         tls::TlsListener::new(wasm_listener, identity.acceptor(&[b"http/1.1"])?, "wasm")?,
-        crate::wasm::serve::router(cfg.cache_dir.clone()),
+        crate::wasm::serve::authorized_router(cfg.cache_dir.clone(), modules.clone()),
         stop_rx.clone(),
     );
 
@@ -385,6 +387,7 @@ pub async fn run(
         cache: cache.clone(),
         sink: TranslationSink {
             xds: xds.clone(),
+            modules,
             board: board.clone(),
             metrics: metrics.clone(),
         },

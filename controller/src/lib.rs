@@ -15,6 +15,7 @@ pub mod provider {
 pub mod runtime;
 pub mod tls;
 pub mod wasm {
+    pub mod access;
     pub mod cache;
     pub mod serve;
 }

@@ -77,6 +77,22 @@ pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Serve `app` on `listener` (plain TCP or mutual TLS) until `stop` is set.
+/// [`spawn_http`] for a router that reads the verified peer ([`crate::wasm::serve::PeerNode`]).
+pub(crate) fn spawn_https_with_peers(
+    listener: crate::tls::TlsListener,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<crate::wasm::serve::PeerNode>(),
+        )
+        .with_graceful_shutdown(stopped(stop))
+        .await
+    })
+}
+
 pub(crate) fn spawn_http<L>(
     listener: L,
     app: axum::Router,
@@ -256,6 +272,7 @@ pub async fn run(
         infra: infra.clone(),
         sink: TranslationSink {
             xds: xds.clone(),
+            modules: Default::default(),
             board,
             metrics,
         },
@@ -455,6 +472,8 @@ pub(crate) fn translate_resolving(
 #[derive(Clone)]
 pub(crate) struct TranslationSink {
     pub xds: XdsServer,
+    /// Updated before every publish: which modules each fleet may fetch.
+    pub modules: crate::wasm::access::ModuleAccess,
     pub board: Arc<RwLock<Board>>,
     pub metrics: Metrics,
 }
@@ -482,6 +501,7 @@ impl TranslationSink {
         took: Duration,
     ) -> u64 {
         self.metrics.load_errors.set(load_errors.len() as i64);
+        self.modules.update(&out.ir);
         let generation = self.xds.publish(&out.xds);
         let nodes: Vec<String> = out.gateways.iter().map(|g| g.node_id.clone()).collect();
         self.xds.retain_nodes(&nodes);

@@ -501,6 +501,20 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
             portcullis_kube::certs::LEAF_VALIDITY,
         )
         .expect("client certificate for infra/other");
+    // The module store is shared, but a fleet gets only the modules its own Gateway's
+    // configuration references (security finding, Low): infra/other references none.
+    let r = mtls_client(&ca_pem, Some((&other.cert_pem, &other.key_pem)))
+        .get(&serve_url)
+        .send()
+        .expect("another Gateway's certificate completes the handshake");
+    assert_eq!(r.status(), 403, "infra/other fetched infra/web's module");
+    assert!(
+        fleet_client
+            .get(&serve_url)
+            .send()
+            .is_ok_and(|r| r.status() == 200),
+        "the module's own fleet still gets it"
+    );
     let other_dir = tmp.path().join("other-certs");
     std::fs::create_dir_all(&other_dir).expect("mkdir");
     for (file, pem) in [

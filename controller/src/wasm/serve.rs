@@ -4,7 +4,10 @@
 //! Both kinds share one content-addressed store, so a route only picks the suffix and the
 //! content type.
 
+use crate::tls::TlsListener;
+use crate::wasm::access::ModuleAccess;
 use crate::wasm::cache::is_sha256_hex;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +29,75 @@ async fn serve_wasm(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>) -
 
 async fn serve_dynamic(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>) -> Response {
     serve_module(&dir, &file, ".so", "application/octet-stream").await
+}
+
+/// The fleet on the other end of a verified connection (`None`: its certificate names no
+/// Gateway).
+#[derive(Debug, Clone)]
+pub struct PeerNode(pub Option<String>);
+
+impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for PeerNode {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerNode(stream.io().peer().node_id.clone())
+    }
+}
+
+#[derive(Clone)]
+struct Authorized {
+    dir: Arc<PathBuf>,
+    access: ModuleAccess,
+}
+
+/// [`router`] for fleets that present client certificates (Kubernetes mode): a fleet gets only
+/// the modules its own Gateway's configuration references (403 otherwise). Serve it with
+/// `into_make_service_with_connect_info::<PeerNode>()` on a [`TlsListener`].
+pub fn authorized_router(cache_dir: PathBuf, access: ModuleAccess) -> Router {
+    Router::new()
+        .route("/wasm/{file}", get(authorized_wasm))
+        .route("/dynamic/{file}", get(authorized_dynamic))
+        .with_state(Authorized {
+            dir: Arc::new(cache_dir),
+            access,
+        })
+}
+
+async fn authorized_wasm(
+    State(a): State<Authorized>,
+    ConnectInfo(peer): ConnectInfo<PeerNode>,
+    Path(file): Path<String>,
+) -> Response {
+    if let Some(denied) = refuse(&a.access, &peer, &file, ".wasm") {
+        return denied;
+    }
+    serve_module(&a.dir, &file, ".wasm", "application/wasm").await
+}
+
+async fn authorized_dynamic(
+    State(a): State<Authorized>,
+    ConnectInfo(peer): ConnectInfo<PeerNode>,
+    Path(file): Path<String>,
+) -> Response {
+    if let Some(denied) = refuse(&a.access, &peer, &file, ".so") {
+        return denied;
+    }
+    serve_module(&a.dir, &file, ".so", "application/octet-stream").await
+}
+
+fn refuse(access: &ModuleAccess, peer: &PeerNode, file: &str, suffix: &str) -> Option<Response> {
+    let sha = file.strip_suffix(suffix).unwrap_or(file);
+    match &peer.0 {
+        Some(node) if access.allows(node, sha) => None,
+        node => {
+            tracing::warn!(node = ?node, sha = ?sha, "refused a module this fleet's configuration does not reference");
+            Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    "module not referenced by this Gateway's configuration\n",
+                )
+                    .into_response(),
+            )
+        }
+    }
 }
 
 async fn serve_module(
