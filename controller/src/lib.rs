@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod provider {
     pub mod file;
 }
+pub mod logging;
 pub mod runtime;
 pub mod tls;
 pub mod wasm {
