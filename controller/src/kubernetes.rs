@@ -83,6 +83,9 @@ pub struct KubeRuntimeConfig {
     /// [`CERT_DIR`](portcullis_kube::infra::CERT_DIR). Tests running Envoy outside a pod point it
     /// elsewhere.
     pub fleet_cert_dir: String,
+    /// `--bound-addresses-file`: where to write the addresses actually bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound_addresses_file: Option<std::path::PathBuf>,
 }
 
 /// Names the controller's server certificate carries: the configured Service name and its
@@ -147,21 +150,67 @@ where
     }
 }
 
+/// The xDS, wasm and admin listeners, bound by the caller (e.g. on port 0).
+pub struct Listeners {
+    pub xds: tokio::net::TcpListener,
+    pub wasm: tokio::net::TcpListener,
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds the three addresses of `cfg`.
+    pub async fn bind(cfg: &KubeRuntimeConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            xds: bind(cfg.xds_addr, "xDS server").await?,
+            wasm: bind(cfg.wasm_addr, "wasm endpoint").await?,
+            admin: bind(cfg.admin_addr, "admin endpoint").await?,
+        })
+    }
+}
+
 /// Run until `shutdown` resolves.
 pub async fn run(
     cfg: KubeRuntimeConfig,
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&cfg).await?;
+    run_on(cfg, listeners, client, shutdown).await
+}
+
+/// [`run`] on listeners the caller bound; `cfg`'s addresses are then ignored. A service port
+/// of 0 (`--xds-addr` port 0 without `--xds-service-port`) becomes the bound port.
+pub async fn run_on(
+    mut cfg: KubeRuntimeConfig,
+    listeners: Listeners,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let xds_listener = bind(cfg.xds_addr, "xDS server").await?;
-    let wasm_listener = bind(cfg.wasm_addr, "wasm endpoint").await?;
-    let admin_listener = bind(cfg.admin_addr, "admin endpoint").await?;
+    let Listeners {
+        xds: xds_listener,
+        wasm: wasm_listener,
+        admin: admin_listener,
+    } = listeners;
     let (xds_addr, wasm_addr, admin_addr) = (
         xds_listener.local_addr()?,
         wasm_listener.local_addr()?,
         admin_listener.local_addr()?,
     );
+    if cfg.xds_service_port == 0 {
+        cfg.xds_service_port = xds_addr.port();
+    }
+    if cfg.wasm_service_port == 0 {
+        cfg.wasm_service_port = wasm_addr.port();
+    }
+    if let Some(path) = &cfg.bound_addresses_file {
+        let addrs = crate::runtime::BoundAddresses {
+            admin: admin_addr,
+            xds: xds_addr,
+            wasm: wasm_addr,
+        };
+        crate::runtime::write_bound_addresses(path, &addrs)?;
+    }
 
     let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(1);
     let cache = WasmCache::new(

@@ -17,7 +17,7 @@ use portcullis_translator::{
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -55,6 +55,8 @@ pub struct RuntimeConfig {
     pub ratelimit_service: Option<String>,
     /// Which upstreams tenant config may reach (`--enable-backend`, `--allow-backend-cidr`).
     pub egress: portcullis_translator::egress::EgressPolicy,
+    /// `--bound-addresses-file`: where to write the addresses actually bound.
+    pub bound_addresses_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +71,27 @@ pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpList
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the {what} on {addr}"))
+}
+
+/// The addresses the controller actually bound (port 0 resolved), as written to
+/// `--bound-addresses-file`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct BoundAddresses {
+    pub admin: SocketAddr,
+    pub xds: SocketAddr,
+    pub wasm: SocketAddr,
+}
+
+/// Writes `addrs` to `path` as JSON, atomically (beside, then renamed), so a reader that sees
+/// the file sees all of it.
+pub(crate) fn write_bound_addresses(path: &Path, addrs: &BoundAddresses) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp~");
+    let tmp = PathBuf::from(tmp);
+    let text = serde_json::to_string(addrs)?;
+    std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }
 
 /// Resolves once the stop flag is set.
@@ -168,6 +191,14 @@ pub async fn run(
     let admin_addr = admin_listener.local_addr()?;
     if let Some(why) = plaintext_xds_warning(xds_addr) {
         tracing::warn!(%xds_addr, "{why}");
+    }
+    if let Some(path) = &cfg.bound_addresses_file {
+        let addrs = BoundAddresses {
+            admin: admin_addr,
+            xds: xds_addr,
+            wasm: wasm_addr,
+        };
+        write_bound_addresses(path, &addrs)?;
     }
 
     let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(1);

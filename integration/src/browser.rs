@@ -268,6 +268,9 @@ mod tests {
     fn driver_port_reads_the_started_line() {
         let line = "ChromeDriver was started successfully on port 33327.";
         assert_eq!(super::driver_port(line), Some(33327));
-        assert_eq!(super::driver_port("Only local connections are allowed."), None);
+        assert_eq!(
+            super::driver_port("Only local connections are allowed."),
+            None
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! `portcullis run` under test: free ports, a temp manifest dir, a temp wasm cache, real Envoy.
+//! `portcullis run` under test: admin, xDS and wasm on port 0 (the bound addresses read back
+//! from `--bound-addresses-file`), a temp manifest dir, a temp wasm cache, real Envoy.
 //!
 //! ```no_run
 //! use portcullis_integration::controller::Controller;
@@ -14,7 +15,7 @@
 //! with it when a test ends or panics. [`Controller::terminate`] sends SIGTERM to the
 //! controller alone, to test its own drain-and-exit path.
 
-use crate::process::{envoy_bin, free_port, Error, Process, ProcessBuilder};
+use crate::process::{envoy_bin, Error, Process, ProcessBuilder};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -33,6 +34,7 @@ pub struct Controller {
     process: Process,
     manifest_dir: tempfile::TempDir,
     cache_dir: tempfile::TempDir,
+    _run_dir: tempfile::TempDir,
     pub admin_port: u16,
     pub xds_port: u16,
     pub wasm_port: u16,
@@ -65,7 +67,11 @@ impl ControllerBuilder {
         for (name, yaml) in &self.manifests {
             write_atomic(&manifest_dir.path().join(name), yaml)?;
         }
-        let (admin_port, xds_port, wasm_port) = (free_port()?, free_port()?, free_port()?);
+        let run_dir = tempfile::Builder::new()
+            .prefix("portcullis-run-")
+            .tempdir()
+            .map_err(|e| Error::io("run dir", e))?;
+        let bound_file = run_dir.path().join("bound-addresses.json");
         let envoy = envoy_bin()?;
         let bin = std::env::var_os("PORTCULLIS_BIN")
             .filter(|b| !b.is_empty())
@@ -91,9 +97,11 @@ impl ControllerBuilder {
             .arg("run")
             .arg("-f")
             .arg(manifest_dir.path())
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
-            .args(["--wasm-addr", &format!("127.0.0.1:{wasm_port}")])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(["--xds-addr", "127.0.0.1:0"])
+            .args(["--wasm-addr", "127.0.0.1:0"])
+            .arg("--bound-addresses-file")
+            .arg(&bound_file)
             .arg("--envoy-bin")
             .arg(&envoy)
             .arg("--cache-dir")
@@ -109,6 +117,27 @@ impl ControllerBuilder {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| Error::io("http client", std::io::Error::other(e)))?;
+        let bound: Value = process.wait_until(
+            "controller to write --bound-addresses-file",
+            CONVERGE,
+            || {
+                let text = std::fs::read_to_string(&bound_file).map_err(|e| e.to_string())?;
+                serde_json::from_str::<Value>(&text).map_err(|e| e.to_string())
+            },
+        )?;
+        let port = |key: &str| -> Result<u16, Error> {
+            bound[key]
+                .as_str()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port())
+                .ok_or_else(|| {
+                    Error::io(
+                        "read --bound-addresses-file",
+                        std::io::Error::other(format!("no {key} address in {bound}")),
+                    )
+                })
+        };
+        let (admin_port, xds_port, wasm_port) = (port("admin")?, port("xds")?, port("wasm")?);
         let ready = format!("http://127.0.0.1:{admin_port}/readyz");
         process.wait_until("controller ready (/readyz)", CONVERGE, || {
             http.get(&ready)
@@ -126,6 +155,7 @@ impl ControllerBuilder {
             process,
             manifest_dir,
             cache_dir,
+            _run_dir: run_dir,
             admin_port,
             xds_port,
             wasm_port,

@@ -230,7 +230,12 @@ impl OidcProvider {
 fn issuer_port(issuer: &str) -> Option<u16> {
     let rest = issuer.split_once("://")?.1;
     let authority = rest.split('/').next()?;
-    authority.rsplit_once(':')?.1.parse().ok().filter(|p| *p != 0)
+    authority
+        .rsplit_once(':')?
+        .1
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
 }
 
 #[cfg(test)]

@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube_support::{
-    admin_get, admin_get_unix, applies, cluster, envoy_bootstrap, fleet_paths, serve_origin,
-    test_config, unb64, ApiServer, Recorded, BAD_UA, CONTROLLER_NS, GOOD_UA,
+    admin_get, admin_get_unix, applies, bind_listeners, cluster, envoy_bootstrap, fleet_paths,
+    serve_origin, test_config, unb64, ApiServer, Recorded, BAD_UA, CONTROLLER_NS, GOOD_UA,
 };
 use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::echo::{Echo, EchoServer};
@@ -82,11 +82,7 @@ impl Replica {
         work: &Path,
         cert_dir: &Path,
     ) -> Replica {
-        let (xds_port, wasm_port, admin_port) = (
-            free_port().expect("port"),
-            free_port().expect("port"),
-            free_port().expect("port"),
-        );
+        let (listeners, (xds_port, wasm_port, admin_port)) = bind_listeners(rt);
         let cfg = KubeRuntimeConfig {
             lease_name: LEASE.into(),
             // Short, but with room for a loaded machine: only A's release (not expiry) is meant
@@ -108,7 +104,7 @@ impl Replica {
             let ended = ended.clone();
             rt.spawn(
                 async move {
-                    let r = portcullis::kubernetes::run(cfg, client, async {
+                    let r = portcullis::kubernetes::run_on(cfg, listeners, client, async {
                         let _ = stop_rx.await;
                     })
                     .await;

@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use kube_support::{
-    admin_get, admin_get_unix, applies, cluster, envoy_bootstrap, fleet_paths, free_local_ports,
-    replace_prefix, serve_origin, test_config, unb64, ApiServer, Crds, BAD_UA, CONTROLLER_NS,
-    GOOD_UA, GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
+    admin_get, admin_get_unix, applies, bind_listeners, cluster, envoy_bootstrap, fleet_paths,
+    free_local_ports, listener_port, replace_prefix, serve_origin, test_config, unb64, ApiServer,
+    Crds, BAD_UA, CONTROLLER_NS, GOOD_UA, GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
 };
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::http::{client, get_with_ua};
@@ -107,11 +107,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
     let origin_port = serve_origin(&rt, module.clone());
     let wasm_url = format!("http://127.0.0.1:{origin_port}/ua_block.wasm");
     let gw_port = free_port().expect("port");
-    let (xds_port, wasm_port, admin_port) = (
-        free_port().expect("port"),
-        free_port().expect("port"),
-        free_port().expect("port"),
-    );
+    let (listeners, (xds_port, wasm_port, admin_port)) = bind_listeners(&rt);
     let tmp = tempfile::tempdir().expect("temp dir");
     let cert_dir = tmp.path().join("certs");
     std::fs::create_dir_all(&cert_dir).expect("mkdir certs");
@@ -146,7 +142,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         let (client, api) = ApiServer::start(lists);
         let ended = ended_early.clone();
         let controller = tokio::spawn(async move {
-            let r = portcullis::kubernetes::run(cfg, client, async {
+            let r = portcullis::kubernetes::run_on(cfg, listeners, client, async {
                 let _ = stop_rx.await;
             })
             .await;
@@ -463,22 +459,18 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
 
     // --- The admin is a unix socket (no TCP port a tenant's Backend could name); the readiness
     // listener reaches it through the bootstrap's pipe cluster, and so does a direct client.
-    let ready_port = boot["static_resources"]["listeners"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["name"] == "portcullis_ready"))
-        .and_then(|l| l["address"]["socket_address"]["port_value"].as_u64())
-        .expect("readiness port");
+    let socket = std::path::PathBuf::from(
+        boot["admin"]["address"]["pipe"]["path"]
+            .as_str()
+            .expect("admin socket"),
+    );
+    let ready_port = listener_port(&socket, "portcullis_ready").expect("readiness port");
     let ready = http
         .get(format!("http://127.0.0.1:{ready_port}/ready"))
         .send()
         .expect("GET /ready");
     assert_eq!(ready.status(), 200, "/ready through the admin socket");
     assert_eq!(ready.text().expect("body").trim(), "LIVE");
-    let socket = std::path::PathBuf::from(
-        boot["admin"]["address"]["pipe"]["path"]
-            .as_str()
-            .expect("admin socket"),
-    );
     let (code, body) = admin_get_unix(&socket, "/ready").expect("admin over its socket");
     assert_eq!(
         (code, body.trim()),

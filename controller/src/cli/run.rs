@@ -36,6 +36,11 @@ pub struct RunArgs {
     /// Admin endpoint: /healthz, /readyz, /metrics, /status.
     #[arg(long, default_value = "127.0.0.1:19100")]
     pub admin_addr: SocketAddr,
+    /// Once the admin, xDS and wasm listeners are bound, write the addresses they got to PATH
+    /// as JSON (`{"admin":"127.0.0.1:40123","xds":...,"wasm":...}`, written atomically): how
+    /// to learn the ports when the addresses above use port 0.
+    #[arg(long, value_name = "PATH")]
+    pub bound_addresses_file: Option<PathBuf>,
     /// Envoy binary (default: `envoy` on PATH).
     #[arg(long, env = "PORTCULLIS_ENVOY_BIN")]
     pub envoy_bin: Option<PathBuf>,
@@ -292,6 +297,7 @@ pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
         ratelimit_service: args.ratelimit_service.clone(),
         egress: args.egress.policy(false),
         fleet_cert_dir: portcullis_kube::infra::CERT_DIR.to_string(),
+        bound_addresses_file: args.bound_addresses_file.clone(),
     })
 }
 
@@ -384,6 +390,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<()> {
         session_secret,
         ratelimit_service: args.ratelimit_service.clone(),
         egress: args.egress.policy(true),
+        bound_addresses_file: args.bound_addresses_file.clone(),
     };
     tracing::info!(work_dir = %work_dir.display(), cache_dir = %cfg.cache_dir.display(), "starting");
     runtime::run(cfg, shutdown_signal()).await?;

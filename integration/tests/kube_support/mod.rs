@@ -33,7 +33,6 @@ use kube::client::Body;
 use portcullis::infra::host::XdsMode;
 use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::http::client;
-use portcullis_integration::process::free_port;
 use serde_json::{json, Value};
 use tower_test::mock::{self, SendResponse};
 
@@ -611,7 +610,6 @@ pub fn cluster(
 
 /// The module's HTTP origin (plain HTTP on 127.0.0.1), on the test's runtime.
 pub fn serve_origin(rt: &tokio::runtime::Runtime, module: Vec<u8>) -> u16 {
-    let port = free_port().expect("free port");
     let app = axum::Router::new().route(
         "/ua_block.wasm",
         axum::routing::get(move || {
@@ -620,8 +618,9 @@ pub fn serve_origin(rt: &tokio::runtime::Runtime, module: Vec<u8>) -> u16 {
         }),
     );
     let listener = rt
-        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
         .expect("bind the wasm origin");
+    let port = listener.local_addr().expect("origin addr").port();
     rt.spawn(async move { axum::serve(listener, app).await });
     port
 }
@@ -729,8 +728,9 @@ pub fn envoy_bootstrap(configmap: &Value, cert_dir: &Path, was_port: u16, xds_po
     boot
 }
 
-/// Move a fleet bootstrap's admin socket into `dir` and its readiness port to a free one on
-/// 127.0.0.1 (in a pod they are fixed; here several Envoys share the machine). Returns the admin
+/// Move a fleet bootstrap's admin socket into `dir` and its readiness listener to port 0 on
+/// 127.0.0.1 (read back with [`listener_port`]; in a pod they are fixed, here several Envoys share
+/// the machine). Returns the admin
 /// socket's path. Asserts the bootstrap's admin is a unix socket: no TCP port for a tenant's
 /// upstream to reach.
 pub fn free_local_ports(boot: &mut Value, dir: &Path) -> PathBuf {
@@ -748,12 +748,29 @@ pub fn free_local_ports(boot: &mut Value, dir: &Path) -> PathBuf {
         "portcullis_admin",
     )["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
         ["path"] = path;
-    let ready = free_port().expect("port");
+    // Port 0: Envoy binds an ephemeral port; `listener_port` reads it back from the admin.
     find_named(
         &mut boot["static_resources"]["listeners"],
         "portcullis_ready",
-    )["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": ready});
+    )["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": 0});
     socket
+}
+
+/// The port Envoy bound for its listener `name`, from `/listeners?format=json` on the admin
+/// socket `socket`.
+pub fn listener_port(socket: &Path, name: &str) -> Result<u16, String> {
+    let (code, body) = admin_get_unix(socket, "/listeners?format=json")?;
+    if code != 200 {
+        return Err(format!("/listeners: HTTP {code}: {body}"));
+    }
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("/listeners: {e}"))?;
+    v["listener_statuses"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == name))
+        .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("no bound listener {name} in {v}"))
 }
 
 /// GET `path` from an Envoy admin listening on the unix socket `socket` (HTTP/1.1, one request).
@@ -806,6 +823,26 @@ pub fn admin_get_unix(socket: &Path, path: &str) -> Result<(u16, String), String
 /// The controller configuration both Kubernetes-mode tests run with: listeners dual-stack on
 /// `[::]` (Envoy may resolve `localhost` to ::1 or 127.0.0.1), the Service name `localhost`, the
 /// fleet's certificates expected in `cert_dir`.
+/// The controller's xDS, wasm and admin listeners, bound on `[::]:0` on `rt` (dual-stack, as
+/// `test_config` describes them), with their ports: for `portcullis::kubernetes::run_on`.
+pub fn bind_listeners(
+    rt: &tokio::runtime::Runtime,
+) -> (portcullis::kubernetes::Listeners, (u16, u16, u16)) {
+    let any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let bind = || {
+        rt.block_on(tokio::net::TcpListener::bind(any))
+            .expect("bind a controller listener")
+    };
+    let l = portcullis::kubernetes::Listeners {
+        xds: bind(),
+        wasm: bind(),
+        admin: bind(),
+    };
+    let port = |l: &tokio::net::TcpListener| l.local_addr().expect("local addr").port();
+    let ports = (port(&l.xds), port(&l.wasm), port(&l.admin));
+    (l, ports)
+}
+
 pub fn test_config(
     identity: &str,
     (xds_port, wasm_port, admin_port): (u16, u16, u16),
@@ -845,6 +882,7 @@ pub fn test_config(
         builtin_runtime: Some(portcullis_translator::BuiltinRuntime::Wasm),
         ratelimit_service: None,
         fleet_cert_dir: cert_dir.display().to_string(),
+        bound_addresses_file: None,
         // The tests' upstreams are local Backends (Envoy Gateway gates the kind the same way).
         egress: portcullis_translator::egress::EgressPolicy::allowing([
             "127.0.0.0/8".parse().expect("cidr"),
