@@ -729,9 +729,8 @@ pub fn envoy_bootstrap(configmap: &Value, cert_dir: &Path, was_port: u16, xds_po
 }
 
 /// Move a fleet bootstrap's admin socket into `dir` and its readiness listener to port 0 on
-/// 127.0.0.1 (read back with [`listener_port`]; in a pod they are fixed, here several Envoys share
-/// the machine). Returns the admin
-/// socket's path. Asserts the bootstrap's admin is a unix socket: no TCP port for a tenant's
+/// 127.0.0.1 (read back with [`listener_port`]; in a pod they are fixed, here several Envoys
+/// share the machine). Returns the admin socket's path. Asserts the bootstrap's admin is a unix socket: no TCP port for a tenant's
 /// upstream to reach.
 pub fn free_local_ports(boot: &mut Value, dir: &Path) -> PathBuf {
     assert!(
