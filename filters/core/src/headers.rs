@@ -248,7 +248,9 @@ impl HeaderMap for Batch {
             .map(|(_, v)| v.clone())
     }
     fn has(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
     fn names(&self) -> Vec<String> {
         self.headers.iter().map(|(n, _)| n.clone()).collect()
@@ -421,8 +423,14 @@ mod tests {
             host
         };
         let (live, batched) = (run(false), run(true));
-        assert_eq!(live.request, batched.request, "request headers, live vs batched");
-        assert_eq!(live.response, batched.response, "response headers, live vs batched");
+        assert_eq!(
+            live.request, batched.request,
+            "request headers, live vs batched"
+        );
+        assert_eq!(
+            live.response, batched.response,
+            "response headers, live vs batched"
+        );
         assert_eq!(live.counters, batched.counters, "counters, live vs batched");
         live
     }
