@@ -24,7 +24,7 @@ use crate::xds::server::XdsServer;
 use anyhow::Context;
 use portcullis_kube::backoff::Backoff;
 use portcullis_kube::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY};
-use portcullis_kube::infra::{InfraConfig, InfraReconciler};
+use portcullis_kube::infra::{FleetNetworkPolicy, InfraConfig, InfraReconciler};
 use portcullis_kube::provider::{Provider, ProviderConfig, WatchHealth};
 use portcullis_kube::reconcile::WriteLoop;
 use portcullis_kube::{LeaderElector, LeaderState, LeaseConfig, Snapshot, StatusRecord};
@@ -83,6 +83,13 @@ pub struct KubeRuntimeConfig {
     /// [`CERT_DIR`](portcullis_kube::infra::CERT_DIR). Tests running Envoy outside a pod point it
     /// elsewhere.
     pub fleet_cert_dir: String,
+    /// `--watch-namespace`: the namespaces every namespaced kind is watched in (empty: the
+    /// whole cluster).
+    pub watch_namespaces: Vec<String>,
+    /// `--fleet-network-policy`: a NetworkPolicy per fleet.
+    pub fleet_network_policy: bool,
+    /// `--fleet-metrics-namespace`: who may scrape the fleets (with the NetworkPolicy).
+    pub fleet_metrics_namespaces: Vec<String>,
 }
 
 /// Names the controller's server certificate carries: the configured Service name and its
@@ -305,6 +312,7 @@ pub async fn run(
             controller_name: cfg.controller_name.clone(),
             debounce: cfg.debounce,
             max_delay: cfg.max_batch_delay,
+            namespaces: cfg.watch_namespaces.clone(),
         },
     )
     .start();
@@ -332,6 +340,9 @@ pub async fn run(
                     xds_port: cfg.xds_service_port,
                     xds_delta: cfg.xds_mode == XdsMode::Delta,
                     envoy_image: cfg.envoy_image.clone(),
+                    network_policy: cfg.fleet_network_policy.then(|| FleetNetworkPolicy {
+                        metrics_namespaces: cfg.fleet_metrics_namespaces.clone(),
+                    }),
                     ..InfraConfig::default()
                 },
                 leader.clone(),
