@@ -131,8 +131,14 @@ struct Probes {
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
-/// Retry `op` with backoff until it succeeds or `stop` flips; `None` on stop.
-async fn until_ok<T, F, Fut>(what: &str, stop: &watch::Receiver<bool>, mut op: F) -> Option<T>
+/// Retry `op` with backoff until it succeeds or `stop` flips; `None` on stop. The latest failure
+/// is kept in `last_error` (what `/readyz` reports while starting), cleared on success.
+async fn until_ok<T, F, Fut>(
+    what: &str,
+    stop: &watch::Receiver<bool>,
+    last_error: &Mutex<Option<String>>,
+    mut op: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = portcullis_kube::Result<T>>,
@@ -141,9 +147,14 @@ where
     let mut stop = stop.clone();
     loop {
         match op().await {
-            Ok(v) => return Some(v),
+            Ok(v) => {
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Some(v);
+            }
             Err(e) => {
                 let d = backoff.next_delay();
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{what}: {e}"));
                 tracing::warn!(error = %e, retry_in = ?d, "{what} failed; retrying");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return None,
@@ -194,12 +205,17 @@ pub async fn run(
     // Probes answer from the start, so the kubelet sees "alive, not ready" while the API is
     // unreachable or RBAC is missing.
     let probes: Arc<OnceLock<Probes>> = Arc::new(OnceLock::new());
+    // Why start-up has not finished (an unreachable API, missing RBAC, a malformed Secret).
+    let start_error: Arc<Mutex<Option<String>>> = Arc::default();
     let readiness: Probe = {
         let probes = probes.clone();
+        let start_error = start_error.clone();
         Arc::new(move || match probes.get() {
             None => (
                 false,
-                serde_json::json!({"ready": false, "reason": "starting: loading the xDS CA and session key from the Kubernetes API"}),
+                serde_json::json!({"ready": false,
+                    "reason": "starting: loading the xDS CA and session key from the Kubernetes API",
+                    "error": start_error.lock().unwrap_or_else(|p| p.into_inner()).clone()}),
             ),
             Some(p) => portcullis_kube::readiness(&p.health, &p.leader),
         })
@@ -234,18 +250,26 @@ pub async fn run(
     tracing::info!(%xds_addr, %wasm_addr, %admin_addr, namespace = %cfg.namespace, identity = %cfg.identity, "portcullis controller (kubernetes) starting");
 
     tokio::pin!(shutdown);
+    // Nothing is served or translated before both are loaded: no xDS, no wasm, no watch. In
+    // particular the session key is never a placeholder: a Secret without a valid key is retried
+    // (and reported by /readyz) until it is fixed, never replaced by a default.
     let started = async {
-        let ca = until_ok("loading the xDS CA Secret", &stop_rx, || {
+        let ca = until_ok("loading the xDS CA Secret", &stop_rx, &start_error, || {
             CertAuthority::load_or_create(client.clone(), &cfg.namespace, &cfg.ca_secret)
         })
         .await?;
-        let key = until_ok("loading the session key Secret", &stop_rx, || {
-            portcullis_kube::session::load_or_create(
-                client.clone(),
-                &cfg.namespace,
-                &cfg.session_secret_name,
-            )
-        })
+        let key = until_ok(
+            "loading the session key Secret",
+            &stop_rx,
+            &start_error,
+            || {
+                portcullis_kube::session::load_or_create(
+                    client.clone(),
+                    &cfg.namespace,
+                    &cfg.session_secret_name,
+                )
+            },
+        )
         .await?;
         Some((ca, key))
     };
@@ -385,6 +409,8 @@ pub async fn run(
         builtin_modules,
         builtin_runtime,
         builtin_dynamic_module,
+        // The loaded key, always (a `[u8; 32]` from the Secret): the translator's placeholder
+        // (`None`, offline `translate` only) is unreachable from here.
         session_secret: Some(session_key),
         ratelimit_service: cfg.ratelimit_service.clone(),
         wasm_fetch_tls: Some(fleet_client_tls(&cfg.fleet_cert_dir)),
