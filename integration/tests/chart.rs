@@ -217,6 +217,7 @@ fn chart_renders_lints_and_validates() {
         ("gateway.networking.k8s.io", "httproutes"),
         ("gateway.networking.k8s.io", "gatewayclasses"),
         ("gateway.networking.k8s.io", "referencegrants"),
+        ("gateway.networking.k8s.io", "backendtlspolicies"),
         ("gateway.envoyproxy.io", "envoyextensionpolicies"),
         ("gateway.envoyproxy.io", "securitypolicies"),
         ("gateway.envoyproxy.io", "backendtrafficpolicies"),
@@ -451,10 +452,11 @@ const FLEET_WRITES: [(&str, &str, &str); 13] = [
     ("apps", "deployments", "patch"),
     ("apps", "deployments", "delete"),
 ];
-const NAMESPACED_READS: [(&str, &str); 12] = [
+const NAMESPACED_READS: [(&str, &str); 13] = [
     ("gateway.networking.k8s.io", "gateways"),
     ("gateway.networking.k8s.io", "httproutes"),
     ("gateway.networking.k8s.io", "referencegrants"),
+    ("gateway.networking.k8s.io", "backendtlspolicies"),
     ("gateway.envoyproxy.io", "envoyextensionpolicies"),
     ("gateway.envoyproxy.io", "securitypolicies"),
     ("gateway.envoyproxy.io", "backendtrafficpolicies"),

@@ -29,10 +29,11 @@ use serde_json::{json, Value};
 const CONVERGE: Duration = Duration::from_secs(120);
 
 /// Plurals of every namespaced kind the controller touches.
-const NAMESPACED: [&str; 16] = [
+const NAMESPACED: [&str; 17] = [
     "gateways",
     "httproutes",
     "referencegrants",
+    "backendtlspolicies",
     "services",
     "endpointslices",
     "secrets",
@@ -193,7 +194,7 @@ fn watch_namespaces_never_list_cluster_wide_and_ignore_other_namespaces() {
         !watches.contains("Gateway") && !watches.contains("Secret"),
         "{watches:?}"
     );
-    assert_eq!(watches.len(), 1 + 2 * 13, "{watches:?}");
+    assert_eq!(watches.len(), 1 + 2 * 14, "{watches:?}");
 
     // Let later passes (resync, status retries) happen too before judging every request.
     std::thread::sleep(Duration::from_secs(2));
@@ -245,7 +246,7 @@ fn watch_namespaces_never_list_cluster_wide_and_ignore_other_namespaces() {
     }
     // Both watched namespaces were listed and watched for every namespaced kind.
     for ns in ["infra", "apps"] {
-        for plural in &NAMESPACED[..12] {
+        for plural in &NAMESPACED[..13] {
             assert!(
                 reqs.iter().any(|r| r.method == "GET"
                     && r.path.ends_with(&format!("/namespaces/{ns}/{plural}"))

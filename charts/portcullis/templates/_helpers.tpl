@@ -69,7 +69,7 @@ for a new object) and the status subresources.
 {{- define "portcullis.namespacedRules" -}}
 # Inputs to translation: watched (list+watch) and read.
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["gateways", "httproutes", "referencegrants"]
+  resources: ["gateways", "httproutes", "referencegrants", "backendtlspolicies"]
   verbs: ["get", "list", "watch"]
 # Status is written with server-side apply (PATCH on the status subresource).
 - apiGroups: ["gateway.networking.k8s.io"]

@@ -299,11 +299,12 @@ pub struct Provider {
 }
 
 /// Labels of the watched kinds, in the order the watches start.
-pub const WATCHED_KINDS: [&str; 14] = [
+pub const WATCHED_KINDS: [&str; 15] = [
     "GatewayClass",
     "Gateway",
     "HTTPRoute",
     "ReferenceGrant",
+    "BackendTLSPolicy",
     "Service",
     "EndpointSlice",
     "Secret",
@@ -358,6 +359,10 @@ impl Provider {
             (
                 ApiResource::erase::<gateway_api::referencegrants::ReferenceGrant>(&()),
                 "ReferenceGrant",
+            ),
+            (
+                ApiResource::erase::<gateway_api::backendtlspolicies::BackendTlsPolicy>(&()),
+                "BackendTLSPolicy",
             ),
         ];
         for (ar, kind) in dynamic_kinds {

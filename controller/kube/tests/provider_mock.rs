@@ -18,6 +18,7 @@ fn expected_paths() -> BTreeSet<String> {
         "/apis/gateway.networking.k8s.io/v1/gateways",
         ROUTES,
         "/apis/gateway.networking.k8s.io/v1/referencegrants",
+        "/apis/gateway.networking.k8s.io/v1/backendtlspolicies",
         "/api/v1/services",
         "/apis/discovery.k8s.io/v1/endpointslices",
         "/api/v1/secrets",
@@ -82,12 +83,12 @@ async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
         namespaces: Vec::new(),
     };
     let mut handle = Provider::new(client, cfg).start();
-    assert_eq!(WATCHED_KINDS.len(), 14);
+    assert_eq!(WATCHED_KINDS.len(), 15);
 
     let (mut lists, mut watches) = (BTreeSet::new(), BTreeSet::new());
     let mut pending = Vec::new();
     let mut route_watch = None;
-    while lists.len() < 14 || watches.len() < 14 {
+    while lists.len() < 15 || watches.len() < 15 {
         let got = server.next().await;
         assert_eq!(got.method, http::Method::GET);
         if got.query_has("watch=true") {
@@ -254,6 +255,7 @@ fn scoped_paths(namespaces: &[&str]) -> BTreeSet<String> {
             ("/apis/gateway.networking.k8s.io/v1", "gateways"),
             ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
             ("/apis/gateway.networking.k8s.io/v1", "referencegrants"),
+            ("/apis/gateway.networking.k8s.io/v1", "backendtlspolicies"),
             ("/api/v1", "services"),
             ("/apis/discovery.k8s.io/v1", "endpointslices"),
             ("/api/v1", "secrets"),
@@ -288,10 +290,10 @@ async fn scoped_to_namespaces_nothing_namespaced_is_listed_cluster_wide() {
     };
     let handle = Provider::new(client, cfg).start();
     let want = scoped_paths(&["infra", "apps"]);
-    // 1 + 2 x 12 namespaced kinds + 2 Namespace watches (one per name).
+    // 1 + 2 x 13 namespaced kinds + 2 Namespace watches (one per name).
     let (mut lists, mut watches) = (Vec::new(), Vec::new());
     let mut pending = Vec::new();
-    while lists.len() < 27 || watches.len() < 27 {
+    while lists.len() < 29 || watches.len() < 29 {
         let got = server.next().await;
         assert_eq!(got.method, http::Method::GET);
         assert!(

@@ -593,6 +593,7 @@ pub fn cluster(
         (format!("{gw_api}/gateways"), vec![gateway]),
         (format!("{gw_api}/httproutes"), vec![route]),
         (format!("{gw_api}/referencegrants"), vec![]),
+        (format!("{gw_api}/backendtlspolicies"), vec![]),
         ("/api/v1/services".into(), vec![service]),
         (
             "/apis/discovery.k8s.io/v1/endpointslices".into(),
