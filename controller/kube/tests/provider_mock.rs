@@ -226,7 +226,7 @@ async fn kinds_whose_crd_is_missing_do_not_block_snapshots() {
         portcullis_kube::readiness(&handle.health, &portcullis_kube::LeaderState::follower());
     assert!(ready, "{body}");
     assert_eq!(body["leader"], false);
-    assert_eq!(body["watches"].as_object().map(|m| m.len()), Some(14));
+    assert_eq!(body["watches"].as_object().map(|m| m.len()), Some(15));
     let absent: Vec<String> = handle.health.absent().into_iter().collect();
     assert_eq!(
         absent,
@@ -352,7 +352,7 @@ async fn scoped_to_namespaces_nothing_namespaced_is_listed_cluster_wide() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let kinds = handle.health.kinds();
-    assert_eq!(kinds.len(), 27, "{kinds:?}");
+    assert_eq!(kinds.len(), 29, "{kinds:?}");
     assert!(kinds.contains_key("GatewayClass") && kinds.contains_key("Secret/apps"));
     let snap = handle.snapshots.borrow().clone();
     let names: BTreeSet<String> = snap.iter().map(|(k, _)| k.to_string()).collect();
