@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod tls;
 pub mod wasm {
     pub mod cache;
+    pub mod fetch;
     pub mod serve;
 }
 pub mod xds {
