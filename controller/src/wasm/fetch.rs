@@ -169,7 +169,7 @@ fn checked_addrs(
 
 /// "the 256 MiB module size limit".
 fn limit_text(limit: u64) -> String {
-    if limit >= 1 << 20 && limit % (1 << 20) == 0 {
+    if limit >= 1 << 20 && limit.is_multiple_of(1 << 20) {
         format!("the {} MiB module size limit", limit >> 20)
     } else {
         format!("the {limit}-byte module size limit")
