@@ -1,3 +1,5 @@
+# Writes the binary seeds of xds_sotw and xds_delta (run from controller/fuzz/seeds): an
+# identity byte, then frames of a 2-byte big-endian length and an encoded request.
 import struct
 def varint(n):
     out=b''
