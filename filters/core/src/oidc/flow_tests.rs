@@ -220,6 +220,28 @@ fn not_ready_gives_503_never_a_redirect() {
     assert!(p.poll(NOW + 60).is_some());
 }
 
+/// Found by the `oidc_discovery` fuzz target: the URL parser drops CR/LF from an endpoint, and
+/// the endpoint string then went verbatim into the login (or logout) `location` header.
+#[test]
+fn discovery_endpoints_with_control_characters_are_refused() {
+    for field in [
+        "authorization_endpoint",
+        "end_session_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+    ] {
+        let mut doc: serde_json::Value = serde_json::from_slice(&discovery()).unwrap();
+        doc[field] = json!("https://idp.example.com/a\r\nset-cookie: x=y");
+        let mut p = Provider::new(config(|_| {}));
+        p.poll(NOW).unwrap();
+        let err = p
+            .on_fetch(CallKind::Discovery, 200, doc.to_string().as_bytes(), NOW)
+            .unwrap_err();
+        assert!(err.to_string().contains(field), "{field}: {err}");
+        assert!(!p.ready());
+    }
+}
+
 #[test]
 fn login_flow_end_to_end() {
     let mut p = ready(config(|_| {}));
