@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::process::{free_port, wait_until, workspace_root, Error, Process, ProcessBuilder};
+use crate::process::{wait_until, workspace_root, Error, Process, ProcessBuilder};
 
 fn io(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
     Error::Io {
@@ -44,6 +44,15 @@ pub fn available() -> bool {
     c.is_file() && d.is_file()
 }
 
+/// The port in chromedriver's "ChromeDriver was started successfully on port N." line.
+fn driver_port(line: &str) -> Option<u16> {
+    let rest = line.split_once("started successfully on port ")?.1;
+    rest.trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+}
+
 /// A WebDriver session on a headless chromium; the driver (and browser) die on drop.
 pub struct Browser {
     _driver: Process,
@@ -54,13 +63,28 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free port and opens a session.
+    /// Starts chromedriver on an ephemeral port and opens a session.
+    ///
+    /// chromedriver binds `--port=0` and logs the port it got ("ChromeDriver was started
+    /// successfully on port N."); it starts chromium itself with `--remote-debugging-port=0`
+    /// and reads the DevTools port from `DevToolsActivePort` in the user-data-dir. No port is
+    /// chosen before it is bound.
     pub fn start() -> Result<Self, Error> {
         let (chromium, driver_bin) = bins();
-        let port = free_port()?;
         let mut driver = ProcessBuilder::new("chromedriver", &driver_bin)
-            .arg(format!("--port={port}"))
+            .arg("--port=0")
             .spawn()?;
+        let log_path = driver.log_path().to_path_buf();
+        let port = driver.wait_until(
+            "chromedriver to report its port",
+            Duration::from_secs(30),
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                log.lines()
+                    .find_map(driver_port)
+                    .ok_or("no \"started successfully on port\" line yet")
+            },
+        )?;
         let http = reqwest::blocking::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(120))
@@ -235,5 +259,15 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.call("DELETE", "", None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn driver_port_reads_the_started_line() {
+        let line = "ChromeDriver was started successfully on port 33327.";
+        assert_eq!(super::driver_port(line), Some(33327));
+        assert_eq!(super::driver_port("Only local connections are allowed."), None);
     }
 }

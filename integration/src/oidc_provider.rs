@@ -1,5 +1,6 @@
 //! A real OpenID provider for tests: npm `oidc-provider` 9 with devInteractions
-//! (`tools/oidc/provider.js`), on a free 127.0.0.1 port, killed on drop.
+//! (`tools/oidc/provider.js`), on an ephemeral 127.0.0.1 port that the provider binds itself
+//! (port 0) and reports in its `ready <issuer>` line; killed on drop.
 //!
 //! ```no_run
 //! use portcullis_integration::oidc_provider::{OidcProvider, ProviderOptions, TestClient};
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::process::{free_port, workspace_root, Error, Process, ProcessBuilder};
+use crate::process::{workspace_root, Error, Process, ProcessBuilder};
 
 /// A client registered at the provider.
 #[derive(Debug, Clone, Serialize)]
@@ -140,14 +141,15 @@ pub fn ensure_installed() -> Result<(), Error> {
 }
 
 impl OidcProvider {
-    /// Installs (if needed) and starts the provider; waits until it prints `ready`.
+    /// Installs (if needed) and starts the provider on an ephemeral port (it binds port 0);
+    /// waits until it prints `ready <issuer>` and takes the port from that issuer.
     pub fn start(opts: ProviderOptions) -> Result<Self, Error> {
-        Self::start_on(free_port()?, opts)
+        Self::start_on(0, opts)
     }
 
-    /// Like [`start`](Self::start) on a port chosen by the caller (e.g. to know the issuer
-    /// before writing gateway configs).
-    pub fn start_on(port: u16, opts: ProviderOptions) -> Result<Self, Error> {
+    /// Like [`start`](Self::start) on `port` (0: ephemeral). Only [`restart`](Self::restart)
+    /// passes a nonzero port: the one the previous provider had bound.
+    fn start_on(port: u16, opts: ProviderOptions) -> Result<Self, Error> {
         ensure_installed()?;
         let options = opts.clone();
         let clients = serde_json::to_string(&opts.clients).map_err(|e| Error::Io {
@@ -171,18 +173,21 @@ impl OidcProvider {
             .env("NODE_ENV", "development")
             .spawn()?;
         let log_path = process.log_path().to_path_buf();
-        process.wait_until(
+        let issuer = process.wait_until(
             "oidc-provider to print ready",
             Duration::from_secs(60),
             || {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if log.lines().any(|l| l.starts_with("ready ")) {
-                    Ok(())
-                } else {
-                    Err("not ready yet")
-                }
+                log.lines()
+                    .find_map(|l| l.strip_prefix("ready "))
+                    .map(|i| i.trim().to_string())
+                    .ok_or("not ready yet")
             },
         )?;
+        let port = issuer_port(&issuer).ok_or_else(|| Error::Io {
+            what: format!("oidc-provider reported issuer {issuer:?}"),
+            source: std::io::Error::other("no port in the issuer"),
+        })?;
         Ok(Self {
             process,
             port,
@@ -192,7 +197,9 @@ impl OidcProvider {
 
     /// Kills the provider and starts it again on the same port with the same options: it
     /// forgets every grant, session and refresh token, and signs with new keys under new kids
-    /// (what a key rotation looks like to the gateway).
+    /// (what a key rotation looks like to the gateway). The issuer must not change, so this
+    /// rebinds the port the provider had bound (the one place a port is bound by number; it
+    /// was this provider's own port until the kill).
     pub fn restart(&mut self) -> Result<(), Error> {
         self.process.kill();
         let fresh = Self::start_on(self.port, self.opts.clone())?;
@@ -216,5 +223,22 @@ impl OidcProvider {
 
     pub fn logs(&self) -> String {
         self.process.logs()
+    }
+}
+
+/// The port of an `http(s)://127.0.0.1:<port>` issuer.
+fn issuer_port(issuer: &str) -> Option<u16> {
+    let rest = issuer.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok().filter(|p| *p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn issuer_port_parses_the_bound_port() {
+        assert_eq!(super::issuer_port("http://127.0.0.1:39449"), Some(39449));
+        assert_eq!(super::issuer_port("https://127.0.0.1:443/"), Some(443));
+        assert_eq!(super::issuer_port("http://127.0.0.1"), None);
     }
 }

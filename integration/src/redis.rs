@@ -1,15 +1,17 @@
-//! A real Redis (Debian `redis-server`) on a free loopback port, no persistence, killed on drop.
+//! A real Redis (Debian `redis-server`) on a unix socket in its temp dir (`--port 0`: no TCP
+//! listener at all, so no port to pick), no persistence, killed on drop.
 //!
 //! ```no_run
 //! let redis = portcullis_integration::redis::Redis::start().unwrap();
-//! let url = redis.url(); // redis://127.0.0.1:<port>
+//! let url = redis.url(); // unix:///tmp/portcullis-redis-.../redis.sock
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::process::{free_port, Error, Process, ProcessBuilder};
+use crate::process::{Error, Process, ProcessBuilder};
 
 /// How long Redis may take to answer PING.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,19 +26,24 @@ pub fn redis_bin() -> String {
 
 pub struct Redis {
     process: Process,
-    port: u16,
+    socket: PathBuf,
 }
 
 impl Redis {
-    /// Starts `redis-server --port N --save '' --appendonly no` and waits for PING → PONG.
+    /// Starts `redis-server --port 0 --unixsocket <dir>/redis.sock --save '' --appendonly no`
+    /// and waits for PING → PONG on the socket.
     pub fn start() -> Result<Self, Error> {
-        let port = free_port()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-redis-")
+            .tempdir()
+            .map_err(|e| Error::io("create temp dir", e))?;
+        let socket = dir.path().join("redis.sock");
         let mut process = ProcessBuilder::new("redis", redis_bin())
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
             .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
+                "--unixsocketperm",
+                "700",
                 "--save",
                 "",
                 "--appendonly",
@@ -44,25 +51,26 @@ impl Redis {
                 "--protected-mode",
                 "no",
             ])
-            .spawn()?;
+            .spawn_in(dir)?;
         process.wait_until("redis to answer PING", READY_TIMEOUT, || {
-            command(port, &["PING"]).and_then(|r| if r == "+PONG" { Ok(()) } else { Err(r) })
+            command(&socket, &["PING"]).and_then(|r| if r == "+PONG" { Ok(()) } else { Err(r) })
         })?;
-        Ok(Self { process, port })
+        Ok(Self { process, socket })
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
+    /// The unix socket Redis listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `unix://<socket>` (redis-rs, hence ratelimit-server, reads it).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("unix://{}", self.socket.display())
     }
 
     /// Runs one command and returns the first reply line (e.g. `+PONG`, `:42`, `$-1`).
     pub fn command(&self, args: &[&str]) -> Result<String, String> {
-        command(self.port, args)
+        command(&self.socket, args)
     }
 
     /// Every key (`redis-cli --scan`), sorted.
@@ -85,11 +93,13 @@ impl Redis {
             .map_err(|e| format!("pttl {key}: {out:?}: {e}"))
     }
 
-    /// `redis-cli -p <port> ARGS...` (raw output), for replies [`command`](Self::command) does
-    /// not parse.
+    /// `redis-cli -s <socket> ARGS...` (raw output), for replies [`command`](Self::command)
+    /// does not parse.
     fn cli(&self, args: &[&str]) -> Result<String, String> {
         let out = std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .arg("-s")
+            .arg(&self.socket)
+            .arg("--raw")
             .args(args)
             .output()
             .map_err(|e| format!("redis-cli: {e}"))?;
@@ -105,8 +115,8 @@ impl Redis {
 }
 
 /// One RESP command over a fresh connection; the first line of the reply.
-fn command(port: u16, args: &[&str]) -> Result<String, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+fn command(socket: &Path, args: &[&str]) -> Result<String, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     let mut req = format!("*{}\r\n", args.len());

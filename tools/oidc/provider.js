@@ -1,8 +1,9 @@
 // OpenID provider for Portcullis end-to-end tests. Test traffic only, on 127.0.0.1.
 //
 // Environment:
-//   PORT             port to listen on (required)
-//   ISSUER           issuer URL (default http://127.0.0.1:$PORT, https:// with TLS_CERT)
+//   PORT             port to listen on on 127.0.0.1 (default 0: an ephemeral port the kernel
+//                    picks; the issuer then carries the port actually bound)
+//   ISSUER           issuer URL (default http://127.0.0.1:<bound port>, https:// with TLS_CERT)
 //   TLS_CERT         PEM certificate chain file: serve https (with TLS_KEY)
 //   TLS_KEY          PEM private key file for TLS_CERT
 //   CLIENTS          JSON array of {client_id, client_secret, redirect_uris, post_logout_redirect_uris}
@@ -10,21 +11,31 @@
 //   ID_TTL           ID-token lifetime in seconds (default 3600)
 //   BIG_CLAIM_BYTES  size of the "big" claim (scope "big"), to push tokens past 4 KB (default 0)
 // Users: any login and password; user "bob" is in group "viewers", everyone else in "admins","dev".
-// Prints "ready <issuer>" once listening.
+// Prints "ready <issuer>" once listening and serving; the issuer names the bound port.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import https from 'node:https';
 import Provider from 'oidc-provider';
 
-const port = Number(process.env.PORT);
-if (!port) {
-  console.error('PORT is required');
+const port = Number(process.env.PORT || 0);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error(`PORT must be a port number (0 for ephemeral), got ${process.env.PORT}`);
   process.exit(2);
 }
 const tls = process.env.TLS_CERT
   ? { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }
   : null;
-const issuer = process.env.ISSUER || `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+
+// Bind first (port 0 is fine), then build the provider with the issuer of the bound port:
+// no port is chosen before it is bound.
+const server = tls ? https.createServer(tls) : http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(port, '127.0.0.1', resolve);
+});
+const bound = server.address().port;
+const issuer = process.env.ISSUER || `${tls ? 'https' : 'http'}://127.0.0.1:${bound}`;
 const atTtl = Number(process.env.AT_TTL || 300);
 const idTtl = Number(process.env.ID_TTL || 3600);
 const bigBytes = Number(process.env.BIG_CLAIM_BYTES || 0);
@@ -122,10 +133,8 @@ provider.on('grant.error', (ctx, err) => console.error('grant.error', err.messag
 provider.on('end_session.error', (ctx, err) => console.error('end_session.error', err.message, err.error_description || ''));
 provider.on('authorization.error', (ctx, err) => console.error('authorization.error', err.message, err.error_description || ''));
 
-const ready = () => console.log(`ready ${issuer}`);
-const server = tls
-  ? https.createServer(tls, provider.callback()).listen(port, '127.0.0.1', ready)
-  : provider.listen(port, '127.0.0.1', ready);
+server.on('request', provider.callback());
+console.log(`ready ${issuer}`);
 const stop = () => server.close(() => process.exit(0));
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
