@@ -88,7 +88,7 @@ bench-filters: build ## data-plane benchmark: each filter vs no filter, native a
 bench-controller: build-controller ## control-plane benchmark: translate time, RSS, convergence
 	@bash scripts/bench-controller.sh
 
-fuzz: ## run every fuzz target for FUZZ_SECONDS each (default 60)
+fuzz: ## run every fuzz target (filters/core, controller, ratelimit-server) for FUZZ_SECONDS each (default 60)
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 fmt:

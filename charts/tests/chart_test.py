@@ -67,6 +67,50 @@ SCENARIOS: dict[str, dict] = {
         "podDisruptionBudget": {"enabled": False},
         "controller": {"replicas": 1, "leaderElection": {"enabled": False}},
     },
+    # Namespace-scoped: Roles per watched namespace, a ClusterRole without namespaced grants, and
+    # the NetworkPolicies (controller + per-fleet), metrics scraped from "monitoring".
+    "scoped": {
+        "watchNamespaces": ["infra", "apps"],
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "apiServer": {"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]},
+            "extraEgress": [{"ports": [{"port": 80, "protocol": "TCP"}]}],
+            "fleets": {"metricsNamespaces": ["monitoring"]},
+        },
+        "gatewayClass": {
+            "create": True,
+            "parametersRef": {
+                "group": "gateway.envoyproxy.io",
+                "kind": "EnvoyProxy",
+                "name": "proxy-config",
+                "namespace": "infra",
+            },
+        },
+    },
+    # Cluster-wide with the NetworkPolicies on (the fleet policy's RBAC is then cluster-wide).
+    "netpol-cluster": {
+        "networkPolicy": {"enabled": True},
+    },
+}
+
+# Values the chart must refuse, with a part of the message it must give.
+REFUSED: dict[str, tuple[dict, str]] = {
+    "scoped-bad-name": ({"watchNamespaces": ["Infra"]}, "is not a namespace name"),
+    "scoped-parametersref-elsewhere": (
+        {
+            "watchNamespaces": ["infra"],
+            "gatewayClass": {
+                "parametersRef": {
+                    "group": "gateway.envoyproxy.io",
+                    "kind": "EnvoyProxy",
+                    "name": "proxy-config",
+                    "namespace": NAMESPACE,
+                }
+            },
+        },
+        "must be in watchNamespaces",
+    ),
 }
 
 failures: list[str] = []
@@ -180,6 +224,18 @@ def main() -> int:
             report["scenarios"][name] = run_scenario(name, values, crd_schemas)
         except helm.HelmError as err:
             fail(f"[{name}] helm: {err}")
+    report["refused"] = {}
+    for name, (values, want) in REFUSED.items():
+        if only and name not in only:
+            continue
+        try:
+            with helm.Chart.load(str(CHART)) as chart:
+                chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            fail(f"[{name}] rendered, but the chart must refuse these values")
+        except helm.HelmError as err:
+            report["refused"][name] = str(err)
+            if want not in str(err):
+                fail(f"[{name}] refused, but without {want!r}: {err}")
     json.dump(report, sys.stdout, default=str)
     sys.stdout.write("\n")
     for msg in failures:

@@ -24,7 +24,7 @@ use crate::xds::server::XdsServer;
 use anyhow::Context;
 use portcullis_kube::backoff::Backoff;
 use portcullis_kube::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY};
-use portcullis_kube::infra::{InfraConfig, InfraReconciler};
+use portcullis_kube::infra::{FleetNetworkPolicy, InfraConfig, InfraReconciler};
 use portcullis_kube::provider::{Provider, ProviderConfig, WatchHealth};
 use portcullis_kube::reconcile::WriteLoop;
 use portcullis_kube::{LeaderElector, LeaderState, LeaseConfig, Snapshot, StatusRecord};
@@ -86,6 +86,13 @@ pub struct KubeRuntimeConfig {
     /// `--bound-addresses-file`: where to write the addresses actually bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bound_addresses_file: Option<std::path::PathBuf>,
+    /// `--watch-namespace`: the namespaces every namespaced kind is watched in (empty: the
+    /// whole cluster).
+    pub watch_namespaces: Vec<String>,
+    /// `--fleet-network-policy`: a NetworkPolicy per fleet.
+    pub fleet_network_policy: bool,
+    /// `--fleet-metrics-namespace`: who may scrape the fleets (with the NetworkPolicy).
+    pub fleet_metrics_namespaces: Vec<String>,
 }
 
 /// Names the controller's server certificate carries: the configured Service name and its
@@ -127,8 +134,14 @@ struct Probes {
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
-/// Retry `op` with backoff until it succeeds or `stop` flips; `None` on stop.
-async fn until_ok<T, F, Fut>(what: &str, stop: &watch::Receiver<bool>, mut op: F) -> Option<T>
+/// Retry `op` with backoff until it succeeds or `stop` flips; `None` on stop. The latest failure
+/// is kept in `last_error` (what `/readyz` reports while starting), cleared on success.
+async fn until_ok<T, F, Fut>(
+    what: &str,
+    stop: &watch::Receiver<bool>,
+    last_error: &Mutex<Option<String>>,
+    mut op: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = portcullis_kube::Result<T>>,
@@ -137,9 +150,14 @@ where
     let mut stop = stop.clone();
     loop {
         match op().await {
-            Ok(v) => return Some(v),
+            Ok(v) => {
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Some(v);
+            }
             Err(e) => {
                 let d = backoff.next_delay();
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{what}: {e}"));
                 tracing::warn!(error = %e, retry_in = ?d, "{what} failed; retrying");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return None,
@@ -221,6 +239,8 @@ pub async fn run_on(
             retry_initial: cfg.wasm_retry_initial,
             retry_max: cfg.wasm_retry_max,
             fetch_timeout: Duration::from_secs(60),
+            egress: cfg.egress.clone(),
+            max_module_bytes: portcullis_oci::MAX_WASM_SIZE,
         },
         trigger_tx,
         metrics.clone(),
@@ -236,12 +256,17 @@ pub async fn run_on(
     // Probes answer from the start, so the kubelet sees "alive, not ready" while the API is
     // unreachable or RBAC is missing.
     let probes: Arc<OnceLock<Probes>> = Arc::new(OnceLock::new());
+    // Why start-up has not finished (an unreachable API, missing RBAC, a malformed Secret).
+    let start_error: Arc<Mutex<Option<String>>> = Arc::default();
     let readiness: Probe = {
         let probes = probes.clone();
+        let start_error = start_error.clone();
         Arc::new(move || match probes.get() {
             None => (
                 false,
-                serde_json::json!({"ready": false, "reason": "starting: loading the xDS CA and session key from the Kubernetes API"}),
+                serde_json::json!({"ready": false,
+                    "reason": "starting: loading the xDS CA and session key from the Kubernetes API",
+                    "error": start_error.lock().unwrap_or_else(|p| p.into_inner()).clone()}),
             ),
             Some(p) => portcullis_kube::readiness(&p.health, &p.leader),
         })
@@ -276,18 +301,26 @@ pub async fn run_on(
     tracing::info!(%xds_addr, %wasm_addr, %admin_addr, namespace = %cfg.namespace, identity = %cfg.identity, "portcullis controller (kubernetes) starting");
 
     tokio::pin!(shutdown);
+    // Nothing is served or translated before both are loaded: no xDS, no wasm, no watch. In
+    // particular the session key is never a placeholder: a Secret without a valid key is retried
+    // (and reported by /readyz) until it is fixed, never replaced by a default.
     let started = async {
-        let ca = until_ok("loading the xDS CA Secret", &stop_rx, || {
+        let ca = until_ok("loading the xDS CA Secret", &stop_rx, &start_error, || {
             CertAuthority::load_or_create(client.clone(), &cfg.namespace, &cfg.ca_secret)
         })
         .await?;
-        let key = until_ok("loading the session key Secret", &stop_rx, || {
-            portcullis_kube::session::load_or_create(
-                client.clone(),
-                &cfg.namespace,
-                &cfg.session_secret_name,
-            )
-        })
+        let key = until_ok(
+            "loading the session key Secret",
+            &stop_rx,
+            &start_error,
+            || {
+                portcullis_kube::session::load_or_create(
+                    client.clone(),
+                    &cfg.namespace,
+                    &cfg.session_secret_name,
+                )
+            },
+        )
         .await?;
         Some((ca, key))
     };
@@ -356,6 +389,7 @@ pub async fn run_on(
             controller_name: cfg.controller_name.clone(),
             debounce: cfg.debounce,
             max_delay: cfg.max_batch_delay,
+            namespaces: cfg.watch_namespaces.clone(),
         },
     )
     .start();
@@ -383,6 +417,9 @@ pub async fn run_on(
                     xds_port: cfg.xds_service_port,
                     xds_delta: cfg.xds_mode == XdsMode::Delta,
                     envoy_image: cfg.envoy_image.clone(),
+                    network_policy: cfg.fleet_network_policy.then(|| FleetNetworkPolicy {
+                        metrics_namespaces: cfg.fleet_metrics_namespaces.clone(),
+                    }),
                     ..InfraConfig::default()
                 },
                 leader.clone(),
@@ -425,6 +462,8 @@ pub async fn run_on(
         builtin_modules,
         builtin_runtime,
         builtin_dynamic_module,
+        // The loaded key, always (a `[u8; 32]` from the Secret): the translator's placeholder
+        // (`None`, offline `translate` only) is unreachable from here.
         session_secret: Some(session_key),
         ratelimit_service: cfg.ratelimit_service.clone(),
         wasm_fetch_tls: Some(fleet_client_tls(&cfg.fleet_cert_dir)),

@@ -18,6 +18,7 @@ pub mod tls;
 pub mod wasm {
     pub mod access;
     pub mod cache;
+    pub mod fetch;
     pub mod serve;
 }
 pub mod xds {

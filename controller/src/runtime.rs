@@ -210,6 +210,8 @@ pub async fn run(
             retry_initial: cfg.wasm_retry_initial,
             retry_max: cfg.wasm_retry_max,
             fetch_timeout: Duration::from_secs(60),
+            egress: cfg.egress.clone(),
+            max_module_bytes: portcullis_oci::MAX_WASM_SIZE,
         },
         trigger_tx.clone(),
         metrics.clone(),

@@ -217,6 +217,7 @@ fn chart_renders_lints_and_validates() {
         ("gateway.networking.k8s.io", "httproutes"),
         ("gateway.networking.k8s.io", "gatewayclasses"),
         ("gateway.networking.k8s.io", "referencegrants"),
+        ("gateway.networking.k8s.io", "backendtlspolicies"),
         ("gateway.envoyproxy.io", "envoyextensionpolicies"),
         ("gateway.envoyproxy.io", "securitypolicies"),
         ("gateway.envoyproxy.io", "backendtrafficpolicies"),
@@ -397,5 +398,318 @@ fn chart_command_lines_parse_in_the_controller() {
         );
         let leader = args.iter().any(|a| a == "--leader-election=true");
         assert_eq!(k["leader_election"], leader, "[{name}]");
+        // The chart's watchNamespaces reach the provider; the fleet NetworkPolicy flag too.
+        let watched: Vec<String> = args
+            .iter()
+            .filter_map(|a| a.strip_prefix("--watch-namespace="))
+            .map(String::from)
+            .collect();
+        assert_eq!(strings(&k["watch_namespaces"]), watched, "[{name}]");
+        assert_eq!(
+            k["fleet_network_policy"],
+            args.iter().any(|a| a == "--fleet-network-policy=true"),
+            "[{name}]"
+        );
     }
+}
+
+/// `(apiGroup, resource, verb)` granted by a Role's or ClusterRole's rules (resourceNames-limited
+/// rules included, marked by the fourth element).
+fn grants(role: &Value) -> Vec<(String, String, String, bool)> {
+    let mut out = Vec::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        let named = rule.get("resourceNames").is_some();
+        for g in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                for v in strings(&rule["verbs"]) {
+                    out.push((g.clone(), r.clone(), v, named));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn grants_any(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    grants(role)
+        .iter()
+        .any(|(g, r, v, named)| g == group && r == resource && v == verb && !named)
+}
+
+/// Writes the Envoy fleets need, and the namespaced reads of translation.
+const FLEET_WRITES: [(&str, &str, &str); 13] = [
+    ("", "secrets", "create"),
+    ("", "secrets", "patch"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "patch"),
+    ("", "services", "create"),
+    ("", "services", "patch"),
+    ("", "services", "delete"),
+    ("", "serviceaccounts", "create"),
+    ("", "serviceaccounts", "patch"),
+    ("", "serviceaccounts", "delete"),
+    ("apps", "deployments", "create"),
+    ("apps", "deployments", "patch"),
+    ("apps", "deployments", "delete"),
+];
+const NAMESPACED_READS: [(&str, &str); 13] = [
+    ("gateway.networking.k8s.io", "gateways"),
+    ("gateway.networking.k8s.io", "httproutes"),
+    ("gateway.networking.k8s.io", "referencegrants"),
+    ("gateway.networking.k8s.io", "backendtlspolicies"),
+    ("gateway.envoyproxy.io", "envoyextensionpolicies"),
+    ("gateway.envoyproxy.io", "securitypolicies"),
+    ("gateway.envoyproxy.io", "backendtrafficpolicies"),
+    ("gateway.envoyproxy.io", "backends"),
+    ("gateway.envoyproxy.io", "envoyproxies"),
+    ("", "services"),
+    ("", "secrets"),
+    ("", "configmaps"),
+    ("discovery.k8s.io", "endpointslices"),
+];
+
+#[test]
+fn chart_scopes_rbac_to_watch_namespaces() {
+    let report = report();
+    let ns_of = |o: &Value| {
+        o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // ---- defaults: cluster-wide, as before (the documented trade-off), no NetworkPolicy.
+    let objs = objects(report, "defaults");
+    let cr = one(objs, "ClusterRole");
+    for (g, r, v) in FLEET_WRITES {
+        assert!(
+            grants_any(cr, g, r, v),
+            "cluster-wide mode: {g}/{r} {v} in the ClusterRole"
+        );
+    }
+    assert!(
+        !grants_any(cr, "networking.k8s.io", "networkpolicies", "create"),
+        "no NetworkPolicy grant unless networkPolicy.enabled"
+    );
+    assert!(
+        find(objs, "NetworkPolicy").is_empty(),
+        "NetworkPolicy is opt-in"
+    );
+    let dep = one(objs, "Deployment");
+    let args = strings(&dep["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--watch-namespace") || a.starts_with("--fleet-network-policy")),
+        "{args:?}"
+    );
+
+    // ---- scoped: watchNamespaces [infra, apps]
+    let objs = objects(report, "scoped");
+    let cr = one(objs, "ClusterRole");
+    for (g, r, v, named) in grants(cr) {
+        // Only the cluster-scoped kinds, and the Namespaces by name.
+        match (g.as_str(), r.as_str()) {
+            ("gateway.networking.k8s.io", "gatewayclasses") => {
+                assert!(["get", "list", "watch"].contains(&v.as_str()), "{r} {v}")
+            }
+            ("gateway.networking.k8s.io", "gatewayclasses/status") => assert_eq!(v, "patch"),
+            ("", "namespaces") => {
+                assert!(named, "Namespaces only by name");
+                assert!(["get", "list", "watch"].contains(&v.as_str()), "{r} {v}");
+            }
+            _ => panic!("scoped ClusterRole grants {g}/{r} {v}: namespaced, it belongs in a Role"),
+        }
+    }
+    for (g, r, v) in FLEET_WRITES {
+        assert!(
+            !grants_any(cr, g, r, v),
+            "scoped ClusterRole must not grant {g}/{r} {v}"
+        );
+    }
+    let ns_rule = cr["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| strings(&r["resources"]) == ["namespaces"])
+        .expect("namespaces rule");
+    assert_eq!(strings(&ns_rule["resourceNames"]), ["infra", "apps"]);
+
+    let roles = find(objs, "Role");
+    let bindings = find(objs, "RoleBinding");
+    let sa = one(objs, "ServiceAccount");
+    for ns in ["infra", "apps"] {
+        let role = roles
+            .iter()
+            .find(|r| ns_of(r) == ns)
+            .unwrap_or_else(|| panic!("no Role in {ns}"));
+        for (g, r, v) in FLEET_WRITES {
+            assert!(grants_any(role, g, r, v), "Role in {ns}: {g}/{r} {v}");
+        }
+        assert!(
+            grants_any(role, "networking.k8s.io", "networkpolicies", "patch"),
+            "fleet NetworkPolicy"
+        );
+        for (g, r) in NAMESPACED_READS {
+            for v in ["get", "list", "watch"] {
+                assert!(grants_any(role, g, r, v), "Role in {ns}: {g}/{r} {v}");
+            }
+        }
+        for r in ["gateways/status", "httproutes/status"] {
+            assert!(
+                grants_any(role, "gateway.networking.k8s.io", r, "patch"),
+                "{ns}: {r}"
+            );
+        }
+        assert!(!grants_any(role, "", "secrets", "delete"));
+        let rb = bindings
+            .iter()
+            .find(|b| ns_of(b) == ns)
+            .unwrap_or_else(|| panic!("no RoleBinding in {ns}"));
+        assert_eq!(rb["roleRef"]["kind"], "Role");
+        assert_eq!(rb["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(rb["subjects"][0]["name"], sa["metadata"]["name"]);
+        assert_eq!(rb["subjects"][0]["namespace"], "portcullis-system");
+    }
+    // The release namespace: its own Secrets (by name, but create) and the Lease; nothing else.
+    let own: Vec<&&Value> = roles
+        .iter()
+        .filter(|r| ns_of(r) == "portcullis-system")
+        .collect();
+    assert_eq!(own.len(), 2, "secrets + leader-election Roles");
+    let secrets_role = own
+        .iter()
+        .find(|r| r["metadata"]["name"] == "portcullis-secrets")
+        .expect("portcullis-secrets Role");
+    for (g, r, v, named) in grants(secrets_role) {
+        assert_eq!((g.as_str(), r.as_str()), ("", "secrets"));
+        assert!(v == "create" || (v == "get" && named), "{v} named={named}");
+    }
+    let named: Vec<String> = secrets_role["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| strings(&r["resourceNames"]))
+        .collect();
+    assert_eq!(named, ["portcullis-xds-ca", "portcullis-session"]);
+    // Bindings only where Roles are, and no Role outside the watched + release namespaces.
+    for o in roles.iter().chain(bindings.iter()) {
+        assert!(
+            ["infra", "apps", "portcullis-system"].contains(&ns_of(o).as_str()),
+            "{}",
+            o["metadata"]
+        );
+    }
+    let dep = one(objs, "Deployment");
+    let args = strings(&dep["spec"]["template"]["spec"]["containers"][0]["args"]);
+    for want in [
+        "--watch-namespace=infra",
+        "--watch-namespace=apps",
+        "--fleet-network-policy=true",
+        "--fleet-metrics-namespace=monitoring",
+    ] {
+        assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+    }
+
+    // ---- values the chart refuses
+    let refused = &report["refused"];
+    assert!(refused["scoped-bad-name"]
+        .as_str()
+        .is_some_and(|m| m.contains("\"Infra\"")));
+    assert!(refused["scoped-parametersref-elsewhere"]
+        .as_str()
+        .is_some_and(|m| m.contains("must be in watchNamespaces")));
+}
+
+#[test]
+fn chart_network_policies() {
+    let report = report();
+    let port_list = |rule: &Value| -> Vec<(i64, String)> {
+        rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["port"].as_i64().unwrap_or_default(),
+                    p["protocol"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let tcp = |ports: &[i64]| -> Vec<(i64, String)> {
+        ports.iter().map(|p| (*p, "TCP".to_string())).collect()
+    };
+
+    // ---- scoped + networkPolicy.enabled
+    let objs = objects(report, "scoped");
+    let np = one(objs, "NetworkPolicy");
+    let dep = one(objs, "Deployment");
+    assert_eq!(np["metadata"]["namespace"], "portcullis-system");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(strings(&np["spec"]["policyTypes"]), ["Ingress", "Egress"]);
+    let ingress = np["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    // xDS + wasm only from fleet pods, only in the watched namespaces.
+    assert_eq!(port_list(&ingress[0]), tcp(&[18000, 18001]));
+    let from = &ingress[0]["from"][0];
+    assert_eq!(
+        from["podSelector"]["matchExpressions"][0],
+        serde_json::json!({"key": "portcullis.dev/fleet", "operator": "Exists"})
+    );
+    assert_eq!(
+        strings(&from["namespaceSelector"]["matchExpressions"][0]["values"]),
+        ["infra", "apps"]
+    );
+    // The metrics port only from metricsFrom; the admin/health port is not open otherwise.
+    assert_eq!(port_list(&ingress[1]), tcp(&[19100]));
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let egress = np["spec"]["egress"].as_array().expect("egress");
+    assert_eq!(
+        port_list(&egress[0]),
+        [(53, "UDP".to_string()), (53, "TCP".to_string())],
+        "DNS"
+    );
+    assert_eq!(
+        egress[0]["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+    assert_eq!(port_list(&egress[1]), tcp(&[443, 6443]), "API server");
+    assert_eq!(egress[1]["to"][0]["ipBlock"]["cidr"], "10.0.0.1/32");
+    assert_eq!(port_list(&egress[2]), tcp(&[443]), "registries");
+    assert!(egress[2].get("to").is_none(), "registries: anywhere on 443");
+    assert_eq!(port_list(&egress[3]), tcp(&[80]), "extraEgress");
+    assert_eq!(egress.len(), 4);
+
+    // ---- cluster-wide + networkPolicy.enabled: fleets anywhere, fleet policy RBAC cluster-wide.
+    let objs = objects(report, "netpol-cluster");
+    let np = one(objs, "NetworkPolicy");
+    let ingress = np["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 1, "no metrics ingress without metricsFrom");
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"],
+        serde_json::json!({})
+    );
+    let cr = one(objs, "ClusterRole");
+    for v in ["create", "patch", "delete"] {
+        assert!(
+            grants_any(cr, "networking.k8s.io", "networkpolicies", v),
+            "{v}"
+        );
+    }
+    let args =
+        strings(&one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        args.contains(&"--fleet-network-policy=true".to_string()),
+        "{args:?}"
+    );
+    assert!(!args
+        .iter()
+        .any(|a| a.starts_with("--fleet-metrics-namespace")));
 }

@@ -378,7 +378,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         }
     };
     let watches = ready["watches"].as_object().expect("watches in /readyz");
-    assert_eq!(watches.len(), 14, "{ready:#}");
+    assert_eq!(watches.len(), 15, "{ready:#}");
     for kind in [
         "GatewayClass",
         "Gateway",

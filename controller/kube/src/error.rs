@@ -17,6 +17,13 @@ pub enum Error {
         name: String,
         reason: String,
     },
+    /// A Secret the controller owns (OIDC session key) exists but holds nothing usable.
+    #[error("Secret {namespace}/{name}: {reason}")]
+    InvalidSecret {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
     /// Certificate generation or loading failed.
     #[error("certificates: {0}")]
     Certs(String),

@@ -5,6 +5,12 @@
 //! fleet (Kubernetes garbage collection; `blockOwnerDeletion` is left unset, so no extra RBAC on
 //! `gateways/finalizers` is needed). Objects are written with server-side apply.
 //!
+//! With [`InfraConfig::network_policy`] set (`--fleet-network-policy`), each fleet also gets a
+//! NetworkPolicy selecting its pods: ingress only on the Gateway's listener ports (from anywhere:
+//! it is the Gateway) and, from the namespaces configured for scraping, on the readiness/metrics
+//! port [`READY_PORT`]. Envoy admin is a unix socket ([`ADMIN_SOCKET`]), never a port, so no rule
+//! concerns it. Egress is not restricted: upstreams are whatever the routes name.
+//!
 //! Fleet parameters come from an EnvoyProxy referenced by the Gateway
 //! (`spec.infrastructure.parametersRef`) or else by its GatewayClass (`spec.parametersRef`).
 //! Supported: replicas, container image and resources, Service type and annotations, log level.
@@ -18,6 +24,7 @@ use std::time::Duration;
 use base64::Engine;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Client;
@@ -72,6 +79,17 @@ pub struct InfraConfig {
     /// Re-apply a fleet at least this often even when nothing changed, repairing drift
     /// (e.g. a Deployment deleted by hand).
     pub resync: Duration,
+    /// Write a NetworkPolicy per fleet (None: none, and none is deleted).
+    pub network_policy: Option<FleetNetworkPolicy>,
+}
+
+/// Settings of the per-fleet NetworkPolicy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetNetworkPolicy {
+    /// Namespaces whose pods may reach the fleet's readiness/metrics port ([`READY_PORT`]),
+    /// e.g. Prometheus's. Empty: none (the kubelet's probes come from the node, which
+    /// NetworkPolicy always allows).
+    pub metrics_namespaces: Vec<String>,
 }
 
 impl Default for InfraConfig {
@@ -83,6 +101,7 @@ impl Default for InfraConfig {
             envoy_image: DEFAULT_ENVOY_IMAGE.into(),
             field_manager: crate::status::FIELD_MANAGER.into(),
             resync: Duration::from_secs(600),
+            network_policy: None,
         }
     }
 }
@@ -343,6 +362,8 @@ pub struct Fleet {
     pub service_account: Value,
     pub secret: Value,
     pub config_map: Value,
+    /// Present when [`InfraConfig::network_policy`] is set.
+    pub network_policy: Option<Value>,
     pub service: Option<Value>,
     pub deployment: Value,
 }
@@ -355,6 +376,10 @@ impl Fleet {
             ("Secret", &self.secret),
             ("ConfigMap", &self.config_map),
         ];
+        // Before the Deployment, so the pods are isolated from their first start.
+        if let Some(np) = &self.network_policy {
+            v.push(("NetworkPolicy", np));
+        }
         if let Some(s) = &self.service {
             v.push(("Service", s));
         }
@@ -505,6 +530,35 @@ pub fn fleet_objects(
         })
     });
 
+    let network_policy = cfg.network_policy.as_ref().map(|np| {
+        let mut ingress = Vec::new();
+        if !ports.is_empty() {
+            // The Gateway's listeners: from anywhere (`from` omitted).
+            ingress.push(json!({"ports": ports.keys()
+                .map(|p| json!({"port": p, "protocol": "TCP"}))
+                .collect::<Vec<_>>()}));
+        }
+        if !np.metrics_namespaces.is_empty() {
+            ingress.push(json!({
+                "from": [{"namespaceSelector": {"matchExpressions": [{
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "In",
+                    "values": np.metrics_namespaces
+                }]}}],
+                "ports": [{"port": READY_PORT, "protocol": "TCP"}]
+            }));
+        }
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": meta(Map::new()),
+            "spec": {
+                "podSelector": {"matchLabels": selector},
+                "policyTypes": ["Ingress"],
+                "ingress": ingress
+            }
+        })
+    });
+
     let mut container_ports: Vec<Value> = ports
         .keys()
         .map(|p| json!({"containerPort": p, "protocol": "TCP"}))
@@ -575,6 +629,7 @@ pub fn fleet_objects(
         service_account,
         secret,
         config_map,
+        network_policy,
         service,
         deployment,
     })
@@ -879,6 +934,11 @@ impl InfraReconciler {
                     .patch(name, &pp, &patch)
                     .await?,
             ),
+            "NetworkPolicy" => drop(
+                Api::<NetworkPolicy>::namespaced(c, ns)
+                    .patch(name, &pp, &patch)
+                    .await?,
+            ),
             _ => drop(
                 Api::<Deployment>::namespaced(c, ns)
                     .patch(name, &pp, &patch)
@@ -908,11 +968,20 @@ impl InfraReconciler {
                 .map(drop),
         )?;
         ignore_404(
-            Api::<ServiceAccount>::namespaced(c, ns)
+            Api::<ServiceAccount>::namespaced(c.clone(), ns)
                 .delete(name, &dp)
                 .await
                 .map(drop),
         )?;
+        // Only when configured: without it, the chart grants no verb on NetworkPolicies.
+        if self.cfg.network_policy.is_some() {
+            ignore_404(
+                Api::<NetworkPolicy>::namespaced(c, ns)
+                    .delete(name, &dp)
+                    .await
+                    .map(drop),
+            )?;
+        }
         Ok(())
     }
 

@@ -48,6 +48,10 @@ pub struct ProviderConfig {
     pub debounce: Duration,
     /// Longest a batch may be held back under a constant stream of changes.
     pub max_delay: Duration,
+    /// Namespaces the namespaced kinds are watched in (one watch per kind and namespace, each an
+    /// `Api::namespaced`), and the only Namespace objects read (by name). Empty: every kind is
+    /// watched cluster-wide. GatewayClass is cluster-scoped and always watched cluster-wide.
+    pub namespaces: Vec<String>,
 }
 
 impl Default for ProviderConfig {
@@ -56,6 +60,7 @@ impl Default for ProviderConfig {
             controller_name: crate::DEFAULT_CONTROLLER_NAME.into(),
             debounce: Duration::from_millis(200),
             max_delay: Duration::from_secs(2),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -63,8 +68,8 @@ impl Default for ProviderConfig {
 /// Health of the watches, for `/healthz` and `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct WatchHealth {
-    synced: Arc<Mutex<BTreeMap<&'static str, bool>>>,
-    absent: Arc<Mutex<BTreeSet<&'static str>>>,
+    synced: Arc<Mutex<BTreeMap<String, bool>>>,
+    absent: Arc<Mutex<BTreeSet<String>>>,
     snapshots: Arc<AtomicU64>,
     events: Arc<AtomicU64>,
 }
@@ -78,8 +83,9 @@ impl WatchHealth {
             .unwrap_or(false)
     }
 
-    /// Per kind: has it completed its initial list.
-    pub fn kinds(&self) -> BTreeMap<&'static str, bool> {
+    /// Per watch (the kind, or `Kind/namespace` when scoped to namespaces): has it completed
+    /// its initial list.
+    pub fn kinds(&self) -> BTreeMap<String, bool> {
         self.synced.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
@@ -95,12 +101,12 @@ impl WatchHealth {
 
     /// Kinds the API server does not serve (CRD not installed): treated as empty, and picked up
     /// by the watch's retries once the CRD appears.
-    pub fn absent(&self) -> BTreeSet<&'static str> {
+    pub fn absent(&self) -> BTreeSet<String> {
         self.absent.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Record an event; returns whether it changes what a snapshot would contain.
-    fn on_event<K>(&self, label: &'static str, ev: &Result<Event<K>, watcher::Error>) -> bool {
+    fn on_event<K>(&self, label: &str, ev: &Result<Event<K>, watcher::Error>) -> bool {
         match ev {
             Ok(Event::InitDone) => {
                 if let Ok(mut a) = self.absent.lock() {
@@ -118,7 +124,7 @@ impl WatchHealth {
                 let newly = self
                     .absent
                     .lock()
-                    .map(|mut a| a.insert(label))
+                    .map(|mut a| a.insert(label.to_string()))
                     .unwrap_or(false);
                 if newly {
                     tracing::warn!(
@@ -137,9 +143,9 @@ impl WatchHealth {
         }
     }
 
-    fn set(&self, kind: &'static str, synced: bool) {
+    fn set(&self, kind: &str, synced: bool) {
         if let Ok(mut m) = self.synced.lock() {
-            m.insert(kind, synced);
+            m.insert(kind.to_string(), synced);
         }
     }
 }
@@ -189,27 +195,26 @@ where
 
 fn spawn_watch<K>(
     api: Api<K>,
+    wc: watcher::Config,
     dyntype: K::DynamicType,
-    label: &'static str,
+    label: String,
     health: WatchHealth,
     changes: mpsc::UnboundedSender<()>,
 ) -> Box<dyn KindStore>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let api_version = K::api_version(&dyntype).to_string();
     let kind = K::kind(&dyntype).to_string();
     let writer = reflector::store::Writer::new(dyntype);
     let store = writer.as_reader();
-    health.set(label, false);
-    let stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    health.set(&label, false);
+    let stream = watcher::watcher(api, wc).default_backoff().reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
-            if health.on_event(label, &ev) {
+            if health.on_event(&label, &ev) {
                 let _ = changes.send(());
             }
         }
@@ -221,36 +226,39 @@ where
     })
 }
 
-/// Dynamic kinds use an [`ApiResource`] as their dynamic type, which has no `Default`.
-fn spawn_dynamic_watch(
-    client: &Client,
-    ar: ApiResource,
-    label: &'static str,
-    health: WatchHealth,
-    changes: mpsc::UnboundedSender<()>,
-) -> Box<dyn KindStore> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let api_version = ar.api_version.clone();
-    let kind = ar.kind.clone();
-    let writer = reflector::store::Writer::new(ar);
-    let store = writer.as_reader();
-    health.set(label, false);
-    let stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            if health.on_event(label, &ev) {
-                let _ = changes.send(());
-            }
+/// Where one watch of a kind looks: the whole cluster, or one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    Cluster,
+    Namespace(String),
+}
+
+impl Scope {
+    /// The health label of `kind`'s watch in this scope: `Kind`, or `Kind/namespace`.
+    fn label(&self, kind: &str) -> String {
+        match self {
+            Scope::Cluster => kind.to_string(),
+            Scope::Namespace(ns) => format!("{kind}/{ns}"),
         }
-    });
-    Box::new(TypedStore::<DynamicObject> {
-        store,
-        api_version,
-        kind,
-    })
+    }
+
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::Cluster => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+
+    fn dynamic_api(&self, client: &Client, ar: &ApiResource) -> Api<DynamicObject> {
+        match self {
+            Scope::Cluster => Api::all_with(client.clone(), ar),
+            Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        }
+    }
 }
 
 /// Wait for the next batch of change notifications: returns once `debounce` passed without a
@@ -291,11 +299,12 @@ pub struct Provider {
 }
 
 /// Labels of the watched kinds, in the order the watches start.
-pub const WATCHED_KINDS: [&str; 14] = [
+pub const WATCHED_KINDS: [&str; 15] = [
     "GatewayClass",
     "Gateway",
     "HTTPRoute",
     "ReferenceGrant",
+    "BackendTLSPolicy",
     "Service",
     "EndpointSlice",
     "Secret",
@@ -318,96 +327,112 @@ impl Provider {
         let health = WatchHealth::default();
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let c = &self.client;
-        let gw =
-            |ar: ApiResource, label| spawn_dynamic_watch(c, ar, label, health.clone(), tx.clone());
-        let stores: Vec<Box<dyn KindStore>> = vec![
-            gw(
-                ApiResource::erase::<gateway_api::gatewayclasses::GatewayClass>(&()),
-                "GatewayClass",
-            ),
-            gw(
+        let scopes: Vec<Scope> = if self.cfg.namespaces.is_empty() {
+            vec![Scope::Cluster]
+        } else {
+            let unique: BTreeSet<&String> = self.cfg.namespaces.iter().collect();
+            unique
+                .into_iter()
+                .map(|ns| Scope::Namespace(ns.clone()))
+                .collect()
+        };
+        let mut stores: Vec<Box<dyn KindStore>> = Vec::new();
+        // GatewayClass is cluster-scoped: one cluster-wide watch in every mode.
+        let class = ApiResource::erase::<gateway_api::gatewayclasses::GatewayClass>(&());
+        stores.push(spawn_watch(
+            Api::<DynamicObject>::all_with(c.clone(), &class),
+            watcher::Config::default(),
+            class,
+            "GatewayClass".to_string(),
+            health.clone(),
+            tx.clone(),
+        ));
+        let dynamic_kinds = [
+            (
                 ApiResource::erase::<gateway_api::gateways::Gateway>(&()),
                 "Gateway",
             ),
-            gw(
+            (
                 ApiResource::erase::<gateway_api::httproutes::HttpRoute>(&()),
                 "HTTPRoute",
             ),
-            gw(
+            (
                 ApiResource::erase::<gateway_api::referencegrants::ReferenceGrant>(&()),
                 "ReferenceGrant",
             ),
-            spawn_watch(
-                Api::<Service>::all(c.clone()),
-                (),
-                "Service",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<EndpointSlice>::all(c.clone()),
-                (),
-                "EndpointSlice",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<Secret>::all(c.clone()),
-                (),
-                "Secret",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<ConfigMap>::all(c.clone()),
-                (),
-                "ConfigMap",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<Namespace>::all(c.clone()),
-                (),
-                "Namespace",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<EnvoyExtensionPolicy>::all(c.clone()),
-                (),
-                "EnvoyExtensionPolicy",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<SecurityPolicy>::all(c.clone()),
-                (),
-                "SecurityPolicy",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<BackendTrafficPolicy>::all(c.clone()),
-                (),
-                "BackendTrafficPolicy",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<Backend>::all(c.clone()),
-                (),
-                "Backend",
-                health.clone(),
-                tx.clone(),
-            ),
-            spawn_watch(
-                Api::<EnvoyProxy>::all(c.clone()),
-                (),
-                "EnvoyProxy",
-                health.clone(),
-                tx.clone(),
+            (
+                ApiResource::erase::<gateway_api::backendtlspolicies::BackendTlsPolicy>(&()),
+                "BackendTLSPolicy",
             ),
         ];
+        for (ar, kind) in dynamic_kinds {
+            for scope in &scopes {
+                stores.push(spawn_watch(
+                    scope.dynamic_api(c, &ar),
+                    watcher::Config::default(),
+                    ar.clone(),
+                    scope.label(kind),
+                    health.clone(),
+                    tx.clone(),
+                ));
+            }
+        }
+        for scope in &scopes {
+            let typed = |kind: &str| (scope.label(kind), health.clone(), tx.clone());
+            let w = watcher::Config::default;
+            let (l, h, t) = typed("Service");
+            stores.push(spawn_watch(scope.api::<Service>(c), w(), (), l, h, t));
+            let (l, h, t) = typed("EndpointSlice");
+            stores.push(spawn_watch(scope.api::<EndpointSlice>(c), w(), (), l, h, t));
+            let (l, h, t) = typed("Secret");
+            stores.push(spawn_watch(scope.api::<Secret>(c), w(), (), l, h, t));
+            let (l, h, t) = typed("ConfigMap");
+            stores.push(spawn_watch(scope.api::<ConfigMap>(c), w(), (), l, h, t));
+            // Namespace is cluster-scoped. Scoped to namespaces, only the watched ones are read,
+            // each by name (a `metadata.name` field selector, which RBAC `resourceNames` can
+            // authorize for list and watch): their labels are all that `allowedRoutes` selectors
+            // and policy target selectors can match, since nothing else is watched.
+            let (l, h, t) = typed("Namespace");
+            let (ns_api, ns_cfg) = match scope {
+                Scope::Cluster => (Api::<Namespace>::all(c.clone()), w()),
+                Scope::Namespace(ns) => (
+                    Api::<Namespace>::all(c.clone()),
+                    w().fields(&format!("metadata.name={ns}")),
+                ),
+            };
+            stores.push(spawn_watch(ns_api, ns_cfg, (), l, h, t));
+            let (l, h, t) = typed("EnvoyExtensionPolicy");
+            stores.push(spawn_watch(
+                scope.api::<EnvoyExtensionPolicy>(c),
+                w(),
+                (),
+                l,
+                h,
+                t,
+            ));
+            let (l, h, t) = typed("SecurityPolicy");
+            stores.push(spawn_watch(
+                scope.api::<SecurityPolicy>(c),
+                w(),
+                (),
+                l,
+                h,
+                t,
+            ));
+            let (l, h, t) = typed("BackendTrafficPolicy");
+            stores.push(spawn_watch(
+                scope.api::<BackendTrafficPolicy>(c),
+                w(),
+                (),
+                l,
+                h,
+                t,
+            ));
+            let (l, h, t) = typed("Backend");
+            stores.push(spawn_watch(scope.api::<Backend>(c), w(), (), l, h, t));
+            let (l, h, t) = typed("EnvoyProxy");
+            stores.push(spawn_watch(scope.api::<EnvoyProxy>(c), w(), (), l, h, t));
+        }
         drop(tx);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
         let cfg = self.cfg;

@@ -13,15 +13,26 @@ use crate::error::{Error, Result};
 /// Data key of the session key in its Secret.
 pub const SESSION_KEY: &str = "session-key";
 
-fn key_of(s: &Secret, name: &str) -> Result<[u8; 32]> {
+/// What to do about a Secret that holds no usable key (in every such error message).
+const FIX: &str = "put 32 random bytes in data.session-key, or delete the Secret to have a new \
+                   random key created (every OIDC session then ends); OIDC is not served until then";
+
+/// The key in Secret `namespace/name`; never a default: a Secret without a usable key is an
+/// error naming it, so no replica ever serves with a placeholder or a guessed key.
+pub fn key_of(s: &Secret, namespace: &str, name: &str) -> Result<[u8; 32]> {
+    let invalid = |reason: String| Error::InvalidSecret {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        reason: format!("{reason}; {FIX}"),
+    };
     let bytes = s
         .data
         .as_ref()
         .and_then(|d| d.get(SESSION_KEY))
-        .ok_or_else(|| Error::Certs(format!("Secret {name} lacks data.{SESSION_KEY}")))?;
+        .ok_or_else(|| invalid(format!("no data.{SESSION_KEY}")))?;
     <[u8; 32]>::try_from(bytes.0.as_slice()).map_err(|_| {
-        Error::Certs(format!(
-            "Secret {name}: data.{SESSION_KEY} must be exactly 32 bytes, not {}",
+        invalid(format!(
+            "data.{SESSION_KEY} must be exactly 32 bytes, not {}",
             bytes.0.len()
         ))
     })
@@ -61,5 +72,5 @@ pub async fn load_or_create(client: Client, namespace: &str, name: &str) -> Resu
     if created.1 {
         tracing::info!(namespace, name, "created the OIDC session key Secret");
     }
-    key_of(&created.0, name)
+    key_of(&created.0, namespace, name)
 }

@@ -34,7 +34,13 @@ fn fleet() -> (infra::Fleet, CertAuthority) {
     let gw = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "web", "namespace": "infra", "uid": "u-1"},
         "spec": {"gatewayClassName": "portcullis", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}});
-    let cfg = InfraConfig::default();
+    // With the per-fleet NetworkPolicy, so it is validated too.
+    let cfg = InfraConfig {
+        network_policy: Some(infra::FleetNetworkPolicy {
+            metrics_namespaces: vec!["monitoring".into()],
+        }),
+        ..InfraConfig::default()
+    };
     let ep = json!({"spec": {"provider": {"type": "Kubernetes", "kubernetes": {"envoyDeployment": {"container": {
         "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}}}}}}});
     let (params, unsupported) = infra::fleet_params(&cfg, &gw, Some(&ep));
@@ -154,7 +160,11 @@ fn fleet_objects_validate_against_kubernetes_schemas() {
         .into_iter()
         .map(|(_, o)| o.clone())
         .collect();
-    assert_eq!(objs.len(), 5);
+    assert_eq!(
+        objs.len(),
+        6,
+        "ServiceAccount, Secret, ConfigMap, NetworkPolicy, Service, Deployment"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("objs.json");
     std::fs::write(&file, serde_json::to_vec(&objs).expect("json")).expect("write");

@@ -363,3 +363,106 @@ async fn a_new_leader_reuses_the_stored_client_certificate_until_renewal_is_due(
     assert_ne!(third[1]["data"]["tls.crt"], secret["data"]["tls.crt"]);
     assert_ne!(hash(&third[4]), hash(&first[4]));
 }
+
+#[tokio::test]
+async fn with_network_policies_each_fleet_admits_only_its_listener_ports() {
+    let (client, mut server) = common::client();
+    let cfg = InfraConfig {
+        network_policy: Some(infra::FleetNetworkPolicy {
+            metrics_namespaces: vec!["monitoring".into()],
+        }),
+        ..InfraConfig::default()
+    };
+    let mut rec = InfraReconciler::new(client, cfg, LeaderState::always(), ca());
+    let task = tokio::spawn(async move {
+        let r = rec
+            .reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+            .await;
+        (rec, r)
+    });
+    let mut bodies = Vec::new();
+    for path in [
+        "/api/v1/namespaces/infra/serviceaccounts/portcullis-web",
+        "/api/v1/namespaces/infra/secrets/portcullis-web-xds",
+        "/api/v1/namespaces/infra/configmaps/portcullis-web",
+        // Before the Deployment: the pods are isolated from their first start.
+        "/apis/networking.k8s.io/v1/namespaces/infra/networkpolicies/portcullis-web",
+        "/api/v1/namespaces/infra/services/portcullis-web",
+        "/apis/apps/v1/namespaces/infra/deployments/portcullis-web",
+    ] {
+        let got = server.next().await;
+        assert_apply(&got, path);
+        let body = got.body.clone();
+        got.ok(body.clone());
+        bodies.push(body);
+    }
+    let (mut rec, report) = task.await.expect("join");
+    assert_eq!(report.applied.len(), 1);
+    let np = &bodies[3];
+    assert_eq!(np["kind"], "NetworkPolicy");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"], bodies[5]["spec"]["selector"]["matchLabels"],
+        "selects exactly the fleet's pods"
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([
+            // The listeners (80, and 443 once for two listeners), from anywhere.
+            {"ports": [{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}]},
+            // Readiness/metrics only from the scraping namespace; admin is no port at all.
+            {"from": [{"namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"]}]}}],
+             "ports": [{"port": infra::READY_PORT, "protocol": "TCP"}]}
+        ])
+    );
+
+    // The Gateway leaves our class: its NetworkPolicy goes with the rest of the fleet.
+    let task = tokio::spawn(async move {
+        rec.reconcile(
+            &Snapshot::from_objects([class()]),
+            ts("2026-05-01T12:01:00Z"),
+        )
+        .await
+    });
+    let mut deleted = Vec::new();
+    for _ in 0..4 {
+        let got = server.next().await;
+        assert_eq!(got.method, http::Method::DELETE);
+        deleted.push(got.path.clone());
+        got.status(404, "NotFound");
+    }
+    assert_eq!(
+        deleted.last().map(String::as_str),
+        Some("/apis/networking.k8s.io/v1/namespaces/infra/networkpolicies/portcullis-web")
+    );
+    assert_eq!(task.await.expect("join").removed.len(), 1);
+}
+
+#[tokio::test]
+async fn without_network_policies_none_is_written_or_deleted() {
+    let (client, mut server) = common::client();
+    let mut rec = InfraReconciler::new(client, InfraConfig::default(), LeaderState::always(), ca());
+    let task = tokio::spawn(async move {
+        rec.reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+            .await;
+        rec
+    });
+    let bodies = serve_fleet(&mut server).await;
+    assert!(bodies.iter().all(|b| b["kind"] != "NetworkPolicy"));
+    let mut rec = task.await.expect("join");
+    let task = tokio::spawn(async move {
+        rec.reconcile(
+            &Snapshot::from_objects([class()]),
+            ts("2026-05-01T12:01:00Z"),
+        )
+        .await
+    });
+    for _ in 0..3 {
+        let got = server.next().await;
+        assert!(!got.path.contains("networkpolicies"), "{}", got.path);
+        got.status(404, "NotFound");
+    }
+    task.await.expect("join");
+    server.expect_silence(200).await;
+}

@@ -18,6 +18,7 @@ fn expected_paths() -> BTreeSet<String> {
         "/apis/gateway.networking.k8s.io/v1/gateways",
         ROUTES,
         "/apis/gateway.networking.k8s.io/v1/referencegrants",
+        "/apis/gateway.networking.k8s.io/v1/backendtlspolicies",
         "/api/v1/services",
         "/apis/discovery.k8s.io/v1/endpointslices",
         "/api/v1/secrets",
@@ -79,14 +80,15 @@ async fn watches_every_kind_and_batches_a_burst_of_1000_events() {
         controller_name: OURS.into(),
         debounce: Duration::from_millis(150),
         max_delay: Duration::from_secs(3),
+        namespaces: Vec::new(),
     };
     let mut handle = Provider::new(client, cfg).start();
-    assert_eq!(WATCHED_KINDS.len(), 14);
+    assert_eq!(WATCHED_KINDS.len(), 15);
 
     let (mut lists, mut watches) = (BTreeSet::new(), BTreeSet::new());
     let mut pending = Vec::new();
     let mut route_watch = None;
-    while lists.len() < 14 || watches.len() < 14 {
+    while lists.len() < 15 || watches.len() < 15 {
         let got = server.next().await;
         assert_eq!(got.method, http::Method::GET);
         if got.query_has("watch=true") {
@@ -192,6 +194,7 @@ async fn kinds_whose_crd_is_missing_do_not_block_snapshots() {
         controller_name: OURS.into(),
         debounce: Duration::from_millis(50),
         max_delay: Duration::from_secs(1),
+        namespaces: Vec::new(),
     };
     let handle = Provider::new(client, cfg).start();
     let eg = "/apis/gateway.envoyproxy.io/";
@@ -223,8 +226,8 @@ async fn kinds_whose_crd_is_missing_do_not_block_snapshots() {
         portcullis_kube::readiness(&handle.health, &portcullis_kube::LeaderState::follower());
     assert!(ready, "{body}");
     assert_eq!(body["leader"], false);
-    assert_eq!(body["watches"].as_object().map(|m| m.len()), Some(14));
-    let absent: Vec<&str> = handle.health.absent().into_iter().collect();
+    assert_eq!(body["watches"].as_object().map(|m| m.len()), Some(15));
+    let absent: Vec<String> = handle.health.absent().into_iter().collect();
     assert_eq!(
         absent,
         [
@@ -237,5 +240,123 @@ async fn kinds_whose_crd_is_missing_do_not_block_snapshots() {
     );
     let snap = handle.snapshots.borrow().clone();
     assert_eq!(snap.of_kind("Gateway").count(), 1);
+    drop(pending);
+}
+
+/// The collections the provider lists and watches when scoped to `namespaces`: GatewayClass
+/// cluster-wide, every namespaced kind once per namespace, Namespace cluster-wide but by name.
+fn scoped_paths(namespaces: &[&str]) -> BTreeSet<String> {
+    let mut out = BTreeSet::from([
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses".to_string(),
+        "/api/v1/namespaces".to_string(),
+    ]);
+    for ns in namespaces {
+        for (prefix, plural) in [
+            ("/apis/gateway.networking.k8s.io/v1", "gateways"),
+            ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+            ("/apis/gateway.networking.k8s.io/v1", "referencegrants"),
+            ("/apis/gateway.networking.k8s.io/v1", "backendtlspolicies"),
+            ("/api/v1", "services"),
+            ("/apis/discovery.k8s.io/v1", "endpointslices"),
+            ("/api/v1", "secrets"),
+            ("/api/v1", "configmaps"),
+            (
+                "/apis/gateway.envoyproxy.io/v1alpha1",
+                "envoyextensionpolicies",
+            ),
+            ("/apis/gateway.envoyproxy.io/v1alpha1", "securitypolicies"),
+            (
+                "/apis/gateway.envoyproxy.io/v1alpha1",
+                "backendtrafficpolicies",
+            ),
+            ("/apis/gateway.envoyproxy.io/v1alpha1", "backends"),
+            ("/apis/gateway.envoyproxy.io/v1alpha1", "envoyproxies"),
+        ] {
+            out.insert(format!("{prefix}/namespaces/{ns}/{plural}"));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn scoped_to_namespaces_nothing_namespaced_is_listed_cluster_wide() {
+    let (client, mut server) = common::client();
+    let cfg = ProviderConfig {
+        controller_name: OURS.into(),
+        debounce: Duration::from_millis(50),
+        max_delay: Duration::from_secs(1),
+        // Duplicates are watched once.
+        namespaces: vec!["infra".into(), "apps".into(), "infra".into()],
+    };
+    let handle = Provider::new(client, cfg).start();
+    let want = scoped_paths(&["infra", "apps"]);
+    // 1 + 2 x 13 namespaced kinds + 2 Namespace watches (one per name).
+    let (mut lists, mut watches) = (Vec::new(), Vec::new());
+    let mut pending = Vec::new();
+    while lists.len() < 29 || watches.len() < 29 {
+        let got = server.next().await;
+        assert_eq!(got.method, http::Method::GET);
+        assert!(
+            want.contains(&got.path),
+            "{} {}: not one of the scoped collections",
+            got.path,
+            got.query
+        );
+        let entry = (got.path.clone(), got.query_has("watch=true"));
+        if got.path == "/api/v1/namespaces" {
+            // Read by name only: RBAC resourceNames can authorize exactly this.
+            let by_name = ["infra", "apps"]
+                .iter()
+                .any(|ns| got.query_has(&format!("fieldSelector=metadata.name%3D{ns}")));
+            assert!(
+                by_name,
+                "Namespace read without a name selector: {}",
+                got.query
+            );
+        }
+        if entry.1 {
+            watches.push(entry);
+            pending.push(got);
+            continue;
+        }
+        lists.push(entry);
+        let items = match got.path.as_str() {
+            "/apis/gateway.networking.k8s.io/v1/gatewayclasses" => json!([
+                {"metadata": {"name": "pc", "resourceVersion": "1"}, "spec": {"controllerName": OURS}}
+            ]),
+            "/apis/gateway.networking.k8s.io/v1/namespaces/infra/gateways" => json!([
+                {"metadata": {"name": "web", "namespace": "infra", "resourceVersion": "1"},
+                 "spec": {"gatewayClassName": "pc", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}
+            ]),
+            "/api/v1/namespaces" => {
+                let ns = if got.query.contains("infra") {
+                    "infra"
+                } else {
+                    "apps"
+                };
+                json!([{"metadata": {"name": ns, "resourceVersion": "1",
+                                     "labels": {"kubernetes.io/metadata.name": ns}}}])
+            }
+            _ => json!([]),
+        };
+        got.ok(json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}));
+    }
+    let listed: BTreeSet<String> = lists.iter().map(|(p, _)| p.clone()).collect();
+    let watched: BTreeSet<String> = watches.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(listed, want, "lists exactly the scoped collections");
+    assert_eq!(watched, want, "watches exactly the scoped collections");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handle.health.snapshots_emitted() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kinds = handle.health.kinds();
+    assert_eq!(kinds.len(), 29, "{kinds:?}");
+    assert!(kinds.contains_key("GatewayClass") && kinds.contains_key("Secret/apps"));
+    let snap = handle.snapshots.borrow().clone();
+    let names: BTreeSet<String> = snap.iter().map(|(k, _)| k.to_string()).collect();
+    assert!(names.contains("Gateway infra/web"), "{names:?}");
+    assert!(names.contains("Namespace infra") && names.contains("Namespace apps"));
     drop(pending);
 }

@@ -10,10 +10,18 @@ pub struct EgressArgs {
     /// (as Envoy Gateway's `extensionApis.enableBackend`).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_backend: Option<bool>,
-    /// Allow upstreams in this range that are refused by default (loopback, link-local and
-    /// the metadata service, unspecified), for `Backend` endpoints, EndpointSlice addresses,
-    /// OIDC issuers and rate-limit `service_address`. Repeatable, e.g. `127.0.0.0/8` for a
-    /// local upstream.
+    /// Allow targets in this range that are refused by default. Repeatable, e.g. `127.0.0.0/8`
+    /// for a local upstream or module server.
+    ///
+    /// Envoy's upstreams (`Backend` endpoints, EndpointSlice addresses, OIDC issuers,
+    /// rate-limit `service_address`): loopback, link-local and the metadata service, and
+    /// unspecified addresses are refused by default.
+    ///
+    /// The controller's own HTTP(S) fetches of wasm and dynamic modules (EnvoyExtensionPolicy
+    /// `code.type: HTTP`, EnvoyProxy remote modules, --builtin-wasm-url) follow the same list,
+    /// and also refuse private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7) and CGNAT
+    /// (100.64.0.0/10) ranges by default. Every address a host name resolves to must pass; http
+    /// and https are both accepted under this rule; redirects are never followed.
     #[arg(long, value_name = "CIDR")]
     pub allow_backend_cidr: Vec<ipnet::IpNet>,
     /// Allow `Backend` unix-socket endpoints (refused by default).

@@ -181,6 +181,45 @@ pub struct KubeArgs {
     /// Longest a batch of watch events may be held back under a constant stream of changes (ms).
     #[arg(long, default_value_t = 2000)]
     pub max_batch_delay_ms: u64,
+    /// Watch Gateways, routes, policies and the objects they reference only in this namespace
+    /// (repeatable, or comma-separated): every namespaced kind is listed and watched per
+    /// namespace (never cluster-wide), Namespace objects are read by name, and objects elsewhere
+    /// are invisible. Default: the whole cluster. The RBAC can then be Roles in these namespaces
+    /// (the chart's `watchNamespaces`).
+    #[arg(
+        long = "watch-namespace",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
+    /// Write a NetworkPolicy per fleet: ingress only on the Gateway's listener ports (and the
+    /// readiness/metrics port from --fleet-metrics-namespace). Needs RBAC on networkpolicies.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub fleet_network_policy: bool,
+    /// With --fleet-network-policy: a namespace whose pods may scrape the fleets' metrics port
+    /// (e.g. Prometheus's). Repeatable, or comma-separated.
+    #[arg(
+        long = "fleet-metrics-namespace",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub fleet_metrics_namespaces: Vec<String>,
+}
+
+/// A Kubernetes namespace name: a DNS-1123 label (lowercase alphanumerics and '-', at most 63,
+/// starting and ending with an alphanumeric).
+fn check_namespace(flag: &str, ns: &str) -> anyhow::Result<()> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    if !ok {
+        anyhow::bail!("{flag} {ns:?} is not a namespace name (a DNS-1123 label)");
+    }
+    Ok(())
 }
 
 pub fn init_tracing() {
@@ -263,6 +302,19 @@ pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
         Some(n) if !n.is_empty() => n.clone(),
         _ => hostname(),
     };
+    let mut watch_namespaces = Vec::new();
+    for ns in &k.watch_namespaces {
+        check_namespace("--watch-namespace", ns)?;
+        if !watch_namespaces.contains(ns) {
+            watch_namespaces.push(ns.clone());
+        }
+    }
+    for ns in &k.fleet_metrics_namespaces {
+        check_namespace("--fleet-metrics-namespace", ns)?;
+    }
+    if !k.fleet_metrics_namespaces.is_empty() && !k.fleet_network_policy {
+        anyhow::bail!("--fleet-metrics-namespace needs --fleet-network-policy=true");
+    }
     let (wasm_retry_initial, wasm_retry_max) = wasm_retry(args);
     Ok(KubeRuntimeConfig {
         controller_name: args.controller_name.clone(),
@@ -298,6 +350,9 @@ pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
         egress: args.egress.policy(false),
         fleet_cert_dir: portcullis_kube::infra::CERT_DIR.to_string(),
         bound_addresses_file: args.bound_addresses_file.clone(),
+        watch_namespaces,
+        fleet_network_policy: k.fleet_network_policy,
+        fleet_metrics_namespaces: k.fleet_metrics_namespaces.clone(),
     })
 }
 
@@ -487,5 +542,51 @@ mod tests {
             .to_string()
             .contains("--lease-renew-seconds"));
         assert!(parse(&["run", "--provider=kubernetes", "--leader-election=maybe"]).is_err());
+        assert!(
+            c.watch_namespaces.is_empty(),
+            "cluster-wide unless --watch-namespace"
+        );
+        assert!(!c.fleet_network_policy);
+    }
+
+    #[test]
+    fn watch_namespaces_and_fleet_network_policies_parse() {
+        let a = parse(&[
+            "run",
+            "--provider=kubernetes",
+            "--xds-service=x.y.svc",
+            "--watch-namespace=infra",
+            "--watch-namespace=apps,team-b",
+            "--watch-namespace=infra",
+            "--fleet-network-policy=true",
+            "--fleet-metrics-namespace=monitoring",
+        ])
+        .expect("parses");
+        let c = kube_config(&a).expect("valid");
+        assert_eq!(c.watch_namespaces, ["infra", "apps", "team-b"]);
+        assert!(c.fleet_network_policy);
+        assert_eq!(c.fleet_metrics_namespaces, ["monitoring"]);
+
+        for bad in [
+            "--watch-namespace=Infra",
+            "--watch-namespace=a_b",
+            "--watch-namespace=-x",
+        ] {
+            let a = parse(&["run", "--provider=kubernetes", "--xds-service=x.y.svc", bad])
+                .expect("parses");
+            let e = kube_config(&a).expect_err(bad);
+            assert!(e.to_string().contains("--watch-namespace"), "{e}");
+        }
+        let a = parse(&[
+            "run",
+            "--provider=kubernetes",
+            "--xds-service=x.y.svc",
+            "--fleet-metrics-namespace=monitoring",
+        ])
+        .expect("parses");
+        assert!(kube_config(&a)
+            .expect_err("metrics namespace without the policy")
+            .to_string()
+            .contains("--fleet-network-policy"));
     }
 }

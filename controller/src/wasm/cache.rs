@@ -4,7 +4,9 @@
 //! Each needed source gets one task that retries with exponential backoff until it succeeds.
 //! Every state change sends on the `changed` channel so the runtime re-drives translation.
 
+use super::fetch::{error_chain, HttpFetcher};
 use crate::metrics::{Metrics, ResultLabel};
+use portcullis_translator::egress::EgressPolicy;
 use portcullis_translator::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -22,8 +24,6 @@ pub enum CacheError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot build HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +35,10 @@ pub struct CacheConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub fetch_timeout: Duration,
+    /// Which hosts HTTP fetches may reach (`--allow-backend-cidr`), see [`super::fetch`].
+    pub egress: EgressPolicy,
+    /// Largest module an HTTP fetch accepts: [`portcullis_oci::MAX_WASM_SIZE`], as OCI pulls.
+    pub max_module_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,7 +71,7 @@ pub type PullSecrets = BTreeMap<(String, String), Vec<u8>>;
 
 struct Inner {
     cfg: CacheConfig,
-    client: reqwest::Client,
+    http: HttpFetcher,
     entries: Mutex<BTreeMap<WasmSource, Entry>>,
     pull_secrets: Mutex<PullSecrets>,
     /// `file://` URLs of modules registered with [`WasmCache::add_local`] -> their files. Only
@@ -122,14 +126,15 @@ impl WasmCache {
             path: cfg.dir.clone(),
             source,
         })?;
-        let client = reqwest::Client::builder()
-            .timeout(cfg.fetch_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+        let http = HttpFetcher {
+            egress: cfg.egress.clone(),
+            max_bytes: cfg.max_module_bytes,
+            timeout: cfg.fetch_timeout,
+        };
         let cache = WasmCache {
             inner: Arc::new(Inner {
                 cfg,
-                client,
+                http,
                 entries: Mutex::new(BTreeMap::new()),
                 pull_secrets: Mutex::new(BTreeMap::new()),
                 local: Mutex::new(BTreeMap::new()),
@@ -263,7 +268,7 @@ impl WasmCache {
             {
                 let path = self.path_for(&sha);
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                tracing::info!(url = %src.url, sha256 = %sha, "wasm module found in disk cache");
+                tracing::info!(url = %src.shown_url(), sha256 = %sha, "wasm module found in disk cache");
                 touch(&path);
                 entries.insert(
                     src.clone(),
@@ -295,7 +300,10 @@ impl WasmCache {
         self.entries()
             .iter()
             .map(|(s, e)| ModuleStatus {
-                source: s.clone(),
+                source: WasmSource {
+                    url: s.shown_url(),
+                    ..s.clone()
+                },
                 state: e.state.clone(),
                 attempts: e.attempts,
             })
@@ -334,10 +342,10 @@ impl WasmCache {
             };
             match &result {
                 Ok((sha, _)) => {
-                    tracing::info!(url = %src.url, sha256 = %sha, "wasm module fetched")
+                    tracing::info!(url = %src.shown_url(), sha256 = %sha, "wasm module fetched")
                 }
                 Err(reason) => {
-                    tracing::warn!(url = %src.url, retry_in = ?delay, %reason, "wasm fetch failed")
+                    tracing::warn!(url = %src.shown_url(), retry_in = ?delay, %reason, "wasm fetch failed")
                 }
             }
             if state_changed {
@@ -366,7 +374,7 @@ impl WasmCache {
                     Some(path) => tokio::fs::read(&path)
                         .await
                         .map_err(|e| format!("reading {}: {e}", path.display()))?,
-                    None => self.fetch_http(&src.url).await?,
+                    None => self.inner.http.fetch(&src.url).await?,
                 };
                 (bytes, None)
             }
@@ -375,7 +383,7 @@ impl WasmCache {
                 (bytes, Some(digest))
             }
         };
-        check_magic(&src.code_type, &src.url, &bytes)?;
+        check_magic(&src.code_type, &src.shown_url(), &bytes)?;
         let sha = hex::encode(Sha256::digest(&bytes));
         // For HTTP the pin is the module's digest; for images the oci crate checked the
         // manifest digest against it.
@@ -385,7 +393,7 @@ impl WasmCache {
             if pin != sha {
                 return Err(format!(
                     "sha256 mismatch for {}: expected {pin}, got {sha}",
-                    src.url
+                    src.shown_url()
                 ));
             }
         }
@@ -398,27 +406,8 @@ impl WasmCache {
         }
         self.store(&sha, &bytes)
             .await
-            .map_err(|e| format!("cannot write {} to the wasm cache: {e}", src.url))?;
+            .map_err(|e| format!("cannot write {} to the wasm cache: {e}", src.shown_url()))?;
         Ok((sha, bytes.len() as u64))
-    }
-
-    async fn fetch_http(&self, url: &str) -> Result<Vec<u8>, String> {
-        let resp = self
-            .inner
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("fetching {url}: {}", error_chain(&e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(format!("fetching {url}: HTTP {status}"));
-        }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("reading {url}: {}", error_chain(&e)))?;
-        Ok(body.to_vec())
     }
 
     async fn store(&self, sha: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -535,10 +524,11 @@ impl WasmCache {
                     .get(&(ns.clone(), name.clone()))
                     .cloned();
                 let Some(json) = secret else {
-                    return Err(format!("pulling {}: pull secret {ns}/{name} not found (or has no .dockerconfigjson)", src.url));
+                    return Err(format!("pulling {}: pull secret {ns}/{name} not found (or has no .dockerconfigjson)", src.shown_url()));
                 };
-                portcullis_oci::RegistryAuth::from_docker_config_json(&json, host)
-                    .map_err(|e| format!("pulling {}: pull secret {ns}/{name}: {e}", src.url))?
+                portcullis_oci::RegistryAuth::from_docker_config_json(&json, host).map_err(|e| {
+                    format!("pulling {}: pull secret {ns}/{name}: {e}", src.shown_url())
+                })?
             }
         };
         let opts = portcullis_oci::PullOptions {
@@ -549,7 +539,7 @@ impl WasmCache {
         };
         let pulled = portcullis_oci::pull_wasm(reference, &opts)
             .await
-            .map_err(|e| format!("pulling {}: {}", src.url, error_chain(&e)))?;
+            .map_err(|e| format!("pulling {}: {}", src.shown_url(), error_chain(&e)))?;
         Ok((pulled.wasm, pulled.manifest_digest))
     }
 }
@@ -580,24 +570,27 @@ fn touch(path: &Path) {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const WASM: &[u8] = b"\0asm\x01\0\0\0";
 
+    /// The test servers are on loopback: allowed as `--allow-backend-cidr 127.0.0.0/8` does.
     fn cache(dir: &Path, max_bytes: u64) -> (WasmCache, mpsc::Receiver<()>) {
+        cache_with(dir, max_bytes, local_ok(), portcullis_oci::MAX_WASM_SIZE)
+    }
+
+    fn local_ok() -> EgressPolicy {
+        EgressPolicy::allowing(["127.0.0.0/8".parse().expect("cidr")])
+    }
+
+    fn cache_with(
+        dir: &Path,
+        max_bytes: u64,
+        egress: EgressPolicy,
+        max_module_bytes: u64,
+    ) -> (WasmCache, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel(1);
         let cfg = CacheConfig {
             dir: dir.to_path_buf(),
@@ -606,8 +599,43 @@ mod tests {
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(200),
             fetch_timeout: Duration::from_secs(5),
+            egress,
+            max_module_bytes,
         };
         (WasmCache::new(cfg, tx, Metrics::new()).expect("cache"), rx)
+    }
+
+    /// Serves `app` on `127.0.0.1:0`; returns `http://ADDR`.
+    async fn serve(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let h = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}"), h)
+    }
+
+    /// The first resolution of `src` other than Pending.
+    async fn settle(c: &WasmCache, src: &WasmSource) -> WasmResolution {
+        c.ensure(std::slice::from_ref(src));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match c.resolve(src) {
+                WasmResolution::Pending => {}
+                done => return done,
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still pending");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn failed(c: &WasmCache, src: &WasmSource) -> String {
+        match settle(c, src).await {
+            WasmResolution::Failed { reason } => reason,
+            other => panic!("{}: expected Failed, got {other:?}", src.url),
+        }
     }
 
     fn http(url: &str, sha: Option<&str>) -> WasmSource {
@@ -764,5 +792,308 @@ mod tests {
         }
         assert!(!old.exists(), "the unused module over the bound is evicted");
         assert!(c.path_for(&hex::encode(Sha256::digest(WASM))).exists());
+    }
+
+    /// A 3xx is not followed, even to a module the same server would serve: the reason names
+    /// the host it pointed to, and neither the redirect's userinfo nor its path or query.
+    #[tokio::test]
+    async fn redirects_are_refused_and_name_only_the_host() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, _rx) = cache(dir.path(), 1 << 20);
+        let hits = Arc::new(AtomicUsize::new(0));
+        let target = Arc::new(Mutex::new(String::new()));
+        let (h, t) = (hits.clone(), target.clone());
+        let app = axum::Router::new()
+            .route(
+                "/moved.wasm",
+                axum::routing::get(move || {
+                    let to = t.lock().expect("lock").clone();
+                    async move {
+                        (
+                            axum::http::StatusCode::FOUND,
+                            [(axum::http::header::LOCATION, to)],
+                            "see elsewhere",
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/m.wasm",
+                axum::routing::get(move || {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    async { WASM }
+                }),
+            );
+        let (base, _h) = serve(app).await;
+        let host = base.trim_start_matches("http://").to_string();
+        *target.lock().expect("lock") =
+            format!("http://ruser:rpass@{host}/m.wasm?token=querysecret");
+        let reason = failed(&c, &http(&format!("{base}/moved.wasm"), None)).await;
+        let ip = host.split(':').next().expect("ip");
+        assert!(
+            reason.contains("HTTP 302 Found")
+                && reason.contains(&format!("refused a redirect to host {ip} ")),
+            "{reason}"
+        );
+        for leak in ["rpass", "ruser", "querysecret", "/m.wasm", "see elsewhere"] {
+            assert!(!reason.contains(leak), "{leak} in {reason}");
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+    }
+
+    /// A body over the limit is refused at the limit, whether a `Content-Length` announces it
+    /// (refused before the body is read) or it streams chunked. Neither body ever ends, so only
+    /// a fetch that stops at the cap can name the limit (an unbounded read would time out).
+    #[tokio::test]
+    async fn oversized_bodies_are_refused_without_reading_them_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const LIMIT: u64 = 1024;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, _rx) = cache_with(dir.path(), 1 << 20, local_ok(), LIMIT);
+
+        // Content-Length over the limit; the body stalls after the magic number.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _raw = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 4096];
+                    let _ = sock.read(&mut req).await;
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+                        .await;
+                    let _ = sock.write_all(WASM).await;
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                });
+            }
+        });
+        let announced = http(&format!("http://{addr}/big.wasm"), None);
+        let reason = failed(&c, &announced).await;
+        assert!(
+            reason
+                .contains("Content-Length 100000000 bytes is over the 1024-byte module size limit"),
+            "{reason}"
+        );
+
+        // Chunked (no Content-Length): 4 KiB, then the stream never ends.
+        let app = axum::Router::new().route(
+            "/chunked.wasm",
+            axum::routing::get(|| async {
+                let mut first = WASM.to_vec();
+                first.resize(1024, 0);
+                let chunks = (0..4).map(move |i| {
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(if i == 0 {
+                        first.clone()
+                    } else {
+                        vec![0u8; 1024]
+                    }))
+                });
+                let endless = futures_util::StreamExt::chain(
+                    futures_util::stream::iter(chunks),
+                    futures_util::stream::pending(),
+                );
+                axum::body::Body::from_stream(endless)
+            }),
+        );
+        let (base, _h) = serve(app).await;
+        let chunked = http(&format!("{base}/chunked.wasm"), None);
+        let reason = failed(&c, &chunked).await;
+        assert!(
+            reason.contains("the body is over the 1024-byte module size limit (stopped reading at"),
+            "{reason}"
+        );
+
+        // At the limit exactly: fetched.
+        let mut exact = WASM.to_vec();
+        exact.resize(LIMIT as usize, 0);
+        let app = axum::Router::new().route(
+            "/exact.wasm",
+            axum::routing::get(move || {
+                let body = exact.clone();
+                async move { body }
+            }),
+        );
+        let (base, _h) = serve(app).await;
+        let ok = http(&format!("{base}/exact.wasm"), None);
+        assert!(
+            matches!(settle(&c, &ok).await, WasmResolution::Ready { .. }),
+            "{:?}",
+            c.resolve(&ok)
+        );
+    }
+
+    /// Loopback (by IP and as `localhost`), private and metadata targets are refused without
+    /// a connection attempt unless `--allow-backend-cidr` names them; with 127.0.0.0/8 allowed
+    /// the same loopback modules are fetched.
+    #[tokio::test]
+    async fn local_targets_need_the_allow_list() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let app = axum::Router::new().route(
+            "/m.wasm",
+            axum::routing::get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { WASM }
+            }),
+        );
+        let (base, _h) = serve(app).await;
+        let port = base.rsplit(':').next().expect("port").to_string();
+        let by_ip = http(&format!("{base}/m.wasm"), None);
+        let by_name = http(&format!("http://localhost:{port}/m.wasm"), None);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (strict, _rx) = cache_with(
+            dir.path(),
+            1 << 20,
+            EgressPolicy::default(),
+            portcullis_oci::MAX_WASM_SIZE,
+        );
+        for (src, what) in [
+            (by_ip.clone(), "127.0.0.1: a loopback address is refused"),
+            (by_name.clone(), "localhost: localhost is refused"),
+            (
+                http("http://[::ffff:127.0.0.1]:1/m.wasm", None),
+                "a loopback address is refused",
+            ),
+            (
+                http("http://2130706433:1/m.wasm", None),
+                "127.0.0.1: a loopback address is refused",
+            ),
+            (
+                http("http://10.255.255.1:9/m.wasm", None),
+                "10.255.255.1: a private address is refused",
+            ),
+            (
+                http("http://169.254.169.254/latest/meta-data", None),
+                "a link-local address (cloud metadata) is refused",
+            ),
+            (
+                http("https://100.64.0.1/m.wasm", None),
+                "a shared (CGNAT) address is refused",
+            ),
+        ] {
+            let reason = failed(&strict, &src).await;
+            assert!(
+                reason.contains(what) && reason.contains("--allow-backend-cidr"),
+                "{}: {reason}",
+                src.url
+            );
+        }
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "a refused target was reached"
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (allowed, _rx) = cache(dir.path(), 1 << 20);
+        for src in [&by_ip, &by_name] {
+            assert!(
+                matches!(settle(&allowed, src).await, WasmResolution::Ready { .. }),
+                "{}: {:?}",
+                src.url,
+                allowed.resolve(src)
+            );
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // Allowing loopback does not allow the private ranges.
+        let reason = failed(&allowed, &http("http://192.168.0.1:9/m.wasm", None)).await;
+        assert!(reason.contains("a private address is refused"), "{reason}");
+        let reason = failed(&allowed, &http("file:///etc/passwd", None)).await;
+        assert!(
+            reason.contains("is not supported (http or https)"),
+            "{reason}"
+        );
+    }
+
+    /// An error response's body (and a non-module body) never reaches the reason a status
+    /// message shows: only the status code and its canonical reason.
+    #[tokio::test]
+    async fn response_bodies_never_reach_the_reason() {
+        const BODY: &str = "stack trace: db password hunter2 at /srv/app";
+        let app = axum::Router::new()
+            .route(
+                "/error.wasm",
+                axum::routing::get(|| async {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, BODY)
+                }),
+            )
+            .route("/page.wasm", axum::routing::get(|| async { BODY }));
+        let (base, _h) = serve(app).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, _rx) = cache(dir.path(), 1 << 20);
+        let reason = failed(&c, &http(&format!("{base}/error.wasm"), None)).await;
+        assert_eq!(
+            reason,
+            format!("fetching {base}/error.wasm: HTTP 500 Internal Server Error")
+        );
+        let reason = failed(&c, &http(&format!("{base}/page.wasm"), None)).await;
+        assert!(reason.contains("bad magic number"), "{reason}");
+        for reason in c.modules().iter().filter_map(|m| match &m.state {
+            EntryState::Failed { reason } => Some(reason.clone()),
+            _ => None,
+        }) {
+            assert!(
+                !reason.contains("hunter2") && !reason.contains("stack"),
+                "{reason}"
+            );
+        }
+    }
+
+    /// A URL's userinfo is sent (as basic auth) but never shown: not in an HTTP error, not in
+    /// a connection error, not in `/status`.
+    #[tokio::test]
+    async fn userinfo_is_redacted_from_reasons_and_status() {
+        let seen_auth = Arc::new(Mutex::new(None::<String>));
+        let seen = seen_auth.clone();
+        let app = axum::Router::new().route(
+            "/m.wasm",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                *seen.lock().expect("lock") = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                async { (axum::http::StatusCode::NOT_FOUND, "nope") }
+            }),
+        );
+        let (base, _h) = serve(app).await;
+        let host = base.trim_start_matches("http://");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, _rx) = cache(dir.path(), 1 << 20);
+        let src = http(&format!("http://alice:pa55word@{host}/m.wasm"), None);
+        let reason = failed(&c, &src).await;
+        assert_eq!(
+            reason,
+            format!("fetching http://***@{host}/m.wasm: HTTP 404 Not Found")
+        );
+        assert!(seen_auth.lock().expect("lock").is_some(), "basic auth sent");
+
+        // Connection refused: a port that was bound on 127.0.0.1:0 and closed again.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let closed_addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let down = http(&format!("http://alice:pa55word@{closed_addr}/m.wasm"), None);
+        let reason = failed(&c, &down).await;
+        assert!(
+            reason.starts_with(&format!("fetching http://***@{closed_addr}/m.wasm: ")),
+            "{reason}"
+        );
+        let status = serde_json::to_string(&c.modules()).expect("json");
+        for text in [reason.as_str(), status.as_str()] {
+            assert!(
+                !text.contains("pa55word") && !text.contains("alice"),
+                "{text}"
+            );
+        }
+        assert!(
+            status.contains(&format!("\"url\":\"http://***@{closed_addr}/m.wasm\"")),
+            "{status}"
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! `Backend` kind is off unless the operator enables it (as in Envoy Gateway), and loopback,
 //! link-local (metadata included), unspecified and `localhost` targets and unix sockets are
 //! refused unless the operator allows the range explicitly.
+//!
+//! The controller itself also connects where a tenant says: it fetches `wasm[].code.type: HTTP`
+//! modules. It runs inside the cluster network (with its service account), so for its own
+//! fetches ([`Connector::Controller`]) private (RFC 1918, ULA) and shared (CGNAT) ranges are
+//! refused as well. One allow-list (`--allow-backend-cidr`) governs both.
 
 use std::net::IpAddr;
 
@@ -40,8 +45,21 @@ pub struct Refused {
     fix: String,
 }
 
-/// The ranges refused by default, with what they are.
-fn refused_range(ip: IpAddr) -> Option<(&'static str, IpNet)> {
+/// Who makes a connection tenant configuration asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connector {
+    /// Envoy, to a tenant's upstream (`Backend` endpoints, EndpointSlice addresses, OIDC
+    /// issuers, rate-limit services). In-cluster upstreams live in private ranges, so only
+    /// loopback, link-local (metadata) and unspecified addresses are refused.
+    Envoy,
+    /// The controller, fetching a tenant's HTTP wasm module. Private (RFC 1918, ULA) and shared
+    /// (CGNAT) ranges are refused too: a module comes from a registry or a web server, and the
+    /// controller must not become a tenant's probe into the cluster network.
+    Controller,
+}
+
+/// The ranges refused by default for `who`, with what they are.
+fn refused_range(who: Connector, ip: IpAddr) -> Option<(&'static str, IpNet)> {
     const RANGES: &[(&str, &str)] = &[
         ("a loopback address", "127.0.0.0/8"),
         ("a loopback address", "::1/128"),
@@ -51,13 +69,35 @@ fn refused_range(ip: IpAddr) -> Option<(&'static str, IpNet)> {
         ("a link-local address", "fe80::/10"),
         ("the cloud metadata address", "fd00:ec2::254/128"),
     ];
-    RANGES.iter().find_map(|(what, net)| {
+    const CONTROLLER_RANGES: &[(&str, &str)] = &[
+        ("a private address", "10.0.0.0/8"),
+        ("a private address", "172.16.0.0/12"),
+        ("a private address", "192.168.0.0/16"),
+        ("a shared (CGNAT) address", "100.64.0.0/10"),
+        ("a unique local address", "fc00::/7"),
+    ];
+    let extra: &[(&str, &str)] = match who {
+        Connector::Envoy => &[],
+        Connector::Controller => CONTROLLER_RANGES,
+    };
+    RANGES.iter().chain(extra).find_map(|(what, net)| {
         let net: IpNet = net.parse().ok()?;
         net.contains(&ip).then_some((*what, net))
     })
 }
 
 const WHY: &str = "Envoy's admin, the node's local services or the metadata service";
+const WHY_CONTROLLER: &str =
+    "the controller's local services, the cluster's private network or the metadata service";
+
+impl Connector {
+    fn why(self) -> &'static str {
+        match self {
+            Connector::Envoy => WHY,
+            Connector::Controller => WHY_CONTROLLER,
+        }
+    }
+}
 
 impl EgressPolicy {
     /// The CA bundle file https issuers are verified against.
@@ -93,29 +133,23 @@ impl EgressPolicy {
 
     /// Checks a host (IP literal or DNS name) a tenant wants Envoy to connect to.
     pub fn check_host(&self, host: &str) -> Result<(), Refused> {
+        self.check_host_for(Connector::Envoy, host)
+    }
+
+    /// Checks a host (IP literal or DNS name) a tenant wants `who` to connect to. A DNS name
+    /// passes unless it is `localhost` or numeric: whoever connects must check what it resolves
+    /// to ([`Self::check_resolved`]).
+    pub fn check_host_for(&self, who: Connector, host: &str) -> Result<(), Refused> {
         let bare = host.trim_matches(['[', ']']);
         let name = bare.trim_end_matches('.').to_ascii_lowercase();
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            let ip = ip.to_canonical(); // ::ffff:127.0.0.1 is 127.0.0.1
-            if let Some((what, net)) = refused_range(ip) {
-                if !self.allowed_cidrs.iter().any(|n| n.contains(&ip)) {
-                    return Err(Refused {
-                        target: host.to_string(),
-                        what,
-                        why: WHY,
-                        fix: format!("an operator can allow it with --allow-backend-cidr {net}"),
-                    });
-                }
-            }
-            return Ok(());
+            return self.check_ip(who, host, ip);
         }
-        let loopback = "127.0.0.1".parse::<IpAddr>().expect("valid");
-        let loopback_allowed = self.allowed_cidrs.iter().any(|n| n.contains(&loopback));
-        if (name == "localhost" || name.ends_with(".localhost")) && !loopback_allowed {
+        if is_localhost(&name) && !self.loopback_allowed() {
             return Err(Refused {
                 target: host.to_string(),
                 what: "localhost",
-                why: WHY,
+                why: who.why(),
                 fix: "an operator can allow it with --allow-backend-cidr 127.0.0.0/8".into(),
             });
         }
@@ -129,11 +163,37 @@ impl EgressPolicy {
             return Err(Refused {
                 target: host.to_string(),
                 what: "a numeric host name (an IP address in a non-standard form)",
-                why: WHY,
+                why: who.why(),
                 fix: "write the address as a standard IP literal".into(),
             });
         }
         Ok(())
+    }
+
+    /// Checks an address the DNS name `name` resolved to, before `who` connects to it.
+    pub fn check_resolved(&self, who: Connector, name: &str, ip: IpAddr) -> Result<(), Refused> {
+        self.check_ip(who, &format!("{name} (resolves to {ip})"), ip)
+    }
+
+    fn check_ip(&self, who: Connector, target: &str, ip: IpAddr) -> Result<(), Refused> {
+        let ip = ip.to_canonical(); // ::ffff:127.0.0.1 is 127.0.0.1
+        match refused_range(who, ip) {
+            Some((what, net)) if !self.allowed_cidrs.iter().any(|n| n.contains(&ip)) => {
+                Err(Refused {
+                    target: target.to_string(),
+                    what,
+                    why: who.why(),
+                    fix: format!("an operator can allow it with --allow-backend-cidr {net}"),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `localhost` names are allowed: 127.0.0.1 is in an allowed range.
+    pub fn loopback_allowed(&self) -> bool {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        self.allowed_cidrs.iter().any(|n| n.contains(&loopback))
     }
 
     /// Checks a unix-socket path a tenant wants Envoy to connect to.
@@ -148,6 +208,12 @@ impl EgressPolicy {
             fix: "an operator can allow it with --allow-backend-unix".into(),
         })
     }
+}
+
+/// `localhost` or a name under it (RFC 6761: always loopback, never asked of DNS).
+pub fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 #[cfg(test)]
@@ -201,5 +267,66 @@ mod tests {
         assert!(e.contains("--allow-backend-cidr 169.254.0.0/16"), "{e}");
         assert!(p.check_host("::1").is_err());
         assert!(EgressPolicy::permissive().check_unix("/x").is_ok());
+    }
+
+    #[test]
+    fn controller_fetches_also_refuse_private_ula_and_cgnat() {
+        let p = EgressPolicy::default();
+        let c = Connector::Controller;
+        for host in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "fd12:3456::1",
+            "fc00::1",
+            "::ffff:10.0.0.1",
+            // The defaults refused for Envoy hold for the controller too.
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "fe80::1",
+            "fd00:ec2::254",
+            "localhost",
+            "2130706433",
+        ] {
+            let e = p.check_host_for(c, host).expect_err(host).to_string();
+            assert!(e.starts_with(host) && e.contains(WHY_CONTROLLER), "{e}");
+        }
+        // Envoy's rule is unchanged: in-cluster upstreams are private.
+        for host in ["10.1.2.3", "192.168.1.1", "100.64.0.1", "fd12::1"] {
+            p.check_host(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        for host in [
+            "203.0.113.7",
+            "2001:db8::1",
+            "wasm.example.com",
+            "172.32.0.1",
+        ] {
+            p.check_host_for(c, host)
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        let e = p
+            .check_resolved(c, "wasm.example.com", "10.0.0.5".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("wasm.example.com (resolves to 10.0.0.5): a private address")
+                && e.ends_with("--allow-backend-cidr 10.0.0.0/8"),
+            "{e}"
+        );
+        // One allow-list for both connectors.
+        let p = EgressPolicy::allowing(["10.0.0.0/8".parse().unwrap()]);
+        p.check_host_for(c, "10.9.9.9").unwrap();
+        p.check_resolved(c, "w.example", "10.0.0.5".parse().unwrap())
+            .unwrap();
+        assert!(p.check_host_for(c, "192.168.1.1").is_err());
+        assert!(p.check_host_for(c, "localhost").is_err());
+        let p = EgressPolicy::allowing(["127.0.0.0/8".parse().unwrap()]);
+        p.check_host_for(c, "localhost").unwrap();
+        p.check_host_for(c, "127.0.0.1").unwrap();
     }
 }

@@ -256,3 +256,26 @@ fn hostnames_make_virtual_hosts_and_attachment_reasons() {
         .status["listeners"][0]["attachedRoutes"];
     assert_eq!(listener_attached, 1);
 }
+
+/// A module still being fetched shows its URL in the policy status with the userinfo redacted.
+#[test]
+fn pending_module_status_redacts_url_userinfo() {
+    let eep = "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyExtensionPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n  wasm:\n  - name: m\n    code: {type: HTTP, http: {url: 'https://bob:t0ken@wasm.example.com/m.wasm'}}\n";
+    let out = run(eep, &Resolver(WasmResolution::Pending));
+    let messages: Vec<String> = condition(&out, "EnvoyExtensionPolicy", "p")
+        .iter()
+        .filter_map(|c| c["message"].as_str().map(String::from))
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("module https://***@wasm.example.com/m.wasm is not fetched yet")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| !m.contains("t0ken") && !m.contains("bob")),
+        "{messages:?}"
+    );
+}

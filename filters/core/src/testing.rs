@@ -22,6 +22,10 @@ pub struct MemoryHost {
     pub shared: HashMap<String, SharedValue>,
     pub counters: BTreeMap<String, u64>,
     pub logs: RefCell<Vec<(LogLevel, String)>>,
+    /// Answer `batch_headers` with this (proxy-wasm-like host: one read, one write).
+    pub batch: bool,
+    /// Header-map calls made (reads and writes), to check what a filter costs a host.
+    pub header_calls: std::cell::Cell<usize>,
 }
 
 impl MemoryHost {
@@ -69,7 +73,17 @@ impl MemoryHost {
 }
 
 impl Host for MemoryHost {
+    fn batch_headers(&self) -> bool {
+        self.batch
+    }
+
+    fn replace_headers(&mut self, dir: Direction, headers: &[(String, String)]) {
+        self.header_calls.set(self.header_calls.get() + 1);
+        *self.map_mut(dir) = headers.to_vec();
+    }
+
     fn header(&self, dir: Direction, name: &str) -> Option<String> {
+        self.header_calls.set(self.header_calls.get() + 1);
         self.map(dir)
             .iter()
             .find(|(k, _)| k == name)
@@ -77,21 +91,25 @@ impl Host for MemoryHost {
     }
 
     fn headers(&self, dir: Direction) -> Vec<(String, String)> {
+        self.header_calls.set(self.header_calls.get() + 1);
         self.map(dir).clone()
     }
 
     fn set_header(&mut self, dir: Direction, name: &str, value: &str) {
-        self.remove_header(dir, name);
+        self.header_calls.set(self.header_calls.get() + 1);
+        self.map_mut(dir).retain(|(k, _)| k != name);
         self.map_mut(dir)
             .push((name.to_string(), value.to_string()));
     }
 
     fn add_header(&mut self, dir: Direction, name: &str, value: &str) {
+        self.header_calls.set(self.header_calls.get() + 1);
         self.map_mut(dir)
             .push((name.to_string(), value.to_string()));
     }
 
     fn remove_header(&mut self, dir: Direction, name: &str) {
+        self.header_calls.set(self.header_calls.get() + 1);
         self.map_mut(dir).retain(|(k, _)| k != name);
     }
 

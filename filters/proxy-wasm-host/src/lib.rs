@@ -117,6 +117,20 @@ impl Host for WasmHost {
         let _ = hostcalls::remove_map_value(map_type(dir), name);
     }
 
+    // Every call crosses the VM boundary: a filter touching several headers reads the map once
+    // and writes it back in one `proxy_set_header_map_pairs`.
+    fn batch_headers(&self) -> bool {
+        true
+    }
+
+    fn replace_headers(&mut self, dir: Direction, headers: &[(String, String)]) {
+        let pairs = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let _ = hostcalls::set_map(map_type(dir), pairs);
+    }
+
     fn send_local_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
     }

@@ -199,6 +199,15 @@ impl ApiServer {
         match rec.method.as_str() {
             "GET" => {
                 if let Some(items) = lists.get(&rec.path) {
+                    // `fieldSelector=metadata.name=X` (how a scoped provider reads Namespaces).
+                    let by_name = rec.query.split('&').find_map(|p| {
+                        p.strip_prefix("fieldSelector=metadata.name%3D")
+                            .or_else(|| p.strip_prefix("fieldSelector=metadata.name="))
+                    });
+                    let items: Vec<&Value> = items
+                        .iter()
+                        .filter(|o| by_name.is_none_or(|n| o["metadata"]["name"] == n))
+                        .collect();
                     return (
                         200,
                         json!({"apiVersion": "v1", "kind": "List",
@@ -274,6 +283,15 @@ impl ApiServer {
             },
             _ => (405, status(405, "MethodNotAllowed", &rec.method)),
         }
+    }
+
+    /// Store `obj` at `path` (an object path, e.g. `/api/v1/namespaces/ns/secrets/name`), as
+    /// if created before the controller started: GETs of `path` return it.
+    pub fn put(&self, path: &str, obj: Value) {
+        self.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string(), obj);
     }
 
     /// Every request so far, in order.
@@ -574,6 +592,7 @@ pub fn cluster(
         (format!("{gw_api}/gateways"), vec![gateway]),
         (format!("{gw_api}/httproutes"), vec![route]),
         (format!("{gw_api}/referencegrants"), vec![]),
+        (format!("{gw_api}/backendtlspolicies"), vec![]),
         ("/api/v1/services".into(), vec![service]),
         (
             "/apis/discovery.k8s.io/v1/endpointslices".into(),
@@ -882,10 +901,105 @@ pub fn test_config(
         ratelimit_service: None,
         fleet_cert_dir: cert_dir.display().to_string(),
         bound_addresses_file: None,
+        watch_namespaces: Vec::new(),
+        fleet_network_policy: false,
+        fleet_metrics_namespaces: Vec::new(),
         // The tests' upstreams are local Backends (Envoy Gateway gates the kind the same way).
         egress: portcullis_translator::egress::EgressPolicy::allowing([
             "127.0.0.0/8".parse().expect("cidr"),
             "::1/128".parse().expect("cidr"),
         ]),
     }
+}
+
+// ------------------------------------------------------------------------ a running controller
+
+/// `portcullis::kubernetes::run` on `rt` against a fresh [`ApiServer`] with `lists`, the store
+/// seeded with `seed` (object path -> object) first.
+pub struct Running {
+    pub api: ApiServer,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    ended: Arc<Mutex<Option<String>>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        cfg: KubeRuntimeConfig,
+        lists: BTreeMap<String, Vec<Value>>,
+        seed: Vec<(String, Value)>,
+    ) -> Running {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ended: Arc<Mutex<Option<String>>> = Arc::default();
+        let (api, task) = rt.block_on(async {
+            let (client, api) = ApiServer::start(lists);
+            for (path, obj) in seed {
+                api.put(&path, obj);
+            }
+            let ended = ended.clone();
+            let task = tokio::spawn(async move {
+                let r = portcullis::kubernetes::run(cfg, client, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+                *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{r:?}"));
+                r
+            });
+            (api, task)
+        });
+        Running {
+            api,
+            stop: Some(stop_tx),
+            ended,
+            task: Some(task),
+        }
+    }
+
+    /// Why waiting is pointless: `run` returned.
+    pub fn gone(&self) -> Option<String> {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| format!("portcullis::kubernetes::run returned early: {r}"))
+    }
+
+    /// Stop `run` and wait (bounded) for it to return.
+    pub fn stop(&mut self, rt: &tokio::runtime::Runtime) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let r =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await });
+            let r = r
+                .expect("run returns within 30s of shutdown")
+                .expect("join");
+            assert!(r.is_ok(), "run failed: {r:?}");
+        }
+    }
+}
+
+/// Spread cluster-wide collections into per-namespace ones (`.../namespaces/<ns>/<plural>`),
+/// for a provider scoped with `--watch-namespace`. Cluster-scoped kinds (GatewayClass,
+/// Namespace) stay; the cluster-wide collections stay too, so a provider that listed them
+/// would see everything.
+pub fn with_namespaced_paths(lists: BTreeMap<String, Vec<Value>>) -> BTreeMap<String, Vec<Value>> {
+    let mut out = lists.clone();
+    for (path, items) in &lists {
+        if path.ends_with("/gatewayclasses") || path.ends_with("/namespaces") {
+            continue;
+        }
+        let Some((prefix, plural)) = path.rsplit_once('/') else {
+            continue;
+        };
+        for item in items {
+            let ns = item["metadata"]["namespace"].as_str().unwrap_or_default();
+            out.entry(format!("{prefix}/namespaces/{ns}/{plural}"))
+                .or_default()
+                .push(item.clone());
+        }
+    }
+    out
 }

@@ -16,7 +16,9 @@ use crate::ir::{ClusterIr, DynamicFilterIr, DynamicModuleIr, FilterIr, ModuleSou
 use crate::resources::{
     DynamicModuleEntry, DynamicModuleSpec, EnvoyProxySpec, NsName, Object, Resources, EG_GROUP,
 };
-use crate::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
+use crate::wasm::source::{
+    redact_userinfo, WasmCodeType, WasmResolution, WasmResolver, WasmSource,
+};
 use crate::TranslateOptions;
 
 /// The EnvoyProxy that parameterizes Gateway `gw`: the Gateway's own
@@ -174,13 +176,13 @@ pub(crate) fn resolve_entry(
             let u = url::Url::parse(&remote.url).map_err(|e| {
                 format!(
                     "dynamic module {name:?} has invalid remote source URL {:?}: {e}",
-                    remote.url
+                    redact_userinfo(&remote.url)
                 )
             })?;
             if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
                 return Err(format!(
                     "dynamic module {name:?} has invalid remote source URL {:?}: it must be http(s) with a host",
-                    remote.url
+                    redact_userinfo(&remote.url)
                 ));
             }
             let src = WasmSource {
@@ -196,7 +198,7 @@ pub(crate) fn resolve_entry(
                 other => {
                     let why = match other {
                         WasmResolution::Failed { reason } => reason,
-                        _ => format!("{} is not fetched yet", remote.url),
+                        _ => format!("{} is not fetched yet", redact_userinfo(&remote.url)),
                     };
                     let url = resolver
                         .serve_url_for(&WasmCodeType::DynamicModule, &remote.sha256)

@@ -481,7 +481,10 @@ pub fn resolve(
                     }
                 }
                 WasmResolution::Pending => st.unavailable.push((
-                    format!("wasm[{i}] {label}: module {} is not fetched yet", src.url),
+                    format!(
+                        "wasm[{i}] {label}: module {} is not fetched yet",
+                        src.shown_url()
+                    ),
                     fail_open,
                 )),
                 WasmResolution::Failed { reason } => st

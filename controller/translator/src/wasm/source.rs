@@ -28,6 +28,27 @@ pub struct WasmSource {
     pub pull_policy: Option<String>,
 }
 
+/// `url` with its userinfo (`user:password@`) replaced by `***@`: how module URLs appear in
+/// status messages, `/status` and logs. Everything else is kept as written.
+pub fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+impl WasmSource {
+    /// [`redact_userinfo`] of the URL.
+    pub fn shown_url(&self) -> String {
+        redact_userinfo(&self.url)
+    }
+}
+
 /// What the cache knows of a module right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WasmResolution {
@@ -64,6 +85,35 @@ impl WasmResolver for OfflineResolver {
             None => WasmResolution::Failed {
                 reason: format!("offline translate cannot pin {} without sha256", source.url),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_userinfo;
+
+    #[test]
+    fn userinfo_is_redacted_and_nothing_else() {
+        for (url, shown) in [
+            (
+                "https://user:s3cret@wasm.example.com/m.wasm?x=1",
+                "https://***@wasm.example.com/m.wasm?x=1",
+            ),
+            (
+                "http://token@127.0.0.1:8080/m.wasm",
+                "http://***@127.0.0.1:8080/m.wasm",
+            ),
+            ("http://a:b@c@host", "http://***@host"),
+            (
+                "https://wasm.example.com/a@b.wasm",
+                "https://wasm.example.com/a@b.wasm",
+            ),
+            ("https://h/m.wasm?u=a@b", "https://h/m.wasm?u=a@b"),
+            ("oci://ghcr.io/o/i@sha256:00", "oci://ghcr.io/o/i@sha256:00"),
+            ("ghcr.io/o/i:v1", "ghcr.io/o/i:v1"),
+        ] {
+            assert_eq!(redact_userinfo(url), shown, "{url}");
         }
     }
 }

@@ -361,7 +361,13 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
+    /// Parses an absolute `http(s)` URL. Control characters are refused although the URL
+    /// parser would drop tabs and line breaks: callers put the string itself in headers
+    /// (`location` of the login and logout redirects), where they would split the header.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s.bytes().any(|b| b.is_ascii_control()) {
+            return Err("must not contain control characters".into());
+        }
         let u = url::Url::parse(s).map_err(|e| e.to_string())?;
         if u.scheme() != "http" && u.scheme() != "https" {
             return Err(format!("scheme must be http or https, got {}", u.scheme()));
@@ -780,6 +786,11 @@ mod tests {
                 "/redirect_uri",
                 serde_json::json!("not a url"),
                 "redirect_uri",
+            ),
+            (
+                "/logout/post_logout_redirect_uri",
+                serde_json::json!("https://longhorn.example.com/\r\nset-cookie: a=b"),
+                "logout.post_logout_redirect_uri",
             ),
             ("/scopes", serde_json::json!(["email"]), "scopes"),
             (

@@ -13,30 +13,13 @@ use super::config::{HttpUrl, SameSite};
 use super::cookies::{self, parse_cookie_headers};
 use super::jwt::{self, Claims, Expectations, JwtError};
 use super::seal::random_bytes;
+use super::session::OpenedSession;
+pub use super::session::Session;
 use super::urls::{form_encode, html_escape, query_get, safe_return_path, split_path, with_query};
 use super::{metrics, Action, CallKind, Callout, Provider};
 use crate::host::{Direction, Host, LogLevel};
 
 const REQ: Direction = Direction::Request;
-
-/// What the sealed session cookie holds. The ID token is kept (not its claims) because it is
-/// needed for `id_token_hint` at logout anyway; its payload is read without a signature
-/// check on each request since the filter verified it when the session was created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    #[serde(rename = "i")]
-    pub id_token: String,
-    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    pub access_token: Option<String>,
-    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<String>,
-    /// Unix seconds when the access token (and so the session, unless refreshed) expires.
-    #[serde(rename = "e")]
-    pub expires_at: u64,
-    /// Unix seconds of the login; refreshes keep it, so `cookie.max_age` bounds the session.
-    #[serde(rename = "t")]
-    pub login_at: u64,
-}
 
 /// The login-flow cookie: one per policy, overwritten by each new login.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -272,13 +255,14 @@ impl RequestFlow {
             }
         }
         let max_age = s.config.cookie.max_age.secs();
-        match self.open_session(host, p) {
-            Some(session) if session.login_at.saturating_add(max_age) <= now => {
+        match self.open_session_cached(host, p, now) {
+            Some(o) if o.session.login_at.saturating_add(max_age) <= now => {
                 reject(host, "session_expired", "cookie.max_age reached");
                 self.unauthenticated(host, p, None)
             }
-            Some(session) if session.expires_at > now => self.authorize_session(host, p, &session),
-            Some(session) if session.refresh_token.is_some() => {
+            Some(o) if o.session.expires_at > now => self.authorize_opened(host, p, &o),
+            Some(o) if o.session.refresh_token.is_some() => {
+                let session = o.session.clone();
                 let call =
                     self.refresh_call(p, session.refresh_token.as_deref().unwrap_or_default());
                 self.pending = Pending::Refresh(session);
@@ -362,6 +346,30 @@ impl RequestFlow {
         }
     }
 
+    /// [`open_session`](Self::open_session) through the worker's cache of opened sessions: a
+    /// cookie seen before (byte for byte) and not expired skips AES-GCM and JSON.
+    fn open_session_cached(
+        &self,
+        host: &mut dyn Host,
+        p: &mut Provider,
+        now: u64,
+    ) -> Option<Arc<OpenedSession>> {
+        let s = &p.settings;
+        let sealed = cookies::join_chunks(
+            &self.info.cookies,
+            &s.session_cookie,
+            s.config.cookie.max_chunks,
+        )?;
+        if let Some(hit) = p.sessions.get(&sealed, now) {
+            return Some(hit);
+        }
+        let session = self.open_sealed(host, p, &sealed)?;
+        let claims = jwt::unverified_claims(&session.id_token);
+        let opened = Arc::new(OpenedSession { session, claims });
+        p.sessions.put(&sealed, opened.clone(), now);
+        Some(opened)
+    }
+
     fn open_session(&self, host: &mut dyn Host, p: &Provider) -> Option<Session> {
         let s = &p.settings;
         let sealed = cookies::join_chunks(
@@ -369,7 +377,11 @@ impl RequestFlow {
             &s.session_cookie,
             s.config.cookie.max_chunks,
         )?;
-        let opened = p.sealer.open(&Self::session_aad(p), &sealed);
+        self.open_sealed(host, p, &sealed)
+    }
+
+    fn open_sealed(&self, host: &mut dyn Host, p: &Provider, sealed: &str) -> Option<Session> {
+        let opened = p.sealer.open(&Self::session_aad(p), sealed);
         match opened
             .ok()
             .and_then(|raw| serde_json::from_slice::<Session>(&raw).ok())
@@ -969,7 +981,27 @@ impl RequestFlow {
         p: &mut Provider,
         session: &Session,
     ) -> Action {
-        let Some(claims) = jwt::unverified_claims(&session.id_token) else {
+        let claims = jwt::unverified_claims(&session.id_token);
+        self.authorize_with(host, p, session, claims.as_ref())
+    }
+
+    fn authorize_opened(
+        &mut self,
+        host: &mut dyn Host,
+        p: &mut Provider,
+        o: &OpenedSession,
+    ) -> Action {
+        self.authorize_with(host, p, &o.session, o.claims.as_ref())
+    }
+
+    fn authorize_with(
+        &mut self,
+        host: &mut dyn Host,
+        p: &mut Provider,
+        session: &Session,
+        claims: Option<&Claims>,
+    ) -> Action {
+        let Some(claims) = claims else {
             reject(host, "bad_session", "stored ID token unreadable");
             return self.unauthenticated(host, p, None);
         };
@@ -982,7 +1014,7 @@ impl RequestFlow {
         if let Some(h) = &s.config.forward.id_token_header {
             host.set_header(REQ, h, &session.id_token);
         }
-        let action = self.authorize(host, p, &claims);
+        let action = self.authorize(host, p, claims);
         if action == Action::Continue {
             host.counter_add(metrics::SESSIONS_VALID, 1);
         }

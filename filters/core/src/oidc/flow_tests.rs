@@ -220,6 +220,28 @@ fn not_ready_gives_503_never_a_redirect() {
     assert!(p.poll(NOW + 60).is_some());
 }
 
+/// Found by the `oidc_discovery` fuzz target: the URL parser drops CR/LF from an endpoint, and
+/// the endpoint string then went verbatim into the login (or logout) `location` header.
+#[test]
+fn discovery_endpoints_with_control_characters_are_refused() {
+    for field in [
+        "authorization_endpoint",
+        "end_session_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+    ] {
+        let mut doc: serde_json::Value = serde_json::from_slice(&discovery()).unwrap();
+        doc[field] = json!("https://idp.example.com/a\r\nset-cookie: x=y");
+        let mut p = Provider::new(config(|_| {}));
+        p.poll(NOW).unwrap();
+        let err = p
+            .on_fetch(CallKind::Discovery, 200, doc.to_string().as_bytes(), NOW)
+            .unwrap_err();
+        assert!(err.to_string().contains(field), "{field}: {err}");
+        assert!(!p.ready());
+    }
+}
+
 #[test]
 fn login_flow_end_to_end() {
     let mut p = ready(config(|_| {}));
@@ -1378,4 +1400,55 @@ fn claim_header_spellings_are_all_stripped() {
         emails,
         [&("x-user-email".to_string(), "alice@example.com".to_string())]
     );
+}
+
+/// issue 16: a valid session cookie is opened (AES-GCM, JSON) once per worker; later requests
+/// with the byte-identical cookie use the cached session until it expires, never past it. A
+/// tampered cookie is a miss by construction and fails the full open.
+#[test]
+fn opened_sessions_are_cached_for_the_exact_cookie_until_expiry() {
+    let mut p = ready(config(|_| {}));
+    let (jar, _) = login(&mut p, "/", |_| {});
+    let first = send(&mut p, "/a", &jar, &[], NOW + 1);
+    assert_eq!(first.action, Action::Continue);
+    assert_eq!(p.sessions.len(), 1, "opened once and kept");
+    let again = send(&mut p, "/b", &jar, &[], NOW + 2);
+    assert_eq!(again.action, Action::Continue);
+    assert_eq!(again.req("authorization"), first.req("authorization"));
+    assert_eq!(p.sessions.len(), 1);
+
+    // One character changed in the sealed value: not the cached entry, and it does not open.
+    let mut tampered = jar.clone();
+    let (name, value) = tampered
+        .0
+        .iter()
+        .find(|(n, _)| n.contains("portcullis") && !n.contains("flow"))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .expect("session cookie");
+    let mut bytes = value.into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    tampered
+        .0
+        .insert(name, String::from_utf8(bytes).expect("ascii"));
+    let r = send(&mut p, "/c", &tampered, &[], NOW + 3);
+    assert_ne!(r.action, Action::Continue);
+    assert_eq!(
+        r.host.counter("portcullis_oidc_rejected_bad_session_total"),
+        1
+    );
+    assert_eq!(
+        p.sessions.len(),
+        1,
+        "a cookie that does not open is never cached"
+    );
+
+    // Past the session's expiry the cached entry is dropped, not used: the session refreshes.
+    let r = send(&mut p, "/d", &jar, &[], NOW + 400);
+    assert!(
+        matches!(&r.action, Action::Call(c) if c.kind == CallKind::Refresh),
+        "{:?}",
+        r.action
+    );
+    assert!(p.sessions.is_empty());
 }

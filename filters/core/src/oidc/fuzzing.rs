@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::config::Settings;
 use super::cookies::{self, parse_cookie_headers};
 use super::jwt::{self, Expectations, Jwks};
+use super::provider::Discovery;
 use super::seal::Sealer;
 use super::urls;
 use super::{Action, CallKind, Provider, RequestFlow};
@@ -105,7 +106,7 @@ pub fn urls(data: &[u8]) {
     assert!(!escaped.contains('<') && !escaped.contains('"'));
 }
 
-fn provider() -> Option<Provider> {
+fn settings() -> Option<Settings> {
     let cfg = serde_json::json!({
         "issuer": ISSUER,
         "provider_cluster": "idp",
@@ -119,8 +120,11 @@ fn provider() -> Option<Provider> {
         "require": {"groups": ["admins"]},
         "bearer": {"accept": true}
     });
-    let settings = Settings::from_json(cfg.to_string().as_bytes()).ok()?;
-    let mut p = Provider::new(Arc::new(settings));
+    Settings::from_json(cfg.to_string().as_bytes()).ok()
+}
+
+fn provider() -> Option<Provider> {
+    let mut p = Provider::new(Arc::new(settings()?));
     p.poll(NOW)?;
     let disc = serde_json::json!({
         "issuer": ISSUER,
@@ -172,8 +176,98 @@ pub fn request(data: &[u8]) {
     }
 }
 
+/// The `location` of a local response, checked to be one header line.
+fn location(host: &MemoryHost) -> Option<String> {
+    let r = host.local_response.as_ref()?;
+    let (_, v) = r.headers.iter().find(|(k, _)| k == "location")?;
+    assert!(
+        !v.bytes().any(|b| b.is_ascii_control()),
+        "location header with control bytes: {v:?}"
+    );
+    Some(v.clone())
+}
+
+/// Discovery document and JWKS bodies (split at the first NUL byte; without one, the input is
+/// both), loaded as the provider loads them, then a login redirect and a logout built from the
+/// document's endpoints.
+pub fn discovery(data: &[u8]) {
+    let (doc, keys) = match data.iter().position(|b| *b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, data),
+    };
+    let Some(settings) = settings() else { return };
+    let parsed = Discovery::parse(doc, &settings);
+    let _ = Jwks::parse(keys);
+    let mut p = Provider::new(Arc::new(settings));
+    let Some(first) = p.poll(NOW) else { return };
+    assert_eq!(first.kind, CallKind::Discovery);
+    let loaded = p.on_fetch(CallKind::Discovery, 200, doc, NOW);
+    assert_eq!(loaded.is_ok(), parsed.is_ok(), "{loaded:?} vs {parsed:?}");
+    let Ok(d) = parsed else {
+        assert!(p.discovery.is_none() && !p.ready());
+        return;
+    };
+    assert_eq!(p.discovery.as_ref(), Some(&d));
+    // The keys come next, from `jwks_uri`; keys that do not load leave the filter unready.
+    let jwks_call = p
+        .poll(NOW)
+        .expect("a JWKS fetch follows a loaded discovery document");
+    assert_eq!(jwks_call.kind, CallKind::Jwks);
+    assert!(jwks_call.path.starts_with('/'), "{jwks_call:?}");
+    if p.on_fetch(CallKind::Jwks, 200, keys, NOW).is_err() {
+        assert!(!p.ready());
+        if p.on_fetch(CallKind::Jwks, 200, JWKS.as_bytes(), NOW)
+            .is_err()
+        {
+            return;
+        }
+    }
+    assert!(p.ready());
+    // A browser without a session is sent to `authorization_endpoint`.
+    let mut host = MemoryHost::with_request(&[
+        (":method", "GET"),
+        (":path", "/app"),
+        (":authority", "app.example.com"),
+        ("accept", "text/html"),
+    ]);
+    host.now = Some(UNIX_EPOCH + Duration::from_secs(NOW));
+    let mut flow = RequestFlow::new();
+    if flow.on_request_headers(&mut host, &mut p) == Action::Responded {
+        if let Some(loc) = location(&host) {
+            assert!(loc.starts_with(&d.authorization_endpoint), "{loc:?}");
+        }
+    }
+    // A same-origin logout is sent to `end_session_endpoint`, else the post-logout URI.
+    let mut host = MemoryHost::with_request(&[
+        (":method", "POST"),
+        (":path", "/logout"),
+        (":authority", "app.example.com"),
+        ("sec-fetch-site", "same-origin"),
+    ]);
+    host.now = Some(UNIX_EPOCH + Duration::from_secs(NOW));
+    let mut flow = RequestFlow::new();
+    if flow.on_request_headers(&mut host, &mut p) == Action::Responded {
+        if let Some(loc) = location(&host) {
+            let want = d
+                .end_session_endpoint
+                .as_deref()
+                .unwrap_or("https://app.example.com/");
+            assert!(loc.starts_with(want), "{loc:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    const DISCOVERY: &str = concat!(
+        "{\"issuer\":\"https://idp.example.com\",",
+        "\"authorization_endpoint\":\"https://idp.example.com/auth\",",
+        "\"token_endpoint\":\"https://idp.example.com/token\",",
+        "\"jwks_uri\":\"https://idp.example.com/jwks\",",
+        "\"end_session_endpoint\":\"https://idp.example.com/end\"}"
+    );
+    use super::JWKS;
+
     /// Runs every entry point over pseudo-random and hand-picked inputs.
     #[test]
     fn entry_points_survive_noise() {
@@ -191,6 +285,7 @@ mod tests {
             b"/api/x\n\n\nBearer eyJhbGciOiJub25lIn0.e30.\n".to_vec(),
             b"/cb?state=&code=\n\n\n\n200\n{\"id_token\":\"a.b.c\"}".to_vec(),
             b"//evil.example/\n".to_vec(),
+            [DISCOVERY.as_bytes(), b"\0", JWKS.as_bytes()].concat(),
         ];
         for _ in 0..300 {
             let len = (next() % 200) as usize;
@@ -206,6 +301,7 @@ mod tests {
             super::jwt(input);
             super::urls(input);
             super::request(input);
+            super::discovery(input);
         }
     }
 }

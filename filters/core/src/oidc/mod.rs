@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod provider;
 #[cfg(feature = "oidc")]
 pub mod seal;
+pub mod session;
 #[cfg(feature = "oidc")]
 pub mod urls;
 

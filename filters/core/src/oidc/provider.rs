@@ -138,6 +138,8 @@ pub struct Provider {
     next_attempt: u64,
     failures: u32,
     bearer_cache: lru::LruCache<[u8; 32], CachedToken>,
+    /// Sessions opened by this worker (see [`SessionCache`]).
+    pub sessions: super::session::SessionCache,
     /// Last discovery/JWKS error, for the 503 body and logs.
     pub last_error: Option<String>,
 }
@@ -167,6 +169,7 @@ impl Provider {
             next_attempt: 0,
             failures: 0,
             bearer_cache: lru::LruCache::new(cap),
+            sessions: Default::default(),
             last_error: None,
         }
     }

@@ -166,6 +166,11 @@ pub struct RateLimiter {
     rules: Vec<CompiledRule>,
     /// Atomic so one limiter can serve every worker of a process (dynamic modules).
     sweep_cursor: std::sync::atomic::AtomicU32,
+    /// Some rule matches on or keys by a request field: read the headers. Otherwise (one budget
+    /// for all requests) the pass path reads no header at all.
+    reads_request: bool,
+    /// Some rule keys by the client address.
+    needs_ip: bool,
 }
 
 impl RateLimiter {
@@ -232,10 +237,23 @@ impl RateLimiter {
                 }
             })
             .collect();
+        let reads_request = cfg.rules.iter().any(|r| {
+            let m = &r.matcher;
+            !r.key.is_empty()
+                || m.path_prefix.is_some()
+                || !m.methods.is_empty()
+                || !m.headers.is_empty()
+        });
+        let needs_ip = cfg
+            .rules
+            .iter()
+            .any(|r| r.key.contains(&super::config::KeyPart::ClientIp));
         Self {
             cfg,
             rules,
             sweep_cursor: std::sync::atomic::AtomicU32::new(0),
+            reads_request,
+            needs_ip,
         }
     }
 
@@ -309,13 +327,12 @@ impl RateLimiter {
         host: &mut H,
         state: &mut RequestState,
     ) -> Decision {
-        let view = RequestView::from_headers(&host.headers(Direction::Request));
-        let needs_ip = self
-            .cfg
-            .rules
-            .iter()
-            .any(|r| r.key.contains(&super::config::KeyPart::ClientIp));
-        let ip = if needs_ip {
+        let view = if self.reads_request {
+            RequestView::from_headers(&host.headers(Direction::Request))
+        } else {
+            RequestView::default()
+        };
+        let ip = if self.needs_ip {
             let downstream = host.downstream_address();
             client_ip(
                 &view.xff,

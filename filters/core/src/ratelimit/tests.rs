@@ -520,3 +520,27 @@ fn process_buckets_replace_shared_data_with_the_same_decisions() {
     assert_eq!(evictions, 1);
     assert_eq!(rl.stored_buckets(&h, 0), 2);
 }
+
+/// issue 16: one budget for every request (no matcher, no key) is the cheapest rule: the pass
+/// path reads no request header at all.
+#[test]
+fn one_budget_for_all_reads_no_request_header() {
+    let cfg = json!({"rules": [{"name": "all", "limit": {"requests": 10, "unit": "second"}}]});
+    let rl = RateLimiter::from_json(cfg.to_string().as_bytes()).unwrap();
+    let mut h = TestHost::default();
+    rl.init(&mut h).unwrap();
+    h.inner.request = vec![
+        (":path".into(), "/".into()),
+        ("x-forwarded-for".into(), "1.2.3.4".into()),
+    ];
+    h.inner.header_calls.set(0);
+    let mut state = RequestState::default();
+    assert_eq!(rl.on_request(&mut h, &mut state), Decision::Continue);
+    assert_eq!(h.inner.header_calls.get(), 0);
+    // A keyed rule still reads them.
+    let keyed = RateLimiter::from_json(per_ip(10, json!({})).to_string().as_bytes()).unwrap();
+    keyed.init(&mut h).unwrap();
+    let mut state = RequestState::default();
+    assert_eq!(keyed.on_request(&mut h, &mut state), Decision::Continue);
+    assert!(h.inner.header_calls.get() > 0);
+}
