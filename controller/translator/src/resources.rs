@@ -395,6 +395,30 @@ pub struct SecretBody {
     pub string_data: BTreeMap<String, String>,
 }
 
+/// Why [`SecretBody::text`] has no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretKeyError {
+    Missing,
+    NotBase64(String),
+    NotText,
+}
+
+impl SecretBody {
+    /// `key` as text: `stringData` first (as the API server merges it into `data`), else the
+    /// base64 `data` value.
+    pub fn text(&self, key: &str) -> Result<String, SecretKeyError> {
+        use base64::Engine;
+        if let Some(v) = self.string_data.get(key) {
+            return Ok(v.clone());
+        }
+        let b64 = self.data.get(key).ok_or(SecretKeyError::Missing)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| SecretKeyError::NotBase64(e.to_string()))?;
+        String::from_utf8(bytes).map_err(|_| SecretKeyError::NotText)
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConfigMapBody {

@@ -2,12 +2,12 @@
 //! `Backend`'s own `spec.tls`. Both name the CA the backend's certificate must chain to and the
 //! host it must name; verification is never skipped.
 
-use base64::Engine;
-
 use super::backends::RefError;
 use crate::egress::EgressPolicy;
 use crate::ir::TrustedCa;
-use crate::resources::{BackendTlsPolicySpec, Object, ObjectRef, Resources, EG_GROUP};
+use crate::resources::{
+    BackendTlsPolicySpec, Object, ObjectRef, Resources, SecretKeyError, EG_GROUP,
+};
 
 /// What the upstream TLS context carries: SNI (also the SAN the certificate must name) and the
 /// trusted CA.
@@ -256,25 +256,16 @@ fn ca_bundle(res: &Resources, ns: &str, what: &str, r: &ObjectRef) -> Result<Str
                     format!("{what}: Secret {ns}/{name} not found"),
                 )
             })?;
-            match (s.spec.string_data.get("ca.crt"), s.spec.data.get("ca.crt")) {
-                (Some(v), _) => v.clone(),
-                (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        (
-                            "InvalidCACertificateRef",
-                            format!("{what}: Secret {ns}/{name} ca.crt is not base64 PEM text"),
-                        )
-                    })?,
-                (None, None) => {
-                    return Err((
-                        "InvalidCACertificateRef",
-                        format!("{what}: Secret {ns}/{name} has no key ca.crt"),
-                    ))
-                }
-            }
+            s.spec.text("ca.crt").map_err(|e| {
+                let why = match e {
+                    SecretKeyError::Missing => "has no key ca.crt",
+                    _ => "ca.crt is not base64 PEM text",
+                };
+                (
+                    "InvalidCACertificateRef",
+                    format!("{what}: Secret {ns}/{name} {why}"),
+                )
+            })?
         }
         _ => {
             return Err((

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use base64::Engine;
 use serde_json::json;
 
 use super::{reference_granted, unsupported_condition, GatewayMap};
@@ -33,14 +32,12 @@ pub struct GatewayState {
 }
 
 fn secret_field(s: &crate::resources::SecretBody, key: &str) -> Result<String, String> {
-    if let Some(v) = s.string_data.get(key) {
-        return Ok(v.clone());
-    }
-    let b64 = s.data.get(key).ok_or_else(|| format!("has no {key}"))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| format!("{key} is not valid base64: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| format!("{key} is not PEM text"))
+    use crate::resources::SecretKeyError;
+    s.text(key).map_err(|e| match e {
+        SecretKeyError::Missing => format!("has no {key}"),
+        SecretKeyError::NotBase64(e) => format!("{key} is not valid base64: {e}"),
+        SecretKeyError::NotText => format!("{key} is not PEM text"),
+    })
 }
 
 fn load_certificate(

@@ -16,7 +16,8 @@ use super::policies::{
 use super::{builtin, duration, reference_granted, GatewayMap};
 use crate::ir::{ClusterIr, FilterIr};
 use crate::resources::{
-    NsName, Object, ObjectRef, PolicyTargetRef, Resources, SecurityPolicySpec, EG_GROUP,
+    NsName, Object, ObjectRef, PolicyTargetRef, Resources, SecretKeyError, SecurityPolicySpec,
+    EG_GROUP,
 };
 use crate::status::{Condition, ResourceStatus};
 use crate::wasm::source::{WasmResolver, WasmSource};
@@ -102,19 +103,13 @@ fn secret_value(res: &Resources, ns: &str, r: &ObjectRef, key: &str) -> Result<S
         .secrets
         .get(&(sns.clone(), r.name.clone()))
         .ok_or_else(|| format!("secret {sns}/{} not found", r.name))?;
-    if let Some(v) = s.spec.string_data.get(key) {
-        return Ok(v.clone());
-    }
-    let b64 = s
-        .spec
-        .data
-        .get(key)
-        .ok_or_else(|| format!("secret {sns}/{} has no key {key}", r.name))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| format!("secret {sns}/{} key {key} is not valid base64: {e}", r.name))?;
-    String::from_utf8(bytes)
-        .map_err(|_| format!("secret {sns}/{} key {key} is not UTF-8 text", r.name))
+    s.spec.text(key).map_err(|e| match e {
+        SecretKeyError::Missing => format!("secret {sns}/{} has no key {key}", r.name),
+        SecretKeyError::NotBase64(e) => {
+            format!("secret {sns}/{} key {key} is not valid base64: {e}", r.name)
+        }
+        SecretKeyError::NotText => format!("secret {sns}/{} key {key} is not UTF-8 text", r.name),
+    })
 }
 
 /// SecurityPolicy `oidc` -> the filter's config. `Err` lists every problem; `ignored` collects
