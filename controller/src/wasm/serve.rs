@@ -24,11 +24,11 @@ pub fn router(cache_dir: PathBuf) -> Router {
 }
 
 async fn serve_wasm(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>) -> Response {
-    serve_module(&dir, &file, ".wasm", "application/wasm").await
+    serve_module(&dir, &file, WASM.0, WASM.1).await
 }
 
 async fn serve_dynamic(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>) -> Response {
-    serve_module(&dir, &file, ".so", "application/octet-stream").await
+    serve_module(&dir, &file, DYNAMIC.0, DYNAMIC.1).await
 }
 
 /// The fleet on the other end of a verified connection (`None`: its certificate names no
@@ -53,34 +53,35 @@ struct Authorized {
 /// `into_make_service_with_connect_info::<PeerNode>()` on a [`TlsListener`].
 pub fn authorized_router(cache_dir: PathBuf, access: ModuleAccess) -> Router {
     Router::new()
-        .route("/wasm/{file}", get(authorized_wasm))
-        .route("/dynamic/{file}", get(authorized_dynamic))
+        .route(
+            "/wasm/{file}",
+            get(|State(a), ConnectInfo(p), Path(f)| authorized_module(a, p, f, WASM)),
+        )
+        .route(
+            "/dynamic/{file}",
+            get(|State(a), ConnectInfo(p), Path(f)| authorized_module(a, p, f, DYNAMIC)),
+        )
         .with_state(Authorized {
             dir: Arc::new(cache_dir),
             access,
         })
 }
 
-async fn authorized_wasm(
-    State(a): State<Authorized>,
-    ConnectInfo(peer): ConnectInfo<PeerNode>,
-    Path(file): Path<String>,
-) -> Response {
-    if let Some(denied) = refuse(&a.access, &peer, &file, ".wasm") {
-        return denied;
-    }
-    serve_module(&a.dir, &file, ".wasm", "application/wasm").await
-}
+/// `(suffix, content type)` of the two module kinds.
+type ModuleKind = (&'static str, &'static str);
+const WASM: ModuleKind = (".wasm", "application/wasm");
+const DYNAMIC: ModuleKind = (".so", "application/octet-stream");
 
-async fn authorized_dynamic(
-    State(a): State<Authorized>,
-    ConnectInfo(peer): ConnectInfo<PeerNode>,
-    Path(file): Path<String>,
+async fn authorized_module(
+    a: Authorized,
+    peer: PeerNode,
+    file: String,
+    (suffix, ctype): ModuleKind,
 ) -> Response {
-    if let Some(denied) = refuse(&a.access, &peer, &file, ".so") {
+    if let Some(denied) = refuse(&a.access, &peer, &file, suffix) {
         return denied;
     }
-    serve_module(&a.dir, &file, ".so", "application/octet-stream").await
+    serve_module(&a.dir, &file, suffix, ctype).await
 }
 
 fn refuse(access: &ModuleAccess, peer: &PeerNode, file: &str, suffix: &str) -> Option<Response> {
