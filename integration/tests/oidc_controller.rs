@@ -375,6 +375,18 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
         c
     };
 
+    // Discovery over verified TLS done: the protected route sends browsers to the login.
+    let redirects_to_login = |c: &mut Controller| {
+        c.process()
+            .wait_until("protected route redirects", CONVERGE, || {
+                let r = probe("/probe")?;
+                (r.status == 302)
+                    .then_some(())
+                    .ok_or_else(|| format!("protected route: HTTP {} {}", r.status, r.body))
+            })
+            .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
+    };
+
     // Default trust (the platform bundle): the provider's certificate is not trusted.
     let c = start(&plain, &[]);
     wait_until(
@@ -408,14 +420,7 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
     // The operator trusts the provider's CA: login works over verified TLS.
     let ca_arg = ca_file.display().to_string();
     let mut c = start(&plain, &["--issuer-ca-bundle", &ca_arg]);
-    c.process()
-        .wait_until("protected route redirects", CONVERGE, || {
-            let r = probe("/probe")?;
-            (r.status == 302)
-                .then_some(())
-                .ok_or_else(|| format!("protected route: HTTP {} {}", r.status, r.body))
-        })
-        .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
+    redirects_to_login(&mut c);
     let mut agent = Agent::trusting(ca_pem.as_bytes());
     let r = agent.get(&gw("/dashboard"));
     assert_eq!(r.status, 302, "{}", r.body);
@@ -470,14 +475,7 @@ spec:
         port = provider.port(),
     );
     let mut c = start(&tenant_ca, &[]);
-    c.process()
-        .wait_until("protected route redirects", CONVERGE, || {
-            let r = probe("/probe")?;
-            (r.status == 302)
-                .then_some(())
-                .ok_or_else(|| format!("protected route: HTTP {} {}", r.status, r.body))
-        })
-        .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
+    redirects_to_login(&mut c);
     let mut agent = Agent::trusting(ca_pem.as_bytes());
     let r = agent.get(&gw("/tenant"));
     let done = agent.follow(r, "alice", false);
