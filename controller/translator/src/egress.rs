@@ -107,6 +107,12 @@ impl EgressPolicy {
             .unwrap_or(DEFAULT_CA_BUNDLE)
     }
 
+    /// The operator's trust for https upstreams a tenant names without its own CA (issuers,
+    /// `wellKnownCACertificates: System`): [`issuer_ca_bundle`](Self::issuer_ca_bundle).
+    pub fn system_trust(&self) -> crate::ir::TrustedCa {
+        crate::ir::TrustedCa::File(self.issuer_ca_bundle().to_string())
+    }
+
     /// Everything allowed: for tests and tools that translate trusted input.
     pub fn permissive() -> Self {
         Self {

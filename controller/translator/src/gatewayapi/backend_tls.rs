@@ -73,7 +73,7 @@ pub(crate) fn for_backend(
                 // `tls` with neither CA option: Envoy Gateway's default is the system bundle.
                 return Ok(tls.sni.clone().map(|sni| UpstreamTls {
                     sni,
-                    ca: TrustedCa::File(egress.issuer_ca_bundle().to_string()),
+                    ca: egress.system_trust(),
                 }));
             };
             let sni = tls.sni.clone().ok_or_else(|| {
@@ -198,7 +198,7 @@ fn trusted_ca(
             "InvalidBackendTLS",
             format!("{what}: caCertificateRefs and wellKnownCACertificates are mutually exclusive"),
         )),
-        (true, Some("System")) => Ok(Some(TrustedCa::File(egress.issuer_ca_bundle().to_string()))),
+        (true, Some("System")) => Ok(Some(egress.system_trust())),
         (true, Some(other)) => Err((
             "InvalidBackendTLS",
             format!("{what}: wellKnownCACertificates {other:?} is not supported (only System)"),

@@ -148,10 +148,7 @@ pub(crate) fn tenant_issuer_cluster(
     egress.check_host(&host).map_err(|e| e.to_string())?;
     let mut c = endpoint_cluster(name.to_string(), &host, port, tls, false);
     if tls {
-        c.tls_verify = Some(
-            ca.cloned()
-                .unwrap_or_else(|| TrustedCa::File(egress.issuer_ca_bundle().to_string())),
-        );
+        c.tls_verify = Some(ca.cloned().unwrap_or_else(|| egress.system_trust()));
     }
     Ok(c)
 }

@@ -346,9 +346,7 @@ fn issuer_cluster(
     let (host, _, https) = builtin::url_parts(&cfg.issuer).map_err(|e| format!("issuer: {e}"))?;
     if https && c.tls_sni.is_none() {
         c.tls_sni = Some(host);
-        c.tls_verify = Some(crate::ir::TrustedCa::File(
-            opts.egress.issuer_ca_bundle().to_string(),
-        ));
+        c.tls_verify = Some(opts.egress.system_trust());
     }
     Ok(c)
 }
