@@ -154,119 +154,33 @@ impl Ops {
             && self.set_if_absent.is_empty()
     }
 
-    fn apply(&self, map: &mut impl HeaderMap) {
+    fn apply<H: Host>(&self, host: &mut H, dir: Direction) {
         for name in &self.remove {
-            map.remove(name);
+            host.remove_header(dir, name);
         }
         if let Some(set) = &self.remove_matching {
             let mut doomed: Vec<String> = Vec::new();
-            for name in map.names() {
+            for (name, _) in host.headers(dir) {
                 // Pseudo-headers belong to Envoy (routing, status): never removed.
                 if !is_pseudo_header(&name) && set.is_match(&name) && !doomed.contains(&name) {
                     doomed.push(name);
                 }
             }
             for name in &doomed {
-                map.remove(name);
+                host.remove_header(dir, name);
             }
         }
         for (name, value) in &self.set {
-            map.set(name, value);
+            host.set_header(dir, name, value);
         }
         for (name, value) in &self.add {
-            map.add(name, value);
+            host.add_header(dir, name, value);
         }
         for (name, value) in &self.set_if_absent {
-            if !map.has(name) {
-                map.set(name, value);
+            if host.header(dir, name).is_none() {
+                host.set_header(dir, name, value);
             }
         }
-    }
-}
-
-/// The operations a phase performs, on the host's live map or on a copy written back once.
-trait HeaderMap {
-    fn value(&self, name: &str) -> Option<String>;
-    fn has(&self, name: &str) -> bool {
-        self.value(name).is_some()
-    }
-    fn names(&self) -> Vec<String>;
-    fn set(&mut self, name: &str, value: &str);
-    fn add(&mut self, name: &str, value: &str);
-    fn remove(&mut self, name: &str);
-}
-
-/// One host call per operation (hosts where calls are cheap: the dynamic module).
-struct Live<'h, H: Host>(&'h mut H, Direction);
-
-impl<H: Host> HeaderMap for Live<'_, H> {
-    fn value(&self, name: &str) -> Option<String> {
-        self.0.header(self.1, name)
-    }
-    fn names(&self) -> Vec<String> {
-        self.0.headers(self.1).into_iter().map(|(n, _)| n).collect()
-    }
-    fn set(&mut self, name: &str, value: &str) {
-        self.0.set_header(self.1, name, value);
-    }
-    fn add(&mut self, name: &str, value: &str) {
-        self.0.add_header(self.1, name, value);
-    }
-    fn remove(&mut self, name: &str) {
-        self.0.remove_header(self.1, name);
-    }
-}
-
-/// A copy of the map: one read, edits in memory, one write if anything changed (proxy-wasm).
-/// Same semantics as [`Host`]'s per-header calls: `set` replaces every value (the new one goes
-/// last), `add` appends, names compare case-insensitively.
-struct Batch {
-    headers: Vec<(String, String)>,
-    changed: bool,
-}
-
-impl Batch {
-    fn read<H: Host>(host: &H, dir: Direction) -> Self {
-        Self {
-            headers: host.headers(dir),
-            changed: false,
-        }
-    }
-
-    fn write_back<H: Host>(self, host: &mut H, dir: Direction) {
-        if self.changed {
-            host.replace_headers(dir, &self.headers);
-        }
-    }
-}
-
-impl HeaderMap for Batch {
-    fn value(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    }
-    fn has(&self, name: &str) -> bool {
-        self.headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(name))
-    }
-    fn names(&self) -> Vec<String> {
-        self.headers.iter().map(|(n, _)| n.clone()).collect()
-    }
-    fn set(&mut self, name: &str, value: &str) {
-        self.remove(name);
-        self.add(name, value);
-    }
-    fn add(&mut self, name: &str, value: &str) {
-        self.headers.push((name.to_string(), value.to_string()));
-        self.changed = true;
-    }
-    fn remove(&mut self, name: &str) {
-        let before = self.headers.len();
-        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.changed |= self.headers.len() != before;
     }
 }
 
@@ -325,28 +239,13 @@ impl HeadersFilter {
 
     /// Request phase: apply the request operations and remember the scheme for HSTS.
     pub fn on_request_headers<H: Host>(&self, host: &mut H) -> StreamState {
-        let dir = Direction::Request;
-        if self.hsts.is_none() && self.request.is_empty() {
-            return StreamState::default();
-        }
-        if host.batch_headers() {
-            let mut map = Batch::read(host, dir);
-            let state = self.request_phase(&mut map);
-            map.write_back(host, dir);
-            state
-        } else {
-            self.request_phase(&mut Live(host, dir))
-        }
-    }
-
-    fn request_phase(&self, map: &mut impl HeaderMap) -> StreamState {
         // Envoy sets `:scheme` itself: from the TLS state of the connection, or from a trusted
         // x-forwarded-proto. The filter does not read x-forwarded-proto (clients can send it).
         let https = self.hsts.is_some()
-            && map
-                .value(":scheme")
+            && host
+                .header(Direction::Request, ":scheme")
                 .is_some_and(|s| s.eq_ignore_ascii_case("https"));
-        self.request.apply(map);
+        self.request.apply(host, Direction::Request);
         StreamState { https }
     }
 
@@ -354,43 +253,23 @@ impl HeadersFilter {
     /// `state` is what `on_request_headers` returned, or the default when the request phase did
     /// not run for this stream (no HSTS then).
     pub fn on_response_headers<H: Host>(&self, host: &mut H, state: StreamState) {
-        let dir = Direction::Response;
-        if self.response.is_empty()
-            && self.preset.is_empty()
-            && (self.hsts.is_none() || !state.https)
-        {
-            return;
+        self.response.apply(host, Direction::Response);
+        let hsts = self.hsts.filter(|_| state.https).map(|v| (HSTS, v));
+        let (mut added, mut kept) = (0, 0);
+        for (name, value) in self.preset.iter().copied().chain(hsts) {
+            if host.header(Direction::Response, name).is_some() {
+                kept += 1;
+            } else {
+                host.set_header(Direction::Response, name, value);
+                added += 1;
+            }
         }
-        let (added, kept) = if host.batch_headers() {
-            let mut map = Batch::read(host, dir);
-            let counts = self.response_phase(&mut map, state);
-            map.write_back(host, dir);
-            counts
-        } else {
-            self.response_phase(&mut Live(host, dir), state)
-        };
         if added > 0 {
             host.counter_add(PRESET_ADDED_TOTAL, added);
         }
         if kept > 0 {
             host.counter_add(PRESET_KEPT_TOTAL, kept);
         }
-    }
-
-    /// `(added, kept)` preset headers.
-    fn response_phase(&self, map: &mut impl HeaderMap, state: StreamState) -> (u64, u64) {
-        self.response.apply(map);
-        let hsts = self.hsts.filter(|_| state.https).map(|v| (HSTS, v));
-        let (mut added, mut kept) = (0, 0);
-        for (name, value) in self.preset.iter().copied().chain(hsts) {
-            if map.has(name) {
-                kept += 1;
-            } else {
-                map.set(name, value);
-                added += 1;
-            }
-        }
-        (added, kept)
     }
 }
 
@@ -410,52 +289,13 @@ mod tests {
             .collect()
     }
 
-    /// Run a whole stream: request phase on `req`, response phase on `resp`. Runs it twice, on
-    /// a host with a call per header operation and on a batching one (proxy-wasm), and checks
-    /// both end with the same headers and counters.
+    /// Run a whole stream: request phase on `req`, response phase on `resp`.
     fn stream(f: &HeadersFilter, req: &[(&str, &str)], resp: &[(&str, &str)]) -> MemoryHost {
-        let run = |batch: bool| {
-            let mut host = MemoryHost::with_request(req);
-            host.batch = batch;
-            let state = f.on_request_headers(&mut host);
-            host.response = pairs(resp);
-            f.on_response_headers(&mut host, state);
-            host
-        };
-        let (live, batched) = (run(false), run(true));
-        assert_eq!(
-            live.request, batched.request,
-            "request headers, live vs batched"
-        );
-        assert_eq!(
-            live.response, batched.response,
-            "response headers, live vs batched"
-        );
-        assert_eq!(live.counters, batched.counters, "counters, live vs batched");
-        live
-    }
-
-    /// issue 16: on a batching host the strict preset and request edits cost one read and one
-    /// write per direction, however many headers they touch.
-    #[test]
-    fn a_batching_host_gets_one_read_and_one_write_per_direction() {
-        let f = filter(
-            r#"{"security_headers":"strict","request":{"set":{"x-a":"1","x-b":"2","x-c":"3"},"remove":["x-debug","x-internal"]}}"#,
-        );
-        let mut host = MemoryHost::with_request(REQ);
-        host.batch = true;
+        let mut host = MemoryHost::with_request(req);
         let state = f.on_request_headers(&mut host);
-        assert_eq!(host.header_calls.get(), 2, "request: read + write");
-        host.response = pairs(RESP);
-        host.header_calls.set(0);
+        host.response = pairs(resp);
         f.on_response_headers(&mut host, state);
-        assert_eq!(host.header_calls.get(), 2, "response: read + write");
-        // A per-call host pays for every header.
-        let mut live = MemoryHost::with_request(REQ);
-        let state = f.on_request_headers(&mut live);
-        live.response = pairs(RESP);
-        f.on_response_headers(&mut live, state);
-        assert!(live.header_calls.get() > 10, "{}", live.header_calls.get());
+        host
     }
 
     const REQ: &[(&str, &str)] = &[

@@ -53,24 +53,6 @@ pub trait Host {
     /// Remove every value of `name`.
     fn remove_header(&mut self, dir: Direction, name: &str);
 
-    /// Whether reading the map once and writing it back with one [`Host::replace_headers`] is
-    /// cheaper than a call per header operation (proxy-wasm: every call crosses the VM
-    /// boundary, and the ABI replaces a whole map in one call).
-    fn batch_headers(&self) -> bool {
-        false
-    }
-    /// Replace the whole map of `dir`, pseudo-headers included, with `headers` in order.
-    fn replace_headers(&mut self, dir: Direction, headers: &[(String, String)]) {
-        let mut names: Vec<String> = self.headers(dir).into_iter().map(|(n, _)| n).collect();
-        names.dedup();
-        for n in &names {
-            self.remove_header(dir, n);
-        }
-        for (n, v) in headers {
-            self.add_header(dir, n, v);
-        }
-    }
-
     /// Answer the request locally; the upstream is not contacted.
     fn send_local_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
 

@@ -22,8 +22,6 @@ pub struct MemoryHost {
     pub shared: HashMap<String, SharedValue>,
     pub counters: BTreeMap<String, u64>,
     pub logs: RefCell<Vec<(LogLevel, String)>>,
-    /// Answer `batch_headers` with this (proxy-wasm-like host: one read, one write).
-    pub batch: bool,
     /// Header-map calls made (reads and writes), to check what a filter costs a host.
     pub header_calls: std::cell::Cell<usize>,
 }
@@ -73,15 +71,6 @@ impl MemoryHost {
 }
 
 impl Host for MemoryHost {
-    fn batch_headers(&self) -> bool {
-        self.batch
-    }
-
-    fn replace_headers(&mut self, dir: Direction, headers: &[(String, String)]) {
-        self.header_calls.set(self.header_calls.get() + 1);
-        *self.map_mut(dir) = headers.to_vec();
-    }
-
     fn header(&self, dir: Direction, name: &str) -> Option<String> {
         self.header_calls.set(self.header_calls.get() + 1);
         self.map(dir)
