@@ -7,13 +7,15 @@
 #   PORTCULLIS_HTTP_PORT  (10000)  Envoy listener
 #   PORTCULLIS_ADMIN_PORT (9901)   Envoy admin
 #   PORTCULLIS_ECHO_PORT  (18080)  echo upstream
+#                                  (0 for any of the ports: the kernel picks a free one; the
+#                                  banner shows the ports actually bound)
 #   ENVOY_BIN                      Envoy binary (default .bin/envoy from `make setup`)
 #   ECHO_UPSTREAM_BIN              echo-upstream binary (default: built with cargo)
 #   PORTCULLIS_RUN_DIR             where logs and the rendered config go (default target/run)
 set -euo pipefail
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -53,6 +55,7 @@ sys.exit(0 if opener.open(url, timeout=2).read().strip() == b"LIVE" else 1)
 PY
 }
 for p in "$HTTP_PORT" "$ADMIN_PORT" "$ECHO_PORT"; do
+  [ "$p" = 0 ] && continue
   port_free "$p" || die "port $p on 127.0.0.1 is in use; stop what uses it or set PORTCULLIS_HTTP_PORT / PORTCULLIS_ADMIN_PORT / PORTCULLIS_ECHO_PORT"
 done
 
@@ -64,10 +67,9 @@ fi
 
 mkdir -p "$RUN_DIR"
 CONFIG="$RUN_DIR/envoy.yaml"
-sed -e "s/port_value: 10000 }/port_value: $HTTP_PORT }/" \
-    -e "s/port_value: 9901 }/port_value: $ADMIN_PORT }/" \
-    -e "s/port_value: 18080 }/port_value: $ECHO_PORT }/" \
-    examples/local/envoy-static.yaml > "$CONFIG"
+ECHO_ADDR_FILE="$RUN_DIR/echo.addr"
+ADMIN_ADDR_FILE="$RUN_DIR/admin.addr"
+rm -f "$ECHO_ADDR_FILE" "$ADMIN_ADDR_FILE"
 
 pids=()
 cleanup() {
@@ -78,10 +80,32 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "stopping"; exit 0' INT TERM
 
-"$ECHO_UPSTREAM_BIN" --addr "127.0.0.1:$ECHO_PORT" > "$RUN_DIR/echo.log" 2>&1 &
+# Waits (up to 60 s) for a `host:port` file a child writes once it has bound; prints the port.
+bound_port() {
+  local file="$1" pid="$2" deadline=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if [ -s "$file" ]; then
+      local addr; addr="$(cat "$file")"
+      echo "${addr##*:}"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+"$ECHO_UPSTREAM_BIN" --addr "127.0.0.1:$ECHO_PORT" --addr-file "$ECHO_ADDR_FILE" > "$RUN_DIR/echo.log" 2>&1 &
 pids+=($!)
-"$ENVOY" -c "$CONFIG" --concurrency 2 --disable-hot-restart -l info > "$RUN_DIR/envoy.log" 2>&1 &
+ECHO_PORT="$(bound_port "$ECHO_ADDR_FILE" "${pids[0]}")" || { tail -n 30 "$RUN_DIR/echo.log" >&2; die "the echo upstream did not start (log above)"; }
+
+sed -e "s/port_value: 10000 }/port_value: $HTTP_PORT }/" \
+    -e "s/port_value: 9901 }/port_value: $ADMIN_PORT }/" \
+    -e "s/port_value: 18080 }/port_value: $ECHO_PORT }/" \
+    examples/local/envoy-static.yaml > "$CONFIG"
+"$ENVOY" -c "$CONFIG" --admin-address-path "$ADMIN_ADDR_FILE" --concurrency 2 --disable-hot-restart -l info > "$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
+ADMIN_PORT="$(bound_port "$ADMIN_ADDR_FILE" "${pids[1]}")" || { tail -n 30 "$RUN_DIR/envoy.log" >&2; die "Envoy did not start (log above)"; }
 
 ready=""
 deadline=$((SECONDS + 90))
@@ -95,6 +119,18 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   sleep 0.2
 done
 [ -n "$ready" ] || { tail -n 30 "$RUN_DIR/envoy.log" >&2; die "Envoy did not become ready within 90s (log: $RUN_DIR/envoy.log)"; }
+# The port the `http` listener bound (the one configured, or the kernel's pick for 0).
+HTTP_PORT="$(python3 - "$ADMIN_PORT" <<'PY'
+import json, sys, urllib.request
+url = "http://127.0.0.1:%s/listeners?format=json" % sys.argv[1]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+doc = json.load(opener.open(url, timeout=5))
+for l in doc.get("listener_statuses", []):
+    if l.get("name") == "http":
+        print(l["local_address"]["socket_address"]["port_value"])
+PY
+)" || die "cannot read Envoy's listeners from its admin"
+[ -n "$HTTP_PORT" ] || die "Envoy has no listener named http"
 
 U="http://127.0.0.1:$HTTP_PORT"
 cat <<MSG

@@ -68,6 +68,8 @@ pub struct KubeRuntimeConfig {
     pub debounce: Duration,
     pub max_batch_delay: Duration,
     pub listener_address: String,
+    /// Gateway listeners on port 0 (`--ephemeral-listener-ports`).
+    pub ephemeral_listener_ports: bool,
     pub builtin_wasm_dir: Option<PathBuf>,
     pub builtin_wasm_urls: BTreeMap<String, WasmSource>,
     /// Directory holding `libportcullis.so`, served to the fleets over the same mTLS endpoint
@@ -459,6 +461,7 @@ pub async fn run_on(
     let opts = TranslateOptions {
         controller_name: cfg.controller_name.clone(),
         listener_address: cfg.listener_address.clone(),
+        ephemeral_listener_ports: cfg.ephemeral_listener_ports,
         builtin_modules,
         builtin_runtime,
         builtin_dynamic_module,

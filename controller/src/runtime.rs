@@ -39,6 +39,8 @@ pub struct RuntimeConfig {
     pub wasm_retry_max: Duration,
     pub work_dir: PathBuf,
     pub listener_address: String,
+    /// Gateway listeners on port 0 (`--ephemeral-listener-ports`).
+    pub ephemeral_listener_ports: bool,
     pub debounce: Duration,
     /// Directory holding the built-in `oidc.wasm` / `ratelimit.wasm` (None: none configured).
     pub builtin_wasm_dir: Option<PathBuf>,
@@ -289,6 +291,7 @@ pub async fn run(
     let opts = TranslateOptions {
         controller_name: cfg.controller_name.clone(),
         listener_address: cfg.listener_address.clone(),
+        ephemeral_listener_ports: cfg.ephemeral_listener_ports,
         builtin_modules,
         // Always a loaded key: only offline `translate` uses the public placeholder.
         session_secret: Some(cfg.session_secret),

@@ -100,6 +100,8 @@ impl ControllerBuilder {
             .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--xds-addr", "127.0.0.1:0"])
             .args(["--wasm-addr", "127.0.0.1:0"])
+            // Envoy binds the Gateway listeners on port 0: see `Controller::gateway_port`.
+            .arg("--ephemeral-listener-ports")
             .arg("--bound-addresses-file")
             .arg(&bound_file)
             .arg("--envoy-bin")
@@ -267,6 +269,28 @@ impl Controller {
                 .map(str::to_string)
                 .ok_or_else(|| format!("no admin address yet: {}", doc["envoys"]))
         })
+    }
+
+    /// The port the Envoy for `node` bound for the Gateway listener(s) on `gateway_port` (the
+    /// harness runs `--ephemeral-listener-ports`), once Envoy has the listener.
+    pub fn gateway_port(&mut self, node: &str, gateway_port: u16) -> Result<u16, Error> {
+        let admin = self.envoy_admin(node)?;
+        let url = format!("http://{admin}/listeners?format=json");
+        let listener = format!("{node}/{gateway_port}");
+        let http = self.http.clone();
+        self.process.wait_until(
+            &format!("Envoy {node} to bind listener {listener}"),
+            CONVERGE,
+            || {
+                let doc: Value = http
+                    .get(&url)
+                    .send()
+                    .and_then(|r| r.json())
+                    .map_err(|e| format!("{url}: {e}"))?;
+                crate::envoy::bound_listener_port(&doc, &listener)
+                    .ok_or_else(|| format!("no bound listener {listener} in {doc}"))
+            },
+        )
     }
 
     /// `/config_dump` of the Envoy for `node`.

@@ -513,7 +513,7 @@ struct Spawned {
 }
 
 /// The file, in Envoy's temp dir, that `--admin-address-path` names.
-pub(crate) const ADMIN_ADDRESS_FILE: &str = "admin-address";
+pub const ADMIN_ADDRESS_FILE: &str = "admin-address";
 
 /// The admin port from an `--admin-address-path` file (`127.0.0.1:PORT`), once Envoy wrote it.
 fn read_admin_port(path: &Path) -> Option<u16> {
@@ -524,7 +524,7 @@ fn read_admin_port(path: &Path) -> Option<u16> {
 
 /// Waits until an Envoy started with its admin on port 0 and `--admin-address-path path` has
 /// written its admin address and answers `LIVE` on `/ready`; returns the admin port.
-pub(crate) fn wait_live(
+pub fn wait_live(
     process: &mut Process,
     admin_address_path: &Path,
     client: &reqwest::blocking::Client,
@@ -558,23 +558,33 @@ pub fn listener_ports(
         .send()
         .and_then(|r| r.json())
         .map_err(|e| http_err(&url, e))?;
-    let statuses = body["listener_statuses"]
+    Ok(bound_listener_ports(&body))
+}
+
+/// Listener name → bound port, from an admin `/listeners?format=json` document. A listener
+/// still binding (port 0) is left out.
+pub fn bound_listener_ports(doc: &Value) -> BTreeMap<String, u16> {
+    doc["listener_statuses"]
         .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(statuses
-        .iter()
+        .into_iter()
+        .flatten()
         .filter_map(|l| {
             let name = l["name"].as_str()?.to_string();
             let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
-            Some((name, u16::try_from(port).ok()?))
+            let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+            Some((name, port))
         })
-        .collect())
+        .collect()
+}
+
+/// The port `listener` bound, from an admin `/listeners?format=json` document.
+pub fn bound_listener_port(doc: &Value, listener: &str) -> Option<u16> {
+    bound_listener_ports(doc).get(listener).copied()
 }
 
 /// Writes an LDS discovery response next to `path` and renames it into place: Envoy's file
 /// watcher reacts to the move, and never reads a half-written file.
-fn write_lds(path: &Path, version: u64, listeners: &[Value]) -> Result<(), Error> {
+pub(crate) fn write_lds(path: &Path, version: u64, listeners: &[Value]) -> Result<(), Error> {
     let resources: Vec<Value> = listeners
         .iter()
         .map(|l| {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::echo::{Echo, EchoServer};
 use crate::oidc_provider::{OidcProvider, ProviderOptions, TestClient};
-use crate::process::{envoy_bin, free_port, workspace_root, Error, Process, ProcessBuilder};
+use crate::process::{envoy_bin, workspace_root, Error, Process, ProcessBuilder};
 use crate::runtime::Runtime;
 
 /// Name of the provider cluster in the bootstrap.
@@ -123,6 +123,8 @@ pub struct OidcEnv {
     pub echo: EchoServer,
     envoy: Process,
     admin_port: u16,
+    /// Held while the env lives when the provider is meant to be down.
+    _closed: Option<crate::process::ClosedPort>,
 }
 
 /// A random base64 32-byte cookie secret.
@@ -155,22 +157,71 @@ pub fn default_config(issuer: &str, client_id: &str, port: u16) -> Value {
 impl OidcEnv {
     /// Starts provider, echo upstream and Envoy; waits until every listener has finished
     /// discovery (answers something other than 503), unless the provider is down.
+    ///
+    /// No port is chosen up front. Envoy binds each policy's listener on port 0 (file-based
+    /// LDS, first with a placeholder that answers 503), the harness reads the ports it bound
+    /// from the admin, then replaces the listeners with the real ones, whose redirect URIs name
+    /// those ports: same name, same address, so Envoy keeps the socket. The provider's clients
+    /// are native ones, whose loopback redirect URIs match on any port (RFC 8252 7.3).
     pub fn start(opts: EnvOptions) -> Result<Self, Error> {
-        let ports: Vec<u16> = opts
-            .clients
-            .iter()
-            .map(|_| free_port())
-            .collect::<Result<_, _>>()?;
+        let echo = EchoServer::start()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-oidc-envoy-")
+            .tempdir()
+            .map_err(|e| io("tempdir", e))?;
+        let lds_path = dir.path().join("lds.json");
+        let placeholders: Vec<Value> = (0..opts.clients.len())
+            .map(|i| listener(i, 0, placeholder_filters()))
+            .collect();
+        crate::envoy::write_lds(&lds_path, 1, &placeholders)?;
+        // The provider is down: its cluster names a port held closed (connections refused).
+        let closed = if opts.provider_down {
+            Some(crate::process::ClosedPort::new()?)
+        } else {
+            None
+        };
         let mut popts = opts.provider.clone();
+        // The provider runs first, so the static provider cluster can name its port.
         popts.clients = opts
             .clients
             .iter()
-            .zip(&ports)
-            .map(|(c, p)| TestClient::for_gateway(c, *p))
+            .map(|c| TestClient::loopback(c))
             .collect();
         let provider = OidcProvider::start(popts)?;
-        let echo = EchoServer::start()?;
+        let provider_port = closed.as_ref().map_or(provider.port(), |c| c.port());
         let issuer = provider.issuer();
+        let boot = bootstrap(&lds_path, echo.port(), provider_port);
+        let config_path = dir.path().join("envoy.json");
+        let text = serde_json::to_string_pretty(&boot).map_err(|e| io("bootstrap", e))?;
+        std::fs::write(&config_path, text).map_err(|e| io("write bootstrap", e))?;
+        let admin_address_path = dir.path().join(crate::envoy::ADMIN_ADDRESS_FILE);
+        let mut envoy = ProcessBuilder::new("envoy", envoy_bin()?)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_address_path)
+            .args(["--concurrency", "1", "-l", "info", "--disable-hot-restart"])
+            .spawn_in(dir)?;
+        let client = crate::http::client();
+        let admin_port = crate::envoy::wait_live(&mut envoy, &admin_address_path, &client)?;
+        let names: Vec<String> = (0..opts.clients.len()).map(listener_name).collect();
+        let ports: Vec<u16> = envoy.wait_until(
+            "Envoy to bind the policy listeners",
+            Duration::from_secs(60),
+            || {
+                let bound =
+                    crate::envoy::listener_ports(&client, admin_port).map_err(|e| e.to_string())?;
+                names
+                    .iter()
+                    .map(|n| {
+                        bound
+                            .get(n)
+                            .copied()
+                            .ok_or(format!("{n} not bound: {bound:?}"))
+                    })
+                    .collect::<Result<Vec<u16>, String>>()
+            },
+        )?;
         let policies: Vec<Policy> = opts
             .clients
             .iter()
@@ -186,36 +237,38 @@ impl OidcEnv {
                 }
             })
             .collect();
-        let provider_port = if opts.provider_down {
-            free_port()?
-        } else {
-            provider.port()
-        };
-        let filters: Vec<Value> = policies
+        let listeners: Vec<Value> = policies
             .iter()
             .enumerate()
-            .map(|(i, p)| oidc_filter(opts.runtime, i, &p.config))
-            .collect::<Result<_, _>>()?;
-        // Admin on port 0 (read back from --admin-address-path). The gateway ports are chosen
-        // up front: each one is in its client's redirect_uri, registered with the provider.
-        let bootstrap = bootstrap(&policies, &filters, echo.port(), provider_port, 0);
-        let dir = tempfile::Builder::new()
-            .prefix("portcullis-oidc-envoy-")
-            .tempdir()
-            .map_err(|e| io("tempdir", e))?;
-        let config_path = dir.path().join("envoy.json");
-        let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| io("bootstrap", e))?;
-        std::fs::write(&config_path, text).map_err(|e| io("write bootstrap", e))?;
-        let admin_address_path = dir.path().join(crate::envoy::ADMIN_ADDRESS_FILE);
-        let mut envoy = ProcessBuilder::new("envoy", envoy_bin()?)
-            .arg("-c")
-            .arg(&config_path)
-            .arg("--admin-address-path")
-            .arg(&admin_address_path)
-            .args(["--concurrency", "1", "-l", "info", "--disable-hot-restart"])
-            .spawn_in(dir)?;
-        let client = crate::http::client();
-        let admin_port = crate::envoy::wait_live(&mut envoy, &admin_address_path, &client)?;
+            .map(|(i, p)| {
+                let filter = oidc_filter(opts.runtime, i, &p.config)?;
+                Ok(listener(i, 0, vec![filter, router()]))
+            })
+            .collect::<Result<_, Error>>()?;
+        let before = lds_updates(&client, admin_port);
+        crate::envoy::write_lds(&lds_path, 2, &listeners)?;
+        envoy.wait_until(
+            "Envoy to take the oidc listeners",
+            Duration::from_secs(60),
+            || match lds_updates(&client, admin_port) {
+                (ok, _) if ok > before.0 => Ok(()),
+                (_, rejected) if rejected > before.1 => Err(Error::io(
+                    "oidc listeners",
+                    std::io::Error::other("Envoy rejected the oidc listeners (see its log)"),
+                )
+                .to_string()),
+                _ => Err("LDS version 2 not applied yet".to_string()),
+            },
+        )?;
+        let rebound = crate::envoy::listener_ports(&client, admin_port)?;
+        for (name, port) in names.iter().zip(&ports) {
+            if rebound.get(name) != Some(port) {
+                return Err(io(
+                    "oidc listeners",
+                    format!("{name} moved from port {port} to {:?}", rebound.get(name)),
+                ));
+            }
+        }
         if !opts.provider_down {
             for p in &policies {
                 let url = format!("http://127.0.0.1:{}/", p.port);
@@ -239,6 +292,7 @@ impl OidcEnv {
             echo,
             envoy,
             admin_port,
+            _closed: closed,
         })
     }
 
@@ -273,38 +327,71 @@ impl OidcEnv {
     }
 }
 
-fn bootstrap(
-    policies: &[Policy],
-    filters: &[Value],
-    echo_port: u16,
-    provider_port: u16,
-    admin_port: u16,
-) -> Value {
-    let listeners: Vec<Value> = policies
-        .iter()
-        .zip(filters)
-        .enumerate()
-        .map(|(i, (p, filter))| {
-            json!({
-                "name": format!("policy-{i}"),
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": p.port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": format!("policy{i}"),
-                        "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
-                        "http_filters": [
-                            filter,
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
-                    }
-                }]}]
+fn listener_name(index: usize) -> String {
+    format!("policy-{index}")
+}
+
+/// Listener `policy-<index>` on `port` with these HTTP filters, routing to the echo upstream.
+fn listener(index: usize, port: u16, http_filters: Vec<Value>) -> Value {
+    json!({
+        "name": listener_name(index),
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": format!("policy{index}"),
+                "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+                "http_filters": http_filters
+            }
+        }]}]
+    })
+}
+
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+/// Until the oidc config is known: answer 503 for everything (never the upstream unprotected).
+fn placeholder_filters() -> Vec<Value> {
+    vec![
+        json!({"name": "envoy.filters.http.fault", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": {"http_status": 503, "percentage": {"numerator": 100}}}}),
+        router(),
+    ]
+}
+
+/// `listener_manager.lds.update_success` and `update_rejected`.
+fn lds_updates(client: &Client, admin_port: u16) -> (u64, u64) {
+    let url = format!("http://127.0.0.1:{admin_port}/stats?filter=listener_manager.lds.update_");
+    let body = client
+        .get(&url)
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
             })
-        })
-        .collect();
+            .unwrap_or(0)
+    };
+    (
+        value("listener_manager.lds.update_success"),
+        value("listener_manager.lds.update_rejected"),
+    )
+}
+
+/// Admin on port 0 (read back from `--admin-address-path`), listeners from `lds` (file-based
+/// LDS), the echo upstream and the provider as static clusters.
+fn bootstrap(lds: &std::path::Path, echo_port: u16, provider_port: u16) -> Value {
     let cluster = |name: &str, port: u16| {
         json!({
             "name": name, "type": "STATIC", "connect_timeout": "2s",
@@ -313,9 +400,11 @@ fn bootstrap(
         })
     };
     json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "lds_config": {"path_config_source": {"path": lds}, "resource_api_version": "V3"}
+        },
         "static_resources": {
-            "listeners": listeners,
             "clusters": [cluster("upstream", echo_port), cluster(PROVIDER_CLUSTER, provider_port)]
         }
     })

@@ -2,16 +2,20 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use portcullis_integration::process::{free_port, ProcessBuilder};
+//! use portcullis_integration::process::ProcessBuilder;
 //!
-//! let port = free_port().unwrap();
+//! let dir = tempfile::tempdir().unwrap();
+//! let socket = dir.path().join("redis.sock");
+//! // No port is chosen up front: a unix socket here, port 0 (read back) elsewhere.
 //! let mut server = ProcessBuilder::new("redis", "redis-server")
-//!     .args(["--port", &port.to_string(), "--save", ""])
+//!     .args(["--port", "0", "--unixsocket"])
+//!     .arg(&socket)
+//!     .args(["--save", ""])
 //!     .spawn()
 //!     .unwrap();
 //! server
 //!     .wait_until("redis accepts connections", Duration::from_secs(30), || {
-//!         std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ())
+//!         std::os::unix::net::UnixStream::connect(&socket).map(|_| ())
 //!     })
 //!     .unwrap();
 //! // `server` is killed (its whole process group) when it goes out of scope, even on panic;
@@ -23,16 +27,15 @@
 //!   which is kept (and its path printed) when the test fails.
 //! - Set `PORTCULLIS_TEST_LOGS=1` to print every process log on drop, failing or not.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Display;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How many trailing log lines go into error messages.
@@ -69,8 +72,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("no free loopback port found after {0} tries")]
-    NoFreePort(usize),
     #[error(
         "Envoy binary not found (tried {tried}); run `make setup` or set ENVOY_BIN to an Envoy 1.40 binary"
     )]
@@ -129,62 +130,38 @@ pub fn envoy_bin() -> Result<PathBuf, Error> {
     })
 }
 
-/// Ports handed out by this test binary, plus the lock files that reserve them across binaries.
-struct PortRegistry {
-    taken: HashSet<u16>,
-    locks: Vec<File>,
+/// A loopback TCP port that is bound but never listens: connections to it are refused, and no
+/// other program can take the port while this value lives. For "nothing listens there" cases
+/// (a provider or registry that is down) without guessing a free port.
+#[derive(Debug)]
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    port: u16,
 }
 
-fn port_registry() -> &'static Mutex<PortRegistry> {
-    static REG: OnceLock<Mutex<PortRegistry>> = OnceLock::new();
-    REG.get_or_init(|| {
-        Mutex::new(PortRegistry {
-            taken: HashSet::new(),
-            locks: Vec::new(),
+impl ClosedPort {
+    pub fn new() -> Result<Self, Error> {
+        use socket2::{Domain, Socket, Type};
+        let io = |e| Error::io("bind a closed port on 127.0.0.1", e);
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+        socket
+            .bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .map_err(io)?;
+        let port = socket
+            .local_addr()
+            .map_err(io)?
+            .as_socket()
+            .map(|a| a.port())
+            .ok_or_else(|| io(std::io::Error::other("not an inet socket")))?;
+        Ok(Self {
+            _socket: socket,
+            port,
         })
-    })
-}
-
-/// A free TCP port on 127.0.0.1, reserved for the rest of this test process.
-///
-/// Ports come from 20000..32000, below Linux's ephemeral range (32768+), so outgoing
-/// connections never grab them. A port is never handed out twice: within a process a set
-/// remembers it, and across processes (parallel test binaries, nextest) an exclusive lock
-/// on `$TMPDIR/portcullis-ports/<port>.lock`, held until the process exits, reserves it.
-/// Finally the port must be bindable right now.
-pub fn free_port() -> Result<u16, Error> {
-    const LOW: u16 = 20000;
-    const HIGH: u16 = 32000;
-    const TRIES: usize = 2000;
-    let lock_dir = std::env::temp_dir().join("portcullis-ports");
-    fs::create_dir_all(&lock_dir)
-        .map_err(|e| Error::io(format!("mkdir {}", lock_dir.display()), e))?;
-    let mut reg = port_registry().lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..TRIES {
-        let port = fastrand::u16(LOW..HIGH);
-        if reg.taken.contains(&port) {
-            continue;
-        }
-        let lock_path = lock_dir.join(format!("{port}.lock"));
-        let Ok(file) = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        else {
-            continue;
-        };
-        if file.try_lock().is_err() {
-            continue; // another test process holds it
-        }
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
-            continue; // something unrelated listens there; the lock drops with `file`
-        }
-        reg.taken.insert(port);
-        reg.locks.push(file);
-        return Ok(port);
     }
-    Err(Error::NoFreePort(TRIES))
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// Polls `check` every 50 ms (backing off to 250 ms) until it returns `Ok`, or fails with
@@ -535,13 +512,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_unique_and_bindable() {
-        let mut seen = HashSet::new();
-        for _ in 0..50 {
-            let p = free_port().unwrap();
-            assert!(seen.insert(p), "port {p} handed out twice");
-            TcpListener::bind((Ipv4Addr::LOCALHOST, p)).unwrap();
-        }
+    fn a_closed_port_refuses_connections() {
+        let closed = ClosedPort::new().unwrap();
+        let err = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, closed.port())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        // Held: nobody else can listen there meanwhile.
+        assert!(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, closed.port())).is_err());
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 use portcullis_integration::controller::{Controller, KeepAlive, CONVERGE};
 use portcullis_integration::echo::EchoServer;
-use portcullis_integration::process::free_port;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -81,7 +80,8 @@ fn change_to_ack_latency_by_route_count() {
     println!("|---:|---:|---:|---:|---:|");
     for n in sizes {
         let echo = EchoServer::start().expect("echo");
-        let ports: Vec<u16> = (0..GATEWAYS).map(|_| free_port().expect("port")).collect();
+        // The Gateways' listener ports; Envoy binds them on port 0 (`Controller::gateway_port`).
+        let ports: Vec<u16> = (0..GATEWAYS).map(|g| 8080 + g as u16).collect();
         let mut c = Controller::builder(BIN)
             .manifest("gateways.yaml", gateways(&ports, echo.port()))
             .manifest("routes.yaml", routes(n, "a"))
@@ -108,7 +108,10 @@ fn change_to_ack_latency_by_route_count() {
         let ack_ms = t0.elapsed().as_millis();
         let doc = c.status().expect("status");
         let translate_ms = doc["lastTranslateMs"].as_u64().unwrap_or(0);
-        let r = KeepAlive::connect(ports[1])
+        let gw1 = c
+            .gateway_port("default/gw1", ports[1])
+            .expect("listener bound");
+        let r = KeepAlive::connect(gw1)
             .and_then(|mut k| k.get("h1.example.com", "/r1", &[]))
             .expect("request");
         assert_eq!(r.header("x-tag"), Some("b"), "the edit is live");

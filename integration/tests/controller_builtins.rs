@@ -9,11 +9,13 @@ use portcullis_integration::controller::{
 };
 use portcullis_integration::echo::EchoServer;
 use portcullis_integration::on_both_runtimes;
-use portcullis_integration::process::free_port;
+use portcullis_integration::process::ClosedPort;
 use portcullis_integration::runtime::Runtime;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
+/// The Gateway's listener port; Envoy binds it on port 0 (`Controller::gateway_port`).
+const GW_PORT: u16 = 8080;
 
 fn route(name: &str, prefix: &str) -> String {
     format!(
@@ -108,7 +110,6 @@ fn wait_serving(c: &mut Controller, port: u16, path: &str) {
 
 fn backend_traffic_policy_local_rate_limit_runs_the_builtin_module(runtime: Runtime) {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
     let policy = r#"apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: BackendTrafficPolicy
 metadata: {name: three-per-minute, namespace: default}
@@ -123,7 +124,7 @@ spec:
         limit: {requests: 3, unit: Minute}
 "#;
     let mut c = Controller::builder(BIN)
-        .manifest("base.yaml", gateway_with_echo_backend(gw_port, echo.port()))
+        .manifest("base.yaml", gateway_with_echo_backend(GW_PORT, echo.port()))
         .manifest("limited.yaml", route("limited", "/limited"))
         .manifest("open.yaml", route("open", "/open"))
         .manifest("policy.yaml", policy)
@@ -132,6 +133,7 @@ spec:
         .expect("controller starts");
     wait_accepted(&mut c, "BackendTrafficPolicy", "three-per-minute");
     c.wait_synced(NODE).expect("synced");
+    let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
     // Probe the neighbour route only: probing the limited one would spend its budget.
     wait_serving(&mut c, gw_port, "/open");
 
@@ -178,8 +180,8 @@ spec:
 
 fn security_policy_oidc_with_unreachable_issuer_answers_503(runtime: Runtime) {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let dead_port = free_port().expect("port");
+    let dead = ClosedPort::new().expect("closed port");
+    let dead_port = dead.port();
     let policy = format!(
         r#"apiVersion: v1
 kind: Secret
@@ -201,7 +203,7 @@ spec:
 "#
     );
     let mut c = Controller::builder(BIN)
-        .manifest("base.yaml", gateway_with_echo_backend(gw_port, echo.port()))
+        .manifest("base.yaml", gateway_with_echo_backend(GW_PORT, echo.port()))
         .manifest("private.yaml", route("private", "/private"))
         .manifest("open.yaml", route("open", "/open"))
         .manifest("policy.yaml", policy)
@@ -210,6 +212,7 @@ spec:
         .expect("controller starts");
     wait_accepted(&mut c, "SecurityPolicy", "login");
     c.wait_synced(NODE).expect("synced");
+    let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
     wait_serving(&mut c, gw_port, "/open");
     let doc = c.status().expect("status");
     let policy = resource(&doc, "SecurityPolicy", Some("default"), "login").expect("policy");

@@ -9,13 +9,14 @@ use portcullis_integration::controller::{
     conditions_of, resource, Controller, KeepAlive, CONVERGE,
 };
 use portcullis_integration::echo::EchoServer;
-use portcullis_integration::process::free_port;
 use portcullis_integration::registry::Registry;
 use portcullis_integration::wasm::module;
 use portcullis_oci::{push_wasm, PushOptions, RegistryAuth};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
+/// The Gateway's listener port; Envoy binds it on port 0 (`Controller::gateway_port`).
+const GW_PORT: u16 = 8080;
 
 fn manifests(
     gw_port: u16,
@@ -106,13 +107,12 @@ fn image_code_source_is_pulled_with_its_secret_and_served_to_envoy() {
     let docker_config = reg.docker_config_json().expect("docker config");
 
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
     // First a secret name that does not exist: the policy says so, the route is fail-closed.
     let mut c = Controller::builder(BIN)
         .manifest(
             "all.yaml",
             manifests(
-                gw_port,
+                GW_PORT,
                 echo.port(),
                 &image,
                 &digest,
@@ -147,7 +147,7 @@ fn image_code_source_is_pulled_with_its_secret_and_served_to_envoy() {
     c.write_manifest(
         "all.yaml",
         &manifests(
-            gw_port,
+            GW_PORT,
             echo.port(),
             &image,
             &digest,
@@ -156,6 +156,7 @@ fn image_code_source_is_pulled_with_its_secret_and_served_to_envoy() {
         ),
     )
     .expect("fix");
+    let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
     c.process()
         .wait_until("ua-block active from the image", CONVERGE, || {
             let get = |ua: &str| {

@@ -4,7 +4,7 @@
 //! ones and every backend for its own named upstream, so each answer says who served it.
 
 use portcullis_integration::controller::{conditions_of, Controller, KeepAlive, CONVERGE};
-use portcullis_integration::process::{free_port, workspace_root};
+use portcullis_integration::process::workspace_root;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -21,13 +21,13 @@ impl Upstreams {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let mut ports = BTreeMap::new();
         for &name in names {
-            let port = free_port().expect("port");
             let app = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
                 axum::Json(serde_json::json!({"server": name, "path": uri.path()}))
             });
             let l = rt
-                .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+                .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
                 .expect("bind");
+            let port = l.local_addr().expect("upstream addr").port();
             rt.spawn(async move { axum::serve(l, app).await });
             ports.insert(name, port);
         }
@@ -35,18 +35,12 @@ impl Upstreams {
     }
 }
 
-/// Swap listener ports and point each backend (by metadata.name) at its own upstream.
-fn rewrite(
-    yaml: &str,
-    listener_ports: &BTreeMap<&str, u16>,
-    backends: &BTreeMap<&str, u16>,
-) -> String {
+/// Point each backend (by metadata.name) at its own upstream. The listener ports stay: Envoy
+/// binds them on port 0 (`Controller::gateway_port`).
+fn rewrite(yaml: &str, backends: &BTreeMap<&str, u16>) -> String {
     let mut docs = Vec::new();
     for doc in yaml.split("\n---\n") {
         let mut d = doc.to_string();
-        for (from, to) in listener_ports {
-            d = d.replace(from, &to.to_string());
-        }
         let name = serde_yaml::from_str::<serde_yaml::Value>(&d)
             .ok()
             .and_then(|v| v["metadata"]["name"].as_str().map(String::from))
@@ -86,18 +80,6 @@ fn seed_patterns_work_under_portcullis_run() {
         ("legacy", up.ports["legacy"]),
     ]
     .into();
-    let listeners: BTreeMap<&str, u16> = ["10081", "10443", "10082", "10083", "10084"]
-        .into_iter()
-        .map(|p| (p, free_port().expect("port")))
-        .collect();
-    let (http, https, hosts, canary, rewrite_port) = (
-        listeners["10081"],
-        listeners["10443"],
-        listeners["10082"],
-        listeners["10083"],
-        listeners["10084"],
-    );
-
     let mut builder = Controller::builder(BIN);
     for f in [
         "https-gateway.yaml",
@@ -107,7 +89,7 @@ fn seed_patterns_work_under_portcullis_run() {
     ] {
         let text = std::fs::read_to_string(workspace_root().join("examples/patterns").join(f))
             .expect("pattern");
-        builder = builder.manifest(f, rewrite(&text, &listeners, &backends));
+        builder = builder.manifest(f, rewrite(&text, &backends));
     }
     let mut c = builder.start().expect("controller");
 
@@ -141,12 +123,25 @@ fn seed_patterns_work_under_portcullis_run() {
         }
     }
 
-    // HTTP listener: everything redirects to https on the HTTPS listener's port.
+    let mut port = |node: &str, gateway_port: u16| {
+        c.gateway_port(node, gateway_port)
+            .unwrap_or_else(|e| panic!("{node} listener {gateway_port}: {e}"))
+    };
+    let (http, https, hosts, canary, rewrite_port) = (
+        port("gateway/edge", 10081),
+        port("gateway/edge", 10443),
+        port("default/hosts", 10082),
+        port("default/canary", 10083),
+        port("default/rewrite", 10084),
+    );
+
+    // HTTP listener: everything redirects to https on the HTTPS listener's port (the Gateway's
+    // 10443; this Envoy bound it elsewhere).
     c.process()
         .wait_until("redirect", CONVERGE, || {
             let r = get(http, "app.example.test", "/x?q=1", &[])?;
-            let want = format!("https://app.example.test:{https}/x?q=1");
-            if r.status == 301 && r.header("location") == Some(want.as_str()) {
+            let want = "https://app.example.test:10443/x?q=1";
+            if r.status == 301 && r.header("location") == Some(want) {
                 Ok(())
             } else {
                 Err(format!("{} {:?}", r.status, r.header("location")))

@@ -5,7 +5,7 @@
 
 use portcullis_integration::controller::{Controller, KeepAlive, RawResponse, CONVERGE};
 use portcullis_integration::echo::{Echo, EchoServer};
-use portcullis_integration::process::{free_port, workspace_root};
+use portcullis_integration::process::workspace_root;
 use portcullis_integration::wasm::{dynamic_library, module};
 use sha2::{Digest, Sha256};
 
@@ -42,7 +42,6 @@ fn quickstart_policies_apply_per_route() {
     rt.spawn(async move { axum::serve(l, app).await });
 
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
     let mut b = Controller::builder(BIN);
     for f in [
         "gateway.yaml",
@@ -52,8 +51,8 @@ fn quickstart_policies_apply_per_route() {
     ] {
         let text = std::fs::read_to_string(workspace_root().join("examples/local").join(f))
             .expect("example");
+        // The Gateway keeps its 10080: Envoy binds it on port 0 (`Controller::gateway_port`).
         let text = text
-            .replace("10080", &gw_port.to_string())
             .replace("18081", &origin_port.to_string())
             .replace("18080", &echo.port().to_string());
         b = b.manifest(f, text);
@@ -77,6 +76,9 @@ fn quickstart_policies_apply_per_route() {
     })
     .expect("modules");
     c.wait_synced("default/quickstart").expect("synced");
+    let gw_port = c
+        .gateway_port("default/quickstart", 10080)
+        .expect("listener bound");
 
     c.process()
         .wait_until("ua-block on /api only", CONVERGE, || {

@@ -5,7 +5,7 @@ use portcullis_integration::controller::{
     conditions_of, pid_gone, resource, Controller, KeepAlive, CONVERGE,
 };
 use portcullis_integration::echo::{Echo, EchoServer};
-use portcullis_integration::process::{free_port, wait_until};
+use portcullis_integration::process::wait_until;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
@@ -60,14 +60,23 @@ spec:
     )
 }
 
-fn start(echo_port: u16, gw_port: u16, extra: &[&str]) -> Controller {
+/// The Gateway's listener port; Envoy binds it on port 0 (see [`port_of`]).
+const GW_PORT: u16 = 8080;
+
+fn start(echo_port: u16, extra: &[&str]) -> Controller {
     Controller::builder(BIN)
-        .manifest("gateway.yaml", gateway(gw_port))
+        .manifest("gateway.yaml", gateway(GW_PORT))
         .manifest("backend.yaml", backend("echo", echo_port))
         .manifest("routes/a.yaml", route("a", "/a", "echo", "v1"))
         .args(extra.iter().copied())
         .start()
         .expect("controller starts")
+}
+
+/// The port the Gateway's Envoy bound for its listener.
+fn port_of(c: &mut Controller) -> u16 {
+    c.gateway_port(NODE, GW_PORT)
+        .expect("Envoy bound the Gateway listener")
 }
 
 /// GET on a fresh connection until `check` accepts the response.
@@ -100,8 +109,8 @@ fn wait_http(
 
 fn live_edit_keeps_connection(extra: &[&str]) {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, extra);
+    let mut c = start(echo.port(), extra);
+    let gw_port = port_of(&mut c);
     wait_http(&mut c, gw_port, "/a/x", "route a serves v1", |r| {
         r.status == 200 && r.header("x-route") == Some("v1")
     });
@@ -166,8 +175,8 @@ fn live_edit_applies_without_restart_and_keeps_connections_delta() {
 #[test]
 fn bad_manifest_reports_reason_while_the_rest_keeps_serving() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
+    let gw_port = port_of(&mut c);
     wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
 
     // Broken YAML, plus a route to a Backend that does not exist.
@@ -287,8 +296,8 @@ fn bad_manifest_reports_reason_while_the_rest_keeps_serving() {
 #[test]
 fn envoy_is_restarted_when_it_dies_and_gateways_removed_stop_theirs() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
+    let gw_port = port_of(&mut c);
     wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
     let pids = c.envoy_pids();
     assert_eq!(pids.len(), 1);
@@ -310,6 +319,8 @@ fn envoy_is_restarted_when_it_dies_and_gateways_removed_stop_theirs() {
         }
     })
     .expect("restart");
+    // The new Envoy bound a new port.
+    let gw_port = port_of(&mut c);
     wait_http(
         &mut c,
         gw_port,
@@ -343,8 +354,8 @@ fn envoy_is_restarted_when_it_dies_and_gateways_removed_stop_theirs() {
 #[test]
 fn sigterm_drains_envoy_and_exits_cleanly() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
+    let gw_port = port_of(&mut c);
     wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
     c.wait_synced(NODE).expect("synced");
     let pids = c.envoy_pids();
@@ -365,8 +376,7 @@ fn sigterm_drains_envoy_and_exits_cleanly() {
 #[test]
 fn metrics_and_healthz() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
     c.wait_synced(NODE).expect("synced");
     let m = c.metrics().expect("metrics");
     for name in [
@@ -384,8 +394,8 @@ fn metrics_and_healthz() {
 #[test]
 fn envoy_nack_shows_in_status_and_last_good_config_keeps_serving() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
+    let gw_port = port_of(&mut c);
     wait_http(&mut c, gw_port, "/a", "route a serves", |r| {
         r.status == 200 && r.header("x-route") == Some("v1")
     });
@@ -467,8 +477,8 @@ spec:
 #[test]
 fn lua_through_envoy_extension_policy_applies_to_its_route_only() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
+    let gw_port = port_of(&mut c);
     c.write_manifest("routes/b.yaml", &route("b", "/b", "echo", "b"))
         .expect("route b");
     // A Lua user-agent blocker, as users run today, from a ConfigMap (ValueRef).
@@ -519,8 +529,8 @@ spec:
 #[test]
 fn envoys_do_not_outlive_a_killed_controller() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
+    let gw_port = port_of(&mut c);
     wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
     let envoy = c.envoy_pids()[0];
     // SIGKILL to the controller alone: no chance to drain, yet its Envoy must not linger.
@@ -549,13 +559,9 @@ fn envoys_do_not_outlive_a_killed_controller() {
 #[test]
 fn loopback_backend_is_refused_unless_allowed() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
     // Replaces the harness's default `--allow-backend-cidr 127.0.0.0/8`.
-    let mut c = start(
-        echo.port(),
-        gw_port,
-        &["--allow-backend-cidr", "192.0.2.0/24"],
-    );
+    let mut c = start(echo.port(), &["--allow-backend-cidr", "192.0.2.0/24"]);
+    let gw_port = port_of(&mut c);
     let admin = c.envoy_admin(NODE).expect("Envoy admin address");
     let admin_port: u16 = admin
         .rsplit(':')
@@ -635,8 +641,8 @@ spec:
 #[test]
 fn listeners_reject_underscored_headers_and_normalize_paths() {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
-    let mut c = start(echo.port(), gw_port, &[]);
+    let mut c = start(echo.port(), &[]);
+    let gw_port = port_of(&mut c);
     wait_http(&mut c, gw_port, "/a", "route a serves", |r| r.status == 200);
     let get = |path: &str, headers: &[(&str, &str)]| {
         KeepAlive::connect(gw_port)

@@ -6,13 +6,14 @@
 
 use portcullis_integration::controller::{Controller, KeepAlive, CONVERGE};
 use portcullis_integration::echo::EchoServer;
-use portcullis_integration::process::free_port;
 use portcullis_integration::wasm::module;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
+/// The Gateway's listener port; Envoy binds it on port 0 (`Controller::gateway_port`).
+const GW_PORT: u16 = 8080;
 const POLICIES: usize = 10;
 
 fn leb128(mut n: usize, out: &mut Vec<u8>) {
@@ -110,9 +111,8 @@ fn rss_kib(pid: u32) -> u64 {
 /// Start a controller with these policies, exercise every route, return (Envoy RSS KiB, wasm stats).
 fn measure(label: &str, policy_urls: &[String]) -> (u64, BTreeMap<String, String>) {
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
     let mut c = Controller::builder(BIN)
-        .manifest("all.yaml", manifests(gw_port, echo.port(), policy_urls))
+        .manifest("all.yaml", manifests(GW_PORT, echo.port(), policy_urls))
         .args(["--envoy-concurrency", "2"])
         .start()
         .expect("controller");
@@ -133,6 +133,7 @@ fn measure(label: &str, policy_urls: &[String]) -> (u64, BTreeMap<String, String
     })
     .expect("fetched");
     c.wait_synced(NODE).expect("synced");
+    let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
     c.process()
         .wait_until("every route filtered or served", CONVERGE, || {
             for i in 0..POLICIES {
@@ -179,7 +180,6 @@ fn measure(label: &str, policy_urls: &[String]) -> (u64, BTreeMap<String, String
 fn vm_per_digest_uses_less_memory_than_vm_per_policy() {
     let wasm = std::fs::read(module("ua_block").expect("ua_block.wasm")).expect("read");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let port = free_port().expect("port");
     let mut app = axum::Router::new();
     for i in 0..POLICIES {
         let bytes = variant(&wasm, i);
@@ -194,8 +194,9 @@ fn vm_per_digest_uses_less_memory_than_vm_per_policy() {
         axum::routing::get(move || async move { shared_bytes }),
     );
     let listener = rt
-        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
         .expect("bind");
+    let port = listener.local_addr().expect("origin addr").port();
     rt.spawn(async move { axum::serve(listener, app).await });
 
     let shared: Vec<String> = (0..POLICIES)

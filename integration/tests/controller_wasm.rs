@@ -12,7 +12,6 @@ use portcullis_integration::controller::{
     conditions_of, resource, Controller, KeepAlive, RawResponse, CONVERGE,
 };
 use portcullis_integration::echo::EchoServer;
-use portcullis_integration::process::free_port;
 use portcullis_integration::wasm::module;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +19,8 @@ use std::sync::Arc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
+/// The Gateway's listener port; Envoy binds it on port 0 (`Controller::gateway_port`).
+const GW_PORT: u16 = 8080;
 const BAD_UA: &str = "BadBot/1.0";
 
 /// An HTTP origin for the module that can be switched off (answers 503) and on.
@@ -172,11 +173,10 @@ fn unreachable_wasm_url_is_isolated_and_recovers_without_restart() {
     let sha = hex::encode(Sha256::digest(&wasm));
     let origin = Origin::start(wasm);
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
     let mut c = Controller::builder(BIN)
         .manifest(
             "all.yaml",
-            manifests(gw_port, echo.port(), &origin.url(), &sha),
+            manifests(GW_PORT, echo.port(), &origin.url(), &sha),
         )
         .args([
             "--wasm-retry-initial-ms",
@@ -186,6 +186,7 @@ fn unreachable_wasm_url_is_isolated_and_recovers_without_restart() {
         ])
         .start()
         .expect("controller");
+    let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
 
     // Origin down: the policy says which URL failed and how; only its routes are affected.
     let url = origin.url();
@@ -390,14 +391,14 @@ fn remote_dynamic_module_is_served_by_the_controller_and_a_wrong_sha_keeps_the_l
     let origin = Origin::serve("/libportcullis.so", lib, true);
     let url = format!("http://127.0.0.1:{}/libportcullis.so", origin.port);
     let echo = EchoServer::start().expect("echo");
-    let gw_port = free_port().expect("port");
     let mut c = Controller::builder(BIN)
         .manifest(
             "all.yaml",
-            dynamic_manifests(gw_port, echo.port(), &url, &sha, None),
+            dynamic_manifests(GW_PORT, echo.port(), &url, &sha, None),
         )
         .start()
         .expect("controller");
+    let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
     wait_statuses(
         &mut c,
         gw_port,
@@ -410,7 +411,7 @@ fn remote_dynamic_module_is_served_by_the_controller_and_a_wrong_sha_keeps_the_l
     // background fetch), the controller sends it again, and the filter runs.
     c.write_manifest(
         "all.yaml",
-        &dynamic_manifests(gw_port, echo.port(), &url, &sha, Some("BadBot")),
+        &dynamic_manifests(GW_PORT, echo.port(), &url, &sha, Some("BadBot")),
     )
     .expect("edit");
     wait_statuses(
@@ -459,7 +460,7 @@ fn remote_dynamic_module_is_served_by_the_controller_and_a_wrong_sha_keeps_the_l
     let wrong = "0".repeat(64);
     c.write_manifest(
         "all.yaml",
-        &dynamic_manifests(gw_port, echo.port(), &url, &wrong, Some("EvilBot")),
+        &dynamic_manifests(GW_PORT, echo.port(), &url, &wrong, Some("EvilBot")),
     )
     .expect("edit");
     c.wait_status("policy reports the sha256 mismatch", |d| {
@@ -511,7 +512,7 @@ fn remote_dynamic_module_is_served_by_the_controller_and_a_wrong_sha_keeps_the_l
     // The right sha256 again: the new deny list applies.
     c.write_manifest(
         "all.yaml",
-        &dynamic_manifests(gw_port, echo.port(), &url, &sha, Some("EvilBot")),
+        &dynamic_manifests(GW_PORT, echo.port(), &url, &sha, Some("EvilBot")),
     )
     .expect("edit");
     wait_statuses(

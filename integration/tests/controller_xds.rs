@@ -11,7 +11,8 @@ use portcullis::infra::host::{bootstrap, XdsMode};
 use portcullis::metrics::Metrics;
 use portcullis::translator::xds::snapshot::{XdsResources, XdsSnapshot, LISTENER_TYPE, ROUTE_TYPE};
 use portcullis::xds::server::XdsServer;
-use portcullis_integration::process::{envoy_bin, free_port, wait_until, ProcessBuilder};
+use portcullis_integration::envoy::{listener_ports, wait_live, ADMIN_ADDRESS_FILE};
+use portcullis_integration::process::{envoy_bin, wait_until, ProcessBuilder};
 use prost::Message;
 use std::time::Duration;
 
@@ -135,16 +136,17 @@ fn get(url: &str) -> Result<String, String> {
 fn serve_update_nack_recover(mode: XdsMode) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let xds = XdsServer::new(Metrics::new());
-    let xds_port = free_port().expect("port");
-    let http_port = free_port().expect("port");
-    let url = format!("http://127.0.0.1:{http_port}/");
-    {
+    // The listener is on port 0; Envoy reports the port it bound on its admin.
+    let http_port = 0;
+    let xds_port = {
         let xds = xds.clone();
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", xds_port)))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
             .expect("bind xDS");
+        let port = listener.local_addr().expect("xDS addr").port();
         rt.spawn(async move { xds.serve(listener, std::future::pending()).await });
-    }
+        port
+    };
     xds.publish(&snapshot(http_port, "v1", false));
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -155,9 +157,12 @@ fn serve_update_nack_recover(mode: XdsMode) {
     );
     let boot_path = dir.path().join("bootstrap.json");
     std::fs::write(&boot_path, serde_json::to_vec(&boot).expect("json")).expect("write bootstrap");
+    let admin_path = dir.path().join(ADMIN_ADDRESS_FILE);
     let mut envoy = ProcessBuilder::new("envoy", envoy_bin().expect("envoy"))
         .arg("-c")
         .arg(&boot_path)
+        .arg("--admin-address-path")
+        .arg(&admin_path)
         .args([
             "--disable-hot-restart",
             "--concurrency",
@@ -167,6 +172,18 @@ fn serve_update_nack_recover(mode: XdsMode) {
         ])
         .spawn()
         .expect("start envoy");
+    let client = portcullis_integration::http::client();
+    let admin_port = wait_live(&mut envoy, &admin_path, &client).expect("Envoy live");
+    let bound = envoy
+        .wait_until("Envoy binds listener http", WAIT, || {
+            listener_ports(&client, admin_port)
+                .map_err(|e| e.to_string())?
+                .get("http")
+                .copied()
+                .ok_or_else(|| "no listener http yet".to_string())
+        })
+        .expect("listener bound");
+    let url = format!("http://127.0.0.1:{bound}/");
 
     envoy
         .wait_until("Envoy serves v1 from xDS", WAIT, || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis_integration::echo::Echo;
 use portcullis_integration::envoy::validate_in;
 use portcullis_integration::http::{client, get_with_ua};
-use portcullis_integration::process::{free_port, wait_until, workspace_root, ProcessBuilder};
+use portcullis_integration::process::{wait_until, workspace_root, ProcessBuilder};
 use portcullis_integration::wasm;
 
 #[test]
@@ -25,18 +25,14 @@ fn make_run_serves_both_filters_and_cleans_up() {
     wasm::module("ua_block").unwrap();
     wasm::module("headers").unwrap();
     let root = workspace_root();
-    let (http, admin, echo) = (
-        free_port().unwrap(),
-        free_port().unwrap(),
-        free_port().unwrap(),
-    );
     let run_dir = tempfile::tempdir().unwrap();
     let mut run = ProcessBuilder::new("make-run", "bash")
         .arg(root.join("scripts/run.sh"))
         .current_dir(&root)
-        .env("PORTCULLIS_HTTP_PORT", http.to_string())
-        .env("PORTCULLIS_ADMIN_PORT", admin.to_string())
-        .env("PORTCULLIS_ECHO_PORT", echo.to_string())
+        // Port 0 everywhere: the script binds what the kernel gives and prints it.
+        .env("PORTCULLIS_HTTP_PORT", "0")
+        .env("PORTCULLIS_ADMIN_PORT", "0")
+        .env("PORTCULLIS_ECHO_PORT", "0")
         .env("PORTCULLIS_RUN_DIR", run_dir.path())
         .env("ECHO_UPSTREAM_BIN", env!("CARGO_BIN_EXE_echo-upstream"))
         .spawn()
@@ -56,6 +52,14 @@ fn make_run_serves_both_filters_and_cleans_up() {
     )
     .unwrap();
     let banner = run.logs();
+    let (http, admin, echo) = (
+        banner_port(&banner, "proxy"),
+        banner_port(&banner, "admin"),
+        banner_port(&banner, "upstream"),
+    );
+    for port in [http, admin, echo] {
+        assert_ne!(port, 0, "the banner shows bound ports:\n{banner}");
+    }
     let base = format!("http://127.0.0.1:{http}");
     assert!(
         banner.contains(&format!("curl -i {base}/ -A 'python-requests/2.32'")),
@@ -128,4 +132,16 @@ fn make_run_serves_both_filters_and_cleans_up() {
         )
         .unwrap();
     }
+}
+
+/// The port of the banner line `  <label>   http://127.0.0.1:<port>/...`.
+fn banner_port(banner: &str, label: &str) -> u16 {
+    banner
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim_start().strip_prefix(label)?;
+            let url = rest.trim_start().strip_prefix("http://127.0.0.1:")?;
+            url.split('/').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {label} URL in the banner:\n{banner}"))
 }

@@ -34,12 +34,13 @@ use std::time::{Duration, Instant};
 
 use kube_support::{
     admin_get, admin_get_unix, applies, bind_listeners, cluster, envoy_bootstrap, fleet_paths,
-    serve_origin, test_config, unb64, ApiServer, Recorded, BAD_UA, CONTROLLER_NS, GOOD_UA,
+    listener_port, serve_origin, test_config, unb64, ApiServer, Recorded, BAD_UA, CONTROLLER_NS,
+    GOOD_UA,
 };
 use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::http::{client, get_with_ua};
-use portcullis_integration::process::{envoy_bin, free_port, Process, ProcessBuilder};
+use portcullis_integration::process::{envoy_bin, Process, ProcessBuilder};
 use portcullis_integration::wasm;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -89,6 +90,9 @@ impl Replica {
             // to hand the Lease over.
             lease_duration: Duration::from_secs(8),
             lease_renew: Duration::from_secs(1),
+            // The fleet Envoy binds the Gateway listener where the kernel says (read back from
+            // its admin): a chosen port may be taken on a busy machine.
+            ephemeral_listener_ports: true,
             ..test_config(
                 name,
                 (xds_port, wasm_port, admin_port),
@@ -322,7 +326,8 @@ fn two_replicas_one_leader_envoy_served_by_the_follower_and_failover() {
     let echo = EchoServer::start().expect("echo upstream");
     let origin_port = serve_origin(&rt, module);
     let wasm_url = format!("http://127.0.0.1:{origin_port}/ua_block.wasm");
-    let gw_port = free_port().expect("port");
+    // The Gateway's port; Envoy binds its listener on port 0 (`ephemeral_listener_ports`).
+    let gw_port = 8080;
     let tmp = tempfile::tempdir().expect("temp dir");
     let cert_dir: PathBuf = tmp.path().join("certs");
     std::fs::create_dir_all(&cert_dir).expect("mkdir certs");
@@ -483,7 +488,7 @@ fn two_replicas_one_leader_envoy_served_by_the_follower_and_failover() {
             .expect("start Envoy"),
     );
     let http = client();
-    let url = format!("http://127.0.0.1:{gw_port}/hello");
+    let listener = format!("infra/web/{gw_port}");
     // Both user agents, until the allowed one reaches the echo and the denied one gets 403.
     let serves = |envoy: &mut Option<Process>, what: &str, within: Duration| {
         let start = Instant::now();
@@ -497,6 +502,8 @@ fn two_replicas_one_leader_envoy_served_by_the_follower_and_failover() {
                     envoy_log(envoy)
                 );
             }
+            let bound = listener_port(&envoy_admin, &listener).ok();
+            let url = format!("http://127.0.0.1:{}/hello", bound.unwrap_or(0));
             let good = get_with_ua(&http, &url, Some(GOOD_UA));
             let bad = get_with_ua(&http, &url, Some(BAD_UA));
             match (good, bad) {
@@ -508,7 +515,7 @@ fn two_replicas_one_leader_envoy_served_by_the_follower_and_failover() {
                 }
                 (g, bd) => {
                     last = format!(
-                        "allowed UA: {:?}, denied UA: {:?}",
+                        "listener {listener} bound {bound:?}; allowed UA: {:?}, denied UA: {:?}",
                         g.map(|r| r.status()),
                         bd.map(|r| r.status())
                     );

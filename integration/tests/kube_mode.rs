@@ -39,9 +39,10 @@ use kube_support::{
     free_local_ports, listener_port, replace_prefix, serve_origin, test_config, unb64, ApiServer,
     Crds, BAD_UA, CONTROLLER_NS, GOOD_UA, GW_GENERATION, GW_UID, OURS, ROUTE_GENERATION,
 };
+use portcullis::kubernetes::KubeRuntimeConfig;
 use portcullis_integration::echo::{Echo, EchoServer};
 use portcullis_integration::http::{client, get_with_ua};
-use portcullis_integration::process::{envoy_bin, free_port, Process, ProcessBuilder};
+use portcullis_integration::process::{envoy_bin, Process, ProcessBuilder};
 use portcullis_integration::wasm;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -106,7 +107,8 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
     let echo = EchoServer::start().expect("echo upstream");
     let origin_port = serve_origin(&rt, module.clone());
     let wasm_url = format!("http://127.0.0.1:{origin_port}/ua_block.wasm");
-    let gw_port = free_port().expect("port");
+    // The Gateway's port; the fleet Envoy binds it on port 0 (`ephemeral_listener_ports`).
+    let gw_port = 8080;
     let (listeners, (xds_port, wasm_port, admin_port)) = bind_listeners(&rt);
     let tmp = tempfile::tempdir().expect("temp dir");
     let cert_dir = tmp.path().join("certs");
@@ -128,12 +130,15 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
         }
     }
 
-    let cfg = test_config(
-        IDENTITY,
-        (xds_port, wasm_port, admin_port),
-        &tmp.path().join("cache"),
-        &cert_dir,
-    );
+    let cfg = KubeRuntimeConfig {
+        ephemeral_listener_ports: true,
+        ..test_config(
+            IDENTITY,
+            (xds_port, wasm_port, admin_port),
+            &tmp.path().join("cache"),
+            &cert_dir,
+        )
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // How `run` ended, should it end before the test stops it (e.g. a listener cannot bind).
@@ -417,7 +422,12 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
             .expect("start Envoy"),
     );
     let http = client();
-    let url = format!("http://127.0.0.1:{gw_port}/hello");
+    let envoy_admin = std::path::PathBuf::from(
+        boot["admin"]["address"]["pipe"]["path"]
+            .as_str()
+            .expect("admin socket"),
+    );
+    let listener = format!("infra/web/{gw_port}");
     let start = Instant::now();
     let mut last;
     loop {
@@ -429,6 +439,8 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
                 api.dump()
             );
         }
+        let bound = listener_port(&envoy_admin, &listener);
+        let url = format!("http://127.0.0.1:{}/hello", bound.clone().unwrap_or(0));
         let good = get_with_ua(&http, &url, Some(GOOD_UA));
         let bad = get_with_ua(&http, &url, Some(BAD_UA));
         match (good, bad) {
@@ -440,7 +452,7 @@ fn kubernetes_mode_end_to_end_with_a_real_envoy() {
             }
             (g, b) => {
                 last = format!(
-                    "allowed UA: {:?}, denied UA: {:?}",
+                    "listener {listener}: {bound:?}; allowed UA: {:?}, denied UA: {:?}",
                     g.map(|r| r.status()),
                     b.map(|r| r.status())
                 );

@@ -22,7 +22,6 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use kube_support::{admin_get, applies, cluster, test_config, unb64, Running, CONTROLLER_NS};
-use portcullis_integration::process::free_port;
 use portcullis_translator::gatewayapi::security::{cookie_secret, PLACEHOLDER_SESSION_KEY};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -50,12 +49,8 @@ fn session_secret(data: Value) -> Value {
 /// The `kube_support` cluster with an OIDC SecurityPolicy (and its client Secret) on the route
 /// instead of the wasm EnvoyExtensionPolicy.
 fn lists() -> BTreeMap<String, Vec<Value>> {
-    let mut lists = cluster(
-        free_port().expect("port"),
-        free_port().expect("port"),
-        "http://127.0.0.1:9/unused.wasm",
-        &"0".repeat(64),
-    );
+    // No Envoy runs here: the Gateway and echo ports are only numbers in the manifests.
+    let mut lists = cluster(8080, 9, "http://127.0.0.1:9/unused.wasm", &"0".repeat(64));
     lists.insert(
         "/apis/gateway.envoyproxy.io/v1alpha1/envoyextensionpolicies".into(),
         vec![],
@@ -108,14 +103,9 @@ fn start(seed: Vec<(String, Value)>) -> Env {
     let builtin = tmp.path().join("wasm");
     std::fs::create_dir_all(&builtin).expect("mkdir");
     std::fs::write(builtin.join("oidc.wasm"), b"\0asm\x01\0\0\0").expect("oidc.wasm");
-    let (xds_port, wasm_port, admin_port) = (
-        free_port().expect("port"),
-        free_port().expect("port"),
-        free_port().expect("port"),
-    );
     let mut cfg = test_config(
         "session-0",
-        (xds_port, wasm_port, admin_port),
+        (0, 0, 0),
         &tmp.path().join("cache"),
         tmp.path(),
     );
@@ -123,9 +113,9 @@ fn start(seed: Vec<(String, Value)>) -> Env {
     let ctl = Running::start(&rt, cfg, lists(), seed);
     Env {
         rt,
+        xds_port: ctl.xds_port,
+        admin_port: ctl.admin_port,
         ctl,
-        xds_port,
-        admin_port,
         _tmp: tmp,
     }
 }

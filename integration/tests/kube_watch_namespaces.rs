@@ -23,7 +23,6 @@ use kube_support::{
     admin_get, applies, cluster, test_config, with_namespaced_paths, Recorded, Running,
     CONTROLLER_NS,
 };
-use portcullis_integration::process::free_port;
 use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(120);
@@ -113,9 +112,10 @@ fn watch_namespaces_never_list_cluster_wide_and_ignore_other_namespaces() {
         .enable_all()
         .build()
         .expect("runtime");
+    // No Envoy runs here: the Gateway and echo ports are only numbers in the manifests.
     let mut lists = cluster(
-        free_port().expect("port"),
-        free_port().expect("port"),
+        8080,
+        9,
         // Never fetched successfully: the wasm fetch failing is isolated to the policy.
         "http://127.0.0.1:9/ua_block.wasm",
         &"0".repeat(64),
@@ -124,21 +124,12 @@ fn watch_namespaces_never_list_cluster_wide_and_ignore_other_namespaces() {
         lists.entry(path.to_string()).or_default().push(obj);
     }
     let lists = with_namespaced_paths(lists);
-    let (xds, wasm, admin) = (
-        free_port().expect("port"),
-        free_port().expect("port"),
-        free_port().expect("port"),
-    );
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cfg = test_config(
-        "scoped-0",
-        (xds, wasm, admin),
-        &tmp.path().join("cache"),
-        tmp.path(),
-    );
+    let mut cfg = test_config("scoped-0", (0, 0, 0), &tmp.path().join("cache"), tmp.path());
     cfg.watch_namespaces = vec!["infra".into(), "apps".into()];
     cfg.fleet_network_policy = true;
     let mut ctl = Running::start(&rt, cfg, lists, vec![]);
+    let admin = ctl.admin_port;
     let api = ctl.api.clone();
     let gone = || ctl.gone();
 

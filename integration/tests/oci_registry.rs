@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_integration::process::free_port;
+use portcullis_integration::process::ClosedPort;
 use portcullis_integration::registry::Registry;
 use portcullis_oci::{
     image, inspect, pull_wasm, push_wasm, ImageFormat, OciError, PullOptions, PushOptions,
@@ -224,8 +224,9 @@ fn basic_auth_good_and_wrong_credentials() {
 
 #[test]
 fn registry_down_fails_fast_and_clearly() {
-    // A reserved port with nothing listening.
-    let port = free_port().unwrap();
+    // A port held closed: connections are refused.
+    let closed = ClosedPort::new().unwrap();
+    let port = closed.port();
     let r = format!("127.0.0.1:{port}/portcullis/down:v1");
     rt().block_on(async {
         let start = Instant::now();

@@ -15,14 +15,18 @@ use portcullis_integration::oidc_provider::{
     OidcProvider, ProviderOptions, ProviderTls, TestClient,
 };
 use portcullis_integration::on_both_runtimes;
-use portcullis_integration::process::{free_port, wait_until};
+use portcullis_integration::process::wait_until;
 use portcullis_integration::runtime::Runtime;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-e2e");
 const NODE: &str = "default/gw";
 
-fn manifests(gw_port: u16, echo_port: u16, issuer: &str, secret: &str) -> String {
-    let base = gateway_with_echo_backend(gw_port, echo_port);
+/// The Gateway's listener port; Envoy binds it on port 0 (`Controller::gateway_port`).
+const GW_PORT: u16 = 8080;
+
+/// The Gateway, the echo Backend and the two routes (`private`, `open`).
+fn routes(echo_port: u16) -> String {
+    let base = gateway_with_echo_backend(GW_PORT, echo_port);
     format!(
         r#"{base}---
 apiVersion: gateway.networking.k8s.io/v1
@@ -42,8 +46,15 @@ spec:
   rules:
   - matches: [{{path: {{type: PathPrefix, value: /open}}}}]
     backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: echo}}]
----
-apiVersion: v1
+"#
+    )
+}
+
+/// The login on route `private`, its callback on `redirect_port` (the port Envoy bound: written
+/// once the listener is up, as a user edits a running Gateway).
+fn login_policy(redirect_port: u16, issuer: &str, secret: &str) -> String {
+    format!(
+        r#"apiVersion: v1
 kind: Secret
 metadata: {{name: app-oidc, namespace: default}}
 type: Opaque
@@ -59,7 +70,7 @@ spec:
     provider: {{issuer: "{issuer}"}}
     clientID: app
     clientSecret: {{name: app-oidc}}
-    redirectURL: "http://127.0.0.1:{gw_port}/oauth2/callback"
+    redirectURL: "http://127.0.0.1:{redirect_port}/oauth2/callback"
     logoutPath: /logout
     scopes: [email, groups]
     forwardAccessToken: true
@@ -104,8 +115,7 @@ fn security_policy_oidc_login_flow_under_the_controller(runtime: Runtime) {
         args.push("--dynamic-module-dir".to_string());
         args.push(lib.parent().expect("library dir").display().to_string());
     }
-    let gw_port = free_port().expect("port");
-    let client = TestClient::for_gateway("app", gw_port);
+    let client = TestClient::loopback("app");
     let secret = client.client_secret.clone();
     let provider = OidcProvider::start(ProviderOptions {
         clients: vec![client],
@@ -114,16 +124,16 @@ fn security_policy_oidc_login_flow_under_the_controller(runtime: Runtime) {
     .expect("oidc-provider");
     let issuer = provider.issuer();
     let echo = EchoServer::start().expect("echo");
-    let gw = |path: &str| format!("http://127.0.0.1:{gw_port}{path}");
 
     let mut c = Controller::builder(BIN)
-        .manifest(
-            "all.yaml",
-            manifests(gw_port, echo.port(), &issuer, &secret),
-        )
+        .manifest("routes.yaml", routes(echo.port()))
         .args(args)
         .start()
         .expect("controller starts");
+    let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
+    let gw = |path: &str| format!("http://127.0.0.1:{gw_port}{path}");
+    c.write_manifest("login.yaml", &login_policy(gw_port, &issuer, &secret))
+        .expect("write the login policy");
     c.wait_status("SecurityPolicy login accepted", |d| {
         let conds = resource(d, "SecurityPolicy", Some("default"), "login")
             .map(|r| conditions_of(&r["status"], "Accepted"))
@@ -327,8 +337,7 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
     let ca_file = certs.path().join("ca.pem");
     std::fs::write(&ca_file, &ca_pem).expect("write CA");
 
-    let gw_port = free_port().expect("port");
-    let client = TestClient::for_gateway("app", gw_port);
+    let client = TestClient::loopback("app");
     let secret = client.client_secret.clone();
     let provider = OidcProvider::start(ProviderOptions {
         clients: vec![client],
@@ -342,8 +351,8 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
     let issuer = provider.issuer();
     assert!(issuer.starts_with("https://"), "{issuer}");
     let echo = EchoServer::start().expect("echo");
-    let gw = |path: &str| format!("http://127.0.0.1:{gw_port}{path}");
-    let probe = |path: &str| {
+    let gw = |gw_port: u16, path: &str| format!("http://127.0.0.1:{gw_port}{path}");
+    let probe = |gw_port: u16, path: &str| {
         KeepAlive::connect(gw_port)
             .and_then(|mut k| {
                 k.get(
@@ -354,32 +363,43 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
             })
             .map_err(|e| format!("{path}: {e}"))
     };
-    let plain = manifests(gw_port, echo.port(), &issuer, &secret);
-    let start = |all: &str, extra: &[&str]| {
+    let plain = |gw_port: u16| login_policy(gw_port, &issuer, &secret);
+    // A controller with the routes; once its Envoy has bound the listener, the login policy
+    // (`policy` of the bound port) is added. Returns the controller and that port.
+    let start = |policy: &dyn Fn(u16) -> String, extra: &[&str]| {
         let mut args = vec!["--builtin-wasm-dir".to_string(), dir.clone()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut c = Controller::builder(BIN)
-            .manifest("all.yaml", all)
+            .manifest("routes.yaml", routes(echo.port()))
             .args(args)
             .start()
             .expect("controller starts");
+        let gw_port = c.gateway_port(NODE, GW_PORT).expect("listener bound");
+        c.write_manifest("login.yaml", &policy(gw_port))
+            .expect("write the login policy");
+        c.wait_status("the login policy is translated", |d| {
+            resource(d, "SecurityPolicy", Some("default"), "login")
+                .map(|_| ())
+                .ok_or_else(|| "no SecurityPolicy status yet".to_string())
+        })
+        .expect("policy seen");
         c.wait_synced(NODE).expect("synced");
         c.process()
             .wait_until("open route serves", CONVERGE, || {
-                let r = probe("/open/probe")?;
+                let r = probe(gw_port, "/open/probe")?;
                 (r.status == 200)
                     .then_some(())
                     .ok_or_else(|| format!("open route: HTTP {}", r.status))
             })
             .expect("listener up");
-        c
+        (c, gw_port)
     };
 
     // Discovery over verified TLS done: the protected route sends browsers to the login.
-    let redirects_to_login = |c: &mut Controller| {
+    let redirects_to_login = |c: &mut Controller, gw_port: u16| {
         c.process()
             .wait_until("protected route redirects", CONVERGE, || {
-                let r = probe("/probe")?;
+                let r = probe(gw_port, "/probe")?;
                 (r.status == 302)
                     .then_some(())
                     .ok_or_else(|| format!("protected route: HTTP {} {}", r.status, r.body))
@@ -388,7 +408,7 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
     };
 
     // Default trust (the platform bundle): the provider's certificate is not trusted.
-    let c = start(&plain, &[]);
+    let (c, gw_port) = start(&plain, &[]);
     wait_until(
         "a log line naming the certificate failure",
         CONVERGE,
@@ -402,7 +422,7 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\nprovider logs:\n{}", provider.logs()));
-    let r = probe("/dashboard").expect("protected route answers");
+    let r = probe(gw_port, "/dashboard").expect("protected route answers");
     assert_eq!(r.status, 503, "fails closed: {}", r.body);
     assert!(r.body.contains("not reachable"), "{}", r.body);
     let line = c
@@ -419,10 +439,10 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
 
     // The operator trusts the provider's CA: login works over verified TLS.
     let ca_arg = ca_file.display().to_string();
-    let mut c = start(&plain, &["--issuer-ca-bundle", &ca_arg]);
-    redirects_to_login(&mut c);
+    let (mut c, gw_port) = start(&plain, &["--issuer-ca-bundle", &ca_arg]);
+    redirects_to_login(&mut c, gw_port);
     let mut agent = Agent::trusting(ca_pem.as_bytes());
-    let r = agent.get(&gw("/dashboard"));
+    let r = agent.get(&gw(gw_port, "/dashboard"));
     assert_eq!(r.status, 302, "{}", r.body);
     assert!(r
         .location()
@@ -436,16 +456,21 @@ fn an_https_issuer_is_verified_against_the_trusted_cas() {
         done.body,
         provider.logs()
     );
-    assert_eq!(done.url, gw("/dashboard"));
+    assert_eq!(done.url, gw(gw_port, "/dashboard"));
     assert_eq!(done.echo().path, "/dashboard");
     drop(c);
 
     // The tenant's own CA option instead: the provider reached through a Backend, verified by a
     // BackendTLSPolicy (CA from a ConfigMap, SNI/SAN idp.test); no operator flag.
     let provider_line = format!("    provider: {{issuer: \"{issuer}\"}}\n");
-    assert!(plain.contains(&provider_line), "{plain}");
+    assert!(
+        plain(GW_PORT).contains(&provider_line),
+        "{}",
+        plain(GW_PORT)
+    );
     let ca_block: String = ca_pem.lines().map(|l| format!("    {l}\n")).collect();
-    let tenant_ca = format!(
+    let tenant_ca = |gw_port: u16| {
+        format!(
         "{}---
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: Backend
@@ -468,16 +493,17 @@ spec:
     caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: idp-ca}}]
     hostname: idp.test
 ",
-        plain.replace(
+        plain(gw_port).replace(
             &provider_line,
             &format!("    provider:\n      issuer: \"{issuer}\"\n      backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: idp}}]\n"),
         ),
         port = provider.port(),
-    );
-    let mut c = start(&tenant_ca, &[]);
-    redirects_to_login(&mut c);
+    )
+    };
+    let (mut c, gw_port) = start(&tenant_ca, &[]);
+    redirects_to_login(&mut c, gw_port);
     let mut agent = Agent::trusting(ca_pem.as_bytes());
-    let r = agent.get(&gw("/tenant"));
+    let r = agent.get(&gw(gw_port, "/tenant"));
     let done = agent.follow(r, "alice", false);
     assert_eq!(done.status, 200, "{} {}", done.url, done.body);
     assert_eq!(done.echo().path, "/tenant");

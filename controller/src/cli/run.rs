@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// Address Envoy listeners bind to.
     #[arg(long, default_value = "0.0.0.0")]
     pub listener_address: String,
+    /// Bind every Gateway listener on a port the kernel picks (port 0) instead of the
+    /// Gateway's own port; listener names keep the Gateway port (`<ns>/<gateway>/<port>`). Read
+    /// the bound ports from the Envoy admin (`/listeners`; `adminAddr` in `portcullis status`).
+    /// For tests and local runs on a busy machine.
+    #[arg(long)]
+    pub ephemeral_listener_ports: bool,
     /// Wait this long (ms) after a file change before re-reading, so editors finish writing.
     #[arg(long, default_value_t = 150)]
     pub debounce_ms: u64,
@@ -342,6 +348,7 @@ pub fn kube_config(args: &RunArgs) -> anyhow::Result<KubeRuntimeConfig> {
         debounce: Duration::from_millis(args.debounce_ms),
         max_batch_delay: Duration::from_millis(k.max_batch_delay_ms.max(args.debounce_ms)),
         listener_address: args.listener_address.clone(),
+        ephemeral_listener_ports: args.ephemeral_listener_ports,
         builtin_wasm_dir: builtin_wasm_dir(args),
         builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),
         dynamic_module_dir: dynamic_module_dir(args),
@@ -437,6 +444,7 @@ async fn run_files(args: RunArgs) -> anyhow::Result<()> {
         wasm_retry_max,
         work_dir: work_dir.clone(),
         listener_address: args.listener_address.clone(),
+        ephemeral_listener_ports: args.ephemeral_listener_ports,
         debounce: Duration::from_millis(args.debounce_ms),
         builtin_wasm_dir,
         builtin_wasm_urls: args.builtin_wasm_url.iter().cloned().collect(),

@@ -77,6 +77,10 @@ pub struct TranslateOptions {
     pub wasm_serve_cluster: String,
     /// Address Envoy listeners bind to.
     pub listener_address: String,
+    /// Bind every Gateway listener on port 0, so the kernel picks a free port; listener names
+    /// keep the Gateway's port. For tests and local runs on busy machines, where a chosen port
+    /// may already be taken; the bound ports are read from Envoy's admin (`/listeners`).
+    pub ephemeral_listener_ports: bool,
     /// Where the built-in filter modules come from, by name (`"oidc"`, `"ratelimit"`): the
     /// runtime points these at its own served copies of `dist/wasm/<name>.wasm`. They are
     /// listed in `wasm_needed` and resolved through the [`WasmResolver`] like EEP modules.
@@ -132,6 +136,7 @@ impl Default for TranslateOptions {
             controller_name: DEFAULT_CONTROLLER_NAME.to_string(),
             wasm_serve_cluster: "portcullis-wasm".to_string(),
             listener_address: "0.0.0.0".to_string(),
+            ephemeral_listener_ports: false,
             builtin_modules: BTreeMap::new(),
             session_secret: None,
             ratelimit_service: None,

@@ -39,11 +39,24 @@ impl WasmResolver for Ready {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+/// The Gateway's listener port; Envoy binds it on port 0 (`ephemeral_listener_ports`) and the
+/// test reads the port it got from the admin.
+const GW_PORT: u16 = 8080;
+
+/// A loopback port bound but never listening: connections are refused, and nobody else can
+/// take it while the socket lives.
+fn closed_port() -> (socket2::Socket, u16) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
         .map(|a| a.port())
-        .expect("free port")
+        .expect("bound port");
+    (s, port)
 }
 
 /// A tiny upstream answering 200 to every request.
@@ -69,6 +82,17 @@ fn upstream() -> u16 {
 
 fn get(port: u16) -> Option<u16> {
     request(port, "site.example.test", "").map(|(code, _)| code)
+}
+
+/// An admin GET over HTTP/1.0 (no chunked body): the whole response text.
+fn admin_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nhost: admin\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 /// One HTTP/1.1 request; the status code and the whole response text.
@@ -135,7 +159,10 @@ fn bootstrap(node: &Value, wasm: &Path) -> Value {
         }
         clusters.push(c);
     }
-    json!({ "static_resources": { "listeners": listeners, "clusters": clusters } })
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": { "listeners": listeners, "clusters": clusters }
+    })
 }
 
 struct Kill(Child);
@@ -149,7 +176,7 @@ impl Drop for Kill {
 /// Translates `yaml` with the built-in `module` (read from dist/wasm), writes a static
 /// bootstrap for Gateway ns/gw and starts Envoy with 2 workers. `None` when Envoy or the module
 /// is not here.
-fn start(yaml: &str, module: &str) -> Option<Kill> {
+fn start(yaml: &str, module: &str) -> Option<(Kill, u16)> {
     let Some(envoy) = envoy_bin() else {
         eprintln!("skipping: no Envoy (set PORTCULLIS_ENVOY)");
         return None;
@@ -164,6 +191,7 @@ fn start(yaml: &str, module: &str) -> Option<Kill> {
     assert!(errs.is_empty(), "{errs:?}");
     let mut opts = TranslateOptions {
         listener_address: "127.0.0.1".into(),
+        ephemeral_listener_ports: true,
         session_secret: Some([3u8; 32]),
         // The upstream and the issuer run on loopback here.
         egress: portcullis_translator::egress::EgressPolicy::allowing(["127.0.0.0/8"
@@ -191,7 +219,9 @@ fn start(yaml: &str, module: &str) -> Option<Kill> {
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let file = dir.join("envoy.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&boot).expect("json")).expect("write");
-    Some(Kill(
+    let admin_file = dir.join("admin-address");
+    let _ = std::fs::remove_file(&admin_file);
+    let envoy = Kill(
         Command::new(&envoy)
             .args([
                 "--concurrency",
@@ -199,14 +229,51 @@ fn start(yaml: &str, module: &str) -> Option<Kill> {
                 "--disable-hot-restart",
                 "--log-level",
                 "warn",
-                "-c",
+                "--admin-address-path",
             ])
+            .arg(&admin_file)
+            .arg("-c")
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start envoy"),
-    ))
+    );
+    let port = bound_listener_port(&admin_file, &format!("ns/gw/{GW_PORT}"));
+    Some((envoy, port))
+}
+
+/// The port Envoy bound for `listener`: its admin address from `admin_file`, then
+/// `/listeners?format=json`.
+fn bound_listener_port(admin_file: &Path, listener: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let admin = std::fs::read_to_string(admin_file).unwrap_or_default();
+        let admin_port = admin
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok());
+        if let Some(text) = admin_port.and_then(|p| admin_get(p, "/listeners?format=json")) {
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let doc: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+            let port = doc["listener_statuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["name"] == listener)
+                .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
+            if let Some(p) = port {
+                return p;
+            }
+            last = body.to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("Envoy did not bind listener {listener}: {last}");
 }
 
 fn restore_configs(boot: &mut Value, out: &portcullis_translator::TranslateOutput) {
@@ -301,7 +368,7 @@ fn first_answer(port: u16, host: &str) -> (u16, String) {
 
 #[test]
 fn btp_per_ip_local_limit_is_exact_through_envoy() {
-    let (listen, up) = (free_port(), upstream());
+    let up = upstream();
     let policy = r#"apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: BackendTrafficPolicy
 metadata: {name: per-ip, namespace: ns}
@@ -312,7 +379,7 @@ spec:
       rules:
       - clientSelectors: [{sourceCIDR: {type: Distinct, value: 0.0.0.0/0}}]
         limit: {requests: 5, unit: Minute}"#;
-    let Some(_envoy) = start(&gateway_yaml(listen, up, policy), "ratelimit") else {
+    let Some((_envoy, listen)) = start(&gateway_yaml(GW_PORT, up, policy), "ratelimit") else {
         return;
     };
     // The first answer (200 or 429) already counts against the bucket.
@@ -341,8 +408,8 @@ spec:
 /// neighbouring route is untouched.
 #[test]
 fn securitypolicy_oidc_filter_loads_and_protects_only_its_route() {
-    let (listen, up) = (free_port(), upstream());
-    let idp = free_port(); // nothing listens there
+    let up = upstream();
+    let (_closed, idp) = closed_port(); // connections refused
     let policy = format!(
         r#"apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: SecurityPolicy
@@ -360,7 +427,7 @@ kind: Secret
 metadata: {{name: app-oidc, namespace: ns}}
 stringData: {{client-secret: s3cret}}"#
     );
-    let Some(_envoy) = start(&gateway_yaml(listen, up, &policy), "oidc") else {
+    let Some((_envoy, listen)) = start(&gateway_yaml(GW_PORT, up, &policy), "oidc") else {
         return;
     };
     assert_eq!(first_answer(listen, "open.example.test").0, 200);

@@ -279,3 +279,42 @@ fn pending_module_status_redacts_url_userinfo() {
         "{messages:?}"
     );
 }
+
+/// `ephemeral_listener_ports` binds on port 0 and changes nothing else: the listener keeps its
+/// name (the Gateway's port), so readers map bound ports back to Gateway listeners.
+#[test]
+fn ephemeral_listener_ports_bind_port_zero_and_keep_names() {
+    let (res, errs) = parse_documents("test", BASE);
+    assert!(errs.is_empty(), "{errs:?}");
+    let render = |ephemeral: bool| {
+        let out = translate(
+            &Resources::from_parsed(res.clone()),
+            &TranslateOptions {
+                ephemeral_listener_ports: ephemeral,
+                ..TranslateOptions::default()
+            },
+            &ready(),
+        );
+        let doc: serde_json::Value = serde_json::from_str(&portcullis_translator::render_output(
+            &out,
+            portcullis_translator::OutputFormat::Json,
+        ))
+        .expect("json");
+        doc["xds"]["ns/gw"]["listeners"].clone()
+    };
+    let (fixed, ephemeral) = (render(false), render(true));
+    let port = |l: &serde_json::Value| l[0]["address"]["socket_address"]["port_value"].clone();
+    assert_eq!(port(&fixed), 8080, "{fixed}");
+    assert_eq!(
+        port(&ephemeral),
+        serde_json::Value::Null,
+        "port 0 is the default: {ephemeral}"
+    );
+    assert_eq!(ephemeral[0]["name"], "ns/gw/8080");
+    let mut without_port = fixed.clone();
+    without_port[0]["address"]["socket_address"]
+        .as_object_mut()
+        .expect("socket address")
+        .remove("port_value");
+    assert_eq!(without_port, ephemeral, "only the port differs");
+}

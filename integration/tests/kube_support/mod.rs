@@ -894,6 +894,7 @@ pub fn test_config(
         debounce: Duration::from_millis(200),
         max_batch_delay: Duration::from_secs(2),
         listener_address: "127.0.0.1".into(),
+        ephemeral_listener_ports: false,
         builtin_wasm_dir: None,
         builtin_wasm_urls: BTreeMap::new(),
         dynamic_module_dir: None,
@@ -918,18 +919,25 @@ pub fn test_config(
 /// seeded with `seed` (object path -> object) first.
 pub struct Running {
     pub api: ApiServer,
+    /// The ports the controller's xDS, wasm and admin listeners bound (port 0).
+    pub xds_port: u16,
+    pub wasm_port: u16,
+    pub admin_port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     ended: Arc<Mutex<Option<String>>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
+    /// Run the controller on listeners bound on port 0 (`cfg`'s addresses are ignored; service
+    /// ports of 0 become the bound ports).
     pub fn start(
         rt: &tokio::runtime::Runtime,
         cfg: KubeRuntimeConfig,
         lists: BTreeMap<String, Vec<Value>>,
         seed: Vec<(String, Value)>,
     ) -> Running {
+        let (listeners, (xds_port, wasm_port, admin_port)) = bind_listeners(rt);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
         let (api, task) = rt.block_on(async {
@@ -939,7 +947,7 @@ impl Running {
             }
             let ended = ended.clone();
             let task = tokio::spawn(async move {
-                let r = portcullis::kubernetes::run(cfg, client, async {
+                let r = portcullis::kubernetes::run_on(cfg, listeners, client, async {
                     let _ = stop_rx.await;
                 })
                 .await;
@@ -950,6 +958,9 @@ impl Running {
         });
         Running {
             api,
+            xds_port,
+            wasm_port,
+            admin_port,
             stop: Some(stop_tx),
             ended,
             task: Some(task),

@@ -791,7 +791,14 @@ fn build_listener(gw: &GatewayIr, p: &PortIr, opts: &TranslateOptions) -> listen
     let name = format!("{}/{}/{}", gw.namespace, gw.name, p.port);
     let mut l = listener::Listener {
         name: name.clone(),
-        address: Some(socket_address(&opts.listener_address, p.port)),
+        address: Some(socket_address(
+            &opts.listener_address,
+            if opts.ephemeral_listener_ports {
+                0
+            } else {
+                p.port
+            },
+        )),
         ..Default::default()
     };
     for chain in &p.chains {
