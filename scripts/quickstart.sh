@@ -26,6 +26,10 @@ GW_PORT=10080 ECHO_PORT=18080 WASM_ORIGIN_PORT=18081 ADMIN=127.0.0.1:19100
 
 die() { printf '\033[1;31m[quickstart]\033[0m %s\n' "$*" >&2; exit 1; }
 log() { printf '\033[1;34m[quickstart]\033[0m %s\n' "$*" >&2; }
+# Sleep in the background and wait for it: a signal sent to this script alone (not its whole
+# process group, as Ctrl-C does) runs the trap at once. Bash ignores SIGINT that arrives while
+# it waits on a foreground `sleep` which itself exits normally.
+nap() { sleep "$1" & wait $! || true; }
 
 [ -x "$ENVOY" ] || die "Envoy not found at $ENVOY: run \`make setup\` (or set ENVOY_BIN)"
 for f in ua_block headers; do
@@ -91,7 +95,7 @@ python3 -m http.server "$WASM_ORIGIN_PORT" --bind 127.0.0.1 --directory dist > "
 pids+=($!)
 for _ in $(seq 1 50); do
   curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$WASM_ORIGIN_PORT/" && break
-  sleep 0.2
+  nap 0.2
 done
 # The controller goes first in the list so cleanup stops it (and its Envoy) before the helpers.
 "$PORTCULLIS_BIN" run -f examples/local -f "$RUN_DIR/manifests" --envoy-bin "$ENVOY" --listener-address 127.0.0.1 \
@@ -114,7 +118,7 @@ sys.exit(0 if ok else 1)' 2>/dev/null; then
   for pid in "${pids[@]}"; do
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$RUN_DIR"/*.log >&2; die "a process exited during startup (logs above)"; }
   done
-  sleep 0.2
+  nap 0.2
 done
 [ -n "$ready" ] || { tail -n 40 "$RUN_DIR/portcullis.log" >&2; die "Envoy did not sync within 60s (see $RUN_DIR/portcullis.log)"; }
 
@@ -144,5 +148,5 @@ while :; do
       die "a child process exited unexpectedly (logs above)"
     fi
   done
-  sleep 1
+  nap 1
 done

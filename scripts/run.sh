@@ -29,6 +29,10 @@ RUN_DIR="${PORTCULLIS_RUN_DIR:-$ROOT/target/run}"
 
 die() { printf '\033[1;31m[run]\033[0m %s\n' "$*" >&2; exit 1; }
 log() { printf '\033[1;34m[run]\033[0m %s\n' "$*" >&2; }
+# Sleep in the background and wait for it: a signal sent to this script alone (not its whole
+# process group, as Ctrl-C does) runs the trap at once. Bash ignores SIGINT that arrives while
+# it waits on a foreground `sleep` which itself exits normally.
+nap() { sleep "$1" & wait $! || true; }
 
 [ -x "$ENVOY" ] || die "Envoy not found at $ENVOY: run \`make setup\` (or set ENVOY_BIN)"
 for f in ua_block headers; do
@@ -90,7 +94,7 @@ bound_port() {
       return 0
     fi
     kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
+    nap 0.1
   done
   return 1
 }
@@ -116,7 +120,7 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   for pid in "${pids[@]}"; do
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$RUN_DIR/envoy.log" "$RUN_DIR/echo.log" >&2; die "a process exited during startup (logs above)"; }
   done
-  sleep 0.2
+  nap 0.2
 done
 [ -n "$ready" ] || { tail -n 30 "$RUN_DIR/envoy.log" >&2; die "Envoy did not become ready within 90s (log: $RUN_DIR/envoy.log)"; }
 # The port the `http` listener bound (the one configured, or the kernel's pick for 0).
@@ -159,5 +163,5 @@ while :; do
       die "a child process exited unexpectedly (logs above)"
     fi
   done
-  sleep 1
+  nap 1
 done

@@ -282,6 +282,56 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The built-in modules: files of the builtin directory registered in the cache (served from
+/// it by sha256), then `--builtin-wasm-url` sources, which win.
+pub(crate) fn builtin_modules(
+    dir: Option<&std::path::Path>,
+    urls: &BTreeMap<String, WasmSource>,
+    cache: &crate::wasm::cache::WasmCache,
+) -> anyhow::Result<BTreeMap<String, WasmSource>> {
+    let mut out = BTreeMap::new();
+    if let Some(dir) = dir {
+        for m in read_builtin_dir(dir)? {
+            let src = cache.add_local(&m.path, &m.bytes).with_context(|| {
+                format!(
+                    "storing built-in module {} in the wasm cache",
+                    m.path.display()
+                )
+            })?;
+            tracing::info!(module = %m.name, path = %m.path.display(), sha256 = %m.sha256, "built-in wasm module");
+            out.insert(m.name, src);
+        }
+    }
+    out.extend(urls.clone());
+    Ok(out)
+}
+
+/// The runtime of the built-in filters and, when the controller has `libportcullis.so`, the
+/// library registered in the cache (served to Envoy from it by sha256, like the wasm modules).
+pub(crate) fn builtin_dynamic_module(
+    dir: Option<&std::path::Path>,
+    asked: Option<BuiltinRuntime>,
+    cache: &crate::wasm::cache::WasmCache,
+) -> anyhow::Result<(BuiltinRuntime, Option<WasmSource>)> {
+    let module = match dir {
+        Some(d) => read_dynamic_module(d)?,
+        None => None,
+    };
+    let runtime = choose_runtime(asked, module.is_some())?;
+    let source = match module {
+        Some(m) => {
+            let src = cache
+                .add_local_as(WasmCodeType::DynamicModule, &m.path, &m.bytes)
+                .with_context(|| format!("storing {} in the module cache", m.path.display()))?;
+            tracing::info!(path = %m.path.display(), sha256 = %m.sha256, "built-in dynamic module");
+            Some(src)
+        }
+        None => None,
+    };
+    tracing::info!(runtime = ?runtime, "built-in filters (SecurityPolicy oidc, BackendTrafficPolicy rateLimit) run on this runtime");
+    Ok((runtime, source))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,13 +7,14 @@ pub mod cli;
 pub mod infra {
     pub mod host;
 }
-pub mod kubernetes;
 pub mod metrics;
 pub mod provider {
     pub mod file;
 }
 pub mod logging;
 pub mod runtime;
+/// Kubernetes mode (`portcullis run --provider kubernetes`).
+pub use runtime::kubernetes;
 pub mod tls;
 pub mod wasm {
     pub mod access;

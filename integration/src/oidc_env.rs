@@ -400,6 +400,8 @@ fn bootstrap(lds: &std::path::Path, echo_port: u16, provider_port: u16) -> Value
         })
     };
     json!({
+        // File-based LDS needs a node identity.
+        "node": {"id": "oidc-e2e", "cluster": "portcullis-tests"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "dynamic_resources": {
             "lds_config": {"path_config_source": {"path": lds}, "resource_api_version": "V3"}

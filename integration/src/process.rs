@@ -287,6 +287,20 @@ impl ProcessBuilder {
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
+        // A test run started in the background (`cargo test &`, CI wrappers) inherits SIGINT
+        // and SIGQUIT ignored, and a shell cannot trap a signal ignored on entry: give every
+        // child the default dispositions, as from a terminal, so Ctrl-C handling is testable.
+        // SAFETY: signal(2) is async-signal-safe; it only runs in the forked child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                for sig in [libc::SIGINT, libc::SIGQUIT] {
+                    if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             name: self.name.clone(),
             program: self.program.to_string_lossy().into_owned(),

@@ -1,5 +1,5 @@
 //! The bridge the runtime uses: a provider snapshot (objects as the watch delivers them) ->
-//! `Snapshot::to_yaml` -> the translator's `parse_documents` / `translate` -> its statuses ->
+//! `Snapshot::to_yaml` -> the translator's `parse_values` / `translate` -> its statuses ->
 //! `StatusRecord` -> the status writer's server-side apply requests (kube's mock client).
 
 mod common;
@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use portcullis_kube::snapshot::relevant;
 use portcullis_kube::{LeaderState, Snapshot, StatusRecord, StatusWriter};
 use portcullis_translator::wasm::source::OfflineResolver;
-use portcullis_translator::{parse_documents, translate, Resources, TranslateOptions};
+use portcullis_translator::{parse_values, translate, Resources, TranslateOptions};
 use serde_json::{json, Value};
 
 const OURS: &str = "portcullis.dev/gatewayclass-controller";
@@ -53,8 +53,8 @@ fn cluster() -> Vec<Value> {
 #[tokio::test]
 async fn snapshot_translates_and_its_statuses_are_applied() {
     let snap = relevant(&Snapshot::from_objects(cluster()), OURS);
-    let yaml = snap.to_yaml().expect("yaml");
-    let (parsed, errors) = parse_documents("kubernetes", &yaml);
+    // As the controller reads it: the JSON objects, no YAML round trip.
+    let (parsed, errors) = parse_values("kubernetes", snap.to_values());
     assert!(errors.is_empty(), "{errors:?}");
     let out = translate(
         &Resources::from_parsed(parsed),

@@ -893,27 +893,56 @@ pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<Loa
                 continue;
             }
         };
-        // Not a Kubernetes object at all (an Envoy or compose config next to the manifests).
-        if value.get("apiVersion").is_none() && value.get("kind").is_none() {
-            continue;
-        }
-        let items = if value.get("kind").and_then(Value::as_str) == Some("List") {
-            value
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            vec![value]
-        };
-        for item in items {
-            match parse_object(&format!("{source_name}#{this}"), item) {
-                Ok(r) => out.push(r),
-                Err(reason) => errors.push(err(reason)),
-            }
-        }
+        parse_value(source_name, this, value, &mut out, &mut errors);
     }
     (out, errors)
+}
+
+/// Objects already decoded (e.g. from the Kubernetes API, as JSON): the same checks as
+/// [`parse_documents`] without a YAML round trip. `index` in errors is the value's position.
+pub fn parse_values(
+    source_name: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> (Vec<Resource>, Vec<LoadError>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (index, value) in values.into_iter().enumerate() {
+        parse_value(source_name, index, value, &mut out, &mut errors);
+    }
+    (out, errors)
+}
+
+/// One document: a Kubernetes object or a `List` of them; anything else is skipped.
+fn parse_value(
+    source_name: &str,
+    index: usize,
+    value: Value,
+    out: &mut Vec<Resource>,
+    errors: &mut Vec<LoadError>,
+) {
+    // Not a Kubernetes object at all (an Envoy or compose config next to the manifests).
+    if value.get("apiVersion").is_none() && value.get("kind").is_none() {
+        return;
+    }
+    let items = match value {
+        Value::Object(mut o) if o.get("kind").and_then(Value::as_str) == Some("List") => {
+            match o.remove("items") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            }
+        }
+        v => vec![v],
+    };
+    for item in items {
+        match parse_object(&format!("{source_name}#{index}"), item) {
+            Ok(r) => out.push(r),
+            Err(reason) => errors.push(LoadError {
+                source_name: source_name.to_string(),
+                index,
+                reason,
+            }),
+        }
+    }
 }
 
 fn typed<T: DeserializeOwned>(

@@ -84,15 +84,33 @@ fn get(port: u16) -> Option<u16> {
     request(port, "site.example.test", "").map(|(code, _)| code)
 }
 
-/// An admin GET over HTTP/1.0 (no chunked body): the whole response text.
+/// An admin GET: the head, a blank line and the body (de-chunked).
 fn admin_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nhost: admin\r\n\r\n").as_bytes())
-        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    Some(out)
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some(out);
+    }
+    let (mut rest, mut plain) = (body, String::new());
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let n = usize::from_str_radix(size.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(format!("{head}\r\n\r\n{plain}"));
+        }
+        plain.push_str(after.get(..n)?);
+        rest = after.get(n + 2..)?;
+    }
 }
 
 /// One HTTP/1.1 request; the status code and the whole response text.

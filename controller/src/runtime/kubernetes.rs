@@ -11,13 +11,16 @@
 //! Nothing here ends the process on a Kubernetes error: start-up waits for the API with backoff
 //! (probes answer meanwhile), later errors are retried by their loops.
 
+use super::pipeline::{
+    self, Outputs, Pipeline, Provider as SnapshotProvider, ProviderSnapshot, TranslationSink,
+};
+use super::servers::{
+    bind, join_within, log_server_end, spawn_http, spawn_https_with_peers, stopped,
+    write_bound_addresses, BoundAddresses, SHUTDOWN_GRACE,
+};
 use crate::admin::{self, AdminState, Board, LoadErrorView, Probe};
 use crate::infra::host::XdsMode;
 use crate::metrics::Metrics;
-use crate::runtime::{
-    bind, join_within, log_server_end, spawn_http, stopped, translate_resolving, TranslationSink,
-    SHUTDOWN_GRACE,
-};
 use crate::tls::{self, ServerIdentity};
 use crate::wasm::cache::{CacheConfig, WasmCache};
 use crate::xds::server::XdsServer;
@@ -29,12 +32,12 @@ use portcullis_kube::provider::{Provider, ProviderConfig, WatchHealth};
 use portcullis_kube::reconcile::WriteLoop;
 use portcullis_kube::{LeaderElector, LeaderState, LeaseConfig, Snapshot, StatusRecord};
 use portcullis_translator::wasm::source::WasmSource;
-use portcullis_translator::{parse_documents, ClientTlsFiles, Resources, TranslateOptions};
+use portcullis_translator::{parse_values, ClientTlsFiles, Resources, TranslateOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Everything `portcullis run --provider kubernetes` needs.
@@ -224,15 +227,16 @@ pub async fn run_on(
         cfg.wasm_service_port = wasm_addr.port();
     }
     if let Some(path) = &cfg.bound_addresses_file {
-        let addrs = crate::runtime::BoundAddresses {
+        let addrs = BoundAddresses {
             admin: admin_addr,
             xds: xds_addr,
             wasm: wasm_addr,
         };
-        crate::runtime::write_bound_addresses(path, &addrs)?;
+        write_bound_addresses(path, &addrs)?;
     }
 
-    let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(1);
+    // The wasm cache signals here when a module becomes ready or fails.
+    let (wasm_tx, wasm_rx) = mpsc::channel::<()>(1);
     let cache = WasmCache::new(
         CacheConfig {
             dir: cfg.cache_dir.clone(),
@@ -244,7 +248,7 @@ pub async fn run_on(
             egress: cfg.egress.clone(),
             max_module_bytes: portcullis_oci::MAX_WASM_SIZE,
         },
-        trigger_tx,
+        wasm_tx,
         metrics.clone(),
     )?;
     let xds = XdsServer::new(metrics.clone());
@@ -361,7 +365,7 @@ pub async fn run_on(
     };
     // Fleets present their certificates: each gets only its own Gateway's modules.
     let modules = crate::wasm::access::ModuleAccess::default();
-    let wasm_task = crate::runtime::spawn_https_with_peers(
+    let wasm_task = spawn_https_with_peers(
         tls::TlsListener::new(wasm_listener, identity.acceptor(&[b"http/1.1"])?, "wasm")?,
         crate::wasm::serve::authorized_router(cfg.cache_dir.clone(), modules.clone()),
         stop_rx.clone(),
@@ -395,7 +399,7 @@ pub async fn run_on(
         },
     )
     .start();
-    let mut snapshots = provider.snapshots.clone();
+    let snapshots = provider.snapshots.clone();
     let _ = probes.set(Probes {
         health: provider.health.clone(),
         leader: leader.clone(),
@@ -448,12 +452,12 @@ pub async fn run_on(
         })
     };
 
-    let builtin_modules = crate::runtime::builtin_modules(
+    let builtin_modules = crate::builtin::builtin_modules(
         cfg.builtin_wasm_dir.as_deref(),
         &cfg.builtin_wasm_urls,
         &cache,
     )?;
-    let (builtin_runtime, builtin_dynamic_module) = crate::runtime::builtin_dynamic_module(
+    let (builtin_runtime, builtin_dynamic_module) = crate::builtin::builtin_dynamic_module(
         cfg.dynamic_module_dir.as_deref(),
         cfg.builtin_runtime,
         &cache,
@@ -473,7 +477,7 @@ pub async fn run_on(
         egress: cfg.egress.clone(),
         ..TranslateOptions::default()
     };
-    let translator = KubeTranslator {
+    let pipeline = Pipeline {
         opts,
         cache: cache.clone(),
         sink: TranslationSink {
@@ -482,36 +486,16 @@ pub async fn run_on(
             board: board.clone(),
             metrics: metrics.clone(),
         },
-        statuses,
-        write_tx,
     };
-
-    let mut current: Option<Arc<Snapshot>> = None;
-    let mut provider_gone = false;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            changed = snapshots.changed(), if !provider_gone => {
-                if changed.is_err() {
-                    // Keep serving the last translation; /healthz reports the provider stopped.
-                    tracing::error!("the Kubernetes provider stopped; serving the last translation");
-                    provider_gone = true;
-                    continue;
-                }
-                let snap = snapshots.borrow_and_update().clone();
-                current = Some(snap.clone());
-                translator.translate(snap).await;
-            }
-            got = trigger_rx.recv(), if current.is_some() => {
-                if got.is_none() { break; }
-                // A wasm module became ready (or failed): translate the same snapshot again.
-                while trigger_rx.try_recv().is_ok() {}
-                if let Some(snap) = &current {
-                    translator.translate(snap.clone()).await;
-                }
-            }
-        }
-    }
+    let outputs = KubeOutputs { statuses, write_tx };
+    pipeline::run(
+        KubeSource { snapshots },
+        pipeline,
+        outputs,
+        wasm_rx,
+        &mut shutdown,
+    )
+    .await;
 
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -577,52 +561,52 @@ async fn renew_server_cert(
     }
 }
 
-/// Translate one snapshot and publish it: xDS to every node, statuses to the write loop.
-struct KubeTranslator {
-    opts: TranslateOptions,
-    cache: WasmCache,
-    sink: TranslationSink,
+/// The Kubernetes provider's snapshots as a pipeline [`SnapshotProvider`]: the objects are
+/// parsed from their JSON as the API served them (no YAML round trip).
+struct KubeSource {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl SnapshotProvider for KubeSource {
+    type Source = Arc<Snapshot>;
+
+    async fn next(&mut self) -> Option<ProviderSnapshot<Arc<Snapshot>>> {
+        // `changed` is cancel-safe: a snapshot not yet seen stays "changed".
+        self.snapshots.changed().await.ok()?;
+        let snap = self.snapshots.borrow_and_update().clone();
+        let input = snap.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            parse_values("kubernetes", input.iter().map(|(_, v)| v.clone()))
+        })
+        .await;
+        // A panic while parsing: nothing to translate (the last translation keeps serving).
+        let (resources, errors) = parsed.unwrap_or_default();
+        // An object that does not load (a shape the CRDs allow but we cannot read) is skipped
+        // and reported; the rest of the cluster still translates.
+        let load_errors = errors
+            .into_iter()
+            .map(|e| LoadErrorView {
+                source: e.source_name,
+                document: Some(e.index),
+                reason: e.reason,
+            })
+            .collect();
+        Some(ProviderSnapshot {
+            resources: Resources::from_parsed(resources),
+            load_errors,
+            source: snap,
+        })
+    }
+}
+
+/// Kubernetes mode's outputs: the statuses and fleets the leader's write loop applies.
+struct KubeOutputs {
     statuses: Arc<Mutex<Vec<StatusRecord>>>,
     write_tx: watch::Sender<Arc<Snapshot>>,
 }
 
-impl KubeTranslator {
-    async fn translate(&self, snap: Arc<Snapshot>) {
-        let started = Instant::now();
-        let opts = self.opts.clone();
-        let cache = self.cache.clone();
-        let input = snap.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut load_errors = Vec::new();
-            let yaml = match input.to_yaml() {
-                Ok(y) => y,
-                Err(e) => {
-                    load_errors.push(LoadErrorView {
-                        source: "kubernetes".into(),
-                        document: None,
-                        reason: format!("cannot render the snapshot: {e}"),
-                    });
-                    String::new()
-                }
-            };
-            // A document that does not load (a shape the CRDs allow but we cannot read) is
-            // skipped and reported; the rest of the cluster still translates.
-            let (parsed, errors) = parse_documents("kubernetes", &yaml);
-            load_errors.extend(errors.into_iter().map(|e| LoadErrorView {
-                source: e.source_name,
-                document: Some(e.index),
-                reason: e.reason,
-            }));
-            let out = translate_resolving(&Resources::from_parsed(parsed), &opts, &cache);
-            (out, load_errors)
-        })
-        .await;
-        let Some((out, load_errors)) = self.sink.joined(done) else {
-            return;
-        };
-        for e in &load_errors {
-            tracing::warn!(document = ?e.document, reason = %e.reason, "object not loaded");
-        }
+impl Outputs<Arc<Snapshot>> for KubeOutputs {
+    fn translated(&self, _: &Arc<Snapshot>, out: &portcullis_translator::TranslateOutput) {
         let records: Vec<StatusRecord> = out
             .statuses
             .iter()
@@ -634,18 +618,12 @@ impl KubeTranslator {
                 }
             })
             .collect();
-        let gateways = out.gateways.len();
-        let generation = self.sink.publish(out, load_errors, started.elapsed());
         *self.statuses.lock().unwrap_or_else(|p| p.into_inner()) = records;
+    }
+
+    fn published(&self, snap: &Arc<Snapshot>, _generation: u64) {
         // Every send is a change to the write loop, which then reads the statuses set above.
         let _ = self.write_tx.send(snap.clone());
-        tracing::info!(
-            generation,
-            objects = snap.len(),
-            gateways,
-            took_ms = started.elapsed().as_millis() as u64,
-            "translated"
-        );
     }
 }
 
