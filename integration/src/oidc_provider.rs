@@ -31,10 +31,6 @@ pub struct TestClient {
     pub client_secret: String,
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
-    /// `native` makes the provider accept a loopback redirect URI on any port (RFC 8252 7.3),
-    /// for a gateway whose port is known only once Envoy has bound it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub application_type: Option<String>,
 }
 
 impl TestClient {
@@ -46,19 +42,18 @@ impl TestClient {
             client_secret: format!("{client_id}-secret"),
             redirect_uris: vec![format!("http://127.0.0.1:{port}/oauth2/callback")],
             post_logout_redirect_uris: vec![format!("http://127.0.0.1:{port}/")],
-            application_type: None,
         }
     }
 
-    /// Like [`for_gateway`](Self::for_gateway), on whatever port the gateway binds: a native
-    /// client, whose loopback redirect URIs match on any port (RFC 8252 section 7.3).
+    /// Like [`for_gateway`](Self::for_gateway), on whatever port the gateway binds: the URIs
+    /// are registered without a port, which `tools/oidc/provider.js` matches on any port of
+    /// 127.0.0.1 (as RFC 8252 section 7.3 does for native apps).
     pub fn loopback(client_id: &str) -> Self {
         Self {
             client_id: client_id.into(),
             client_secret: format!("{client_id}-secret"),
             redirect_uris: vec!["http://127.0.0.1/oauth2/callback".into()],
             post_logout_redirect_uris: vec!["http://127.0.0.1/".into()],
-            application_type: Some("native".into()),
         }
     }
 }

@@ -6,7 +6,8 @@
 //   ISSUER           issuer URL (default http://127.0.0.1:<bound port>, https:// with TLS_CERT)
 //   TLS_CERT         PEM certificate chain file: serve https (with TLS_KEY)
 //   TLS_KEY          PEM private key file for TLS_CERT
-//   CLIENTS          JSON array of {client_id, client_secret, redirect_uris, post_logout_redirect_uris}
+//   CLIENTS          JSON array of {client_id, client_secret, redirect_uris, post_logout_redirect_uris};
+//                    a URI on http://127.0.0.1 without a port matches any port
 //   AT_TTL           access-token lifetime in seconds (default 300)
 //   ID_TTL           ID-token lifetime in seconds (default 3600)
 //   BIG_CLAIM_BYTES  size of the "big" claim (scope "big"), to push tokens past 4 KB (default 0)
@@ -128,6 +129,27 @@ const configuration = {
 
 const provider = new Provider(issuer, configuration);
 provider.proxy = false;
+
+// A redirect URI registered on http://127.0.0.1 without a port matches that URI on any port
+// (as RFC 8252 7.3 does for native apps): the tests learn a gateway's port only once Envoy has
+// bound it, after this provider started. URIs registered with a port still match exactly.
+const anyLoopbackPort = (registered, value) => {
+  const reg = URL.parse(registered);
+  const got = URL.parse(value);
+  if (!reg || !got || reg.protocol !== 'http:' || reg.hostname !== '127.0.0.1' || reg.port !== '') {
+    return false;
+  }
+  if (registered.includes('127.0.0.1:')) return false; // an explicit port, even :80
+  if (got.protocol !== 'http:' || got.hostname !== '127.0.0.1') return false;
+  got.port = '';
+  return got.href === reg.href;
+};
+for (const [method, list] of [['redirectUriAllowed', 'redirectUris'], ['postLogoutRedirectUriAllowed', 'postLogoutRedirectUris']]) {
+  const exact = provider.Client.prototype[method];
+  provider.Client.prototype[method] = function allowed(value) {
+    return exact.call(this, value) || (this[list] || []).some((r) => anyLoopbackPort(r, value));
+  };
+}
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description || ''));
 provider.on('end_session.error', (ctx, err) => console.error('end_session.error', err.message, err.error_description || ''));

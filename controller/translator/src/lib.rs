@@ -1,4 +1,4 @@
-//! Pure stages of the Portcullis controller (DESIGN.md): resource snapshot -> translator -> IR ->
+//! Pure stages of the Portcullis controller (docs/architecture.md): resources -> translator -> IR ->
 //! xDS builder. No I/O lives here: the same input gives byte-identical output.
 //!
 //! Entry points: [`parse_documents`] + [`Resources::from_parsed`] to load manifests (the caller
