@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 const ROOTS: &[&str] = &[
+    "envoy/config/bootstrap/v3/bootstrap.proto",
+    "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
     "envoy/config/listener/v3/listener.proto",
     "envoy/config/route/v3/route.proto",
     "envoy/config/cluster/v3/cluster.proto",

@@ -154,7 +154,8 @@ fn serve_update_nack_recover(mode: XdsMode) {
         NODE,
         format!("127.0.0.1:{xds_port}").parse().expect("addr"),
         mode,
-    );
+    )
+    .expect("bootstrap renders");
     let boot_path = dir.path().join("bootstrap.json");
     std::fs::write(&boot_path, serde_json::to_vec(&boot).expect("json")).expect("write bootstrap");
     let admin_path = dir.path().join(ADMIN_ADDRESS_FILE);

@@ -10,6 +10,9 @@ pub enum Error {
     /// An object could not be (de)serialized.
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
+    /// The fleet's Envoy bootstrap could not be rendered (the compiled-in Envoy descriptors).
+    #[error("rendering the Envoy bootstrap: {0}")]
+    Bootstrap(String),
     /// A status record lacks what is needed to address its object.
     #[error("invalid status record for {kind} {name}: {reason}")]
     InvalidStatus {

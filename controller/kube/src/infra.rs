@@ -45,7 +45,7 @@ pub const BOOTSTRAP_DIR: &str = "/etc/envoy/bootstrap";
 /// Bootstrap file name inside [`BOOTSTRAP_DIR`].
 pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
 /// Envoy's xDS cluster (static, in the bootstrap).
-pub const XDS_CLUSTER: &str = "portcullis_xds";
+pub const XDS_CLUSTER: &str = portcullis_translator::xds::bootstrap::XDS_CLUSTER;
 /// Envoy admin: a unix socket in the pod's private `/tmp` (mode 0600), never a TCP port, so no
 /// upstream a tenant configures (a loopback `Backend`, an issuer) can reach `/config_dump`.
 pub const ADMIN_SOCKET: &str = "/tmp/envoy-admin.sock";
@@ -250,108 +250,29 @@ pub fn fleet_name(gateway: &str) -> String {
 
 /// Envoy bootstrap for one Gateway's fleet: ADS over mutual TLS to the controller's Service,
 /// admin on a unix socket ([`ADMIN_SOCKET`]), and a `/ready` + `/stats/prometheus` listener
-/// (proxied to the admin socket) for probes and scraping.
+/// (proxied to the admin socket) for probes and scraping. Built by the translator's typed
+/// builder, which the host infrastructure uses too.
 /// `cert_dir` holds `tls.crt`, `tls.key` and `ca.crt` ([`CERT_DIR`] in the pod).
-pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Value {
-    let api_type = if cfg.xds_delta { "DELTA_GRPC" } else { "GRPC" };
-    let endpoint = |host: &str, port: u16| {
-        json!({"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "socket_address": {"address": host, "port_value": port}}}}]}]})
-    };
-    let mut xds_la = endpoint(&cfg.xds_host, cfg.xds_port);
-    xds_la["cluster_name"] = json!(XDS_CLUSTER);
-    let admin_pipe = json!({"pipe": {"path": ADMIN_SOCKET, "mode": 0o600}});
-    let admin_la = json!({"cluster_name": "portcullis_admin", "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": {"pipe": {"path": ADMIN_SOCKET}}}}]}]});
-    json!({
-        "node": {"id": node_id, "cluster": "portcullis"},
-        "admin": {"address": admin_pipe},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": api_type,
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]
+pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Result<Value> {
+    use portcullis_translator::ir::ClientTlsFiles;
+    use portcullis_translator::xds::bootstrap::{self, AdminAddress, BootstrapSpec, XdsUpstream};
+    let dir = cert_dir.trim_end_matches('/');
+    let spec = BootstrapSpec {
+        node_id: node_id.to_string(),
+        xds: XdsUpstream::Dns {
+            host: cfg.xds_host.clone(),
+            port: cfg.xds_port,
+            client_tls: ClientTlsFiles {
+                cert_chain: format!("{dir}/tls.crt"),
+                private_key: format!("{dir}/tls.key"),
+                trusted_ca: format!("{dir}/ca.crt"),
             },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"}
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    // Every controller replica serves xDS: resolve the Service, any endpoint will do.
-                    "type": "STRICT_DNS",
-                    "connect_timeout": "5s",
-                    "load_assignment": xds_la,
-                    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {
-                            "connection_keepalive": {"interval": "30s", "timeout": "5s"}
-                        }}
-                    }},
-                    "transport_socket": {
-                        "name": "envoy.transport_sockets.tls",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                            "sni": cfg.xds_host,
-                            "common_tls_context": {
-                                // Envoy's client default maximum is TLS 1.2: without raising
-                                // it, a 1.3 minimum leaves no version and every handshake fails.
-                                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
-                                               "tls_maximum_protocol_version": "TLSv1_3"},
-                                "alpn_protocols": ["h2"],
-                                "tls_certificates": [{
-                                    "certificate_chain": {"filename": format!("{cert_dir}/tls.crt")},
-                                    "private_key": {"filename": format!("{cert_dir}/tls.key")}
-                                }],
-                                "validation_context": {
-                                    "trusted_ca": {"filename": format!("{cert_dir}/ca.crt")},
-                                    "match_typed_subject_alt_names": [
-                                        {"san_type": "DNS", "matcher": {"exact": cfg.xds_host}}
-                                    ]
-                                }
-                            }
-                        }
-                    }
-                },
-                {"name": "portcullis_admin", "type": "STATIC", "connect_timeout": "1s", "load_assignment": admin_la}
-            ],
-            "listeners": [{
-                "name": "portcullis_ready",
-                "address": {"socket_address": {"address": "0.0.0.0", "port_value": READY_PORT}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "portcullis_ready",
-                        // Exact paths only reach admin: no spelling of another admin path.
-                        "normalize_path": true,
-                        "merge_slashes": true,
-                        "path_with_escaped_slashes_action": "REJECT_REQUEST",
-                        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
-                        "route_config": {"name": "portcullis_ready", "virtual_hosts": [{
-                            "name": "ready", "domains": ["*"],
-                            "routes": [
-                                {"match": {"path": "/ready"}, "route": {"cluster": "portcullis_admin"}},
-                                {"match": {"path": "/stats/prometheus"}, "route": {"cluster": "portcullis_admin"}}
-                            ]
-                        }]},
-                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-                    }
-                }]}]
-            }]
-        },
-        // Bound downstream connections (Envoy warns at start-up without a limit).
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                "max_active_downstream_connections": 50000
-            }
-        }]}
-    })
+        delta: cfg.xds_delta,
+        admin: AdminAddress::Pipe(ADMIN_SOCKET.into()),
+        ready_port: Some(READY_PORT),
+    };
+    bootstrap::json(&spec).map_err(|e| Error::Bootstrap(e.to_string()))
 }
 
 /// The objects of one fleet, in apply order.
@@ -485,7 +406,7 @@ pub fn fleet_objects(
         "data": {"tls.crt": b64(&client_cert.cert_pem), "tls.key": b64(&client_cert.key_pem), "ca.crt": b64(ca_pem)}
     });
 
-    let boot = serde_json::to_string_pretty(&bootstrap(&node_id, cfg, CERT_DIR))?;
+    let boot = serde_json::to_string_pretty(&bootstrap(&node_id, cfg, CERT_DIR)?)?;
     let config_map = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": meta(Map::new()),

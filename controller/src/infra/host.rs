@@ -7,7 +7,6 @@
 
 use crate::metrics::{GatewayLabel, Metrics};
 use serde::Serialize;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,8 +17,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-const XDS_CLUSTER: &str = "portcullis_xds";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,50 +200,23 @@ fn sanitize(node: &str) -> String {
         .collect()
 }
 
-/// Envoy bootstrap for one Gateway.
-pub fn bootstrap(node_id: &str, xds: SocketAddr, mode: XdsMode) -> serde_json::Value {
-    let api_type = match mode {
-        XdsMode::Sotw => "GRPC",
-        XdsMode::Delta => "DELTA_GRPC",
-    };
-    let cluster = |name: &str, addr: SocketAddr| {
-        json!({
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}
-            }}}]}]},
-            // gRPC needs HTTP/2 to the controller.
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {
-                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}
-                }}
-            }}
-        })
-    };
-    json!({
-        "node": {"id": node_id, "cluster": "portcullis"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": api_type,
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"}
+/// Envoy bootstrap for one Gateway: plain ADS to the controller on this host, admin on a
+/// loopback port Envoy picks. The translator's typed builder, shared with Kubernetes fleets.
+pub fn bootstrap(
+    node_id: &str,
+    xds: SocketAddr,
+    mode: XdsMode,
+) -> Result<serde_json::Value, portcullis_translator::xds::render::RenderError> {
+    use portcullis_translator::xds::bootstrap::{self, AdminAddress, BootstrapSpec, XdsUpstream};
+    bootstrap::json(&BootstrapSpec {
+        node_id: node_id.to_string(),
+        xds: XdsUpstream::Static {
+            ip: xds.ip(),
+            port: xds.port(),
         },
-        "static_resources": {"clusters": [cluster(XDS_CLUSTER, xds)]},
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                "max_active_downstream_connections": 50000
-            }
-        }]}
+        delta: mode == XdsMode::Delta,
+        admin: AdminAddress::LoopbackEphemeral,
+        ready_port: None,
     })
 }
 
@@ -339,7 +309,8 @@ impl Supervisor {
 
     async fn spawn(&self) -> std::io::Result<Child> {
         tokio::fs::create_dir_all(&self.dir).await?;
-        let boot = bootstrap(&self.node, self.cfg.xds_addr, self.cfg.xds_mode);
+        let boot = bootstrap(&self.node, self.cfg.xds_addr, self.cfg.xds_mode)
+            .map_err(std::io::Error::other)?;
         let boot_path = self.dir.join("bootstrap.json");
         tokio::fs::write(
             &boot_path,
@@ -532,7 +503,8 @@ mod tests {
             "ns/gw",
             "127.0.0.1:18000".parse().expect("addr"),
             XdsMode::Delta,
-        );
+        )
+        .expect("renders");
         assert_eq!(b["node"]["id"], "ns/gw");
         assert_eq!(
             b["dynamic_resources"]["ads_config"]["api_type"],

@@ -51,6 +51,7 @@ pub mod wasm {
     pub mod source;
 }
 pub mod xds {
+    pub mod bootstrap;
     pub mod builder;
     pub mod render;
     pub mod snapshot;

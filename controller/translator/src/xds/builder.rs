@@ -46,7 +46,7 @@ const CONNECT_TIMEOUT_S: i64 = 10;
 /// (`portcullis.<name>` on /stats, `envoy_portcullis_<name>` on /stats/prometheus).
 const DYNAMIC_METRICS_NAMESPACE: &str = "portcullis";
 
-fn any<M: Message + prost::Name>(m: &M) -> pb::Any {
+pub(super) fn any<M: Message + prost::Name>(m: &M) -> pb::Any {
     pb::Any {
         type_url: M::type_url(),
         value: m.encode_to_vec(),
@@ -60,7 +60,7 @@ fn top_any(a: pb::Any) -> prost_types::Any {
     }
 }
 
-fn ads() -> core::ConfigSource {
+pub(super) fn ads() -> core::ConfigSource {
     core::ConfigSource {
         resource_api_version: core::ApiVersion::V3 as i32,
         config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
@@ -77,7 +77,7 @@ fn duration_ms(ms: u64) -> pb::Duration {
     }
 }
 
-fn socket_address(address: &str, port: u16) -> core::Address {
+pub(super) fn socket_address(address: &str, port: u16) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
             address: address.to_string(),
@@ -223,7 +223,7 @@ fn file(path: &str) -> core::DataSource {
 
 /// Mutual TLS to an upstream: present the client certificate, and accept only a server
 /// certificate from the trusted CA whose SAN is `host` (an IP SAN for IP literals).
-fn client_tls_context(f: &ClientTlsFiles, host: &str) -> tls::CommonTlsContext {
+pub(super) fn client_tls_context(f: &ClientTlsFiles, host: &str) -> tls::CommonTlsContext {
     tls::CommonTlsContext {
         tls_certificates: vec![tls::TlsCertificate {
             certificate_chain: Some(file(&f.cert_chain)),

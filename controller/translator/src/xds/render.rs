@@ -33,7 +33,7 @@ pub enum RenderError {
     Serialize(String),
 }
 
-fn pool() -> Result<&'static DescriptorPool, RenderError> {
+pub(super) fn pool() -> Result<&'static DescriptorPool, RenderError> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
     POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()))
         .as_ref()
