@@ -4,9 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use portcullis_translator::wasm::source::OfflineResolver;
-use portcullis_translator::{
-    parse_documents, try_render_output, OutputFormat, Resources, TranslateOptions,
-};
+use portcullis_translator::xds::render::write_output;
+use portcullis_translator::{parse_documents, OutputFormat, Resources, TranslateOptions};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Format {
@@ -138,8 +137,11 @@ pub async fn run(args: TranslateArgs) -> anyhow::Result<()> {
         Format::Yaml => OutputFormat::Yaml,
         Format::Json => OutputFormat::Json,
     };
-    let text = try_render_output(&out, format).context("rendering output")?;
-    print!("{text}");
+    // Streamed, resource by resource: the whole document never sits in memory.
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    write_output(&out, format, &mut w).context("rendering output")?;
+    std::io::Write::flush(&mut w).context("writing output")?;
     if load_errors > 0 {
         anyhow::bail!("{load_errors} document(s) could not be loaded (see warnings above)");
     }

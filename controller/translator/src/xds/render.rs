@@ -1,6 +1,7 @@
 //! `portcullis translate` output: xDS resources as proto3 JSON (decoded through the Envoy
 //! descriptors compiled by build.rs) and statuses, in one deterministic document.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
@@ -199,6 +200,106 @@ pub fn output_value(out: &TranslateOutput) -> Result<Value, RenderError> {
     Ok(json!({ "xds": xds, "resources": resources }))
 }
 
+/// [`output_value`] as a lazy `Serialize`: one resource is turned into JSON at a time and written
+/// out, so the whole document never exists in memory (at 10,000 routes the document was 80% of
+/// `translate`'s peak). Same keys, same order (sorted, as `serde_json::Map` sorts them).
+struct OutputDoc<'a>(&'a TranslateOutput);
+struct XdsSection<'a>(&'a TranslateOutput);
+struct NodeSections<'a>(&'a super::snapshot::XdsResources);
+struct ResourceList<'a> {
+    type_url: &'a str,
+    items: &'a BTreeMap<String, prost_types::Any>,
+}
+struct Statuses<'a>(&'a [crate::status::ResourceStatus]);
+
+impl serde::Serialize for OutputDoc<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("resources", &Statuses(&self.0.statuses))?;
+        m.serialize_entry("xds", &XdsSection(self.0))?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for Statuses<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for status in self.0 {
+            // Through a Value, per status: its keys come out sorted, as in the whole document.
+            let v = serde_json::to_value(status).map_err(S::Error::custom)?;
+            seq.serialize_element(&v)?;
+        }
+        seq.end()
+    }
+}
+
+impl serde::Serialize for XdsSection<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut nodes: Vec<(&String, &super::snapshot::XdsResources)> = self.0.xds.iter().collect();
+        nodes.sort_by(|a, b| a.0.cmp(b.0));
+        let mut m = s.serialize_map(Some(nodes.len()))?;
+        for (node, res) in nodes {
+            m.serialize_entry(node, &NodeSections(res))?;
+        }
+        m.end()
+    }
+}
+
+impl serde::Serialize for NodeSections<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut sections: Vec<(String, ResourceList)> = self
+            .0
+            .by_type
+            .iter()
+            .map(|(type_url, items)| (section(type_url), ResourceList { type_url, items }))
+            .collect();
+        sections.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut m = s.serialize_map(Some(sections.len()))?;
+        for (name, list) in &sections {
+            m.serialize_entry(name, list)?;
+        }
+        m.end()
+    }
+}
+
+impl serde::Serialize for ResourceList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.items.len()))?;
+        for (name, any) in self.items {
+            let v = resource_json(self.type_url, name, any).map_err(S::Error::custom)?;
+            seq.serialize_element(&v)?;
+        }
+        seq.end()
+    }
+}
+
+/// Writes the output document to `w` as pretty JSON (with a final newline) or YAML, resource by
+/// resource. Byte-identical to [`try_render_output`].
+pub fn write_output(
+    out: &TranslateOutput,
+    format: OutputFormat,
+    w: &mut impl std::io::Write,
+) -> Result<(), RenderError> {
+    // Descriptor problems surface as the typed error, not as a serializer message.
+    pool()?;
+    let err = |e: String| RenderError::Serialize(e);
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *w, &OutputDoc(out))
+                .map_err(|e| err(e.to_string()))?;
+            w.write_all(b"\n").map_err(|e| err(e.to_string()))
+        }
+        OutputFormat::Yaml => {
+            serde_yaml::to_writer(&mut *w, &OutputDoc(out)).map_err(|e| err(e.to_string()))
+        }
+    }
+}
+
 /// Renders [`output_value`] as pretty JSON or YAML. Byte-identical for the same input. A
 /// rendering failure (a bug: our own protos failed to decode) yields an `{"error": ...}` document.
 pub fn render_output(out: &TranslateOutput, format: OutputFormat) -> String {
@@ -218,13 +319,7 @@ pub fn try_render_output(
     out: &TranslateOutput,
     format: OutputFormat,
 ) -> Result<String, RenderError> {
-    let v = output_value(out)?;
-    match format {
-        OutputFormat::Json => serde_json::to_string_pretty(&v)
-            .map(|s| s + "\n")
-            .map_err(|e| RenderError::Serialize(e.to_string())),
-        OutputFormat::Yaml => {
-            serde_yaml::to_string(&v).map_err(|e| RenderError::Serialize(e.to_string()))
-        }
-    }
+    let mut buf = Vec::new();
+    write_output(out, format, &mut buf)?;
+    String::from_utf8(buf).map_err(|e| RenderError::Serialize(e.to_string()))
 }
