@@ -26,6 +26,16 @@ pub struct LoadErrorView {
     pub reason: String,
 }
 
+impl From<portcullis_translator::LoadError> for LoadErrorView {
+    fn from(e: portcullis_translator::LoadError) -> Self {
+        Self {
+            source: e.source_name,
+            document: Some(e.index),
+            reason: e.reason,
+        }
+    }
+}
+
 /// The latest translation's results.
 #[derive(Debug, Clone, Default)]
 pub struct Board {

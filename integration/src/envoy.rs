@@ -582,6 +582,41 @@ pub fn bound_listener_port(doc: &Value, listener: &str) -> Option<u16> {
     bound_listener_ports(doc).get(listener).copied()
 }
 
+/// Envoy's LDS update counters (`listener_manager.lds.update_success` / `update_rejected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LdsUpdates {
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// [`LdsUpdates`] from admin `/stats` on `admin_port` (a counter not there yet reads 0).
+pub(crate) fn lds_update_counts(
+    client: &reqwest::blocking::Client,
+    admin_port: u16,
+) -> Result<LdsUpdates, String> {
+    let url = format!("http://127.0.0.1:{admin_port}/stats?filter=listener_manager.lds.update_");
+    let body = client
+        .get(&url)
+        .send()
+        .and_then(|r| r.text())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    Ok(LdsUpdates {
+        accepted: value("listener_manager.lds.update_success"),
+        rejected: value("listener_manager.lds.update_rejected"),
+    })
+}
+
 /// Writes an LDS discovery response next to `path` and renames it into place: Envoy's file
 /// watcher reacts to the move, and never reads a half-written file.
 pub(crate) fn write_lds(path: &Path, version: u64, listeners: &[Value]) -> Result<(), Error> {
@@ -747,45 +782,23 @@ impl Envoy {
     /// accepts the update (`true`) or rejects it (`false`; Envoy keeps serving the previous
     /// listeners, and so does this handle's record of them).
     pub fn apply_dynamic_listeners(&mut self, listeners: Vec<Value>) -> Result<bool, Error> {
-        const OK: &str = "listener_manager.lds.update_success";
-        const REJECTED: &str = "listener_manager.lds.update_rejected";
-        let before = (
-            self.counter(OK)?.unwrap_or(0),
-            self.counter(REJECTED)?.unwrap_or(0),
-        );
+        let client = self.client.clone();
+        let port = self.admin_port;
+        let before = lds_update_counts(&client, port)
+            .map_err(|e| Error::io("Envoy admin /stats", std::io::Error::other(e)))?;
         let previous = self.dynamic_listeners();
         let version = self.set_dynamic_listeners(listeners)?;
-        let admin = format!(
-            "http://127.0.0.1:{}/stats?filter=listener_manager.lds.update_",
-            self.admin_port
-        );
-        let client = self.client.clone();
         let accepted = self.process.wait_until(
             &format!("Envoy to accept or reject LDS version {version}"),
             READY_TIMEOUT,
             || {
-                let body = client
-                    .get(&admin)
-                    .send()
-                    .and_then(|r| r.text())
-                    .map_err(|e| e.to_string())?;
-                let value = |name: &str| {
-                    body.lines()
-                        .find_map(|l| {
-                            l.strip_prefix(name)?
-                                .strip_prefix(": ")?
-                                .trim()
-                                .parse::<u64>()
-                                .ok()
-                        })
-                        .unwrap_or(0)
-                };
-                if value(OK) > before.0 {
+                let now = lds_update_counts(&client, port)?;
+                if now.accepted > before.accepted {
                     Ok(true)
-                } else if value(REJECTED) > before.1 {
+                } else if now.rejected > before.rejected {
                     Ok(false)
                 } else {
-                    Err(body)
+                    Err(format!("no LDS update yet: {now:?}"))
                 }
             },
         )?;

@@ -245,21 +245,29 @@ impl OidcEnv {
                 Ok(listener(i, 0, vec![filter, router()]))
             })
             .collect::<Result<_, Error>>()?;
-        let before = lds_updates(&client, admin_port);
+        let before = crate::envoy::lds_update_counts(&client, admin_port)
+            .map_err(|e| io("admin /stats", e))?;
         crate::envoy::write_lds(&lds_path, 2, &listeners)?;
-        envoy.wait_until(
+        let accepted = envoy.wait_until(
             "Envoy to take the oidc listeners",
             Duration::from_secs(60),
-            || match lds_updates(&client, admin_port) {
-                (ok, _) if ok > before.0 => Ok(()),
-                (_, rejected) if rejected > before.1 => Err(Error::io(
-                    "oidc listeners",
-                    std::io::Error::other("Envoy rejected the oidc listeners (see its log)"),
-                )
-                .to_string()),
-                _ => Err("LDS version 2 not applied yet".to_string()),
+            || {
+                let now = crate::envoy::lds_update_counts(&client, admin_port)?;
+                if now.accepted > before.accepted {
+                    Ok(true)
+                } else if now.rejected > before.rejected {
+                    Ok(false)
+                } else {
+                    Err(format!("LDS version 2 not applied yet: {now:?}"))
+                }
             },
         )?;
+        if !accepted {
+            return Err(io(
+                "oidc listeners",
+                "Envoy rejected the oidc listeners (see its log)",
+            ));
+        }
         let rebound = crate::envoy::listener_ports(&client, admin_port)?;
         for (name, port) in names.iter().zip(&ports) {
             if rebound.get(name) != Some(port) {
@@ -362,31 +370,6 @@ fn placeholder_filters() -> Vec<Value> {
             "abort": {"http_status": 503, "percentage": {"numerator": 100}}}}),
         router(),
     ]
-}
-
-/// `listener_manager.lds.update_success` and `update_rejected`.
-fn lds_updates(client: &Client, admin_port: u16) -> (u64, u64) {
-    let url = format!("http://127.0.0.1:{admin_port}/stats?filter=listener_manager.lds.update_");
-    let body = client
-        .get(&url)
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    let value = |name: &str| {
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
-    (
-        value("listener_manager.lds.update_success"),
-        value("listener_manager.lds.update_rejected"),
-    )
 }
 
 /// Admin on port 0 (read back from `--admin-address-path`), listeners from `lds` (file-based

@@ -5,9 +5,7 @@
 //! is [`super::pipeline::run`], shared with Kubernetes mode.
 
 use super::pipeline::{self, Outputs, Pipeline, Provider, ProviderSnapshot, TranslationSink};
-use super::servers::{
-    bind, log_server_end, spawn_http, stopped, write_bound_addresses, BoundAddresses,
-};
+use super::servers::{log_server_end, spawn_http, stopped, write_bound_addresses, Listeners};
 use crate::admin::{self, AdminState, Board, LoadErrorView};
 use crate::infra::host::{find_envoy, HostConfig, HostInfra, XdsMode};
 use crate::metrics::Metrics;
@@ -88,23 +86,20 @@ pub async fn run(
     let metrics = Metrics::new();
     let provider = FileProvider::new(cfg.paths.clone()).context("reading manifests")?;
 
-    let xds_listener = bind(cfg.xds_addr, "xDS server").await?;
-    let wasm_listener = bind(cfg.wasm_addr, "wasm endpoint").await?;
-    let admin_listener = bind(cfg.admin_addr, "admin endpoint").await?;
-    let xds_addr = xds_listener.local_addr()?;
-    let wasm_addr = wasm_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
+    let listeners = Listeners::bind(cfg.xds_addr, cfg.wasm_addr, cfg.admin_addr).await?;
+    let bound = listeners.addresses()?;
+    let (xds_addr, wasm_addr, admin_addr) = (bound.xds, bound.wasm, bound.admin);
     if let Some(why) = plaintext_xds_warning(xds_addr) {
         tracing::warn!(%xds_addr, "{why}");
     }
     if let Some(path) = &cfg.bound_addresses_file {
-        let addrs = BoundAddresses {
-            admin: admin_addr,
-            xds: xds_addr,
-            wasm: wasm_addr,
-        };
-        write_bound_addresses(path, &addrs)?;
+        write_bound_addresses(path, &bound)?;
     }
+    let Listeners {
+        xds: xds_listener,
+        wasm: wasm_listener,
+        admin: admin_listener,
+    } = listeners;
 
     // The wasm cache signals here when a module becomes ready or fails; the file watcher has
     // its own channel (see `FileSource`).
@@ -302,14 +297,7 @@ fn read_manifests(
         let (docs, errs) = match &f.content {
             Ok(text) => {
                 let (res, errs) = parse_documents(&f.name, text);
-                let errs: Vec<LoadErrorView> = errs
-                    .into_iter()
-                    .map(|e| LoadErrorView {
-                        source: e.source_name,
-                        document: Some(e.index),
-                        reason: e.reason,
-                    })
-                    .collect();
+                let errs: Vec<LoadErrorView> = errs.into_iter().map(LoadErrorView::from).collect();
                 if errs.is_empty() {
                     last_good.insert(f.name.clone(), text.clone());
                 }

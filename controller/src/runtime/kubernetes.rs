@@ -14,9 +14,10 @@
 use super::pipeline::{
     self, Outputs, Pipeline, Provider as SnapshotProvider, ProviderSnapshot, TranslationSink,
 };
+pub use super::servers::Listeners;
 use super::servers::{
-    bind, join_within, log_server_end, spawn_http, spawn_https_with_peers, stopped,
-    write_bound_addresses, BoundAddresses, SHUTDOWN_GRACE,
+    join_within, log_server_end, spawn_http, spawn_https_with_peers, stopped,
+    write_bound_addresses, SHUTDOWN_GRACE,
 };
 use crate::admin::{self, AdminState, Board, LoadErrorView, Probe};
 use crate::infra::host::XdsMode;
@@ -173,31 +174,13 @@ where
     }
 }
 
-/// The xDS, wasm and admin listeners, bound by the caller (e.g. on port 0).
-pub struct Listeners {
-    pub xds: tokio::net::TcpListener,
-    pub wasm: tokio::net::TcpListener,
-    pub admin: tokio::net::TcpListener,
-}
-
-impl Listeners {
-    /// Binds the three addresses of `cfg`.
-    pub async fn bind(cfg: &KubeRuntimeConfig) -> anyhow::Result<Self> {
-        Ok(Self {
-            xds: bind(cfg.xds_addr, "xDS server").await?,
-            wasm: bind(cfg.wasm_addr, "wasm endpoint").await?,
-            admin: bind(cfg.admin_addr, "admin endpoint").await?,
-        })
-    }
-}
-
 /// Run until `shutdown` resolves.
 pub async fn run(
     cfg: KubeRuntimeConfig,
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listeners = Listeners::bind(&cfg).await?;
+    let listeners = Listeners::bind(cfg.xds_addr, cfg.wasm_addr, cfg.admin_addr).await?;
     run_on(cfg, listeners, client, shutdown).await
 }
 
@@ -210,16 +193,13 @@ pub async fn run_on(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    let bound = listeners.addresses()?;
+    let (xds_addr, wasm_addr, admin_addr) = (bound.xds, bound.wasm, bound.admin);
     let Listeners {
         xds: xds_listener,
         wasm: wasm_listener,
         admin: admin_listener,
     } = listeners;
-    let (xds_addr, wasm_addr, admin_addr) = (
-        xds_listener.local_addr()?,
-        wasm_listener.local_addr()?,
-        admin_listener.local_addr()?,
-    );
     if cfg.xds_service_port == 0 {
         cfg.xds_service_port = xds_addr.port();
     }
@@ -227,12 +207,7 @@ pub async fn run_on(
         cfg.wasm_service_port = wasm_addr.port();
     }
     if let Some(path) = &cfg.bound_addresses_file {
-        let addrs = BoundAddresses {
-            admin: admin_addr,
-            xds: xds_addr,
-            wasm: wasm_addr,
-        };
-        write_bound_addresses(path, &addrs)?;
+        write_bound_addresses(path, &bound)?;
     }
 
     // The wasm cache signals here when a module becomes ready or fails.
@@ -583,14 +558,7 @@ impl SnapshotProvider for KubeSource {
         let (resources, errors) = parsed.unwrap_or_default();
         // An object that does not load (a shape the CRDs allow but we cannot read) is skipped
         // and reported; the rest of the cluster still translates.
-        let load_errors = errors
-            .into_iter()
-            .map(|e| LoadErrorView {
-                source: e.source_name,
-                document: Some(e.index),
-                reason: e.reason,
-            })
-            .collect();
+        let load_errors = errors.into_iter().map(LoadErrorView::from).collect();
         Some(ProviderSnapshot {
             resources: Resources::from_parsed(resources),
             load_errors,

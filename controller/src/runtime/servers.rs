@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the {what} on {addr}"))
@@ -21,6 +21,36 @@ pub struct BoundAddresses {
     pub admin: SocketAddr,
     pub xds: SocketAddr,
     pub wasm: SocketAddr,
+}
+
+/// The xDS, wasm and admin listeners, bound by the caller (e.g. on port 0) or by [`Self::bind`].
+pub struct Listeners {
+    pub xds: TcpListener,
+    pub wasm: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(
+        xds: SocketAddr,
+        wasm: SocketAddr,
+        admin: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            xds: bind(xds, "xDS server").await?,
+            wasm: bind(wasm, "wasm endpoint").await?,
+            admin: bind(admin, "admin endpoint").await?,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn addresses(&self) -> std::io::Result<BoundAddresses> {
+        Ok(BoundAddresses {
+            admin: self.admin.local_addr()?,
+            xds: self.xds.local_addr()?,
+            wasm: self.wasm.local_addr()?,
+        })
+    }
 }
 
 /// Writes `addrs` to `path` as JSON, atomically (beside, then renamed), so a reader that sees

@@ -782,12 +782,7 @@ pub fn listener_port(socket: &Path, name: &str) -> Result<u16, String> {
         return Err(format!("/listeners: HTTP {code}: {body}"));
     }
     let v: Value = serde_json::from_str(&body).map_err(|e| format!("/listeners: {e}"))?;
-    v["listener_statuses"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["name"] == name))
-        .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0)
+    portcullis_integration::envoy::bound_listener_port(&v, name)
         .ok_or_else(|| format!("no bound listener {name} in {v}"))
 }
 
