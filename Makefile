@@ -63,12 +63,15 @@ run-static: build-wasm ## Envoy with a static config and both filters, no contro
 	$(CARGO) build -q -p portcullis-integration --bin echo-upstream
 	@bash scripts/run.sh
 
-test-deps: ## install the real peers tests run against (registry, Redis, chromium, oidc-provider)
+test-deps: ## install the real peers tests run against (registry, Redis, chromium, oidc-provider, chart validators)
 	@bash scripts/setup.sh registry
 	@bash scripts/setup.sh redis
 	@bash scripts/setup.sh browser
 	@bash scripts/setup.sh oidc
+	@bash scripts/chart-setup.sh
 
+# No incremental caches for the one-shot test build: they double the disk a fresh clone needs.
+test: export CARGO_INCREMENTAL ?= 0
 test: build build-dynamic-test test-deps ## every test: unit, golden, end-to-end through real Envoy
 	$(CARGO) test --workspace --all-targets --no-fail-fast $(TEST_ARGS)
 
