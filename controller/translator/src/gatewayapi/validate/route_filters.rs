@@ -64,7 +64,7 @@ pub fn check_filters(ri: usize, rule: &HttpRouteRule, errs: &mut Vec<RuleError>)
                             if s != "http" && s != "https" {
                                 errs.push(RuleError::unsupported(
                                     format!("{at}.scheme"),
-                                    format!("{s:?} is not supported; use http or https"),
+                                    format!("{s:?} is not supported (use http or https)"),
                                 ));
                             }
                         }
@@ -72,7 +72,7 @@ pub fn check_filters(ri: usize, rule: &HttpRouteRule, errs: &mut Vec<RuleError>)
                             if !REDIRECT_CODES.contains(&c) {
                                 errs.push(RuleError::unsupported(
                                     format!("{at}.statusCode"),
-                                    format!("{c} is not supported; use 301, 302, 303, 307 or 308"),
+                                    format!("{c} is not supported (use 301, 302, 303, 307 or 308)"),
                                 ));
                             }
                         }
@@ -86,7 +86,7 @@ pub fn check_filters(ri: usize, rule: &HttpRouteRule, errs: &mut Vec<RuleError>)
                             check_hostname(&format!("{at}.hostname"), h, errs);
                         }
                         if let Some(p) = &r.path {
-                            check_path_modifier(&format!("{at}.path"), p, rule, errs);
+                            check_path_modifier(&base, &format!("{at}.path"), p, rule, errs);
                         }
                     }
                 }
@@ -101,7 +101,7 @@ pub fn check_filters(ri: usize, rule: &HttpRouteRule, errs: &mut Vec<RuleError>)
                             check_hostname(&format!("{at}.hostname"), h, errs);
                         }
                         if let Some(p) = &r.path {
-                            check_path_modifier(&format!("{at}.path"), p, rule, errs);
+                            check_path_modifier(&base, &format!("{at}.path"), p, rule, errs);
                         }
                     }
                 }
@@ -174,7 +174,7 @@ fn check_header_name(at: &str, name: &str, errs: &mut Vec<RuleError>) {
         // Envoy Gateway `isModifiableHeader`: Envoy does not let a route modify Host.
         errs.push(RuleError::unsupported(
             at,
-            "the Host header cannot be modified here; use URLRewrite hostname",
+            "the Host header cannot be modified here (use URLRewrite hostname)",
         ));
     }
 }
@@ -234,6 +234,7 @@ pub fn dedupe_header_modifier(m: &HeaderModifier) -> HeaderModifier {
 }
 
 fn check_path_modifier(
+    base: &str,
     at: &str,
     p: &PathModifier,
     rule: &HttpRouteRule,
@@ -279,7 +280,7 @@ fn check_path_modifier(
                     errs.push(RuleError::unsupported(
                         format!("{at}.replacePrefixMatch"),
                         format!(
-                            "needs PathPrefix matches, but spec.rules[].matches[{mi}].path.type is {t}"
+                            "needs PathPrefix matches, but {base}.matches[{mi}].path.type is {t}"
                         ),
                     ));
                 }
@@ -287,7 +288,7 @@ fn check_path_modifier(
         }
         other => errs.push(RuleError::unsupported(
             format!("{at}.type"),
-            format!("{other:?} is not supported; use ReplaceFullPath or ReplacePrefixMatch"),
+            format!("{other:?} is not supported (use ReplaceFullPath or ReplacePrefixMatch)"),
         )),
     }
 }

@@ -23,10 +23,11 @@ fn regex_error(pattern: &str) -> Option<String> {
         .build()
         .err()
         .map(|e| {
+            // The regex crate's message shows the pattern with a caret, then "error: <why>";
+            // keep the why, on one line.
             let e = e.to_string();
-            // The regex crate's messages span lines; keep the condition message on one.
-            let e: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            e.join(" ")
+            let why = e.rsplit("error: ").next().unwrap_or(&e).trim().to_string();
+            why.lines().collect::<Vec<_>>().join(" ")
         })
 }
 
@@ -53,7 +54,7 @@ pub fn check_match(ri: usize, mi: usize, m: &HttpRouteMatch) -> Vec<MatchError> 
                 error: RuleError::unsupported(
                     format!("{at}.path.type"),
                     format!(
-                        "{other:?} is not supported; use Exact, PathPrefix or RegularExpression"
+                        "{other:?} is not supported (use Exact, PathPrefix or RegularExpression)"
                     ),
                 ),
                 unprogrammable: true,
@@ -81,7 +82,7 @@ fn check_value_match(at: &str, v: &ValueMatch) -> Option<MatchError> {
         other => Some(MatchError {
             error: RuleError::unsupported(
                 format!("{at}.type"),
-                format!("{other:?} is not supported; use Exact or RegularExpression"),
+                format!("{other:?} is not supported (use Exact or RegularExpression)"),
             ),
             unprogrammable: true,
         }),

@@ -115,11 +115,12 @@ pub fn summarize(verdicts: &[RuleVerdict]) -> RouteVerdict {
             message: details,
         }
     } else {
-        // Gateway API: the message MUST start with "Dropped Rule" and name the rules dropped.
+        // Gateway API: the message MUST start with "Dropped Rule" and name the rules dropped;
+        // the list is written as Envoy Gateway's `formatDroppedRuleMessage` writes it.
         let list: Vec<String> = dropped.iter().map(ToString::to_string).collect();
         RouteVerdict::Partial {
             reason,
-            message: format!("Dropped Rule(s) [{}]: {details}", list.join(", ")),
+            message: format!("Dropped Rule(s) [{}]: {details}", list.join(" ")),
         }
     }
 }
