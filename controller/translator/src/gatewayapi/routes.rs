@@ -572,12 +572,15 @@ fn attach(
             continue;
         };
         any_intersection = true;
+        if l.ready {
+            listeners.push((gkey.clone(), i));
+        }
+        // A route reached through two parentRefs of one listener counts and attaches once.
         if !attached_to.insert((gkey.clone(), i)) {
             continue;
         }
         l.attached_routes += 1;
         if l.ready {
-            listeners.push((gkey.clone(), i));
             attachments.push(Attachment {
                 gateway: gkey.clone(),
                 listener: i,
