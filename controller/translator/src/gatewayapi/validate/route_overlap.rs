@@ -89,3 +89,92 @@ pub fn overlaps(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{ActionIr, HeaderOpsIr};
+
+    fn ir(path: PathMatchIr, headers: &[(&str, &str)], method: Option<&str>) -> RouteIr {
+        RouteIr {
+            name: String::new(),
+            path,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ValueMatchIr {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                    regex: false,
+                })
+                .collect(),
+            query_params: vec![],
+            method: method.map(Into::into),
+            action: ActionIr::Direct {
+                status: 500,
+                body: String::new(),
+            },
+            request_headers: HeaderOpsIr::default(),
+            response_headers: HeaderOpsIr::default(),
+            mirrors: vec![],
+            timeout_ms: None,
+            backend_timeout_ms: None,
+            enabled_filters: vec![],
+            route_namespace: String::new(),
+            route_name: String::new(),
+            rule_name: None,
+        }
+    }
+
+    fn key_of(n: &str) -> NsName {
+        ("ns".into(), n.into())
+    }
+
+    fn programmed<'a>(
+        listener: usize,
+        route: &str,
+        hostnames: &'a [String],
+        routes: Vec<&'a RouteIr>,
+    ) -> Programmed<'a> {
+        Programmed {
+            listener: (key_of("gw"), listener),
+            route: key_of(route),
+            hostnames,
+            routes,
+        }
+    }
+
+    #[test]
+    fn same_matches_overlap_per_listener_only() {
+        let hosts = vec!["a.example.com".to_string()];
+        let a = ir(
+            PathMatchIr::Prefix("/x/".into()),
+            &[("X-A", "1"), ("b", "2")],
+            None,
+        );
+        let b = ir(
+            PathMatchIr::Prefix("/x".into()),
+            &[("B", "2"), ("x-a", "1")],
+            None,
+        );
+        let c = ir(
+            PathMatchIr::Prefix("/x".into()),
+            &[("B", "2"), ("x-a", "1")],
+            Some("GET"),
+        );
+        let got = overlaps(&[
+            // Two identical matches in one route do not overlap with each other.
+            programmed(0, "a", &hosts, vec![&a, &a]),
+            programmed(0, "b", &hosts, vec![&b]),
+            programmed(0, "c", &hosts, vec![&c]),
+            programmed(1, "c", &hosts, vec![&b]),
+        ]);
+        let gw0 = (key_of("gw"), 0);
+        assert_eq!(
+            got.get(&(key_of("a"), gw0.clone())),
+            Some(&[key_of("b")].into())
+        );
+        assert_eq!(got.get(&(key_of("b"), gw0)), Some(&[key_of("a")].into()));
+        // c differs by method on listener 0, and is alone on listener 1.
+        assert_eq!(got.len(), 2);
+    }
+}

@@ -124,3 +124,40 @@ pub fn summarize(verdicts: &[RuleVerdict]) -> RouteVerdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(ri: usize) -> RuleVerdict {
+        RuleVerdict {
+            errors: vec![RuleError::incompatible(rule_path(ri), "x")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn summary() {
+        assert!(matches!(
+            summarize(&[RuleVerdict::default()]),
+            RouteVerdict::Valid
+        ));
+        match summarize(&[RuleVerdict::default(), bad(1), bad(2)]) {
+            RouteVerdict::Partial { reason, message } => {
+                assert_eq!(reason, "IncompatibleFilters");
+                assert_eq!(
+                    message,
+                    "Dropped Rule(s) [1 2]: spec.rules[1]: x; spec.rules[2]: x"
+                );
+            }
+            _ => panic!("partial expected"),
+        }
+        assert!(matches!(
+            summarize(&[bad(0)]),
+            RouteVerdict::Invalid {
+                reason: "IncompatibleFilters",
+                ..
+            }
+        ));
+    }
+}
