@@ -18,17 +18,104 @@ pub struct MatchError {
 fn regex_error(pattern: &str) -> Option<String> {
     // Envoy's RE2 has a program-size limit; a generous compiled-size limit catches runaway
     // patterns here too.
-    regex::RegexBuilder::new(pattern)
+    if let Err(e) = regex::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()
-        .err()
-        .map(|e| {
-            // The regex crate's message shows the pattern with a caret, then "error: <why>";
-            // keep the why, on one line.
-            let e = e.to_string();
-            let why = e.rsplit("error: ").next().unwrap_or(&e).trim().to_string();
-            why.lines().collect::<Vec<_>>().join(" ")
-        })
+    {
+        // The regex crate's message shows the pattern with a caret, then "error: <why>";
+        // keep the why, on one line.
+        let e = e.to_string();
+        let why = e.rsplit("error: ").next().unwrap_or(&e).trim().to_string();
+        return Some(why.lines().collect::<Vec<_>>().join(" "));
+    }
+    // It compiled here; reject what RE2 (Envoy) rejects, which would NACK the route, or reads
+    // as another pattern (checked against Envoy 1.40).
+    let ast = regex_syntax::ast::parse::Parser::new()
+        .parse(pattern)
+        .ok()?;
+    regex_syntax::ast::visit(&ast, NotRe2).err()
+}
+
+/// Finds syntax the `regex` crate accepts and RE2 rejects or reads differently.
+struct NotRe2;
+
+impl regex_syntax::ast::Visitor for NotRe2 {
+    type Output = ();
+    type Err = String;
+
+    fn finish(self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn visit_pre(&mut self, ast: &regex_syntax::ast::Ast) -> Result<(), String> {
+        use regex_syntax::ast::{
+            AssertionKind as A, Ast, Flag, FlagsItemKind, GroupKind, RepetitionKind,
+            RepetitionRange,
+        };
+        let flags = match ast {
+            Ast::Flags(f) => Some(&f.flags),
+            Ast::Group(g) => match &g.kind {
+                GroupKind::NonCapturing(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(f) = flags {
+            for item in &f.items {
+                if let FlagsItemKind::Flag(Flag::Unicode | Flag::CRLF | Flag::IgnoreWhitespace) =
+                    item.kind
+                {
+                    return Err("only the flags i, m, s and U are RE2".into());
+                }
+            }
+        }
+        match ast {
+            Ast::Assertion(a)
+                if !matches!(
+                    a.kind,
+                    A::StartLine
+                        | A::EndLine
+                        | A::StartText
+                        | A::EndText
+                        | A::WordBoundary
+                        | A::NotWordBoundary
+                ) =>
+            {
+                Err(
+                    "word-boundary assertions other than \\b and \\B mean something else in RE2"
+                        .into(),
+                )
+            }
+            Ast::Repetition(r) => match &r.op.kind {
+                RepetitionKind::Range(
+                    RepetitionRange::Exactly(n)
+                    | RepetitionRange::AtLeast(n)
+                    | RepetitionRange::Bounded(_, n),
+                ) if *n > 1000 => Err("RE2 allows repetition counts up to 1000".into()),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn visit_class_set_item_pre(
+        &mut self,
+        item: &regex_syntax::ast::ClassSetItem,
+    ) -> Result<(), String> {
+        match item {
+            regex_syntax::ast::ClassSetItem::Bracketed(_) => {
+                Err("nested character classes mean something else in RE2".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn visit_class_set_binary_op_pre(
+        &mut self,
+        _: &regex_syntax::ast::ClassSetBinaryOp,
+    ) -> Result<(), String> {
+        Err("character class set operations (&&, --, ~~) mean something else in RE2".into())
+    }
 }
 
 pub fn check_match(ri: usize, mi: usize, m: &HttpRouteMatch) -> Vec<MatchError> {
