@@ -263,7 +263,10 @@ fn status_golden() {
             failures.push(out.display().to_string());
         }
     }
-    assert!(failures.is_empty(), "status golden mismatches: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "status golden mismatches: {failures:?}"
+    );
 }
 
 #[test]
