@@ -68,7 +68,12 @@ fn listener(
         _ => None,
     };
     let allowed = l.allowed_routes.clone().unwrap_or_default();
-    let kinds = vl::route_kinds(&allowed);
+    // A protocol this controller does not serve supports no route kind (spec
+    // ListenerStatus.supportedKinds); its Accepted=False/UnsupportedProtocol says why.
+    let kinds = match protocol {
+        Some(_) => vl::route_kinds(&allowed),
+        None => vl::RouteKinds::default(),
+    };
     // Accepted: the first failure of protocol, conflict, tls block, namespaces.
     let mut accepted: Option<Failure> = None;
     let mut programmed_reason = "Invalid";
@@ -279,7 +284,12 @@ pub fn statuses(res: &Resources, gateways: &GatewayMap) -> Vec<ResourceStatus> {
     let mut out = Vec::new();
     for ((ns, name), gw) in gateways {
         let generation = gw.obj.meta.generation;
-        let all_accepted = gw.listeners.iter().all(|l| l.conditions[0].status);
+        // A listener that is accepted but cannot be programmed (refused route kinds, no valid
+        // certificate) is as invalid for the Gateway as one that is not accepted.
+        let all_valid = gw
+            .listeners
+            .iter()
+            .all(|l| l.conditions[0].status && l.ready);
         let any_ready = gw.listeners.iter().any(|l| l.ready);
         let address_msgs = |kind: &str, reason: &str| -> Option<String> {
             let m: Vec<String> = gw
@@ -292,7 +302,7 @@ pub fn statuses(res: &Resources, gateways: &GatewayMap) -> Vec<ResourceStatus> {
         };
         let accepted = if let Some(m) = address_msgs("Accepted", "UnsupportedAddress") {
             Condition::new("Accepted", false, "UnsupportedAddress", m)
-        } else if all_accepted {
+        } else if all_valid || !gw.accepted() {
             Condition::new("Accepted", true, "Accepted", "Gateway is accepted.")
         } else {
             Condition::new(

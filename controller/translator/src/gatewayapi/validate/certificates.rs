@@ -19,12 +19,9 @@ use crate::resources::{ObjectRef, Resources, SecretKeyError, GATEWAY_GROUP};
 /// listener `ResolvedRefs` reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateError {
-    #[error("certificateRef {group}/{kind} {name} is not a core Secret")]
-    NotASecret {
-        group: String,
-        kind: String,
-        name: String,
-    },
+    /// `group_kind`: `kind` alone for the core group, `group/kind` else.
+    #[error("certificateRef {group_kind} {name} is not a core Secret")]
+    NotASecret { group_kind: String, name: String },
     #[error("Secret {ns}/{name} is in another namespace and no ReferenceGrant allows it")]
     RefNotPermitted { ns: String, name: String },
     #[error("Secret {ns}/{name} not found")]
@@ -90,8 +87,11 @@ pub fn load(
     let kind = r.kind.as_deref().unwrap_or("Secret");
     if !group.is_empty() || kind != "Secret" {
         return Err(CertificateError::NotASecret {
-            group: group.into(),
-            kind: kind.into(),
+            group_kind: if group.is_empty() {
+                kind.to_string()
+            } else {
+                format!("{group}/{kind}")
+            },
             name: r.name.clone(),
         });
     }
