@@ -300,8 +300,23 @@ pub fn statuses(res: &Resources, gateways: &GatewayMap) -> Vec<ResourceStatus> {
                 .collect();
             (!m.is_empty()).then(|| m.join("; "))
         };
+        // Spec (Listener, "Handling indistinct Listeners"): with no distinct listener left the
+        // Gateway "must be rejected from processing as a whole".
+        let all_conflicted = !gw.listeners.is_empty()
+            && gw.listeners.iter().all(|l| {
+                l.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Conflicted" && c.status)
+            });
         let accepted = if let Some(m) = address_msgs("Accepted", "UnsupportedAddress") {
             Condition::new("Accepted", false, "UnsupportedAddress", m)
+        } else if all_conflicted {
+            Condition::new(
+                "Accepted",
+                false,
+                "ListenersNotValid",
+                "Every listener is conflicted; no distinct listener is left to accept.",
+            )
         } else if all_valid || !gw.accepted() {
             Condition::new("Accepted", true, "Accepted", "Gateway is accepted.")
         } else {
