@@ -336,7 +336,7 @@ pub fn conflicts(ls: &[PortListener<'_>]) -> Vec<Option<Conflict>> {
     ls.iter()
         .map(|l| {
             l7_class(l.protocol)?;
-            let same_host = &hosts[&(l.port, l.hostname)];
+            let same_host = hosts.get(&(l.port, l.hostname))?;
             if same_host.len() > 1 {
                 let others: Vec<&str> =
                     same_host.iter().copied().filter(|n| *n != l.name).collect();
@@ -346,7 +346,7 @@ pub fn conflicts(ls: &[PortListener<'_>]) -> Vec<Option<Conflict>> {
                     others: others.join(", "),
                 });
             }
-            let cs = &classes[&l.port];
+            let cs = classes.get(&l.port)?;
             (cs.len() > 1).then(|| Conflict::Protocol {
                 port: l.port,
                 protocols: cs.iter().copied().collect::<Vec<_>>().join(" and "),
