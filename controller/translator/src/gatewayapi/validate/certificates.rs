@@ -411,6 +411,12 @@ mod tests {
             check_pair(garbage, &read("a.key")),
             Err(PairError::BadCertificate { index: 0, .. })
         ));
+        // Truncated, badly armoured and non-base64 blocks end the scan; they never loop.
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n-----BEGIN X\n-----BEGIN CERTIFICATE-----\nAAAA";
+        assert_eq!(
+            check_pair(broken, &read("a.key")),
+            Err(PairError::NoCertificate)
+        );
         let bad_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
         assert!(matches!(
             check_pair(&read("a.crt"), bad_key),
