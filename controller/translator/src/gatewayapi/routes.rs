@@ -80,6 +80,9 @@ struct RulesOutput {
     rules: Vec<(Option<String>, Vec<RouteIr>)>,
     clusters: Vec<ClusterIr>,
     resolved: Condition,
+    /// `BackendsAvailable=False` (Envoy Gateway's `EndpointsNotFound`), only when some Service
+    /// has no ready endpoint.
+    available: Option<Condition>,
     unsupported: Vec<String>,
     /// Per rule: what validation found (`validate::route_rules`).
     verdicts: Vec<RuleVerdict>,
@@ -95,6 +98,8 @@ fn translate_rules(
     let mut clusters: Vec<ClusterIr> = Vec::new();
     let mut ref_errors: Vec<(&'static str, String)> = Vec::new();
     let mut unsupported: Vec<String> = Vec::new();
+    // Service references that resolved to no ready endpoint (Envoy answers 503).
+    let mut unavailable: Vec<String> = Vec::new();
     let mut rules_out = Vec::new();
     let mut verdicts = Vec::new();
     let add_cluster = |c: ClusterIr, clusters: &mut Vec<ClusterIr>| {
@@ -134,6 +139,11 @@ fn translate_rules(
                     let Some(m) = &f.request_mirror else { continue };
                     match backends::resolve(res, egress, slices, &ns, &m.backend_ref) {
                         Ok(c) => {
+                            unavailable.extend(super::validate::backend_refs::no_ready_endpoints(
+                                &m.backend_ref,
+                                &ns,
+                                &c,
+                            ));
                             let per_million = match (&m.fraction, m.percent) {
                                 (Some(fr), _) => {
                                     let d = u64::from(fr.denominator.unwrap_or(100).max(1));
@@ -162,15 +172,17 @@ fn translate_rules(
         }
         let mut weighted = Vec::new();
         let mut invalid_weight = 0u32;
-        for (bi, b) in backend_refs.iter().enumerate() {
-            if !b.filters.is_empty() {
-                unsupported.push(format!(
-                    "spec.rules.{ri}.backendRefs.{bi}.filters (the rule answers 500)"
-                ));
-                broken = true;
-            }
-            match backends::resolve(res, egress, slices, &ns, &b.object_ref()) {
+        for b in backend_refs {
+            let resolved = super::validate::backend_refs::filters(b)
+                .map_err(Into::into)
+                .and_then(|()| backends::resolve(res, egress, slices, &ns, &b.object_ref()));
+            match resolved {
                 Ok(c) => {
+                    unavailable.extend(super::validate::backend_refs::no_ready_endpoints(
+                        &b.object_ref(),
+                        &ns,
+                        &c,
+                    ));
                     let weight = b.weight.unwrap_or(1);
                     if weight > 0 {
                         weighted.push(WeightedCluster {
@@ -297,10 +309,21 @@ fn translate_rules(
             Condition::new("ResolvedRefs", false, reason, msgs.join("; "))
         }
     };
+    unavailable.sort();
+    unavailable.dedup();
+    let available = (!unavailable.is_empty()).then(|| {
+        Condition::new(
+            "BackendsAvailable",
+            false,
+            "EndpointsNotFound",
+            unavailable.join(" "),
+        )
+    });
     RulesOutput {
         rules: rules_out,
         clusters,
         resolved,
+        available,
         unsupported,
         verdicts,
     }
@@ -339,6 +362,7 @@ pub fn translate_routes(
             rules,
             clusters,
             resolved,
+            available,
             mut unsupported,
             verdicts,
         } = translate_rules(res, &opts.egress, &slices, route);
@@ -404,6 +428,9 @@ pub fn translate_routes(
                 }
             }
             conds.insert(1, resolved.clone());
+            if let Some(a) = &available {
+                conds.insert(2, a.clone());
+            }
             parents.push(PendingParent {
                 parent_ref: pr_json,
                 conditions: conds,
@@ -793,17 +820,22 @@ pub fn build_gateway_ir(
                     }
                 })
                 .collect();
-            let (server_names, certificates) = match protocol {
-                Protocol::Http => (vec![], vec![]),
+            let (server_names, certificates, http1_only) = match protocol {
+                Protocol::Http => (vec![], vec![], false),
                 Protocol::Https => {
                     let l = &gw.listeners[members[0]];
-                    (l.hostname.iter().cloned().collect(), l.certificates.clone())
+                    (
+                        l.hostname.iter().cloned().collect(),
+                        l.certificates.clone(),
+                        l.http1_only,
+                    )
                 }
             };
             chains.push(ChainIr {
                 name: chain_name,
                 server_names,
                 certificates,
+                http1_only,
                 virtual_hosts,
             });
         }
