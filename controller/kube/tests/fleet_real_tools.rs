@@ -44,7 +44,15 @@ fn fleet() -> (infra::Fleet, CertAuthority) {
         "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}}}}}}});
     let (params, unsupported) = infra::fleet_params(&cfg, &gw, Some(&ep));
     assert!(unsupported.is_empty(), "{unsupported:?}");
-    let f = infra::fleet_objects(&gw, &params, &cfg, &cert, ca.cert_pem()).expect("fleet");
+    let f = infra::fleet_objects(
+        &gw,
+        &[(80, portcullis_translator::ir::Protocol::Http)],
+        &params,
+        &cfg,
+        &cert,
+        ca.cert_pem(),
+    )
+    .expect("fleet");
     (f, ca)
 }
 

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::certs::{IssuedCert, NOT_AFTER_ANNOTATION};
 use crate::error::{Error, Result};
+use portcullis_translator::ir::Protocol;
 
 /// must be), with a hash suffix when the Gateway name had to be shortened or changed.
 pub fn fleet_name(gateway: &str) -> String {
@@ -76,8 +77,6 @@ pub fn bootstrap(node_id: &str, cfg: &InfraConfig, cert_dir: &str) -> Result<Val
     };
     bootstrap::json(&spec).map_err(|e| Error::Bootstrap(e.to_string()))
 }
-
-/// The objects of one fleet, in apply order.
 
 /// The objects of one fleet.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,9 +182,11 @@ fn tcp_port(port: i32) -> NetworkPolicyPort {
     }
 }
 
-/// Build a Gateway's fleet (pure).
+/// Build a Gateway's fleet (pure). `listeners` are the Gateway's programmed listeners, as the
+/// translator reports them: the Service, container and NetworkPolicy ports.
 pub fn fleet_objects(
     gateway: &Value,
+    listeners: &[(u16, Protocol)],
     params: &FleetParams,
     cfg: &InfraConfig,
     client_cert: &IssuedCert,
@@ -278,29 +279,13 @@ pub fn fleet_objects(
         ..Default::default()
     };
 
-    // One Service/container port per distinct listener port. Envoy binds the listener port itself
-    // (the xDS listeners use it as is), so the pod allows unprivileged binds below 1024 with the
-    // namespaced, "safe" sysctl instead of running as root or adding NET_BIND_SERVICE.
-    let mut ports: BTreeMap<i32, String> = BTreeMap::new();
-    for l in gateway
-        .pointer("/spec/listeners")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(port) = l
-            .get("port")
-            .and_then(Value::as_i64)
-            .and_then(|p| i32::try_from(p).ok())
-        {
-            let proto = l
-                .get("protocol")
-                .and_then(Value::as_str)
-                .unwrap_or("HTTP")
-                .to_ascii_lowercase();
-            ports.entry(port).or_insert(proto);
-        }
-    }
+    // One Service/container port per programmed listener port. Envoy binds the listener port
+    // itself (the xDS listeners use it as is), so the pod allows unprivileged binds below 1024
+    // with the namespaced, "safe" sysctl instead of running as root or adding NET_BIND_SERVICE.
+    let ports: BTreeMap<i32, String> = listeners
+        .iter()
+        .map(|(port, proto)| (i32::from(*port), proto.as_str().to_ascii_lowercase()))
+        .collect();
     let service = (!ports.is_empty()).then(|| Service {
         metadata: meta(&name, params.service_annotations.clone()),
         spec: Some(ServiceSpec {

@@ -128,8 +128,6 @@ pub fn fleet_params(
     (p, unsupported)
 }
 
-/// Name of a Gateway's fleet objects: `portcullis-<gateway>`, a valid DNS label (Service names
-
 /// The EnvoyProxy that parameterizes `gateway` (its own `spec.infrastructure.parametersRef`, else
 /// its GatewayClass's `spec.parametersRef`) and its `namespace/name` for messages.
 pub fn envoy_proxy<'a>(

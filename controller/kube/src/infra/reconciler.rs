@@ -23,6 +23,8 @@ use crate::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY, NOT_
 use crate::error::Result;
 use crate::leader::LeaderState;
 use crate::snapshot::{ObjectKey, Snapshot};
+use portcullis_translator::ir::Protocol;
+use portcullis_translator::GatewayInfra;
 
 fn gw_str<'a>(gw: &'a Value, ptr: &str) -> Option<&'a str> {
     gw.pointer(ptr).and_then(Value::as_str)
@@ -192,7 +194,14 @@ impl InfraReconciler {
 
     /// Bring every Gateway's fleet in `snapshot` (already filtered to our classes) up to date.
     /// Only the leader writes. Failures back off per Gateway and are retried by later calls.
-    pub async fn reconcile(&mut self, snapshot: &Snapshot, now: Timestamp) -> InfraReport {
+    /// `programmed` is the translator's view: each Gateway's programmed listeners, which its
+    /// Service and NetworkPolicy expose (none for a Gateway it does not list).
+    pub async fn reconcile(
+        &mut self,
+        snapshot: &Snapshot,
+        programmed: &[GatewayInfra],
+        now: Timestamp,
+    ) -> InfraReport {
         let mut report = InfraReport::default();
         let gateways: Vec<&Value> = snapshot.of_kind("Gateway").collect();
         for gw in &gateways {
@@ -230,7 +239,14 @@ impl InfraReconciler {
                     continue;
                 }
             }
-            match self.reconcile_one(snapshot, gw, &ns, &name, now).await {
+            let listeners = programmed
+                .iter()
+                .find(|g| g.namespace == ns && g.name == name)
+                .map_or(&[][..], |g| &g.listeners[..]);
+            match self
+                .reconcile_one(snapshot, gw, listeners, &ns, &name, now)
+                .await
+            {
                 Ok(true) => {
                     self.retry.remove(&key);
                     report.applied.push(key);
@@ -286,6 +302,7 @@ impl InfraReconciler {
         &mut self,
         snapshot: &Snapshot,
         gw: &Value,
+        listeners: &[(u16, Protocol)],
         ns: &str,
         name: &str,
         now: Timestamp,
@@ -294,7 +311,7 @@ impl InfraReconciler {
         let (ep, _) = envoy_proxy(snapshot, gw, ns);
         let (params, _) = fleet_params(&self.cfg, gw, ep);
         let cert = self.client_cert(snapshot, ns, name, now)?;
-        let fleet = fleet_objects(gw, &params, &self.cfg, &cert, self.ca.cert_pem())?;
+        let fleet = fleet_objects(gw, listeners, &params, &self.cfg, &cert, self.ca.cert_pem())?;
         let digest = fleet.digest()?;
         let resync =
             SignedDuration::try_from(self.cfg.resync).unwrap_or(SignedDuration::from_secs(600));
