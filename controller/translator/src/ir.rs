@@ -25,7 +25,9 @@ pub struct GatewayIr {
     pub use_remote_address: bool,
 }
 
+/// An Envoy listener's protocol; serialized as Gateway API spells it (`HTTP`, `HTTPS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Http,
     Https,
