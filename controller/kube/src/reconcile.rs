@@ -13,6 +13,15 @@ use crate::infra::{add_gateway_addresses, add_param_conditions, InfraReconciler,
 use crate::leader::LeaderState;
 use crate::snapshot::Snapshot;
 use crate::status::{StatusRecord, StatusWriter, WriteReport};
+use portcullis_translator::GatewayInfra;
+
+/// What the write loop needs from one translation: the statuses to write and, per Gateway, the
+/// programmed listeners its fleet exposes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Translated {
+    pub records: Vec<StatusRecord>,
+    pub gateways: Vec<GatewayInfra>,
+}
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -45,15 +54,15 @@ pub struct WriteLoop<F> {
     /// (drift repair: a Deployment deleted or edited by hand, which no watch reports) happens in
     /// a quiet cluster too. Statuses are not rewritten by it unless they differ.
     pub resync: Duration,
-    last: Option<(Arc<Snapshot>, Vec<StatusRecord>)>,
+    last: Option<(Arc<Snapshot>, Translated)>,
 }
 
 impl<F> WriteLoop<F>
 where
-    F: FnMut(&Snapshot) -> Vec<StatusRecord> + Send,
+    F: FnMut(&Snapshot) -> Translated + Send,
 {
-    /// `translate` maps a snapshot to the statuses to write (the runtime also pushes xDS there:
-    /// it runs on every replica, leader or not).
+    /// `translate` maps a snapshot to the statuses to write and the Gateways' programmed
+    /// listeners (the runtime also pushes xDS there: it runs on every replica, leader or not).
     pub fn new(
         translate: F,
         status: StatusWriter,
@@ -75,18 +84,21 @@ where
     /// One pass over `snap`; translation is reused while the snapshot is the same and no change
     /// was notified since.
     pub async fn pass(&mut self, snap: Arc<Snapshot>, now: Timestamp) -> PassReport {
-        let records = match &self.last {
-            Some((s, r)) if Arc::ptr_eq(s, &snap) => r.clone(),
+        let translated = match &self.last {
+            Some((s, t)) if Arc::ptr_eq(s, &snap) => t.clone(),
             _ => {
-                let r = (self.translate)(&snap);
-                self.last = Some((snap.clone(), r.clone()));
-                r
+                let t = (self.translate)(&snap);
+                self.last = Some((snap.clone(), t.clone()));
+                t
             }
         };
-        let mut records = records;
+        let Translated {
+            mut records,
+            gateways,
+        } = translated;
         let infra = match self.infra.as_mut() {
             Some(i) => {
-                let rep = i.reconcile(&snap, now).await;
+                let rep = i.reconcile(&snap, &gateways, now).await;
                 add_param_conditions(&mut records, &rep.unsupported);
                 add_gateway_addresses(&mut records, &snap);
                 Some(rep)

@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use base64::Engine;
 use portcullis_kube::certs::{CertAuthority, LEAF_VALIDITY};
 use portcullis_kube::infra::{self, InfraConfig};
 use serde_json::{json, Value};
@@ -45,15 +44,21 @@ fn fleet() -> (infra::Fleet, CertAuthority) {
         "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}}}}}}});
     let (params, unsupported) = infra::fleet_params(&cfg, &gw, Some(&ep));
     assert!(unsupported.is_empty(), "{unsupported:?}");
-    let f = infra::fleet_objects(&gw, &params, &cfg, &cert, ca.cert_pem()).expect("fleet");
+    let f = infra::fleet_objects(
+        &gw,
+        &[(80, portcullis_translator::ir::Protocol::Http)],
+        &params,
+        &cfg,
+        &cert,
+        ca.cert_pem(),
+    )
+    .expect("fleet");
     (f, ca)
 }
 
-fn secret_file(secret: &Value, key: &str) -> Vec<u8> {
-    let s = secret["data"][key].as_str().expect("data");
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .expect("base64")
+fn secret_file(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Vec<u8> {
+    let data = secret.data.as_ref().expect("secret data");
+    data.get(key).expect("secret key").0.clone()
 }
 
 #[test]
@@ -70,9 +75,7 @@ fn bootstrap_from_the_configmap_passes_envoy_validate() {
     for k in ["tls.crt", "tls.key", "ca.crt"] {
         std::fs::write(dir.path().join(k), secret_file(&fleet.secret, k)).expect("write cert");
     }
-    let boot = fleet.config_map["data"][infra::BOOTSTRAP_FILE]
-        .as_str()
-        .expect("bootstrap");
+    let boot = fleet.bootstrap().expect("bootstrap");
     assert!(boot.contains(infra::CERT_DIR));
     let boot = boot.replace(infra::CERT_DIR, &dir.path().display().to_string());
     let file = dir.path().join("bootstrap.json");
@@ -158,7 +161,7 @@ fn fleet_objects_validate_against_kubernetes_schemas() {
     let objs: Vec<Value> = fleet
         .objects()
         .into_iter()
-        .map(|(_, o)| o.clone())
+        .map(|o| o.to_json().expect("object json"))
         .collect();
     assert_eq!(
         objs.len(),

@@ -8,6 +8,8 @@ use k8s_openapi::jiff::Timestamp;
 use portcullis_kube::certs::CertAuthority;
 use portcullis_kube::infra::{self, InfraConfig, InfraReconciler};
 use portcullis_kube::{LeaderState, Snapshot, StatusRecord};
+use portcullis_translator::ir::Protocol;
+use portcullis_translator::GatewayInfra;
 use serde_json::{json, Value};
 
 fn ts(s: &str) -> Timestamp {
@@ -45,6 +47,16 @@ fn envoy_proxy() -> Value {
                         "envoyService": {"type": "NodePort", "annotations": {"io.cilium/lb-ipam-ips": "10.0.0.10"}}}},
                     "logging": {"level": {"default": "debug"}},
                     "telemetry": {"accessLog": {"disable": true}}}})
+}
+
+/// The translator's view of [`gateway`]: its programmed listeners, one per distinct port.
+fn programmed() -> Vec<GatewayInfra> {
+    vec![GatewayInfra {
+        namespace: "infra".into(),
+        name: "web".into(),
+        node_id: "infra/web".into(),
+        listeners: vec![(80, Protocol::Http), (443, Protocol::Https)],
+    }]
 }
 
 fn assert_apply(got: &common::Got, path: &str) {
@@ -112,7 +124,7 @@ async fn a_gateway_gets_its_fleet_with_owner_references_and_envoyproxy_params() 
     let snap = snapshot(vec![]);
     let now = ts("2026-05-01T12:00:00Z");
     let task = tokio::spawn(async move {
-        let r = rec.reconcile(&snap, now).await;
+        let r = rec.reconcile(&snap, &programmed(), now).await;
         (rec, snap, r)
     });
     let bodies = serve_fleet(&mut server).await;
@@ -235,7 +247,9 @@ async fn a_gateway_gets_its_fleet_with_owner_references_and_envoyproxy_params() 
         .is_some_and(|m| m.contains("pod.nodeSelector")));
 
     // Nothing changed: no requests.
-    let r = rec.reconcile(&snap, ts("2026-05-01T12:00:05Z")).await;
+    let r = rec
+        .reconcile(&snap, &programmed(), ts("2026-05-01T12:00:05Z"))
+        .await;
     assert_eq!((r.applied.len(), r.unchanged), (0, 1));
     server.expect_silence(100).await;
 }
@@ -250,7 +264,7 @@ async fn followers_create_nothing() {
         ca(),
     );
     let r = rec
-        .reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+        .reconcile(&snapshot(vec![]), &programmed(), ts("2026-05-01T12:00:00Z"))
         .await;
     assert!(r.not_leader);
     assert!(r.applied.is_empty());
@@ -265,7 +279,7 @@ async fn failures_back_off_and_retry_later() {
     let snap = snapshot(vec![]);
     let t0 = ts("2026-05-01T12:00:00Z");
     let task = tokio::spawn(async move {
-        let r = rec.reconcile(&snap, t0).await;
+        let r = rec.reconcile(&snap, &programmed(), t0).await;
         (rec, snap, r)
     });
     server.next().await.status(500, "InternalError");
@@ -273,12 +287,15 @@ async fn failures_back_off_and_retry_later() {
     assert_eq!(r.failed.len(), 1);
 
     // Immediately again: deferred by the backoff, no request.
-    let r = rec.reconcile(&snap, t0).await;
+    let r = rec.reconcile(&snap, &programmed(), t0).await;
     assert_eq!(r.deferred, 1);
     server.expect_silence(100).await;
 
     // After the backoff: retried, and this time it works.
-    let task = tokio::spawn(async move { rec.reconcile(&snap, ts("2026-05-01T12:02:00Z")).await });
+    let task = tokio::spawn(async move {
+        rec.reconcile(&snap, &programmed(), ts("2026-05-01T12:02:00Z"))
+            .await
+    });
     serve_fleet(&mut server).await;
     assert_eq!(task.await.expect("join").applied.len(), 1);
 }
@@ -289,7 +306,9 @@ async fn a_gateway_leaving_our_class_loses_its_fleet() {
     let mut rec = InfraReconciler::new(client, InfraConfig::default(), LeaderState::always(), ca());
     let snap = snapshot(vec![]);
     let task = tokio::spawn(async move {
-        let r = rec.reconcile(&snap, ts("2026-05-01T12:00:00Z")).await;
+        let r = rec
+            .reconcile(&snap, &programmed(), ts("2026-05-01T12:00:00Z"))
+            .await;
         (rec, r)
     });
     serve_fleet(&mut server).await;
@@ -298,6 +317,7 @@ async fn a_gateway_leaving_our_class_loses_its_fleet() {
     let task = tokio::spawn(async move {
         rec.reconcile(
             &Snapshot::from_objects([class()]),
+            &programmed(),
             ts("2026-05-01T12:01:00Z"),
         )
         .await
@@ -328,7 +348,7 @@ async fn a_new_leader_reuses_the_stored_client_certificate_until_renewal_is_due(
         authority.clone(),
     );
     let task = tokio::spawn(async move {
-        rec.reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+        rec.reconcile(&snapshot(vec![]), &programmed(), ts("2026-05-01T12:00:00Z"))
             .await
     });
     let first = serve_fleet(&mut server).await;
@@ -348,7 +368,9 @@ async fn a_new_leader_reuses_the_stored_client_certificate_until_renewal_is_due(
     );
     let snap = snapshot(vec![secret.clone()]);
     let task = tokio::spawn(async move {
-        let r = rec.reconcile(&snap, ts("2026-05-02T12:00:00Z")).await;
+        let r = rec
+            .reconcile(&snap, &programmed(), ts("2026-05-02T12:00:00Z"))
+            .await;
         (rec, snap, r)
     });
     let second = serve_fleet(&mut server).await;
@@ -357,7 +379,10 @@ async fn a_new_leader_reuses_the_stored_client_certificate_until_renewal_is_due(
     assert_eq!(hash(&second[4]), hash(&first[4]), "no needless rollout");
 
     // 70 days later, a third of the 90-day lifetime is left: renewed, and the fleet rolls.
-    let task = tokio::spawn(async move { rec.reconcile(&snap, ts("2026-07-10T12:00:00Z")).await });
+    let task = tokio::spawn(async move {
+        rec.reconcile(&snap, &programmed(), ts("2026-07-10T12:00:00Z"))
+            .await
+    });
     let third = serve_fleet(&mut server).await;
     task.await.expect("join");
     assert_ne!(third[1]["data"]["tls.crt"], secret["data"]["tls.crt"]);
@@ -376,7 +401,7 @@ async fn with_network_policies_each_fleet_admits_only_its_listener_ports() {
     let mut rec = InfraReconciler::new(client, cfg, LeaderState::always(), ca());
     let task = tokio::spawn(async move {
         let r = rec
-            .reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+            .reconcile(&snapshot(vec![]), &programmed(), ts("2026-05-01T12:00:00Z"))
             .await;
         (rec, r)
     });
@@ -421,6 +446,7 @@ async fn with_network_policies_each_fleet_admits_only_its_listener_ports() {
     let task = tokio::spawn(async move {
         rec.reconcile(
             &Snapshot::from_objects([class()]),
+            &programmed(),
             ts("2026-05-01T12:01:00Z"),
         )
         .await
@@ -444,7 +470,7 @@ async fn without_network_policies_none_is_written_or_deleted() {
     let (client, mut server) = common::client();
     let mut rec = InfraReconciler::new(client, InfraConfig::default(), LeaderState::always(), ca());
     let task = tokio::spawn(async move {
-        rec.reconcile(&snapshot(vec![]), ts("2026-05-01T12:00:00Z"))
+        rec.reconcile(&snapshot(vec![]), &programmed(), ts("2026-05-01T12:00:00Z"))
             .await;
         rec
     });
@@ -454,6 +480,7 @@ async fn without_network_policies_none_is_written_or_deleted() {
     let task = tokio::spawn(async move {
         rec.reconcile(
             &Snapshot::from_objects([class()]),
+            &programmed(),
             ts("2026-05-01T12:01:00Z"),
         )
         .await

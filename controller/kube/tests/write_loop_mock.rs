@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_kube::reconcile::WriteLoop;
+use portcullis_kube::reconcile::{Translated, WriteLoop};
 use portcullis_kube::{LeaderState, Snapshot, StatusRecord, StatusWriter};
 use serde_json::json;
 use tokio::sync::watch;
@@ -22,7 +22,8 @@ async fn writes_start_with_leadership_and_failures_are_retried() {
     let t = translations.clone();
     let translate = move |snap: &Snapshot| {
         t.fetch_add(1, Ordering::SeqCst);
-        snap.of_kind("GatewayClass")
+        let records = snap
+            .of_kind("GatewayClass")
             .map(|gc| {
                 serde_json::from_value::<StatusRecord>(json!({
                     "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
@@ -31,7 +32,11 @@ async fn writes_start_with_leadership_and_failures_are_retried() {
                 }))
                 .expect("record")
             })
-            .collect()
+            .collect();
+        Translated {
+            records,
+            gateways: Vec::new(),
+        }
     };
     let writer = StatusWriter::new(client, OURS, leader.clone());
     let mut wl = WriteLoop::new(translate, writer, None, leader.clone());
@@ -118,7 +123,12 @@ async fn fleets_are_resynced_without_new_snapshots() {
         leader.clone(),
         ca,
     );
-    let mut wl = WriteLoop::new(|_: &Snapshot| Vec::new(), writer, Some(infra), leader);
+    let mut wl = WriteLoop::new(
+        |_: &Snapshot| Translated::default(),
+        writer,
+        Some(infra),
+        leader,
+    );
     wl.poll = Duration::from_millis(50);
     wl.resync = Duration::from_millis(300);
     let snap = Snapshot::from_objects([

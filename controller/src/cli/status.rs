@@ -80,7 +80,7 @@ fn conditions(v: &Value, ctx: &str, out: &mut Vec<String>) {
 }
 
 /// Condition types where True is the bad state (Gateway API "negative polarity").
-const NEGATIVE: [&str; 2] = ["Conflicted", "Detached"];
+const NEGATIVE: [&str; 3] = ["Conflicted", "Detached", "OverlappingTLSConfig"];
 
 /// Messages of conditions in their bad state: the reasons a user needs to see.
 fn problems(v: &Value, out: &mut Vec<String>) {

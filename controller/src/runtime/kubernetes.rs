@@ -30,7 +30,7 @@ use portcullis_kube::backoff::Backoff;
 use portcullis_kube::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY};
 use portcullis_kube::infra::{FleetNetworkPolicy, InfraConfig, InfraReconciler};
 use portcullis_kube::provider::{Provider, ProviderConfig, WatchHealth};
-use portcullis_kube::reconcile::WriteLoop;
+use portcullis_kube::reconcile::{Translated, WriteLoop};
 use portcullis_kube::{LeaderElector, LeaderState, LeaseConfig, Snapshot, StatusRecord};
 use portcullis_translator::wasm::source::WasmSource;
 use portcullis_translator::{parse_values, ClientTlsFiles, Resources, TranslateOptions};
@@ -382,7 +382,7 @@ pub async fn run_on(
     });
 
     // Status and fleets: leader-only, driven by each translation's snapshot.
-    let statuses: Arc<Mutex<Vec<StatusRecord>>> = Arc::default();
+    let translated: Arc<Mutex<Translated>> = Arc::default();
     let (write_tx, write_rx) = watch::channel(Arc::new(Snapshot::default()));
     let write_task = {
         let status = portcullis_kube::StatusWriter::new(
@@ -407,9 +407,9 @@ pub async fn run_on(
                 ca.clone(),
             )
         });
-        let statuses = statuses.clone();
+        let translated = translated.clone();
         let wl = WriteLoop::new(
-            move |_: &Snapshot| statuses.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            move |_: &Snapshot| translated.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             status,
             infra,
             leader.clone(),
@@ -462,7 +462,10 @@ pub async fn run_on(
             metrics: metrics.clone(),
         },
     };
-    let outputs = KubeOutputs { statuses, write_tx };
+    let outputs = KubeOutputs {
+        translated,
+        write_tx,
+    };
     pipeline::run(
         KubeSource { snapshots },
         pipeline,
@@ -569,7 +572,7 @@ impl SnapshotProvider for KubeSource {
 
 /// Kubernetes mode's outputs: the statuses and fleets the leader's write loop applies.
 struct KubeOutputs {
-    statuses: Arc<Mutex<Vec<StatusRecord>>>,
+    translated: Arc<Mutex<Translated>>,
     write_tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -586,7 +589,10 @@ impl Outputs<Arc<Snapshot>> for KubeOutputs {
                 }
             })
             .collect();
-        *self.statuses.lock().unwrap_or_else(|p| p.into_inner()) = records;
+        *self.translated.lock().unwrap_or_else(|p| p.into_inner()) = Translated {
+            records,
+            gateways: out.gateways.clone(),
+        };
     }
 
     fn published(&self, snap: &Arc<Snapshot>, _generation: u64) {

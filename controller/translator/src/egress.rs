@@ -20,7 +20,8 @@ use ipnet::IpNet;
 /// `--allow-backend-unix`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EgressPolicy {
-    /// Envoy Gateway `Backend` references are honoured; otherwise they are `InvalidKind`.
+    /// Envoy Gateway `Backend` references are honoured; otherwise they are
+    /// `ResolvedRefs=False`/`UnsupportedValue` (Envoy Gateway's reason).
     pub enable_backend: bool,
     /// Ranges that are refused by default but allowed here (e.g. `127.0.0.0/8` for a local
     /// upstream on a laptop).

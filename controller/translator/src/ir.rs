@@ -25,7 +25,9 @@ pub struct GatewayIr {
     pub use_remote_address: bool,
 }
 
+/// An Envoy listener's protocol; serialized as Gateway API spells it (`HTTP`, `HTTPS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Http,
     Https,
@@ -56,6 +58,10 @@ pub struct ChainIr {
     pub name: String,
     pub server_names: Vec<String>,
     pub certificates: Vec<CertificateIr>,
+    /// ALPN offers http/1.1 only: the listener's TLS configuration overlaps another's on the
+    /// port (`OverlappingTLSConfig`), and HTTP/2 connection coalescing could cross listeners.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub http1_only: bool,
     pub virtual_hosts: Vec<VirtualHostIr>,
 }
 

@@ -155,8 +155,9 @@ pub struct GatewayInfra {
     pub namespace: String,
     pub name: String,
     pub node_id: String,
-    /// `(port, "HTTP" | "HTTPS")` of each programmed Envoy listener.
-    pub listeners: Vec<(u16, String)>,
+    /// Port and protocol of each programmed Envoy listener: what the Gateway's Service and
+    /// NetworkPolicy expose.
+    pub listeners: Vec<(u16, ir::Protocol)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,11 +186,7 @@ pub fn translate(
                 namespace: g.namespace.clone(),
                 name: g.name.clone(),
                 node_id: node.clone(),
-                listeners: g
-                    .ports
-                    .iter()
-                    .map(|p| (p.port, p.protocol.as_str().to_string()))
-                    .collect(),
+                listeners: g.ports.iter().map(|p| (p.port, p.protocol)).collect(),
             })
             .collect();
     TranslateOutput {

@@ -77,6 +77,17 @@ pub struct GatewaySpec {
     pub gateway_class_name: String,
     pub listeners: Vec<Listener>,
     pub infrastructure: Option<GatewayInfrastructure>,
+    /// `spec.addresses`: checked (`gatewayapi/validate/addresses.rs`), never assigned.
+    pub addresses: Vec<GatewayAddress>,
+}
+
+/// One `spec.addresses` entry; `type` defaults to `IPAddress`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayAddress {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub value: Option<String>,
 }
 
 /// `spec.infrastructure`: labels and annotations go to the Envoy fleet (Kubernetes provider);

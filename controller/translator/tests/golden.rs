@@ -146,8 +146,12 @@ fn testdata() -> PathBuf {
 }
 
 fn inputs() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(testdata())
-        .expect("testdata dir")
+    inputs_in(&testdata())
+}
+
+fn inputs_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
         .collect();
@@ -210,9 +214,66 @@ fn golden() {
     assert!(failures.is_empty(), "golden mismatches: {failures:?}");
 }
 
+/// The status suite: `testdata/status/<case>.in.yaml` (options in `<case>.options.yaml`, as
+/// above) against `<case>.status.yaml`, the statuses alone. Each input opens with a comment
+/// naming the Envoy Gateway or Gateway API rule it follows (`docs/conformance.md`).
+fn status_dir() -> PathBuf {
+    testdata().join("status")
+}
+
+fn render_statuses(path: &Path) -> String {
+    let (o, r) = case(path);
+    let out = translate(&load(path), &o, &r);
+    serde_yaml::to_string(&out.statuses).expect("statuses render")
+}
+
+#[test]
+fn status_golden() {
+    let update = std::env::var("UPDATE_GOLDEN").is_ok();
+    let ins = inputs_in(&status_dir());
+    assert!(
+        ins.len() >= 60,
+        "expected at least 60 status cases, found {}",
+        ins.len()
+    );
+    let mut failures = Vec::new();
+    for input in ins {
+        let text = std::fs::read_to_string(&input).expect("read input");
+        assert!(
+            text.starts_with("# "),
+            "{}: a status case opens with a comment naming the rule it follows",
+            input.display()
+        );
+        let got = render_statuses(&input);
+        let out = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".status.yaml"));
+        if update {
+            std::fs::write(&out, &got).expect("write golden");
+            continue;
+        }
+        let want = std::fs::read_to_string(&out).unwrap_or_default();
+        if want != got {
+            let diff: Vec<_> = want
+                .lines()
+                .zip(got.lines())
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .take(3)
+                .collect();
+            eprintln!("{} differs; first lines: {diff:?}", out.display());
+            failures.push(out.display().to_string());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "status golden mismatches: {failures:?}"
+    );
+}
+
 #[test]
 fn output_is_deterministic_and_order_independent() {
-    for input in inputs() {
+    let mut all = inputs();
+    all.extend(inputs_in(&status_dir()));
+    for input in all {
         let text = std::fs::read_to_string(&input).expect("read");
         let a = render(&input);
         assert_eq!(a, render(&input), "{}: two runs differ", input.display());
@@ -329,7 +390,7 @@ fn envoy_accepts_every_golden_output() {
     let dir = std::env::temp_dir().join(format!("portcullis-golden-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let mut checked = 0;
-    for input in inputs() {
+    for input in inputs().into_iter().chain(inputs_in(&status_dir())) {
         let (o, r) = case(&input);
         let out = translate(&load(&input), &o, &r);
         let doc: Value =

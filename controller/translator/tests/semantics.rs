@@ -311,3 +311,158 @@ fn ephemeral_listener_ports_bind_port_zero_and_keep_names() {
     with_zero[0]["address"]["socket_address"]["port_value"] = serde_json::json!(0);
     assert_eq!(with_zero, ephemeral, "only the port differs");
 }
+
+/// The xDS route named `name` (rendered as `portcullis translate -o json` prints it).
+fn xds_route(out: &TranslateOutput, name: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&portcullis_translator::render_output(
+        out,
+        portcullis_translator::OutputFormat::Json,
+    ))
+    .expect("rendered JSON");
+    fn find(v: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+        match v {
+            serde_json::Value::Object(o) => {
+                if o.get("name").and_then(|n| n.as_str()) == Some(name) && o.contains_key("match") {
+                    return Some(v.clone());
+                }
+                o.values().find_map(|x| find(x, name))
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(|x| find(x, name)),
+            _ => None,
+        }
+    }
+    find(&v, name)
+}
+
+fn conditions_of<'a>(out: &'a TranslateOutput, name: &str) -> Vec<(&'a str, &'a str, &'a str)> {
+    condition(out, "HTTPRoute", name)
+        .into_iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or_default(),
+                c["status"].as_str().unwrap_or_default(),
+                c["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn dropped_rule_answers_500_in_ir_and_xds_and_valid_rules_keep_forwarding() {
+    let be = "    backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]";
+    let r = route(
+        "mixed",
+        "2024-01-01T00:00:00Z",
+        &format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: /good}}}}]\n{be}\n  - matches: [{{path: {{type: PathPrefix, value: /bad}}}}]\n    filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier: {{set: [{{name: X-Ok, value: fine}}, {{name: X-Bad, value: ' lead'}}]}}\n    - type: URLRewrite\n      urlRewrite: {{hostname: internal.example.com}}\n{be}"
+        ),
+    );
+    let out = run(&r, &ready());
+    let rs = routes(&out, "*");
+    let good = rs
+        .iter()
+        .find(|r| r.name == "httproute/ns/mixed/rule/0/match/0")
+        .expect("good rule");
+    assert!(
+        matches!(good.action, ActionIr::Forward { .. }),
+        "{:?}",
+        good.action
+    );
+    let bad = rs
+        .iter()
+        .find(|r| r.name == "httproute/ns/mixed/rule/1/match/0")
+        .expect("dropped rule keeps a route that answers 500");
+    assert_eq!(
+        bad.action,
+        ActionIr::Direct {
+            status: 500,
+            body: String::new()
+        }
+    );
+    // Nothing of the invalid rule reaches Envoy: not even its valid header entry.
+    assert!(bad.request_headers.set.is_empty() && bad.request_headers.add.is_empty());
+    let x = xds_route(&out, "httproute/ns/mixed/rule/1/match/0").expect("xDS route");
+    assert_eq!(x["direct_response"]["status"], 500, "{x}");
+    assert!(x.get("request_headers_to_add").is_none(), "{x}");
+    let x = xds_route(&out, "httproute/ns/mixed/rule/0/match/0").expect("xDS route");
+    assert!(x.get("route").is_some(), "{x}");
+    assert_eq!(
+        conditions_of(&out, "mixed"),
+        vec![
+            ("Accepted", "True", "Accepted"),
+            ("ResolvedRefs", "True", "ResolvedRefs"),
+            ("PartiallyInvalid", "True", "UnsupportedValue"),
+        ]
+    );
+}
+
+#[test]
+fn unprogrammable_match_is_left_out_and_the_rules_other_matches_answer_500() {
+    let be = "    backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]";
+    let r = route(
+        "re",
+        "2024-01-01T00:00:00Z",
+        &format!(
+            "  - matches:\n    - path: {{type: RegularExpression, value: '/v(1'}}\n    - path: {{type: PathPrefix, value: /v2}}\n{be}"
+        ),
+    );
+    let out = run(&r, &ready());
+    let rs = routes(&out, "*");
+    let names: Vec<&str> = rs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["httproute/ns/re/rule/0/match/1"]);
+    assert!(matches!(rs[0].action, ActionIr::Direct { status: 500, .. }));
+    assert!(xds_route(&out, "httproute/ns/re/rule/0/match/0").is_none());
+    // The only rule is dropped: the route is not accepted.
+    assert_eq!(
+        conditions_of(&out, "re")[0],
+        ("Accepted", "False", "UnsupportedValue")
+    );
+}
+
+#[test]
+fn duplicate_header_names_keep_the_first_entry() {
+    let be = "    backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: be}]";
+    let r = route(
+        "dup",
+        "2024-01-01T00:00:00Z",
+        &format!(
+            "  - filters:\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        set: [{{name: X-A, value: '1'}}, {{name: x-a, value: '2'}}]\n        add: [{{name: X-B, value: '3'}}]\n        remove: [X-C, x-c]\n{be}"
+        ),
+    );
+    let out = run(&r, &ready());
+    let rs = routes(&out, "*");
+    assert_eq!(rs[0].response_headers.set, vec![("X-A".into(), "1".into())]);
+    assert_eq!(rs[0].response_headers.add, vec![("X-B".into(), "3".into())]);
+    assert_eq!(rs[0].response_headers.remove, vec!["X-C".to_string()]);
+    assert!(matches!(rs[0].action, ActionIr::Forward { .. }));
+    assert_eq!(
+        conditions_of(&out, "dup")[0],
+        ("Accepted", "True", "Accepted")
+    );
+}
+
+#[test]
+fn redirect_with_rewrite_is_dropped_not_redirected() {
+    let r = route(
+        "redir",
+        "2024-01-01T00:00:00Z",
+        "  - filters:\n    - type: RequestRedirect\n      requestRedirect: {scheme: https}\n    - type: URLRewrite\n      urlRewrite: {hostname: internal.example.com}",
+    );
+    let out = run(&r, &ready());
+    let rs = routes(&out, "*");
+    assert_eq!(rs.len(), 1);
+    assert!(
+        matches!(rs[0].action, ActionIr::Direct { status: 500, .. }),
+        "{:?}",
+        rs[0].action
+    );
+    let x = xds_route(&out, "httproute/ns/redir/rule/0/match/0").expect("xDS route");
+    assert!(
+        x.get("redirect").is_none() && x["direct_response"]["status"] == 500,
+        "{x}"
+    );
+    assert_eq!(
+        conditions_of(&out, "redir")[0],
+        ("Accepted", "False", "IncompatibleFilters")
+    );
+}

@@ -3,11 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::reference_granted;
+use super::validate::backend_refs as br;
 use crate::egress::EgressPolicy;
 use crate::ir::{ClusterIr, ClusterKind, EndpointIr};
-use crate::resources::{
-    EndpointSliceBody, NsName, Object, ObjectRef, Resources, EG_GROUP, GATEWAY_GROUP,
-};
+use crate::resources::{EndpointSliceBody, NsName, Object, ObjectRef, Resources, GATEWAY_GROUP};
 
 /// A failed reference: `(reason, message)` with the Gateway API's ResolvedRefs reasons.
 pub type RefError = (&'static str, String);
@@ -91,53 +90,41 @@ fn endpoints(
     let kind = r.kind.as_deref().unwrap_or("Service");
     let ns = r.namespace.as_deref().unwrap_or(route_ns);
     let key = (ns.to_string(), r.name.clone());
-    let is_service = group.is_empty() && kind == "Service";
-    let is_backend = group == EG_GROUP && kind == "Backend";
-    if !is_service && !is_backend {
-        return Err(("InvalidKind", format!("backendRef kind {group}/{kind} is not supported; use Service or {EG_GROUP}/Backend")));
-    }
+    // Envoy Gateway's order: group and kind, namespace, port, then the referent.
+    let kind_ = br::kind(r, route_ns)?;
+    let is_service = kind_ == br::BackendKind::Service;
     if !reference_granted(res, from, (group, kind, ns, &r.name)) {
-        return Err((
-            "RefNotPermitted",
-            format!(
-                "{kind} {ns}/{} is in another namespace and no ReferenceGrant allows it",
-                r.name
-            ),
-        ));
+        return Err(br::BackendRefError::RefNotPermitted {
+            kind: kind.into(),
+            ns: ns.into(),
+            name: r.name.clone(),
+        }
+        .into());
     }
-    if is_backend && !egress.enable_backend {
-        return Err((
-            "InvalidKind",
-            format!(
-                "backendRef to {EG_GROUP}/Backend {ns}/{}: the Backend kind is disabled (the controller runs without --enable-backend)",
-                r.name
-            ),
-        ));
+    if !is_service && !egress.enable_backend {
+        return Err(br::BackendRefError::BackendDisabled {
+            ns: ns.into(),
+            name: r.name.clone(),
+        }
+        .into());
     }
     if is_service {
-        let svc = res.services.get(&key).ok_or_else(|| {
-            (
-                "BackendNotFound",
-                format!("Service {ns}/{} not found", r.name),
-            )
-        })?;
-        let port = r.port.ok_or_else(|| {
-            (
-                "BackendNotFound",
-                format!("backendRef to Service {ns}/{} needs a port", r.name),
-            )
-        })?;
-        let sp = svc
-            .spec
-            .ports
-            .iter()
-            .find(|p| p.port == port)
-            .ok_or_else(|| {
-                (
-                    "BackendNotFound",
-                    format!("Service {ns}/{} has no port {port}", r.name),
-                )
+        if r.port.is_none() {
+            return Err(br::BackendRefError::PortNotSpecified {
+                ns: ns.into(),
+                name: r.name.clone(),
+            }
+            .into());
+        }
+        let svc = res
+            .services
+            .get(&key)
+            .ok_or_else(|| br::BackendRefError::ServiceNotFound {
+                ns: ns.into(),
+                name: r.name.clone(),
             })?;
+        let sp = br::service_port(&svc.spec, ns, &r.name, r.port)?;
+        let port = sp.port;
         let mut endpoints = BTreeSet::new();
         let mut any_slice = false;
         for slice in slices.get(&key).into_iter().flatten() {

@@ -1,12 +1,16 @@
-//! Gateways and their listeners: validation, conflicts, certificates, listener statuses.
+//! Gateways and their listeners: the rules of `validate/` applied per listener and Gateway,
+//! and the Gateway statuses.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
-use super::{reference_granted, unsupported_condition, GatewayMap};
+use super::validate::addresses::{self, AddressError};
+use super::validate::certificates as certs;
+use super::validate::listeners as vl;
+use super::{unsupported_condition, GatewayMap};
 use crate::ir::{CertificateIr, Protocol};
-use crate::resources::{AllowedRoutes, GatewaySpec, Object, Resources, GATEWAY_GROUP};
+use crate::resources::{AllowedRoutes, GatewaySpec, Listener, Object, Resources, GATEWAY_GROUP};
 use crate::status::{conditions_json, Condition, ObjectRef, ResourceStatus};
 
 pub struct ListenerState {
@@ -20,6 +24,11 @@ pub struct ListenerState {
     pub allows_http_route: bool,
     pub supported_kinds: Vec<(String, String)>,
     pub certificates: Vec<CertificateIr>,
+    /// DNS names of the certificates (the overlapping-TLS check).
+    pub cert_names: Vec<String>,
+    /// `OverlappingTLSConfig=True`: ALPN offers http/1.1 only, against connection coalescing.
+    pub http1_only: bool,
+    /// `[Accepted, Programmed, ResolvedRefs, UnsupportedFields?, Conflicted, OverlappingTLSConfig?]`.
     pub conditions: Vec<Condition>,
     /// Accepted and programmable: routes may attach and it is put in xDS.
     pub ready: bool,
@@ -29,80 +38,179 @@ pub struct ListenerState {
 pub struct GatewayState {
     pub obj: Object<GatewaySpec>,
     pub listeners: Vec<ListenerState>,
+    /// `spec.addresses` entries this controller refuses.
+    pub address_errors: Vec<AddressError>,
 }
 
-fn secret_field(s: &crate::resources::SecretBody, key: &str) -> Result<String, String> {
-    use crate::resources::SecretKeyError;
-    s.text(key).map_err(|e| match e {
-        SecretKeyError::Missing => format!("has no {key}"),
-        SecretKeyError::NotBase64(e) => format!("{key} is not valid base64: {e}"),
-        SecretKeyError::NotText => format!("{key} is not PEM text"),
-    })
+impl GatewayState {
+    /// False when an address makes the whole Gateway not accepted (nothing is programmed).
+    pub fn accepted(&self) -> bool {
+        !self
+            .address_errors
+            .iter()
+            .any(|e| e.condition().0 == "Accepted")
+    }
 }
 
-fn load_certificate(
+/// A failed condition: `(reason, message)`.
+type Failure = (String, String);
+
+fn listener(
     res: &Resources,
     gw_ns: &str,
-    r: &crate::resources::ObjectRef,
-) -> Result<CertificateIr, (String, String)> {
-    let group = r.group.as_deref().unwrap_or("");
-    let kind = r.kind.as_deref().unwrap_or("Secret");
-    if !group.is_empty() || kind != "Secret" {
-        return Err((
-            "InvalidCertificateRef".into(),
-            format!(
-                "certificateRef {group}/{kind} {} is not a core Secret",
-                r.name
-            ),
-        ));
-    }
-    let ns = r.namespace.as_deref().unwrap_or(gw_ns);
-    if !reference_granted(
-        res,
-        (GATEWAY_GROUP, "Gateway", gw_ns),
-        ("", "Secret", ns, &r.name),
-    ) {
-        return Err((
-            "RefNotPermitted".into(),
-            format!(
-                "Secret {ns}/{} is in another namespace and no ReferenceGrant allows it",
-                r.name
-            ),
-        ));
-    }
-    let secret = res
-        .secrets
-        .get(&(ns.to_string(), r.name.clone()))
-        .ok_or_else(|| {
-            (
-                "InvalidCertificateRef".to_string(),
-                format!("Secret {ns}/{} not found", r.name),
-            )
-        })?;
-    let invalid = |m: String| {
-        (
-            "InvalidCertificateRef".to_string(),
-            format!("Secret {ns}/{} {m}", r.name),
-        )
+    l: &Listener,
+    conflict: Option<vl::Conflict>,
+    gateway_accepted: bool,
+) -> ListenerState {
+    let protocol = match l.protocol.as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTPS" => Some(Protocol::Https),
+        _ => None,
     };
-    if let Some(t) = &secret.spec.type_ {
-        if t != "kubernetes.io/tls" {
-            return Err(invalid(format!("has type {t}, want kubernetes.io/tls")));
+    let allowed = l.allowed_routes.clone().unwrap_or_default();
+    // A protocol this controller does not serve supports no route kind (spec
+    // ListenerStatus.supportedKinds); its Accepted=False/UnsupportedProtocol says why.
+    let kinds = match protocol {
+        Some(_) => vl::route_kinds(&allowed),
+        None => vl::RouteKinds::default(),
+    };
+    // Accepted: the first failure of protocol, conflict, tls block, namespaces.
+    let mut accepted: Option<Failure> = None;
+    let mut programmed_reason = "Invalid";
+    let fail = |slot: &mut Option<Failure>, reason: &str, msg: String| {
+        if slot.is_none() {
+            *slot = Some((reason.to_string(), msg));
+        }
+    };
+    if protocol.is_none() {
+        fail(
+            &mut accepted,
+            "UnsupportedProtocol",
+            format!(
+                "protocol {} is not supported; use HTTP or HTTPS",
+                l.protocol
+            ),
+        );
+    }
+    if let Some(c) = &conflict {
+        fail(&mut accepted, c.reason(), c.to_string());
+    }
+    let mut resolved: Option<Failure> = None;
+    let mut unsupported = None;
+    let mut certificates = Vec::new();
+    let mut cert_names = Vec::new();
+    match vl::tls(&l.protocol, l.tls.as_ref()) {
+        Ok(vl::TlsPlan::Terminate(tls)) => {
+            let mut errs = Vec::new();
+            for r in &tls.certificate_refs {
+                match certs::load(res, gw_ns, r) {
+                    Ok(c) => {
+                        certificates.push(c.ir);
+                        cert_names.extend(c.dns_names);
+                    }
+                    Err(e) => errs.push(e),
+                }
+            }
+            if let Some(first) = errs.first() {
+                let msg: Vec<_> = errs.iter().map(ToString::to_string).collect();
+                resolved = Some((first.reason().to_string(), msg.join("; ")));
+            }
+            if !tls.options.is_empty() {
+                unsupported = Some(Condition::new(
+                    "UnsupportedFields",
+                    true,
+                    "UnsupportedField",
+                    "ignored by this controller: tls.options",
+                ));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            if accepted.is_none() {
+                programmed_reason = e.programmed_reason();
+            }
+            fail(&mut accepted, e.accepted_reason(), e.to_string());
         }
     }
-    let cert = secret_field(&secret.spec, "tls.crt").map_err(invalid)?;
-    let key = secret_field(&secret.spec, "tls.key").map_err(invalid)?;
-    if !cert.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(invalid("tls.crt holds no PEM certificate".into()));
+    if let Err(e) = vl::namespaces(&allowed) {
+        fail(&mut accepted, "Invalid", e.to_string());
     }
-    if !key.contains("PRIVATE KEY-----") {
-        return Err(invalid("tls.key holds no PEM private key".into()));
+    // Certificate errors are reported over route kind errors (Envoy Gateway sets them last).
+    let bad_kinds = !kinds.errors.is_empty();
+    if bad_kinds && resolved.is_none() {
+        let msg: Vec<_> = kinds.errors.iter().map(ToString::to_string).collect();
+        resolved = Some(("InvalidRouteKinds".into(), msg.join("; ")));
     }
-    Ok(CertificateIr {
-        name: format!("{ns}/{}", r.name),
-        cert_pem: cert,
-        key_pem: key,
-    })
+    let has_certs = protocol != Some(Protocol::Https) || !certificates.is_empty();
+    let ready = gateway_accepted && accepted.is_none() && !bad_kinds && has_certs;
+    let programmed = if ready {
+        Condition::new("Programmed", true, "Programmed", "Listener is programmed.")
+    } else if !gateway_accepted {
+        Condition::new(
+            "Programmed",
+            false,
+            "Invalid",
+            "The Gateway is not accepted (spec.addresses).",
+        )
+    } else if accepted.is_some() {
+        Condition::new(
+            "Programmed",
+            false,
+            programmed_reason,
+            "Listener is not accepted.",
+        )
+    } else if bad_kinds {
+        Condition::new(
+            "Programmed",
+            false,
+            "Invalid",
+            "Listener has route kinds this controller does not support; see ResolvedRefs.",
+        )
+    } else {
+        Condition::new(
+            "Programmed",
+            false,
+            "Invalid",
+            "Listener has no valid certificate.",
+        )
+    };
+    let mut conditions = vec![
+        match accepted {
+            None => Condition::new("Accepted", true, "Accepted", "Listener is accepted."),
+            Some((reason, msg)) => Condition::new("Accepted", false, &reason, msg),
+        },
+        programmed,
+        match resolved {
+            None => Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "All references are resolved.",
+            ),
+            Some((reason, msg)) => Condition::new("ResolvedRefs", false, &reason, msg),
+        },
+    ];
+    conditions.extend(unsupported);
+    conditions.push(match &conflict {
+        Some(c) => Condition::new("Conflicted", true, c.reason(), c.to_string()),
+        None => Condition::new("Conflicted", false, "NoConflicts", "No conflicts."),
+    });
+    ListenerState {
+        name: l.name.clone(),
+        port: l.port,
+        protocol,
+        raw_protocol: l.protocol.clone(),
+        hostname: l.hostname.clone(),
+        allowed,
+        allows_http_route: !kinds.supported.is_empty(),
+        supported_kinds: kinds.supported,
+        certificates,
+        cert_names,
+        http1_only: false,
+        conditions,
+        ready,
+        attached_routes: 0,
+    }
 }
 
 pub fn build(res: &Resources, our_classes: &BTreeSet<String>) -> GatewayMap {
@@ -112,180 +220,59 @@ pub fn build(res: &Resources, our_classes: &BTreeSet<String>) -> GatewayMap {
             continue;
         }
         let ns = gw.namespace().to_string();
-        let mut listeners: Vec<ListenerState> = Vec::new();
-        for l in &gw.spec.listeners {
-            let protocol = match l.protocol.as_str() {
-                "HTTP" => Some(Protocol::Http),
-                "HTTPS" => Some(Protocol::Https),
-                _ => None,
-            };
-            let allowed = l.allowed_routes.clone().unwrap_or_default();
-            let mut conds = Vec::new();
-            let mut resolved = Condition::new(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "All references are resolved.",
-            );
-            let mut supported_kinds = Vec::new();
-            let mut bad_kinds = Vec::new();
-            if allowed.kinds.is_empty() {
-                supported_kinds.push((GATEWAY_GROUP.to_string(), "HTTPRoute".to_string()));
-            }
-            for k in &allowed.kinds {
-                let g = k.group.clone().unwrap_or_else(|| GATEWAY_GROUP.into());
-                if g == GATEWAY_GROUP && k.kind == "HTTPRoute" {
-                    supported_kinds.push((g, k.kind.clone()));
-                } else {
-                    bad_kinds.push(format!("{g}/{}", k.kind));
-                }
-            }
-            if !bad_kinds.is_empty() {
-                resolved = Condition::new(
-                    "ResolvedRefs",
-                    false,
-                    "InvalidRouteKinds",
-                    format!("unsupported route kinds: {}", bad_kinds.join(", ")),
-                );
-            }
-            let mut accepted =
-                Condition::new("Accepted", true, "Accepted", "Listener is accepted.");
-            let mut certificates = Vec::new();
-            match protocol {
-                None => {
-                    accepted = Condition::new(
-                        "Accepted",
-                        false,
-                        "UnsupportedProtocol",
-                        format!(
-                            "protocol {} is not supported; use HTTP or HTTPS",
-                            l.protocol
-                        ),
-                    );
-                }
-                Some(Protocol::Https) => {
-                    let tls = l.tls.clone().unwrap_or_default();
-                    if tls.mode.as_deref().unwrap_or("Terminate") != "Terminate" {
-                        accepted = Condition::new(
-                            "Accepted",
-                            false,
-                            "UnsupportedValue",
-                            "HTTPS listeners only support tls.mode Terminate",
-                        );
-                    } else if tls.certificate_refs.is_empty() {
-                        resolved = Condition::new(
-                            "ResolvedRefs",
-                            false,
-                            "InvalidCertificateRef",
-                            "HTTPS listener has no tls.certificateRefs",
-                        );
-                    }
-                    let mut errs = Vec::new();
-                    for r in &tls.certificate_refs {
-                        match load_certificate(res, &ns, r) {
-                            Ok(c) => certificates.push(c),
-                            Err(e) => errs.push(e),
-                        }
-                    }
-                    if let Some((reason, _)) = errs.first() {
-                        let msg: Vec<_> = errs.iter().map(|e| e.1.clone()).collect();
-                        resolved = Condition::new("ResolvedRefs", false, reason, msg.join("; "));
-                    }
-                    if !tls.options.is_empty() {
-                        conds.push(Condition::new(
-                            "UnsupportedFields",
-                            true,
-                            "UnsupportedField",
-                            "ignored by this controller: tls.options",
-                        ));
-                    }
-                }
-                Some(Protocol::Http) => {
-                    if l.tls.is_some() {
-                        accepted = Condition::new(
-                            "Accepted",
-                            false,
-                            "UnsupportedValue",
-                            "HTTP listeners must not set tls",
-                        );
-                    }
-                }
-            }
-            conds.insert(0, accepted);
-            conds.insert(1, resolved);
-            listeners.push(ListenerState {
-                name: l.name.clone(),
+        let address_errors = addresses::check(&gw.spec.addresses);
+        let gateway_accepted = !address_errors.iter().any(|e| e.condition().0 == "Accepted");
+        let views: Vec<vl::PortListener<'_>> = gw
+            .spec
+            .listeners
+            .iter()
+            .map(|l| vl::PortListener {
+                name: &l.name,
                 port: l.port,
-                protocol,
-                raw_protocol: l.protocol.clone(),
-                hostname: l.hostname.clone(),
-                allowed,
-                allows_http_route: !supported_kinds.is_empty(),
-                supported_kinds,
-                certificates,
-                conditions: conds,
-                ready: false,
-                attached_routes: 0,
-            });
-        }
+                protocol: &l.protocol,
+                hostname: l.hostname.as_deref(),
+            })
+            .collect();
+        let mut listeners: Vec<ListenerState> = gw
+            .spec
+            .listeners
+            .iter()
+            .zip(vl::conflicts(&views))
+            .map(|(l, c)| listener(res, &ns, l, c, gateway_accepted))
+            .collect();
 
-        // Conflicts: the first listener on a port fixes its protocol; later ones with another
-        // protocol, or with a hostname already taken on that port, are conflicted.
-        let mut port_protocol: BTreeMap<u16, String> = BTreeMap::new();
-        let mut port_hosts: BTreeSet<(u16, Option<String>)> = BTreeSet::new();
-        for l in listeners.iter_mut() {
-            let first = port_protocol
-                .entry(l.port)
-                .or_insert_with(|| l.raw_protocol.clone())
-                .clone();
-            let conflict = if first != l.raw_protocol {
-                Some((
-                    "ProtocolConflict",
-                    format!("port {} is already used with protocol {first}", l.port),
-                ))
-            } else if !port_hosts.insert((l.port, l.hostname.clone())) {
-                Some((
-                    "HostnameConflict",
-                    format!("another listener on port {} has the same hostname", l.port),
-                ))
-            } else {
-                None
-            };
-            match conflict {
-                Some((reason, msg)) => {
-                    l.conditions
-                        .push(Condition::new("Conflicted", true, reason, msg.clone()));
-                    l.conditions[0] = Condition::new("Accepted", false, reason, msg);
-                }
-                None => l.conditions.push(Condition::new(
-                    "Conflicted",
-                    false,
-                    "NoConflicts",
-                    "No conflicts.",
-                )),
+        // Overlapping TLS configuration between programmed HTTPS listeners of a port.
+        let tls_idx: Vec<usize> = (0..listeners.len())
+            .filter(|&i| listeners[i].ready && listeners[i].protocol == Some(Protocol::Https))
+            .collect();
+        let tls_views: Vec<vl::TlsListener<'_>> = tls_idx
+            .iter()
+            .map(|&i| vl::TlsListener {
+                name: &listeners[i].name,
+                port: listeners[i].port,
+                hostname: listeners[i].hostname.as_deref(),
+                cert_names: listeners[i].cert_names.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        let overlaps = vl::overlapping_tls(&tls_views);
+        for (&i, o) in tls_idx.iter().zip(overlaps) {
+            if let Some(o) = o {
+                let l = &mut listeners[i];
+                l.conditions.push(Condition::new(
+                    "OverlappingTLSConfig",
+                    true,
+                    o.reason(),
+                    o.to_string(),
+                ));
+                l.http1_only = true;
             }
-            let accepted = l.conditions[0].status;
-            let has_certs = l.protocol != Some(Protocol::Https) || !l.certificates.is_empty();
-            l.ready = accepted && has_certs;
-            let programmed = if l.ready {
-                Condition::new("Programmed", true, "Programmed", "Listener is programmed.")
-            } else if !accepted {
-                Condition::new("Programmed", false, "Invalid", "Listener is not accepted.")
-            } else {
-                Condition::new(
-                    "Programmed",
-                    false,
-                    "Invalid",
-                    "Listener has no valid certificate.",
-                )
-            };
-            l.conditions.insert(1, programmed);
         }
         out.insert(
             key.clone(),
             GatewayState {
                 obj: gw.clone(),
                 listeners,
+                address_errors,
             },
         );
     }
@@ -297,31 +284,78 @@ pub fn statuses(res: &Resources, gateways: &GatewayMap) -> Vec<ResourceStatus> {
     let mut out = Vec::new();
     for ((ns, name), gw) in gateways {
         let generation = gw.obj.meta.generation;
-        let all_accepted = gw.listeners.iter().all(|l| l.conditions[0].status);
+        // A listener that is accepted but cannot be programmed (refused route kinds, no valid
+        // certificate) is as invalid for the Gateway as one that is not accepted.
+        let all_valid = gw
+            .listeners
+            .iter()
+            .all(|l| l.conditions[0].status && l.ready);
         let any_ready = gw.listeners.iter().any(|l| l.ready);
-        let mut conds = vec![
-            if all_accepted {
-                Condition::new("Accepted", true, "Accepted", "Gateway is accepted.")
-            } else {
-                Condition::new(
-                    "Accepted",
-                    true,
-                    "ListenersNotValid",
-                    "Some listeners are invalid; see listener conditions.",
-                )
-            },
-            if any_ready {
-                Condition::new("Programmed", true, "Programmed", "Gateway is programmed.")
-            } else {
-                Condition::new(
-                    "Programmed",
-                    false,
-                    "Invalid",
-                    "No listener of this Gateway could be programmed.",
-                )
-            },
-        ];
-        conds.extend(unsupported_condition(&gw.obj.unsupported));
+        let address_msgs = |kind: &str, reason: &str| -> Option<String> {
+            let m: Vec<String> = gw
+                .address_errors
+                .iter()
+                .filter(|e| e.condition() == (kind, reason))
+                .map(ToString::to_string)
+                .collect();
+            (!m.is_empty()).then(|| m.join("; "))
+        };
+        // Spec (Listener, "Handling indistinct Listeners"): with no distinct listener left the
+        // Gateway "must be rejected from processing as a whole".
+        let all_conflicted = !gw.listeners.is_empty()
+            && gw.listeners.iter().all(|l| {
+                l.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Conflicted" && c.status)
+            });
+        let accepted = if let Some(m) = address_msgs("Accepted", "UnsupportedAddress") {
+            Condition::new("Accepted", false, "UnsupportedAddress", m)
+        } else if all_conflicted {
+            Condition::new(
+                "Accepted",
+                false,
+                "ListenersNotValid",
+                "Every listener is conflicted; no distinct listener is left to accept.",
+            )
+        } else if all_valid || !gw.accepted() {
+            Condition::new("Accepted", true, "Accepted", "Gateway is accepted.")
+        } else {
+            Condition::new(
+                "Accepted",
+                true,
+                "ListenersNotValid",
+                "Some listeners are invalid; see listener conditions.",
+            )
+        };
+        let programmed = if !gw.accepted() {
+            Condition::new(
+                "Programmed",
+                false,
+                "Invalid",
+                "The Gateway is not accepted; nothing is programmed.",
+            )
+        } else if let Some(m) = address_msgs("Programmed", "AddressNotUsable") {
+            Condition::new("Programmed", false, "AddressNotUsable", m)
+        } else if let Some(m) = address_msgs("Programmed", "AddressNotAssigned") {
+            Condition::new("Programmed", false, "AddressNotAssigned", m)
+        } else if any_ready {
+            Condition::new("Programmed", true, "Programmed", "Gateway is programmed.")
+        } else {
+            Condition::new(
+                "Programmed",
+                false,
+                "Invalid",
+                "No listener of this Gateway could be programmed.",
+            )
+        };
+        let mut conds = vec![accepted, programmed];
+        // Valid IPAddress requests are read, never assigned.
+        let mut unsupported = gw.obj.unsupported.clone();
+        if gw.obj.spec.addresses.len() > gw.address_errors.len() {
+            unsupported.push("spec.addresses".into());
+            unsupported.sort();
+        }
+        conds.extend(unsupported_condition(&unsupported));
         let listeners: Vec<_> = gw
             .listeners
             .iter()

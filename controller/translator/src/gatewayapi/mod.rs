@@ -16,6 +16,7 @@ mod policies;
 pub mod ratelimit;
 mod routes;
 pub mod security;
+mod validate;
 
 use std::collections::BTreeMap;
 

@@ -8,6 +8,9 @@ use serde_json::json;
 
 use super::listeners::{namespace_allowed, GatewayState};
 use super::policies::Policies;
+use super::validate::route_filters::dedupe_header_modifier;
+use super::validate::route_overlap::{self, ListenerKey};
+use super::validate::route_rules::{self, RouteVerdict, RuleVerdict};
 use super::{age_key, backends, duration, hostname, unsupported_condition, GatewayMap};
 use crate::ir::{
     ActionIr, ChainIr, ClusterIr, FilterIr, GatewayIr, HeaderOpsIr, MirrorIr, PathMatchIr,
@@ -45,6 +48,7 @@ pub struct RouteOutput {
 }
 
 fn header_ops(m: &HeaderModifier, ops: &mut HeaderOpsIr) {
+    let m = &dedupe_header_modifier(m);
     ops.set
         .extend(m.set.iter().map(|h| (h.name.clone(), h.value.clone())));
     ops.add
@@ -76,7 +80,12 @@ struct RulesOutput {
     rules: Vec<(Option<String>, Vec<RouteIr>)>,
     clusters: Vec<ClusterIr>,
     resolved: Condition,
+    /// `BackendsAvailable=False` (Envoy Gateway's `EndpointsNotFound`), only when some Service
+    /// has no ready endpoint.
+    available: Option<Condition>,
     unsupported: Vec<String>,
+    /// Per rule: what validation found (`validate::route_rules`).
+    verdicts: Vec<RuleVerdict>,
 }
 
 fn translate_rules(
@@ -89,7 +98,10 @@ fn translate_rules(
     let mut clusters: Vec<ClusterIr> = Vec::new();
     let mut ref_errors: Vec<(&'static str, String)> = Vec::new();
     let mut unsupported: Vec<String> = Vec::new();
+    // Service references that resolved to no ready endpoint (Envoy answers 503).
+    let mut unavailable: Vec<String> = Vec::new();
     let mut rules_out = Vec::new();
+    let mut verdicts = Vec::new();
     let add_cluster = |c: ClusterIr, clusters: &mut Vec<ClusterIr>| {
         if !clusters.iter().any(|x| x.name == c.name) {
             clusters.push(c);
@@ -108,7 +120,9 @@ fn translate_rules(
         let mut redirect = None;
         let mut rewrite = None;
         let mut mirrors = Vec::new();
-        let mut broken = false;
+        // A rule that fails validation is dropped: its matches answer 500.
+        let verdict = route_rules::check_rule(ri, rule);
+        let mut broken = !verdict.is_valid();
         for (fi, f) in filters.iter().enumerate() {
             match f.type_.as_str() {
                 "RequestHeaderModifier" => header_ops(
@@ -125,6 +139,11 @@ fn translate_rules(
                     let Some(m) = &f.request_mirror else { continue };
                     match backends::resolve(res, egress, slices, &ns, &m.backend_ref) {
                         Ok(c) => {
+                            unavailable.extend(super::validate::backend_refs::no_ready_endpoints(
+                                &m.backend_ref,
+                                &ns,
+                                &c,
+                            ));
                             let per_million = match (&m.fraction, m.percent) {
                                 (Some(fr), _) => {
                                     let d = u64::from(fr.denominator.unwrap_or(100).max(1));
@@ -153,15 +172,17 @@ fn translate_rules(
         }
         let mut weighted = Vec::new();
         let mut invalid_weight = 0u32;
-        for (bi, b) in backend_refs.iter().enumerate() {
-            if !b.filters.is_empty() {
-                unsupported.push(format!(
-                    "spec.rules.{ri}.backendRefs.{bi}.filters (the rule answers 500)"
-                ));
-                broken = true;
-            }
-            match backends::resolve(res, egress, slices, &ns, &b.object_ref()) {
+        for b in backend_refs {
+            let resolved = super::validate::backend_refs::filters(b)
+                .map_err(Into::into)
+                .and_then(|()| backends::resolve(res, egress, slices, &ns, &b.object_ref()));
+            match resolved {
                 Ok(c) => {
+                    unavailable.extend(super::validate::backend_refs::no_ready_endpoints(
+                        &b.object_ref(),
+                        &ns,
+                        &c,
+                    ));
                     let weight = b.weight.unwrap_or(1);
                     if weight > 0 {
                         weighted.push(WeightedCluster {
@@ -202,8 +223,16 @@ fn translate_rules(
         } else {
             &matches[..]
         };
+        if !verdict.is_valid() {
+            // Never program what failed validation (Envoy could NACK the whole listener).
+            req = HeaderOpsIr::default();
+            resp = HeaderOpsIr::default();
+        }
         let mut irs = Vec::new();
         for (mi, m) in ms.iter().enumerate() {
+            if verdict.unprogrammable_matches.contains(&mi) {
+                continue;
+            }
             let pm = m.path.clone().unwrap_or_default();
             let value = pm.value.clone().unwrap_or_else(|| "/".into());
             let path = match pm.type_.as_deref().unwrap_or("PathPrefix") {
@@ -266,6 +295,7 @@ fn translate_rules(
             });
         }
         rules_out.push((name.clone(), irs));
+        verdicts.push(verdict);
     }
     let resolved = match ref_errors.first() {
         None => Condition::new(
@@ -279,12 +309,39 @@ fn translate_rules(
             Condition::new("ResolvedRefs", false, reason, msgs.join("; "))
         }
     };
+    unavailable.sort();
+    unavailable.dedup();
+    let available = (!unavailable.is_empty()).then(|| {
+        Condition::new(
+            "BackendsAvailable",
+            false,
+            "EndpointsNotFound",
+            unavailable.join(" "),
+        )
+    });
     RulesOutput {
         rules: rules_out,
         clusters,
         resolved,
+        available,
         unsupported,
+        verdicts,
     }
+}
+
+/// One parentRef's status while the routes are translated; overlaps are known only at the end.
+struct PendingParent {
+    parent_ref: serde_json::Value,
+    conditions: Vec<Condition>,
+    /// The Gateway listeners through which this parentRef attached the route (ready ones).
+    listeners: Vec<ListenerKey>,
+}
+
+struct PendingRoute {
+    key: NsName,
+    generation: Option<i64>,
+    parents: Vec<PendingParent>,
+    unsupported: Vec<String>,
 }
 
 pub fn translate_routes(
@@ -298,16 +355,19 @@ pub fn translate_routes(
         routes: BTreeMap::new(),
     };
     let slices = backends::slice_index(res);
+    let mut pending = Vec::new();
     for (key, route) in &res.http_routes {
-        let (ns, name) = key;
-        let generation = route.meta.generation;
+        let ns = &key.0;
         let RulesOutput {
             rules,
             clusters,
             resolved,
+            available,
             mut unsupported,
+            verdicts,
         } = translate_rules(res, &opts.egress, &slices, route);
         unsupported.extend(route.unsupported.iter().cloned());
+        let verdict = route_rules::summarize(&verdicts);
         let mut parents = Vec::new();
         let mut seen_refs = BTreeSet::new();
         let mut attached_to: BTreeSet<(NsName, usize)> = BTreeSet::new();
@@ -325,13 +385,16 @@ pub fn translate_routes(
                 pr.namespace.clone().unwrap_or_else(|| ns.clone()),
                 pr.name.clone(),
             );
-            let accepted = match gateways.get_mut(&gkey) {
+            let (accepted, listeners) = match gateways.get_mut(&gkey) {
                 None if res.gateways.contains_key(&gkey) => continue, // another controller's Gateway
-                None => Condition::new(
-                    "Accepted",
-                    false,
-                    "NoMatchingParent",
-                    format!("Gateway {}/{} not found", gkey.0, gkey.1),
+                None => (
+                    Condition::new(
+                        "Accepted",
+                        false,
+                        "NoMatchingParent",
+                        format!("Gateway {}/{} not found", gkey.0, gkey.1),
+                    ),
+                    vec![],
                 ),
                 Some(gw) => attach(
                     res,
@@ -344,23 +407,42 @@ pub fn translate_routes(
                     &mut attached_to,
                 ),
             };
-            let mut conds = vec![accepted, resolved.clone()];
-            conds.extend(unsupported_condition(&unsupported));
-            parents.push(json!({
-                "parentRef": pr_json,
-                "controllerName": opts.controller_name,
-                "conditions": conditions_json(&conds, generation),
-            }));
+            let mut conds = vec![accepted];
+            // Rule validation only speaks for a parent that accepted the route: a route that is
+            // not accepted MUST NOT get PartiallyInvalid (Gateway API), and the attachment
+            // failure is the more telling reason.
+            if conds[0].status {
+                match &verdict {
+                    RouteVerdict::Valid => {}
+                    RouteVerdict::Invalid { reason, message } => {
+                        conds[0] = Condition::new("Accepted", false, reason, message.clone());
+                    }
+                    RouteVerdict::Partial { reason, message } => {
+                        conds.push(Condition::new(
+                            "PartiallyInvalid",
+                            true,
+                            reason,
+                            message.clone(),
+                        ));
+                    }
+                }
+            }
+            conds.insert(1, resolved.clone());
+            if let Some(a) = &available {
+                conds.insert(2, a.clone());
+            }
+            parents.push(PendingParent {
+                parent_ref: pr_json,
+                conditions: conds,
+                listeners,
+            });
         }
         if !parents.is_empty() {
-            out.statuses.push(ResourceStatus {
-                api_version: format!("{GATEWAY_GROUP}/v1"),
-                kind: "HTTPRoute".into(),
-                metadata: ObjectRef {
-                    namespace: Some(ns.clone()),
-                    name: name.clone(),
-                },
-                status: json!({ "parents": parents }),
+            pending.push(PendingRoute {
+                key: key.clone(),
+                generation: route.meta.generation,
+                parents,
+                unsupported,
             });
         }
         out.routes.insert(
@@ -372,9 +454,81 @@ pub fn translate_routes(
             },
         );
     }
+
+    let overlaps = route_overlaps(&out);
+    for p in pending {
+        let parents: Vec<_> = p
+            .parents
+            .into_iter()
+            .map(|mut parent| {
+                let others: BTreeSet<&NsName> = parent
+                    .listeners
+                    .iter()
+                    .filter_map(|l| overlaps.get(&(p.key.clone(), l.clone())))
+                    .flatten()
+                    .collect();
+                if !others.is_empty() {
+                    let names: Vec<String> = others
+                        .iter()
+                        .map(|(ns, n)| format!("HTTPRoute {ns}/{n}"))
+                        .collect();
+                    parent.conditions.push(Condition::new(
+                        "RouteRulesOverlap",
+                        true,
+                        "RouteRulesOverlap",
+                        format!(
+                            "Overlapping match conditions with route(s): {}",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+                parent
+                    .conditions
+                    .extend(unsupported_condition(&p.unsupported));
+                json!({
+                    "parentRef": parent.parent_ref,
+                    "controllerName": opts.controller_name,
+                    "conditions": conditions_json(&parent.conditions, p.generation),
+                })
+            })
+            .collect();
+        out.statuses.push(ResourceStatus {
+            api_version: format!("{GATEWAY_GROUP}/v1"),
+            kind: "HTTPRoute".into(),
+            metadata: ObjectRef {
+                namespace: Some(p.key.0.clone()),
+                name: p.key.1.clone(),
+            },
+            status: json!({ "parents": parents }),
+        });
+    }
     out
 }
 
+/// Overlapping routes per listener (`validate::route_overlap`), from what is attached.
+fn route_overlaps(out: &RouteOutput) -> BTreeMap<(NsName, ListenerKey), BTreeSet<NsName>> {
+    let programmed: Vec<route_overlap::Programmed<'_>> = out
+        .attachments
+        .iter()
+        .filter_map(|a| {
+            let tr = out.routes.get(&a.route)?;
+            Some(route_overlap::Programmed {
+                listener: (a.gateway.clone(), a.listener),
+                route: a.route.clone(),
+                hostnames: &a.hostnames,
+                routes: tr.rules.iter().flat_map(|(_, irs)| irs).collect(),
+            })
+        })
+        .collect();
+    route_overlap::overlaps(&programmed)
+}
+
+/// Attaches a route to the listeners of `gw` its parentRef selects, as Envoy Gateway's
+/// `processAllowedListenersForParentRefs` and `processHTTPRouteParentRefListener` do:
+/// no selected listener is `NoMatchingParent`; none that allows the route (kind, namespace) is
+/// `NotAllowedByListeners`; none of those ready is `NoReadyListeners`; no hostname intersection
+/// is `NoMatchingListenerHostname`. `attachedRoutes` counts every allowed listener whose hostname
+/// intersects, ready or not (Gateway API: listener status does not affect attachment).
 #[allow(clippy::too_many_arguments)]
 fn attach(
     res: &Resources,
@@ -385,52 +539,75 @@ fn attach(
     pr: &crate::resources::ParentRef,
     attachments: &mut Vec<Attachment>,
     attached_to: &mut BTreeSet<(NsName, usize)>,
-) -> Condition {
-    let mut failures: Vec<(&str, String)> = Vec::new();
-    let mut any = false;
-    let mut candidates = 0;
-    for (i, l) in gw.listeners.iter_mut().enumerate() {
-        if pr.section_name.as_ref().is_some_and(|s| s != &l.name)
-            || pr.port.is_some_and(|p| p != l.port)
-        {
-            continue;
-        }
-        candidates += 1;
-        if !l.ready {
-            failures.push((
+) -> (Condition, Vec<ListenerKey>) {
+    let selected: Vec<usize> = gw
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            pr.section_name.as_ref().is_none_or(|s| s == &l.name)
+                && pr.port.is_none_or(|p| p == l.port)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if selected.is_empty() {
+        return (
+            Condition::new(
+                "Accepted",
+                false,
                 "NoMatchingParent",
-                format!("listener {} is not ready", l.name),
-            ));
-            continue;
-        }
+                "no listener matches the parentRef sectionName/port",
+            ),
+            vec![],
+        );
+    }
+    let mut not_allowed = Vec::new();
+    let mut allowed = Vec::new();
+    for &i in &selected {
+        let l = &gw.listeners[i];
         if !l.allows_http_route {
-            failures.push((
-                "NotAllowedByListeners",
-                format!("listener {} does not allow the HTTPRoute kind", l.name),
+            not_allowed.push(format!(
+                "listener {} does not allow the HTTPRoute kind",
+                l.name
             ));
-            continue;
-        }
-        if !namespace_allowed(res, l, &gkey.0, &key.0) {
-            failures.push((
-                "NotAllowedByListeners",
-                format!(
-                    "listener {} does not allow routes from namespace {}",
-                    l.name, key.0
-                ),
+        } else if !namespace_allowed(res, l, &gkey.0, &key.0) {
+            not_allowed.push(format!(
+                "listener {} does not allow routes from namespace {}",
+                l.name, key.0
             ));
-            continue;
+        } else {
+            allowed.push(i);
         }
+    }
+    if allowed.is_empty() {
+        return (
+            Condition::new(
+                "Accepted",
+                false,
+                "NotAllowedByListeners",
+                not_allowed.join("; "),
+            ),
+            vec![],
+        );
+    }
+    let mut any_intersection = false;
+    let mut listeners = Vec::new();
+    for &i in &allowed {
+        let l = &mut gw.listeners[i];
         let Some(hostnames) = hostname::intersect(l.hostname.as_deref(), &route.spec.hostnames)
         else {
-            failures.push((
-                "NoMatchingListenerHostname",
-                format!("no route hostname matches listener {} hostname", l.name),
-            ));
             continue;
         };
-        any = true;
-        if attached_to.insert((gkey.clone(), i)) {
-            l.attached_routes += 1;
+        any_intersection = true;
+        if l.ready {
+            listeners.push((gkey.clone(), i));
+        }
+        // A route reached through two parentRefs of one listener counts and attaches once.
+        if !attached_to.insert((gkey.clone(), i)) {
+            continue;
+        }
+        l.attached_routes += 1;
+        if l.ready {
             attachments.push(Attachment {
                 gateway: gkey.clone(),
                 listener: i,
@@ -439,38 +616,39 @@ fn attach(
             });
         }
     }
-    if any {
-        return Condition::new("Accepted", true, "Accepted", "Route is accepted.");
-    }
-    if candidates == 0 {
-        return Condition::new(
+    let accepted = if !allowed.iter().any(|&i| gw.listeners[i].ready) {
+        // Envoy Gateway's own reason (not in the Gateway API list).
+        let names: Vec<&str> = allowed
+            .iter()
+            .map(|&i| gw.listeners[i].name.as_str())
+            .collect();
+        Condition::new(
             "Accepted",
             false,
-            "NoMatchingParent",
-            "no listener matches the parentRef sectionName/port",
-        );
-    }
-    // Report the most telling failure.
-    for reason in [
-        "NotAllowedByListeners",
-        "NoMatchingListenerHostname",
-        "NoMatchingParent",
-    ] {
-        let msgs: Vec<_> = failures
+            "NoReadyListeners",
+            format!(
+                "There are no ready listeners for this parent ref (not ready: {})",
+                names.join(", ")
+            ),
+        )
+    } else if !any_intersection {
+        let names: Vec<&str> = allowed
             .iter()
-            .filter(|f| f.0 == reason)
-            .map(|f| f.1.clone())
+            .map(|&i| gw.listeners[i].name.as_str())
             .collect();
-        if !msgs.is_empty() {
-            return Condition::new("Accepted", false, reason, msgs.join("; "));
-        }
-    }
-    Condition::new(
-        "Accepted",
-        false,
-        "NoMatchingParent",
-        "no listener accepted the route",
-    )
+        Condition::new(
+            "Accepted",
+            false,
+            "NoMatchingListenerHostname",
+            format!(
+                "no route hostname matches listener {} hostname",
+                names.join(", ")
+            ),
+        )
+    } else {
+        Condition::new("Accepted", true, "Accepted", "Route is accepted.")
+    };
+    (accepted, listeners)
 }
 
 type PrecedenceKey = (
@@ -642,17 +820,22 @@ pub fn build_gateway_ir(
                     }
                 })
                 .collect();
-            let (server_names, certificates) = match protocol {
-                Protocol::Http => (vec![], vec![]),
+            let (server_names, certificates, http1_only) = match protocol {
+                Protocol::Http => (vec![], vec![], false),
                 Protocol::Https => {
                     let l = &gw.listeners[members[0]];
-                    (l.hostname.iter().cloned().collect(), l.certificates.clone())
+                    (
+                        l.hostname.iter().cloned().collect(),
+                        l.certificates.clone(),
+                        l.http1_only,
+                    )
                 }
             };
             chains.push(ChainIr {
                 name: chain_name,
                 server_names,
                 certificates,
+                http1_only,
                 virtual_hosts,
             });
         }

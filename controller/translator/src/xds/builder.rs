@@ -837,7 +837,11 @@ fn build_listener(gw: &GatewayIr, p: &PortIr, opts: &TranslateOptions) -> listen
                             ..Default::default()
                         })
                         .collect(),
-                    alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                    alpn_protocols: if chain.http1_only {
+                        vec!["http/1.1".into()]
+                    } else {
+                        vec!["h2".into(), "http/1.1".into()]
+                    },
                     ..Default::default()
                 }),
                 ..Default::default()
