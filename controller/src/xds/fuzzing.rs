@@ -261,7 +261,13 @@ pub fn delta(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+
+    /// The path the fuzz targets (`controller/fuzz/fuzz_targets/xds_*.rs`) call.
+    #[test]
+    fn the_fuzz_targets_path_resolves() {
+        crate::xds::server::fuzzing::sotw(&[]);
+        crate::xds::server::fuzzing::delta(&[0]);
+    }
 
     /// The fuzz entry points over the fuzz crate's seeds and pseudo-random mutations of them.
     #[test]

@@ -95,6 +95,7 @@ impl TypeSet {
         }
     }
 
+    #[cfg(test)]
     pub fn version_of(&self, name: &str) -> Option<&str> {
         self.resources.get(name).map(|e| e.version.as_str())
     }
@@ -180,7 +181,10 @@ mod tests {
         }
     }
 
-    fn snap(nodes: &[(&str, &[(&str, &[u8])])]) -> XdsSnapshot {
+    /// Per node: its clusters, `(name, bytes)`.
+    type Nodes<'a> = &'a [(&'a str, &'a [(&'a str, &'a [u8])])];
+
+    fn snap(nodes: Nodes<'_>) -> XdsSnapshot {
         nodes
             .iter()
             .map(|(node, res)| {
