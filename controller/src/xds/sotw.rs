@@ -43,16 +43,20 @@ impl Protocol for Sotw {
     fn on_request(w: &mut Watch<Self>, rt: ResourceType, req: DiscoveryRequest) -> Answer {
         let mut answer = Answer::None;
         if !req.response_nonce.is_empty() {
-            let Some(done) = w.take_in_flight(&req.response_nonce) else {
+            if req.response_nonce != w.last_nonce {
                 return Answer::Superseded;
-            };
-            answer = match &req.error_detail {
-                Some(err) => Answer::Nack(done.set, err.message.clone()),
-                None => {
-                    w.sub.known = done.pending;
-                    Answer::Ack(done.set)
-                }
-            };
+            }
+            // The newest response: its ACK or NACK if still unanswered; else a change of
+            // subscription (e.g. EDS names for a new cluster) after it was ACKed.
+            if let Some(done) = w.take_in_flight(&req.response_nonce) {
+                answer = match &req.error_detail {
+                    Some(err) => Answer::Nack(done.set, err.message.clone()),
+                    None => {
+                        w.sub.known = done.pending;
+                        Answer::Ack(done.set)
+                    }
+                };
+            }
         }
         let s = &mut w.sub;
         s.names = req
@@ -147,7 +151,9 @@ mod tests {
     use crate::xds::status::EnvoyState;
     use crate::xds::stream::testing::*;
     use envoy_types::pb::google::rpc::Status as RpcStatus;
-    use portcullis_translator::xds::snapshot::{CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+    use portcullis_translator::xds::snapshot::{
+        CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+    };
 
     const NODE: &str = "ns/gw";
 
@@ -264,6 +270,26 @@ mod tests {
             ..req(ROUTE_TYPE, &["r", "s", "t"])
         }));
         assert_eq!(bodies(&added), ["t2"]);
+    }
+
+    #[test]
+    fn a_new_eds_name_after_an_ack_is_answered_and_a_stale_nonce_is_not() {
+        let mut h = Harness::<Sotw>::new();
+        let eds = |names: &[&str]| {
+            let r: Vec<_> = names.iter().map(|n| (ENDPOINT_TYPE, *n, *n)).collect();
+            snap(NODE, &r)
+        };
+        h.server.publish(&eds(&["a"]));
+        let first = one(h.request(req(ENDPOINT_TYPE, &["a"])));
+        assert!(h.request(ack(&first, &["a"])).is_empty());
+        // A new cluster's endpoints appear; Envoy does not ask for them yet: nothing to send.
+        assert!(h.publish(&eds(&["a", "b"])).is_empty());
+        // Envoy subscribes to b, quoting the nonce it last got (already ACKed).
+        let r = one(h.request(ack(&first, &["a", "b"])));
+        assert_eq!(bodies(&r), ["b"]);
+        // An older nonce than the newest response's is superseded.
+        assert!(h.request(ack(&first, &["a", "b", "c"])).is_empty());
+        assert!(h.request(ack(&r, &["a", "b"])).is_empty());
     }
 
     #[test]

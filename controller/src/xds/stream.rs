@@ -18,8 +18,8 @@ pub(crate) enum Answer {
     None,
     Ack(Arc<TypeSet>),
     Nack(Arc<TypeSet>, String),
-    /// A stale nonce in State of the World: a newer response is on its way and the request is
-    /// superseded; nothing else of it applies.
+    /// A stale nonce in State of the World (not the newest response's): a newer response is on
+    /// its way and the request is superseded; nothing else of it applies.
     Superseded,
 }
 
@@ -35,6 +35,8 @@ pub(crate) struct InFlight<T> {
 pub(crate) struct Watch<P: Protocol> {
     pub sub: P::Sub,
     pub in_flight: Option<InFlight<P::Pending>>,
+    /// The nonce of the newest response sent (empty: none yet).
+    pub last_nonce: String,
 }
 
 impl<P: Protocol> Default for Watch<P> {
@@ -42,6 +44,7 @@ impl<P: Protocol> Default for Watch<P> {
         Watch {
             sub: P::Sub::default(),
             in_flight: None,
+            last_nonce: String::new(),
         }
     }
 }
@@ -263,6 +266,7 @@ impl<P: Protocol> Stream<P> {
         };
         let nonce = self.shared.next_nonce();
         P::set_nonce(&mut resp, nonce.clone());
+        w.last_nonce.clone_from(&nonce);
         w.in_flight = Some(InFlight {
             nonce,
             set: set.clone(),
