@@ -23,7 +23,15 @@ pub mod wasm {
     pub mod serve;
 }
 pub mod xds {
+    mod delta;
+    #[doc(hidden)]
+    pub mod fuzzing;
+    mod resource_type;
     pub mod server;
+    mod sotw;
+    mod status;
+    mod stream;
+    mod versions;
 }
 
 /// The pure stages, re-exported for callers (tests, tools) that drive the runtime directly.

@@ -1,6 +1,7 @@
 //! The ADS server against real Envoy 1.40, SotW and Delta, with hand-built resources (so these
 //! tests do not depend on the translator): updates apply live, a NACK is recorded with Envoy's
-//! reason while the last good config keeps serving, and a fix clears it.
+//! reason while the last good config keeps serving, and a fix clears it; an edit to one
+//! node's resources reaches only that node's Envoy, and only the type that changed.
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
@@ -118,6 +119,10 @@ fn routes(body: &str, broken: bool) -> route::RouteConfiguration {
 }
 
 fn snapshot(port: u16, body: &str, broken: bool) -> XdsSnapshot {
+    XdsSnapshot::from([(NODE.to_string(), resources(port, body, broken))])
+}
+
+fn resources(port: u16, body: &str, broken: bool) -> XdsResources {
     let mut r = XdsResources::default();
     r.insert(
         LISTENER_TYPE,
@@ -125,7 +130,7 @@ fn snapshot(port: u16, body: &str, broken: bool) -> XdsSnapshot {
         any(LISTENER_TYPE, &http_listener(port)),
     );
     r.insert(ROUTE_TYPE, "routes", any(ROUTE_TYPE, &routes(body, broken)));
-    XdsSnapshot::from([(NODE.to_string(), r)])
+    r
 }
 
 fn get(url: &str) -> Result<String, String> {
@@ -133,25 +138,17 @@ fn get(url: &str) -> Result<String, String> {
     r.text().map_err(|e| e.to_string())
 }
 
-fn serve_update_nack_recover(mode: XdsMode) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let xds = XdsServer::new(Metrics::new());
-    // The listener is on port 0; Envoy reports the port it bound on its admin.
-    let http_port = 0;
-    let xds_port = {
-        let xds = xds.clone();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
-            .expect("bind xDS");
-        let port = listener.local_addr().expect("xDS addr").port();
-        rt.spawn(async move { xds.serve(listener, std::future::pending()).await });
-        port
-    };
-    xds.publish(&snapshot(http_port, "v1", false));
+/// An Envoy for `node` on the ADS server at `xds_port`, its listener `http` bound.
+struct RunningEnvoy {
+    envoy: portcullis_integration::process::Process,
+    admin_port: u16,
+    url: String,
+}
 
+fn start_envoy(node: &str, xds_port: u16, mode: XdsMode) -> RunningEnvoy {
     let dir = tempfile::tempdir().expect("tempdir");
     let boot = bootstrap(
-        NODE,
+        node,
         format!("127.0.0.1:{xds_port}").parse().expect("addr"),
         mode,
     )
@@ -171,9 +168,10 @@ fn serve_update_nack_recover(mode: XdsMode) {
             "--log-level",
             "info",
         ])
-        .spawn()
+        .spawn_in(dir)
         .expect("start envoy");
     let client = portcullis_integration::http::client();
+    let admin_path = envoy.dir().join(ADMIN_ADDRESS_FILE);
     let admin_port = wait_live(&mut envoy, &admin_path, &client).expect("Envoy live");
     let bound = envoy
         .wait_until("Envoy binds listener http", WAIT, || {
@@ -184,7 +182,33 @@ fn serve_update_nack_recover(mode: XdsMode) {
                 .ok_or_else(|| "no listener http yet".to_string())
         })
         .expect("listener bound");
-    let url = format!("http://127.0.0.1:{bound}/");
+    RunningEnvoy {
+        envoy,
+        admin_port,
+        url: format!("http://127.0.0.1:{bound}/"),
+    }
+}
+
+/// Starts the ADS server on a port-0 listener; returns its port.
+fn start_xds(rt: &tokio::runtime::Runtime, xds: &XdsServer) -> u16 {
+    let xds = xds.clone();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+        .expect("bind xDS");
+    let port = listener.local_addr().expect("xDS addr").port();
+    rt.spawn(async move { xds.serve(listener, std::future::pending()).await });
+    port
+}
+
+fn serve_update_nack_recover(mode: XdsMode) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let xds = XdsServer::new(Metrics::new());
+    // The listener is on port 0; Envoy reports the port it bound on its admin.
+    let http_port = 0;
+    let xds_port = start_xds(&rt, &xds);
+    xds.publish(&snapshot(http_port, "v1", false));
+
+    let RunningEnvoy { mut envoy, url, .. } = start_envoy(NODE, xds_port, mode);
 
     envoy
         .wait_until("Envoy serves v1 from xDS", WAIT, || {
@@ -260,4 +284,122 @@ fn sotw_serves_updates_and_keeps_last_good_on_nack() {
 #[test]
 fn delta_serves_updates_and_keeps_last_good_on_nack() {
     serve_update_nack_recover(XdsMode::Delta);
+}
+
+/// Envoy's xDS update counters (`listener_manager.lds.*`, `cluster_manager.cds.*`, the RDS
+/// subscription's `http.test.rds.routes.*`): every response Envoy applies or rejects bumps
+/// `update_attempt`.
+fn update_counters(admin_port: u16) -> std::collections::BTreeMap<String, u64> {
+    let url = format!("http://127.0.0.1:{admin_port}/stats?filter=update_");
+    get(&url)
+        .expect("admin /stats")
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(": ")?;
+            let name = name.trim();
+            let wanted = (name.starts_with("listener_manager.lds.")
+                || name.starts_with("cluster_manager.cds.")
+                || name.starts_with("http.test.rds.routes."))
+                && ["update_attempt", "update_success", "update_rejected"]
+                    .iter()
+                    .any(|c| name.ends_with(c));
+            Some((name.to_string(), value.trim().parse().ok()?)).filter(|_| wanted)
+        })
+        .collect()
+}
+
+fn two_nodes(a: &str, b: &str) -> XdsSnapshot {
+    XdsSnapshot::from([
+        (NODE_A.to_string(), resources(0, a, false)),
+        (NODE_B.to_string(), resources(0, b, false)),
+    ])
+}
+
+const NODE_A: &str = "test/a";
+const NODE_B: &str = "test/b";
+
+/// Two Gateways' Envoys on one ADS server: an edit to A's routes reaches A's Envoy as one RDS
+/// update (its listener is not re-sent), and B's Envoy receives nothing at all.
+fn edit_reaches_only_its_node(mode: XdsMode) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let xds = XdsServer::new(Metrics::new());
+    let xds_port = start_xds(&rt, &xds);
+    xds.publish(&two_nodes("a1", "b1"));
+    let mut a = start_envoy(NODE_A, xds_port, mode);
+    let b = start_envoy(NODE_B, xds_port, mode);
+    for (e, body) in [(&a, "a1"), (&b, "b1")] {
+        wait_until("Envoy serves its node's routes", WAIT, || {
+            get(&e.url).and_then(|got| if got == body { Ok(()) } else { Err(got) })
+        })
+        .expect("initial routes");
+    }
+    wait_until("both nodes synced", WAIT, || {
+        let st = xds.status();
+        let synced = |n: &str| st.nodes.get(n).and_then(|s| s.synced_generation);
+        if synced(NODE_A) == Some(st.generation) && synced(NODE_B) == Some(st.generation) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", st.nodes))
+        }
+    })
+    .expect("synced");
+    let a_before = update_counters(a.admin_port);
+    let b_before = update_counters(b.admin_port);
+    assert!(
+        b_before.get("http.test.rds.routes.update_success").copied() >= Some(1),
+        "the counters are there: {b_before:?}"
+    );
+
+    let generation = xds.publish(&two_nodes("a2", "b1"));
+    a.envoy
+        .wait_until("A serves a2", WAIT, || {
+            get(&a.url).and_then(|got| if got == "a2" { Ok(()) } else { Err(got) })
+        })
+        .expect("a2");
+    wait_until("A synced", WAIT, || {
+        let st = xds.status();
+        match st.nodes[NODE_A].synced_generation {
+            Some(g) if g == generation => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .expect("A synced");
+    // Time for a stray push to land, were there one.
+    std::thread::sleep(Duration::from_millis(500));
+    let a_after = update_counters(a.admin_port);
+    let b_after = update_counters(b.admin_port);
+    assert_eq!(b_after, b_before, "B's Envoy received no update");
+    assert_eq!(get(&b.url).expect("B serves"), "b1");
+    assert_eq!(
+        xds.status().nodes[NODE_B].synced_generation,
+        Some(generation),
+        "B is synced at the new generation without a push"
+    );
+    let delta =
+        |k: &str| a_after.get(k).copied().unwrap_or(0) - a_before.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        delta("http.test.rds.routes.update_success"),
+        1,
+        "{a_before:?} -> {a_after:?}"
+    );
+    assert_eq!(
+        delta("listener_manager.lds.update_attempt"),
+        0,
+        "LDS not re-sent: {a_before:?} -> {a_after:?}"
+    );
+    assert_eq!(
+        delta("cluster_manager.cds.update_attempt"),
+        0,
+        "CDS not re-sent: {a_before:?} -> {a_after:?}"
+    );
+}
+
+#[test]
+fn sotw_edit_reaches_only_its_node() {
+    edit_reaches_only_its_node(XdsMode::Sotw);
+}
+
+#[test]
+fn delta_edit_reaches_only_its_node() {
+    edit_reaches_only_its_node(XdsMode::Delta);
 }
