@@ -34,6 +34,10 @@ pub struct ControllerArgs {
     /// Edits per size under `run` (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub edits: usize,
+    /// Edits of one route per size under `run` (the median is reported): the change reaches
+    /// only the Envoy serving that route.
+    #[arg(long, default_value_t = 5)]
+    pub single_edits: usize,
     /// Give up on one convergence after this many seconds.
     #[arg(long, default_value_t = 180)]
     pub converge_timeout: u64,
@@ -91,6 +95,16 @@ pub struct ConvergeResult {
     pub controller_peak_rss_mib: f64,
     pub controller_rss_mib: f64,
     pub envoy_rss_mib: Vec<f64>,
+    /// Controller CPU seconds (utime + stime) per edit of every route, median.
+    pub edit_cpu_s: f64,
+    /// Edit of one route's header value -> the Envoy serving it ACKed, each edit.
+    pub single_edits_ms: Vec<f64>,
+    pub single_median_ms: f64,
+    /// Controller CPU seconds per one-route edit, median.
+    pub single_cpu_s: f64,
+    /// Whether every other Envoy's xDS update counters stayed unchanged across every
+    /// one-route edit (`None`: not measured).
+    pub single_others_untouched: Option<bool>,
     pub error: Option<String>,
 }
 
@@ -128,6 +142,9 @@ fn hex(b: &[u8]) -> String {
     })
 }
 
+/// The Backend's port in the generated manifests (never connected to).
+const NOMINAL_BACKEND_PORT: u16 = 9;
+
 /// GatewayClass, Gateways, the Backend.
 fn gateways_yaml(ports: &[u16], backend_port: u16) -> String {
     let mut s = String::from(
@@ -149,8 +166,14 @@ fn gateways_yaml(ports: &[u16], backend_port: u16) -> String {
 /// N HTTPRoutes: two hostnames each, a prefix + header match and an exact match, a header
 /// modifier (its value is what the convergence edit changes), a catch-all rule.
 fn routes_yaml(n: usize, gateways: usize, tag: &str) -> String {
+    routes_yaml_tagged(n, gateways, |_| tag)
+}
+
+/// [`routes_yaml`] with each route's header value tag chosen by `tag_of(index)`.
+fn routes_yaml_tagged<'a>(n: usize, gateways: usize, tag_of: impl Fn(usize) -> &'a str) -> String {
     let mut s = String::with_capacity(n * 900);
     for i in 0..n {
+        let tag = tag_of(i);
         let _ = write!(
             s,
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r{i}, namespace: default}}\nspec:\n  parentRefs: [{{name: gw{g}}}]\n  hostnames: [\"app{i}.example.com\", \"app{i}.internal.example.com\"]\n  rules:\n  - matches:\n    - path: {{type: PathPrefix, value: /api/v{v}/svc{i}}}\n      headers: [{{name: x-tenant, value: t{t}}}]\n    - path: {{type: Exact, value: /svc{i}/healthz}}\n    filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{{name: x-route, value: \"r{i}-{tag}\"}}]\n        remove: [x-debug]\n    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: echo, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: echo, port: 8080}}]\n",
@@ -294,7 +317,8 @@ fn write_set(
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("gateways.yaml"),
-        gateways_yaml(ports, util::free_port()?),
+        // Nothing connects to the Backend in this benchmark: a nominal port.
+        gateways_yaml(ports, NOMINAL_BACKEND_PORT),
     )?;
     std::fs::write(dir.join("routes.yaml"), routes_yaml(n, args.gateways, "a"))?;
     let (p, count) = policies_yaml(n, args.eep_every, wasm_base, m);
@@ -413,9 +437,10 @@ fn converge(
     n: usize,
     work: &Path,
 ) -> Result<ConvergeResult> {
-    let admin = util::free_port()?;
     let run_dir = work.join(format!("run-{n}"));
     std::fs::create_dir_all(&run_dir)?;
+    let bound_file = run_dir.join("bound.json");
+    let _ = std::fs::remove_file(&bound_file);
     let log = std::fs::File::create(run_dir.join("controller.log"))?;
     let mut cmd = Command::new(portcullis);
     cmd.arg("run")
@@ -425,8 +450,9 @@ fn converge(
         .arg("127.0.0.1:0")
         .arg("--wasm-addr")
         .arg("127.0.0.1:0")
-        .arg("--admin-addr")
-        .arg(format!("127.0.0.1:{admin}"))
+        .args(["--admin-addr", "127.0.0.1:0", "--ephemeral-listener-ports"])
+        .arg("--bound-addresses-file")
+        .arg(&bound_file)
         .arg("--envoy-bin")
         .arg(envoy)
         .args(["--envoy-concurrency", "1", "--debounce-ms", "0"])
@@ -443,9 +469,24 @@ fn converge(
     let t0 = Instant::now();
     let mut guard = Guard::spawn("portcullis run", &mut cmd)?;
     let timeout = Duration::from_secs(args.converge_timeout);
+    let admin = util::wait_for("the controller's bound addresses", timeout, || {
+        guard.check_alive()?;
+        let Ok(text) = std::fs::read_to_string(&bound_file) else {
+            return Ok(None);
+        };
+        let v: Value = serde_json::from_str(&text)?;
+        let addr: std::net::SocketAddr = v["admin"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no admin address in {}", bound_file.display()))?
+            .parse()?;
+        Ok(Some(addr.port()))
+    })?;
     let (_, _, settled_at) = settle(&mut guard, admin, args.gateways, timeout, "initial sync")?;
     let initial_sync_ms = settled_at.duration_since(t0).as_secs_f64() * 1e3;
+    let pid = guard.pid();
     let mut edits = vec![];
+    let mut edit_cpu = vec![];
+    let mut tag = String::from("a");
     for e in 0..args.edits {
         // Every edit starts from a quiet system (no Envoy still compiling wasm or warming).
         let (gen, translations, _) = settle(
@@ -455,8 +496,9 @@ fn converge(
             timeout,
             "settle before an edit",
         )?;
-        let tag = format!("edit{e}");
+        tag = format!("edit{e}");
         let text = routes_yaml(n, args.gateways, &tag);
+        let cpu0 = util::cpu_seconds(pid)?;
         let t = Instant::now();
         // Write to a temp file and rename, as editors and `kubectl`-style tools do.
         let tmp = set.dir.join(".routes.yaml.tmp");
@@ -477,9 +519,10 @@ fn converge(
         })
         .map_err(|er| anyhow!("{er:#}; last xds status: {}", last["xds"]))?;
         edits.push(t.elapsed().as_secs_f64() * 1e3);
+        edit_cpu.push(util::cpu_seconds(pid)? - cpu0);
     }
+    let single = single_edits(args, &mut guard, admin, set, n, &tag, timeout)?;
     let doc = status(admin)?;
-    let pid = guard.pid();
     let envoy_rss_mib = doc["envoys"]
         .as_array()
         .map(|a| {
@@ -502,10 +545,125 @@ fn converge(
         controller_peak_rss_mib: util::status_kib(pid, "VmHWM:")? as f64 / 1024.0,
         controller_rss_mib: util::status_kib(pid, "VmRSS:")? as f64 / 1024.0,
         envoy_rss_mib,
+        edit_cpu_s: median(&edit_cpu),
+        single_median_ms: median(&single.ms),
+        single_cpu_s: median(&single.cpu_s),
+        single_edits_ms: single.ms,
+        single_others_untouched: (args.single_edits > 0).then_some(single.others_untouched),
         error: None,
     };
     guard.stop();
     Ok(res)
+}
+
+struct SingleEdits {
+    ms: Vec<f64>,
+    cpu_s: Vec<f64>,
+    others_untouched: bool,
+}
+
+/// Sum of an Envoy's xDS update counters (LDS, CDS, every RDS): unchanged means no push reached
+/// it, not even one it rejected.
+fn xds_updates(admin_addr: &str) -> Result<u64> {
+    let addr: std::net::SocketAddr = admin_addr.parse()?;
+    let r = util::get(addr, "/stats?filter=update_attempt")?;
+    Ok(String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter(|l| l.contains("lds.") || l.contains("cds.") || l.contains("rds."))
+        .filter_map(|l| {
+            l.rsplit_once(": ")
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        })
+        .sum())
+}
+
+/// Every Envoy's (node id, xDS update counter sum).
+fn envoy_updates(doc: &Value) -> Result<Vec<(String, u64)>> {
+    let envoys = doc["envoys"].as_array().cloned().unwrap_or_default();
+    envoys
+        .iter()
+        .map(|e| {
+            let node = e["nodeId"].as_str().unwrap_or_default().to_string();
+            let addr = e["adminAddr"]
+                .as_str()
+                .ok_or_else(|| anyhow!("Envoy {node} has no admin address"))?;
+            Ok((node, xds_updates(addr)?))
+        })
+        .collect()
+}
+
+/// Edits one route (`r0`, on `gw0`) at a time and measures until `gw0`'s Envoy ACKed the new
+/// generation; checks that no other Envoy got an xDS update.
+fn single_edits(
+    args: &ControllerArgs,
+    guard: &mut Guard,
+    admin: u16,
+    set: &Set,
+    n: usize,
+    base_tag: &str,
+    timeout: Duration,
+) -> Result<SingleEdits> {
+    let pid = guard.pid();
+    let target = "default/gw0";
+    let mut out = SingleEdits {
+        ms: vec![],
+        cpu_s: vec![],
+        others_untouched: true,
+    };
+    for e in 0..args.single_edits {
+        let (gen, translations, _) = settle(
+            guard,
+            admin,
+            args.gateways,
+            timeout,
+            "settle before a one-route edit",
+        )?;
+        let before = envoy_updates(&status(admin)?)?;
+        let one = format!("one{e}");
+        let text = routes_yaml_tagged(n, args.gateways, |i| if i == 0 { &one } else { base_tag });
+        let cpu0 = util::cpu_seconds(pid)?;
+        let t = Instant::now();
+        let tmp = set.dir.join(".routes.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, set.dir.join("routes.yaml"))?;
+        let mut last = Value::Null;
+        util::wait_for(&format!("ACK of one-route edit {e}"), timeout, || {
+            guard.check_alive()?;
+            let d = match status(admin) {
+                Ok(d) => d,
+                Err(_) => return Ok(None),
+            };
+            let newer = d["translations"].as_u64().unwrap_or(0) > translations;
+            let acked = d["xds"]["nodes"][target]["syncedGeneration"]
+                .as_u64()
+                .is_some_and(|g| g > gen);
+            last = d;
+            Ok((newer && acked).then_some(()))
+        })
+        .map_err(|er| anyhow!("{er:#}; last xds status: {}", last["xds"]))?;
+        out.ms.push(t.elapsed().as_secs_f64() * 1e3);
+        out.cpu_s.push(util::cpu_seconds(pid)? - cpu0);
+        // Let every stream finish, then compare the other Envoys' counters.
+        settle(
+            guard,
+            admin,
+            args.gateways,
+            timeout,
+            "settle after a one-route edit",
+        )?;
+        let after = envoy_updates(&status(admin)?)?;
+        for (node, count) in &after {
+            if node == target {
+                continue;
+            }
+            let was = before.iter().find(|(b, _)| b == node).map(|(_, c)| *c);
+            if was != Some(*count) {
+                eprintln!("[bench] one-route edit {e}: Envoy {node} got an xDS update ({was:?} -> {count})");
+                out.others_untouched = false;
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn run(args: ControllerArgs) -> Result<()> {
@@ -543,9 +701,9 @@ pub fn run(args: ControllerArgs) -> Result<()> {
     sizes.extend(args.converge_routes.iter().copied());
     sizes.sort_unstable();
     sizes.dedup();
-    let ports: Vec<u16> = (0..args.gateways)
-        .map(|_| util::free_port())
-        .collect::<Result<_>>()?;
+    // Nominal listener ports: `run` binds them on port 0 (`--ephemeral-listener-ports`), and
+    // `translate` binds nothing.
+    let ports: Vec<u16> = (0..args.gateways).map(|g| 8000 + g as u16).collect();
     let mut sets = std::collections::BTreeMap::new();
     for &n in &sizes {
         sets.insert(n, write_set(&base, n, &args, &ports, &wasm_base, &m)?);

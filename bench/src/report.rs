@@ -417,6 +417,42 @@ pub fn controller_markdown(r: &ControllerReport) -> String {
             }
         }
     }
+    let measured: Vec<_> = r
+        .convergence
+        .iter()
+        .filter(|c| c.error.is_none() && !c.single_edits_ms.is_empty())
+        .collect();
+    if !measured.is_empty() {
+        let _ = writeln!(s, "\n**One-route edit** (the header value of one HTTPRoute on `gw0` → `gw0`'s Envoy ACKed the new generation; the other Envoys' LDS/CDS/RDS `update_attempt` counters compared before and after; controller CPU = utime + stime of `portcullis run`):\n");
+        let _ = writeln!(
+            s,
+            "| HTTPRoutes | one-route edit → its Envoy ACK ms (median) | min | max | controller CPU s per one-route edit | controller CPU s per every-route edit | other Envoys received nothing |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---|");
+        for c in measured {
+            let min = c
+                .single_edits_ms
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            let max = c.single_edits_ms.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {} |",
+                c.routes,
+                c.single_median_ms,
+                min,
+                max,
+                c.single_cpu_s,
+                c.edit_cpu_s,
+                match c.single_others_untouched {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "not measured",
+                }
+            );
+        }
+    }
     s
 }
 
