@@ -14,7 +14,8 @@ use super::routes::RouteOutput;
 use super::{age_key, gateway_ref_json, AgeKey, GatewayMap};
 use crate::ir::{ClusterIr, FilterIr};
 use crate::resources::{
-    NsName, Object, ObjectMeta, PolicyTargetRef, Resources, TargetSelector, EG_GROUP, GATEWAY_GROUP,
+    BackendTrafficPolicySpec, EnvoyExtensionPolicySpec, NsName, Object, ObjectMeta,
+    PolicyTargetRef, Resources, SecurityPolicySpec, TargetSelector, EG_GROUP, GATEWAY_GROUP,
 };
 use crate::status::{conditions_json, Condition, ObjectRef, ResourceStatus};
 use crate::wasm::source::{WasmResolver, WasmSource};
@@ -46,11 +47,54 @@ pub(crate) struct ResolveCtx<'a> {
     pub slices: &'a SliceIndex<'a>,
 }
 
-/// A policy's `targetRef`, `targetRefs` and `targetSelectors`.
-pub(crate) struct TargetFields<'a> {
-    pub target_ref: Option<&'a PolicyTargetRef>,
-    pub target_refs: &'a [PolicyTargetRef],
-    pub target_selectors: &'a [TargetSelector],
+/// The spec of a policy kind: where its objects are, and its `targetRef`, `targetRefs` and
+/// `targetSelectors`.
+pub(crate) trait PolicySpec: Clone + Sized {
+    fn objects(res: &Resources) -> &BTreeMap<NsName, Object<Self>>;
+    fn target_ref(&self) -> Option<&PolicyTargetRef>;
+    fn target_refs(&self) -> &[PolicyTargetRef];
+    fn target_selectors(&self) -> &[TargetSelector];
+}
+
+macro_rules! policy_spec {
+    ($($spec:ty => $field:ident),* $(,)?) => {$(
+        impl PolicySpec for $spec {
+            fn objects(res: &Resources) -> &BTreeMap<NsName, Object<Self>> {
+                &res.$field
+            }
+            fn target_ref(&self) -> Option<&PolicyTargetRef> {
+                self.target_ref.as_ref()
+            }
+            fn target_refs(&self) -> &[PolicyTargetRef] {
+                &self.target_refs
+            }
+            fn target_selectors(&self) -> &[TargetSelector] {
+                &self.target_selectors
+            }
+        }
+    )*};
+}
+
+policy_spec!(
+    SecurityPolicySpec => security_policies,
+    EnvoyExtensionPolicySpec => extension_policies,
+    BackendTrafficPolicySpec => backend_traffic_policies,
+);
+
+/// One rule of a route on one listener of a Gateway: what a policy can be in effect on.
+pub(crate) struct RuleOn<'a> {
+    pub route: &'a NsName,
+    pub rule_name: Option<&'a str>,
+    pub gateway: &'a NsName,
+    pub listener: &'a str,
+}
+
+/// What policy statuses are written from.
+pub(crate) struct StatusCtx<'a> {
+    pub res: &'a Resources,
+    pub opts: &'a TranslateOptions,
+    pub gateways: &'a GatewayMap,
+    pub routes: &'a RouteOutput,
 }
 
 /// One policy kind: what it resolves per policy, what it adds to a route (its filters), where it
@@ -60,12 +104,11 @@ pub(crate) trait PolicyKind: Sized {
     /// `SecurityPolicy`, `EnvoyExtensionPolicy`, `BackendTrafficPolicy`.
     const KIND: &'static str;
     const LAYER: Layer;
-    type Spec: Clone;
+    type Spec: PolicySpec;
     /// What the kind resolved for one policy.
     type State;
 
-    fn objects(res: &Resources) -> &BTreeMap<NsName, Object<Self::Spec>>;
-    fn target_fields(spec: &Self::Spec) -> TargetFields<'_>;
+    /// Resolves one policy whose targets the engine resolved.
     fn resolve(
         ctx: &ResolveCtx<'_>,
         p: &Object<Self::Spec>,
@@ -136,14 +179,13 @@ impl<K: PolicyKind> PolicySet<K> {
     pub fn resolve(ctx: &ResolveCtx<'_>) -> Self {
         let mut policies = BTreeMap::new();
         let mut wasm_needed = BTreeSet::new();
-        for (key, p) in K::objects(ctx.res) {
-            let t = K::target_fields(&p.spec);
+        for (key, p) in K::Spec::objects(ctx.res) {
             let (targets, not_found) = resolve_targets(
                 ctx.res,
                 &key.0,
-                t.target_ref,
-                t.target_refs,
-                t.target_selectors,
+                p.spec.target_ref(),
+                p.spec.target_refs(),
+                p.spec.target_selectors(),
                 ctx.gateways,
             );
             let state = K::resolve(ctx, p, &targets, &mut wasm_needed);
@@ -172,42 +214,21 @@ impl<K: PolicyKind> PolicySet<K> {
 
     /// The policy in effect for one rule of a route on one listener: the most specific target
     /// wins, and any route-level policy overrides gateway-level ones.
-    pub fn effective(
-        &self,
-        route: &NsName,
-        rule_name: Option<&str>,
-        gw: &NsName,
-        listener: &str,
-    ) -> Option<(&NsName, &Policy<K>)> {
-        effective_in(&self.winners, route, rule_name, gw, listener)
-            .and_then(|k| self.policies.get_key_value(k))
+    pub fn effective(&self, on: &RuleOn<'_>) -> Option<(&NsName, &Policy<K>)> {
+        effective_in(&self.winners, on).and_then(|k| self.policies.get_key_value(k))
     }
 }
 
 /// A [`PolicySet`] of any kind, as the filter chain and the cluster claims see it.
 pub(crate) trait PolicyLayer {
     fn layer(&self) -> Layer;
-    /// The policy in effect for one rule of a route on one listener of Gateway `gw`, and what it
-    /// adds to IR route `route_ir`.
-    fn render(
-        &self,
-        route: &NsName,
-        rule_name: Option<&str>,
-        gw: &NsName,
-        listener: &str,
-        route_ir: &str,
-    ) -> Option<(&NsName, Rendered<'_>)>;
+    /// The policy in effect on `on`, and what it adds to IR route `route_ir` there.
+    fn render(&self, on: &RuleOn<'_>, route_ir: &str) -> Option<(&NsName, Rendered<'_>)>;
     /// Every policy with its age, for the order of cluster claims.
     fn claim_order(&self) -> Vec<(AgeKey, NsName)>;
     /// Claims the clusters of policy `key` (when it is applied); on conflict the policy is refused.
     fn claim(&mut self, key: &NsName, claims: &mut Claims);
-    fn statuses(
-        &self,
-        res: &Resources,
-        opts: &TranslateOptions,
-        gateways: &GatewayMap,
-        routes: &RouteOutput,
-    ) -> Vec<ResourceStatus>;
+    fn statuses(&self, ctx: &StatusCtx<'_>) -> Vec<ResourceStatus>;
     fn wasm_needed(&self) -> &BTreeSet<WasmSource>;
 }
 
@@ -216,19 +237,12 @@ impl<K: PolicyKind> PolicyLayer for PolicySet<K> {
         K::LAYER
     }
 
-    fn render(
-        &self,
-        route: &NsName,
-        rule_name: Option<&str>,
-        gw: &NsName,
-        listener: &str,
-        route_ir: &str,
-    ) -> Option<(&NsName, Rendered<'_>)> {
-        let (key, p) = self.effective(route, rule_name, gw, listener)?;
+    fn render(&self, on: &RuleOn<'_>, route_ir: &str) -> Option<(&NsName, Rendered<'_>)> {
+        let (key, p) = self.effective(on)?;
         let out = if p.blocks() {
             Rendered::blocked()
         } else {
-            K::render(p, gw, route_ir)
+            K::render(p, on.gateway, route_ir)
         };
         Some((key, out))
     }
@@ -251,13 +265,7 @@ impl<K: PolicyKind> PolicyLayer for PolicySet<K> {
         }
     }
 
-    fn statuses(
-        &self,
-        res: &Resources,
-        opts: &TranslateOptions,
-        gateways: &GatewayMap,
-        routes: &RouteOutput,
-    ) -> Vec<ResourceStatus> {
+    fn statuses(&self, ctx: &StatusCtx<'_>) -> Vec<ResourceStatus> {
         self.policies
             .iter()
             .map(|(key, p)| {
@@ -265,10 +273,7 @@ impl<K: PolicyKind> PolicyLayer for PolicySet<K> {
                     .unwrap_or_else(|| K::accepted(&p.state));
                 policy_status(
                     &PolicyStatusInput {
-                        res,
-                        opts,
-                        gateways,
-                        routes,
+                        ctx,
                         kind: K::KIND,
                         key,
                         generation: p.obj.meta.generation,
@@ -419,11 +424,14 @@ fn pick_winners<'a>(
 /// and any route-level policy overrides gateway-level ones.
 fn effective_in<'a>(
     winners: &'a BTreeMap<TargetKey, NsName>,
-    route: &NsName,
-    rule_name: Option<&str>,
-    gw: &NsName,
-    listener: &str,
+    on: &RuleOn<'_>,
 ) -> Option<&'a NsName> {
+    let RuleOn {
+        route,
+        rule_name,
+        gateway: gw,
+        listener,
+    } = *on;
     let mut keys = Vec::new();
     if let Some(r) = rule_name {
         keys.push(TargetKey::Route(route.clone(), Some(r.to_string())));
@@ -463,10 +471,7 @@ fn overridden_routes(
 }
 
 struct PolicyStatusInput<'a> {
-    pub res: &'a Resources,
-    pub opts: &'a TranslateOptions,
-    pub gateways: &'a GatewayMap,
-    pub routes: &'a RouteOutput,
+    pub ctx: &'a StatusCtx<'a>,
     /// `EnvoyExtensionPolicy`, `SecurityPolicy`, `BackendTrafficPolicy`.
     pub kind: &'a str,
     pub key: &'a NsName,
@@ -485,10 +490,7 @@ fn policy_status(
     extra: &[Condition],
 ) -> ResourceStatus {
     let PolicyStatusInput {
-        res,
-        opts,
-        gateways,
-        routes,
+        ctx,
         kind,
         key,
         generation,
@@ -496,6 +498,12 @@ fn policy_status(
         not_found,
         winners,
     } = input;
+    let StatusCtx {
+        res,
+        opts,
+        gateways,
+        routes,
+    } = **ctx;
     let (ns, name) = key;
     let generation = *generation;
     let mut ancestors: BTreeMap<String, Value> = BTreeMap::new();

@@ -6,19 +6,17 @@
 //! one name across routes. Anything the filter cannot express exactly rejects the rate limit
 //! (Accepted=False naming the field) rather than limit differently.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use portcullis_core::ratelimit::config::{
     ClientIpConfig, Config, FailureMode, GlobalConfig, HeaderMatch, KeyPart, Limit, LocalConfig,
     Match, ResponseHeaders, Rule, Scope, Unit,
 };
 
-use super::attach::{
-    Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetFields, TargetKey,
-};
+use super::attach::{Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetKey};
 use super::{builtin, clusters};
 use crate::ir::{ClusterIr, FilterIr};
-use crate::resources::{BackendTrafficPolicySpec, NsName, Object, RateLimitRule, Resources};
+use crate::resources::{BackendTrafficPolicySpec, NsName, Object, RateLimitRule};
 use crate::status::Condition;
 use crate::wasm::source::WasmSource;
 use crate::TranslateOptions;
@@ -90,25 +88,54 @@ impl PolicyKind for BackendTrafficPolicyKind {
     type Spec = BackendTrafficPolicySpec;
     type State = RateLimitState;
 
-    fn objects(res: &Resources) -> &BTreeMap<NsName, Object<BackendTrafficPolicySpec>> {
-        &res.backend_traffic_policies
-    }
-
-    fn target_fields(spec: &BackendTrafficPolicySpec) -> TargetFields<'_> {
-        TargetFields {
-            target_ref: spec.target_ref.as_ref(),
-            target_refs: &spec.target_refs,
-            target_selectors: &spec.target_selectors,
-        }
-    }
-
     fn resolve(
         ctx: &ResolveCtx<'_>,
         p: &Object<BackendTrafficPolicySpec>,
         _targets: &[TargetKey],
         wasm_needed: &mut BTreeSet<WasmSource>,
     ) -> RateLimitState {
-        resolve(ctx, p, wasm_needed)
+        let ResolveCtx { opts, wasm, .. } = *ctx;
+        let mut st = RateLimitState {
+            plan: None,
+            clusters: vec![],
+            problems: vec![],
+            unavailable: None,
+            ignored: vec![],
+        };
+        for u in &p.unsupported {
+            if u.starts_with("spec.rateLimit") {
+                st.problems.push(format!("{u} is not supported"));
+            } else {
+                st.ignored.push(u.clone());
+            }
+        }
+        let planned = plan_config(opts, p, &mut st.problems);
+        if let (Some((rules, base)), true) = (planned, st.problems.is_empty()) {
+            let service = base
+                .global
+                .as_ref()
+                .zip(opts.ratelimit_service.as_deref())
+                .map(|(g, addr)| clusters::grpc_cluster(&g.cluster, addr));
+            match service {
+                Some(Err(e)) => st.problems.push(format!("--ratelimit-service: {e}")),
+                Some(Ok(c)) => st.clusters.push(c),
+                None => {}
+            }
+            if st.problems.is_empty() {
+                match builtin::builtin_module(opts, wasm, "ratelimit", wasm_needed) {
+                    Ok(m) => {
+                        st.clusters.push(m.fetch_cluster.clone());
+                        st.plan = Some(Plan {
+                            rules,
+                            base,
+                            module: m,
+                        });
+                    }
+                    Err(e) => st.unavailable = Some(e),
+                }
+            }
+        }
+        st
     }
 
     fn blocks(st: &RateLimitState) -> bool {
@@ -345,53 +372,4 @@ fn plan_config(
         }
     }
     Some((rules, base))
-}
-
-fn resolve(
-    ctx: &ResolveCtx<'_>,
-    p: &Object<BackendTrafficPolicySpec>,
-    wasm_needed: &mut BTreeSet<WasmSource>,
-) -> RateLimitState {
-    let ResolveCtx { opts, wasm, .. } = *ctx;
-    let mut st = RateLimitState {
-        plan: None,
-        clusters: vec![],
-        problems: vec![],
-        unavailable: None,
-        ignored: vec![],
-    };
-    for u in &p.unsupported {
-        if u.starts_with("spec.rateLimit") {
-            st.problems.push(format!("{u} is not supported"));
-        } else {
-            st.ignored.push(u.clone());
-        }
-    }
-    let planned = plan_config(opts, p, &mut st.problems);
-    if let (Some((rules, base)), true) = (planned, st.problems.is_empty()) {
-        let service = base
-            .global
-            .as_ref()
-            .zip(opts.ratelimit_service.as_deref())
-            .map(|(g, addr)| clusters::grpc_cluster(&g.cluster, addr));
-        match service {
-            Some(Err(e)) => st.problems.push(format!("--ratelimit-service: {e}")),
-            Some(Ok(c)) => st.clusters.push(c),
-            None => {}
-        }
-        if st.problems.is_empty() {
-            match builtin::builtin_module(opts, wasm, "ratelimit", wasm_needed) {
-                Ok(m) => {
-                    st.clusters.push(m.fetch_cluster.clone());
-                    st.plan = Some(Plan {
-                        rules,
-                        base,
-                        module: m,
-                    });
-                }
-                Err(e) => st.unavailable = Some(e),
-            }
-        }
-    }
-    st
 }

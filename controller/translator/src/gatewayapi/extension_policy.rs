@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::attach::{
-    Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetFields, TargetKey,
-};
+use super::attach::{Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetKey};
 use super::{clusters, dynamic};
 use crate::ir::{ClusterIr, FilterIr, LuaFilterIr, WasmFilterIr};
 use crate::resources::{EnvoyExtensionPolicySpec, NsName, Object, Resources, EG_GROUP};
@@ -45,25 +43,141 @@ impl PolicyKind for ExtensionPolicyKind {
     type Spec = EnvoyExtensionPolicySpec;
     type State = PolicyState;
 
-    fn objects(res: &Resources) -> &BTreeMap<NsName, Object<EnvoyExtensionPolicySpec>> {
-        &res.extension_policies
-    }
-
-    fn target_fields(spec: &EnvoyExtensionPolicySpec) -> TargetFields<'_> {
-        TargetFields {
-            target_ref: spec.target_ref.as_ref(),
-            target_refs: &spec.target_refs,
-            target_selectors: &spec.target_selectors,
-        }
-    }
-
     fn resolve(
         ctx: &ResolveCtx<'_>,
         p: &Object<EnvoyExtensionPolicySpec>,
         targets: &[TargetKey],
         wasm_needed: &mut BTreeSet<WasmSource>,
     ) -> PolicyState {
-        resolve(ctx, p, targets, wasm_needed)
+        let ResolveCtx {
+            res, opts, wasm, ..
+        } = *ctx;
+        let key = p.key();
+        let (ns, name) = (&key.0, &key.1);
+        let mut st = PolicyState {
+            filters: vec![],
+            clusters: vec![],
+            problems: vec![],
+            unavailable: vec![],
+            dynamic: BTreeMap::new(),
+            not_ready: vec![],
+            has_dynamic: !p.spec.dynamic_module.is_empty(),
+        };
+        if !p.unsupported.is_empty() {
+            st.problems
+                .push(format!("unsupported fields: {}", p.unsupported.join(", ")));
+        }
+        for (i, w) in p.spec.wasm.iter().enumerate() {
+            let label = w.name.clone().unwrap_or_else(|| i.to_string());
+            let src = match wasm_source(res, p, w) {
+                Ok(s) => s,
+                Err(e) => {
+                    st.problems.push(format!("wasm[{i}] {label}: {e}"));
+                    continue;
+                }
+            };
+            wasm_needed.insert(src.clone());
+            let fail_open = w.fail_open.unwrap_or(false);
+            match wasm.resolve(&src) {
+                WasmResolution::Ready { sha256, serve_url } => {
+                    let cluster = match clusters::fetch_cluster(opts, &serve_url) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            st.problems.push(format!("wasm[{i}] {label}: {e}"));
+                            continue;
+                        }
+                    };
+                    let mut config = w.config.clone();
+                    match module_clusters(&opts.egress, (ns, name), config.as_mut()) {
+                        Ok(cs) => {
+                            for c in cs {
+                                if !st.clusters.contains(&c) {
+                                    st.clusters.push(c);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            st.problems.push(format!("wasm[{i}] {label}: {e}"));
+                            continue;
+                        }
+                    }
+                    let configuration = match &config {
+                        None | Some(Value::Null) => String::new(),
+                        Some(v) => v.to_string(),
+                    };
+                    st.filters.push(FilterIr::Wasm(WasmFilterIr {
+                        name: format!(
+                            "envoy.filters.http.wasm/envoyextensionpolicy/{ns}/{name}/wasm/{i}"
+                        ),
+                        plugin_name: format!("{ns}/{name}/{label}"),
+                        root_id: w.root_id.clone().unwrap_or_default(),
+                        vm_id: sha256.clone(),
+                        url: serve_url,
+                        fetch_cluster: cluster.name.clone(),
+                        sha256,
+                        configuration,
+                        fail_open,
+                        host_env_keys: w
+                            .env
+                            .as_ref()
+                            .map(|e| e.host_keys.clone())
+                            .unwrap_or_default(),
+                    }));
+                    if !st.clusters.contains(&cluster) {
+                        st.clusters.push(cluster);
+                    }
+                }
+                WasmResolution::Pending => st.unavailable.push((
+                    format!(
+                        "wasm[{i}] {label}: module {} is not fetched yet",
+                        src.shown_url()
+                    ),
+                    fail_open,
+                )),
+                WasmResolution::Failed { reason } => st
+                    .unavailable
+                    .push((format!("wasm[{i}] {label}: {reason}"), fail_open)),
+            }
+        }
+        for (i, l) in p.spec.lua.iter().enumerate() {
+            let code = match l.type_.as_str() {
+                "Inline" => l
+                    .inline
+                    .clone()
+                    .ok_or_else(|| "type Inline needs inline".to_string()),
+                "ValueRef" => match &l.value_ref {
+                    None => Err("type ValueRef needs valueRef".to_string()),
+                    Some(r)
+                        if r.kind.as_deref() != Some("ConfigMap")
+                            || !r.group.as_deref().unwrap_or("").is_empty() =>
+                    {
+                        Err(format!("valueRef kind {:?} is not a ConfigMap", r.kind))
+                    }
+                    Some(r) => match res.config_maps.get(&(ns.clone(), r.name.clone())) {
+                        None => Err(format!("ConfigMap {ns}/{} not found", r.name)),
+                        Some(cm) => match (cm.spec.data.get("lua"), cm.spec.data.len()) {
+                            (Some(v), _) => Ok(v.clone()),
+                            (None, 1) => {
+                                Ok(cm.spec.data.values().next().cloned().unwrap_or_default())
+                            }
+                            _ => Err(format!("ConfigMap {ns}/{} needs a `lua` key", r.name)),
+                        },
+                    },
+                },
+                t => Err(format!("type {t:?} is not supported")),
+            };
+            match code {
+                Ok(code) => st.filters.push(FilterIr::Lua(LuaFilterIr {
+                    name: format!(
+                        "envoy.filters.http.lua/envoyextensionpolicy/{ns}/{name}/lua/{i}"
+                    ),
+                    code,
+                })),
+                Err(e) => st.problems.push(format!("lua[{i}]: {e}")),
+            }
+        }
+        resolve_dynamic(ctx, p, targets, &mut st, wasm_needed);
+        st
     }
 
     /// Targeted routes answer an error rather than run without a fail-closed filter.
@@ -305,139 +419,6 @@ fn wasm_source(
         }
         t => Err(format!("code.type {t:?} is not supported")),
     }
-}
-
-fn resolve(
-    ctx: &ResolveCtx<'_>,
-    p: &Object<EnvoyExtensionPolicySpec>,
-    targets: &[TargetKey],
-    wasm_needed: &mut BTreeSet<WasmSource>,
-) -> PolicyState {
-    let ResolveCtx {
-        res, opts, wasm, ..
-    } = *ctx;
-    let key = p.key();
-    let (ns, name) = (&key.0, &key.1);
-    let mut st = PolicyState {
-        filters: vec![],
-        clusters: vec![],
-        problems: vec![],
-        unavailable: vec![],
-        dynamic: BTreeMap::new(),
-        not_ready: vec![],
-        has_dynamic: !p.spec.dynamic_module.is_empty(),
-    };
-    if !p.unsupported.is_empty() {
-        st.problems
-            .push(format!("unsupported fields: {}", p.unsupported.join(", ")));
-    }
-    for (i, w) in p.spec.wasm.iter().enumerate() {
-        let label = w.name.clone().unwrap_or_else(|| i.to_string());
-        let src = match wasm_source(res, p, w) {
-            Ok(s) => s,
-            Err(e) => {
-                st.problems.push(format!("wasm[{i}] {label}: {e}"));
-                continue;
-            }
-        };
-        wasm_needed.insert(src.clone());
-        let fail_open = w.fail_open.unwrap_or(false);
-        match wasm.resolve(&src) {
-            WasmResolution::Ready { sha256, serve_url } => {
-                let cluster = match clusters::fetch_cluster(opts, &serve_url) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        st.problems.push(format!("wasm[{i}] {label}: {e}"));
-                        continue;
-                    }
-                };
-                let mut config = w.config.clone();
-                match module_clusters(&opts.egress, (ns, name), config.as_mut()) {
-                    Ok(cs) => {
-                        for c in cs {
-                            if !st.clusters.contains(&c) {
-                                st.clusters.push(c);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        st.problems.push(format!("wasm[{i}] {label}: {e}"));
-                        continue;
-                    }
-                }
-                let configuration = match &config {
-                    None | Some(Value::Null) => String::new(),
-                    Some(v) => v.to_string(),
-                };
-                st.filters.push(FilterIr::Wasm(WasmFilterIr {
-                    name: format!(
-                        "envoy.filters.http.wasm/envoyextensionpolicy/{ns}/{name}/wasm/{i}"
-                    ),
-                    plugin_name: format!("{ns}/{name}/{label}"),
-                    root_id: w.root_id.clone().unwrap_or_default(),
-                    vm_id: sha256.clone(),
-                    url: serve_url,
-                    fetch_cluster: cluster.name.clone(),
-                    sha256,
-                    configuration,
-                    fail_open,
-                    host_env_keys: w
-                        .env
-                        .as_ref()
-                        .map(|e| e.host_keys.clone())
-                        .unwrap_or_default(),
-                }));
-                if !st.clusters.contains(&cluster) {
-                    st.clusters.push(cluster);
-                }
-            }
-            WasmResolution::Pending => st.unavailable.push((
-                format!(
-                    "wasm[{i}] {label}: module {} is not fetched yet",
-                    src.shown_url()
-                ),
-                fail_open,
-            )),
-            WasmResolution::Failed { reason } => st
-                .unavailable
-                .push((format!("wasm[{i}] {label}: {reason}"), fail_open)),
-        }
-    }
-    for (i, l) in p.spec.lua.iter().enumerate() {
-        let code = match l.type_.as_str() {
-            "Inline" => l
-                .inline
-                .clone()
-                .ok_or_else(|| "type Inline needs inline".to_string()),
-            "ValueRef" => match &l.value_ref {
-                None => Err("type ValueRef needs valueRef".to_string()),
-                Some(r)
-                    if r.kind.as_deref() != Some("ConfigMap")
-                        || !r.group.as_deref().unwrap_or("").is_empty() =>
-                {
-                    Err(format!("valueRef kind {:?} is not a ConfigMap", r.kind))
-                }
-                Some(r) => match res.config_maps.get(&(ns.clone(), r.name.clone())) {
-                    None => Err(format!("ConfigMap {ns}/{} not found", r.name)),
-                    Some(cm) => match (cm.spec.data.get("lua"), cm.spec.data.len()) {
-                        (Some(v), _) => Ok(v.clone()),
-                        (None, 1) => Ok(cm.spec.data.values().next().cloned().unwrap_or_default()),
-                        _ => Err(format!("ConfigMap {ns}/{} needs a `lua` key", r.name)),
-                    },
-                },
-            },
-            t => Err(format!("type {t:?} is not supported")),
-        };
-        match code {
-            Ok(code) => st.filters.push(FilterIr::Lua(LuaFilterIr {
-                name: format!("envoy.filters.http.lua/envoyextensionpolicy/{ns}/{name}/lua/{i}"),
-                code,
-            })),
-            Err(e) => st.problems.push(format!("lua[{i}]: {e}")),
-        }
-    }
-    resolve_dynamic(ctx, p, targets, &mut st, wasm_needed);
-    st
 }
 
 /// `dynamicModule[]`: configs (with their derived clusters) once, filters per reached Gateway.

@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::attach::{Layer, PolicyLayer, ResolveCtx};
+use super::attach::{Layer, PolicyLayer, ResolveCtx, RuleOn};
 use super::backend_traffic_policy::RateLimitPolicies;
 use super::extension_policy::Policies;
 use super::listeners::GatewayState;
@@ -134,13 +134,13 @@ pub fn build_gateway_ir(
                         let mut r = r.clone();
                         let mut blocked = false;
                         for layer in &layers {
-                            let Some((pkey, out)) = layer.render(
-                                &a.route,
-                                rule_name.as_deref(),
-                                key,
-                                &listener.name,
-                                &r.name,
-                            ) else {
+                            let on = RuleOn {
+                                route: &a.route,
+                                rule_name: rule_name.as_deref(),
+                                gateway: key,
+                                listener: &listener.name,
+                            };
+                            let Some((pkey, out)) = layer.render(&on, &r.name) else {
                                 continue;
                             };
                             for (order, f) in out.filters {

@@ -180,12 +180,18 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
     statuses.extend(listeners::statuses(res, &gateways));
     statuses.extend(routes.statuses.clone());
     // Policy statuses in the order they have always been written (not the chain order).
+    let status_ctx = attach::StatusCtx {
+        res,
+        opts,
+        gateways: &gateways,
+        routes: &routes,
+    };
     for layer in [
         &policies.extension as &dyn attach::PolicyLayer,
         &policies.security,
         &policies.traffic,
     ] {
-        statuses.extend(layer.statuses(res, opts, &gateways, &routes));
+        statuses.extend(layer.statuses(&status_ctx));
     }
 
     let wasm_needed: std::collections::BTreeSet<WasmSource> = policies

@@ -10,9 +10,7 @@ use portcullis_core::oidc::config::{
 };
 use sha2::Sha256;
 
-use super::attach::{
-    Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetFields, TargetKey,
-};
+use super::attach::{Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetKey};
 use super::{builtin, clusters, duration, reference_granted};
 use crate::ir::{ClusterIr, FilterIr};
 use crate::resources::{
@@ -49,25 +47,57 @@ impl PolicyKind for SecurityPolicyKind {
     type Spec = SecurityPolicySpec;
     type State = SecurityState;
 
-    fn objects(res: &Resources) -> &BTreeMap<NsName, Object<SecurityPolicySpec>> {
-        &res.security_policies
-    }
-
-    fn target_fields(spec: &SecurityPolicySpec) -> TargetFields<'_> {
-        TargetFields {
-            target_ref: spec.target_ref.as_ref(),
-            target_refs: &spec.target_refs,
-            target_selectors: &spec.target_selectors,
-        }
-    }
-
     fn resolve(
         ctx: &ResolveCtx<'_>,
         p: &Object<SecurityPolicySpec>,
         _targets: &[TargetKey],
         wasm_needed: &mut BTreeSet<WasmSource>,
     ) -> SecurityState {
-        resolve(ctx, p, wasm_needed)
+        let ResolveCtx {
+            res, opts, wasm, ..
+        } = *ctx;
+        let (ns, name) = (p.namespace(), p.name());
+        let mut st = SecurityState {
+            filter: None,
+            clusters: vec![],
+            problems: vec![],
+            ignored: vec![],
+            placeholder_secret: opts.session_secret.is_none(),
+        };
+        if !p.unsupported.is_empty() {
+            // Unmodelled auth (jwt, basicAuth, extAuth, authorization...) must not be skipped.
+            st.problems
+                .push(format!("unsupported fields: {}", p.unsupported.join(", ")));
+        }
+        let cfg = oidc_config(res, opts, p, &mut st.ignored);
+        match cfg {
+            Err(e) => st.problems.extend(e),
+            Ok(cfg) if st.problems.is_empty() => {
+                match (
+                    builtin::builtin_module(opts, wasm, "oidc", wasm_needed),
+                    issuer_cluster(res, opts, ctx.slices, p, &cfg),
+                    serde_json::to_string(&cfg),
+                ) {
+                    (Ok(m), Ok(provider), Ok(configuration)) => {
+                        st.filter = Some(m.filter(
+                            &format!("securitypolicy/{ns}/{name}/oidc"),
+                            "oidc",
+                            configuration,
+                        ));
+                        st.clusters.push(m.fetch_cluster);
+                        st.clusters.push(provider);
+                    }
+                    (m, c, j) => {
+                        st.problems.extend(m.err());
+                        st.problems
+                            .extend(c.err().map(|e| format!("oidc.provider.{e}")));
+                        st.problems.extend(j.err().map(|e| e.to_string()));
+                    }
+                }
+            }
+            Ok(_) => {}
+        }
+        st
     }
 
     fn blocks(st: &SecurityState) -> bool {
@@ -398,58 +428,6 @@ fn issuer_cluster(
         c.tls_verify = Some(opts.egress.system_trust());
     }
     Ok(c)
-}
-
-fn resolve(
-    ctx: &ResolveCtx<'_>,
-    p: &Object<SecurityPolicySpec>,
-    wasm_needed: &mut BTreeSet<WasmSource>,
-) -> SecurityState {
-    let ResolveCtx {
-        res, opts, wasm, ..
-    } = *ctx;
-    let (ns, name) = (p.namespace(), p.name());
-    let mut st = SecurityState {
-        filter: None,
-        clusters: vec![],
-        problems: vec![],
-        ignored: vec![],
-        placeholder_secret: opts.session_secret.is_none(),
-    };
-    if !p.unsupported.is_empty() {
-        // Unmodelled auth (jwt, basicAuth, extAuth, authorization...) must not be skipped.
-        st.problems
-            .push(format!("unsupported fields: {}", p.unsupported.join(", ")));
-    }
-    let cfg = oidc_config(res, opts, p, &mut st.ignored);
-    match cfg {
-        Err(e) => st.problems.extend(e),
-        Ok(cfg) if st.problems.is_empty() => {
-            match (
-                builtin::builtin_module(opts, wasm, "oidc", wasm_needed),
-                issuer_cluster(res, opts, ctx.slices, p, &cfg),
-                serde_json::to_string(&cfg),
-            ) {
-                (Ok(m), Ok(provider), Ok(configuration)) => {
-                    st.filter = Some(m.filter(
-                        &format!("securitypolicy/{ns}/{name}/oidc"),
-                        "oidc",
-                        configuration,
-                    ));
-                    st.clusters.push(m.fetch_cluster);
-                    st.clusters.push(provider);
-                }
-                (m, c, j) => {
-                    st.problems.extend(m.err());
-                    st.problems
-                        .extend(c.err().map(|e| format!("oidc.provider.{e}")));
-                    st.problems.extend(j.err().map(|e| e.to_string()));
-                }
-            }
-        }
-        Ok(_) => {}
-    }
-    st
 }
 
 #[cfg(test)]
