@@ -2,7 +2,7 @@
 //! `Backend`'s own `spec.tls`. Both name the CA the backend's certificate must chain to and the
 //! host it must name; verification is never skipped.
 
-use super::backends::RefError;
+use super::validate::backend_refs::RefError;
 use crate::egress::EgressPolicy;
 use crate::ir::TrustedCa;
 use crate::resources::{

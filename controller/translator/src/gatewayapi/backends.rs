@@ -8,8 +8,7 @@ use crate::egress::EgressPolicy;
 use crate::ir::{ClusterIr, ClusterKind, EndpointIr};
 use crate::resources::{EndpointSliceBody, NsName, Object, ObjectRef, Resources, GATEWAY_GROUP};
 
-/// A failed reference: `(reason, message)` with the Gateway API's ResolvedRefs reasons.
-pub type RefError = (&'static str, String);
+pub use super::validate::backend_refs::RefError;
 
 /// EndpointSlices by `(namespace, kubernetes.io/service-name)`, built once per translation.
 pub type SliceIndex<'a> = BTreeMap<NsName, Vec<&'a Object<EndpointSliceBody>>>;

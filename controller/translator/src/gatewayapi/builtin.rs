@@ -1,11 +1,10 @@
-//! Built-in filter modules (oidc, ratelimit) and the clusters they call.
+//! Built-in filter modules (oidc, ratelimit): resolving their code and rendering their filter.
+//! The clusters they call are built in [`super::clusters`].
 
-use crate::egress::EgressPolicy;
 use std::collections::BTreeSet;
 
 use crate::ir::{
-    ClusterIr, ClusterKind, DynamicFilterIr, DynamicModuleIr, EndpointIr, FilterIr, ModuleSourceIr,
-    TrustedCa, WasmFilterIr,
+    ClusterIr, DynamicFilterIr, DynamicModuleIr, FilterIr, ModuleSourceIr, WasmFilterIr,
 };
 use crate::wasm::source::{WasmResolution, WasmResolver, WasmSource};
 use crate::{BuiltinRuntime, TranslateOptions};
@@ -81,7 +80,7 @@ pub(crate) fn builtin_module(
     needed.insert(src.clone());
     match wasm.resolve(src) {
         WasmResolution::Ready { sha256, serve_url } => {
-            let fetch_cluster = super::policies::fetch_cluster(opts, &serve_url)?;
+            let fetch_cluster = super::clusters::fetch_cluster(opts, &serve_url)?;
             Ok(ReadyModule {
                 runtime: opts.builtin_runtime,
                 sha256,
@@ -91,132 +90,5 @@ pub(crate) fn builtin_module(
         }
         WasmResolution::Pending => Err(format!("{what} {} is not fetched yet", src.url)),
         WasmResolution::Failed { reason } => Err(format!("{what}: {reason}")),
-    }
-}
-
-fn endpoint_cluster(name: String, host: &str, port: u16, tls: bool, http2: bool) -> ClusterIr {
-    let ep = EndpointIr::Socket {
-        address: host.to_string(),
-        port,
-    };
-    // IP literals need no DNS.
-    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
-        ClusterKind::Static(vec![ep])
-    } else {
-        ClusterKind::StrictDns(vec![ep])
-    };
-    ClusterIr {
-        name,
-        kind,
-        tls_sni: tls.then(|| host.to_string()),
-        tls_client: None,
-        tls_verify: None,
-        http2,
-    }
-}
-
-/// `host` and port of an http(s) URL, and whether it is https.
-pub(crate) fn url_parts(u: &str) -> Result<(String, u16, bool), String> {
-    let p = url::Url::parse(u).map_err(|e| format!("invalid URL {u}: {e}"))?;
-    let tls = match p.scheme() {
-        "http" => false,
-        "https" => true,
-        s => return Err(format!("URL {u}: scheme {s} is not http or https")),
-    };
-    let host = p
-        .host_str()
-        .ok_or_else(|| format!("URL {u} has no host"))?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = p
-        .port_or_known_default()
-        .ok_or_else(|| format!("URL {u} has no port"))?;
-    Ok((host, port, tls))
-}
-
-/// The cluster named `name` reaching the issuer's host and port. Issuers are tenant-written: the
-/// host must pass `egress`. For https: TLS with SNI, and the certificate must chain to `ca`
-/// (default: the operator's `--issuer-ca-bundle`) with a SAN naming the host. Without that,
-/// anyone on the path could serve discovery and JWKS and read the client secret.
-pub(crate) fn tenant_issuer_cluster(
-    egress: &EgressPolicy,
-    name: &str,
-    issuer: &str,
-    ca: Option<&TrustedCa>,
-) -> Result<ClusterIr, String> {
-    let (host, port, tls) = url_parts(issuer)?;
-    egress.check_host(&host).map_err(|e| e.to_string())?;
-    let mut c = endpoint_cluster(name.to_string(), &host, port, tls, false);
-    if tls {
-        c.tls_verify = Some(ca.cloned().unwrap_or_else(|| egress.system_trust()));
-    }
-    Ok(c)
-}
-
-/// [`grpc_cluster`] for a service address a tenant wrote: its host must pass `egress`.
-pub(crate) fn tenant_grpc_cluster(
-    egress: &EgressPolicy,
-    name: &str,
-    address: &str,
-) -> Result<ClusterIr, String> {
-    let (host, _) = host_port(address)?;
-    egress.check_host(&host).map_err(|e| e.to_string())?;
-    grpc_cluster(name, address)
-}
-
-/// Parses `host:port` (IPv6 as `[addr]:port`).
-pub(crate) fn host_port(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not host:port"))?;
-    let host = host.trim_matches(['[', ']']);
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{s:?}: invalid port {port:?}"))?;
-    if host.is_empty() || port == 0 {
-        return Err(format!("{s:?} is not host:port"));
-    }
-    Ok((host.to_string(), port))
-}
-
-/// An HTTP/2 (gRPC) cluster named `name` for the service at `host:port`.
-pub(crate) fn grpc_cluster(name: &str, address: &str) -> Result<ClusterIr, String> {
-    let (host, port) = host_port(address)?;
-    Ok(endpoint_cluster(name.to_string(), &host, port, false, true))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clusters_from_urls_and_addresses() {
-        let any = EgressPolicy::permissive();
-        let c = tenant_issuer_cluster(
-            &any,
-            "oidc/iam:443",
-            "https://iam.example.com/realms/x",
-            None,
-        )
-        .unwrap();
-        assert_eq!(c.tls_sni.as_deref(), Some("iam.example.com"));
-        assert_eq!(
-            c.tls_verify,
-            Some(TrustedCa::File(crate::egress::DEFAULT_CA_BUNDLE.into())),
-            "an https issuer is verified against the platform bundle by default"
-        );
-        assert!(matches!(c.kind, ClusterKind::StrictDns(_)));
-        let c = tenant_issuer_cluster(&any, "x", "http://127.0.0.1:8080/", None).unwrap();
-        assert!(matches!(c.kind, ClusterKind::Static(_)) && c.tls_sni.is_none());
-        assert!(c.tls_verify.is_none());
-        let g = grpc_cluster("rl", "[::1]:8081").unwrap();
-        assert!(g.http2 && matches!(g.kind, ClusterKind::Static(_)));
-        assert!(host_port("nope").is_err());
-        assert!(host_port("h:0").is_err());
-        assert!(tenant_issuer_cluster(&any, "x", "ftp://h/", None).is_err());
-        assert!(
-            tenant_issuer_cluster(&EgressPolicy::default(), "x", "http://127.0.0.1/", None)
-                .is_err()
-        );
     }
 }

@@ -1,4 +1,5 @@
-//! Cluster names and the one rule for sharing them.
+//! Cluster constructors for what policies and built-in modules call (module fetch, issuer,
+//! gRPC services), cluster names, and the one rule for sharing them.
 //!
 //! A cluster a policy causes is named inside that policy (`eep/<ns>/<policy>/<name>`,
 //! `sp/<ns>/<policy>/oidc`), so no tenant can write a name that lands on another tenant's
@@ -9,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::ir::ClusterIr;
+use crate::egress::EgressPolicy;
+use crate::ir::{ClusterIr, ClusterKind, EndpointIr, TrustedCa};
+use crate::TranslateOptions;
 
 /// Name of a cluster that EnvoyExtensionPolicy `ns/policy` asked for as `local` in its config.
 /// Namespace and policy names cannot contain `/`, so the prefix is unambiguous.
@@ -24,7 +27,10 @@ pub(crate) fn security_policy_issuer_cluster(ns: &str, policy: &str) -> String {
 
 /// Adds `clusters` to a Gateway's cluster map. A name already present keeps its first
 /// definition: [`Claims`] has already refused any policy that would define it differently.
-pub(crate) fn add_all(into: &mut BTreeMap<String, ClusterIr>, clusters: &[ClusterIr]) {
+pub(crate) fn add_all<'a>(
+    into: &mut BTreeMap<String, ClusterIr>,
+    clusters: impl IntoIterator<Item = &'a ClusterIr>,
+) {
     for c in clusters {
         into.entry(c.name.clone()).or_insert_with(|| c.clone());
     }
@@ -96,10 +102,130 @@ pub(crate) fn conflict_condition(conflicts: &[String]) -> Option<crate::status::
     })
 }
 
+/// Cluster through which Envoy fetches a module from `serve_url`: for https, TLS with the host
+/// as SNI, and mutual TLS when [`TranslateOptions::wasm_fetch_tls`] is set.
+pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<ClusterIr, String> {
+    let u = url::Url::parse(serve_url).map_err(|e| format!("invalid wasm URL {serve_url}: {e}"))?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| format!("wasm URL {serve_url} has no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = u
+        .port_or_known_default()
+        .ok_or_else(|| format!("wasm URL {serve_url} has no port"))?;
+    let tls = match u.scheme() {
+        "http" => None,
+        "https" => Some(host.clone()),
+        s => return Err(format!("wasm URL {serve_url}: scheme {s} is not supported")),
+    };
+    Ok(ClusterIr {
+        name: format!("{}/{host}:{port}", opts.wasm_serve_cluster),
+        kind: ClusterKind::StrictDns(vec![EndpointIr::Socket {
+            address: host,
+            port,
+        }]),
+        tls_client: tls.is_some().then(|| opts.wasm_fetch_tls.clone()).flatten(),
+        tls_verify: None,
+        tls_sni: tls,
+        http2: false,
+    })
+}
+
+fn endpoint_cluster(name: String, host: &str, port: u16, tls: bool, http2: bool) -> ClusterIr {
+    let ep = EndpointIr::Socket {
+        address: host.to_string(),
+        port,
+    };
+    // IP literals need no DNS.
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+        ClusterKind::Static(vec![ep])
+    } else {
+        ClusterKind::StrictDns(vec![ep])
+    };
+    ClusterIr {
+        name,
+        kind,
+        tls_sni: tls.then(|| host.to_string()),
+        tls_client: None,
+        tls_verify: None,
+        http2,
+    }
+}
+
+/// `host` and port of an http(s) URL, and whether it is https.
+pub(crate) fn url_parts(u: &str) -> Result<(String, u16, bool), String> {
+    let p = url::Url::parse(u).map_err(|e| format!("invalid URL {u}: {e}"))?;
+    let tls = match p.scheme() {
+        "http" => false,
+        "https" => true,
+        s => return Err(format!("URL {u}: scheme {s} is not http or https")),
+    };
+    let host = p
+        .host_str()
+        .ok_or_else(|| format!("URL {u} has no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = p
+        .port_or_known_default()
+        .ok_or_else(|| format!("URL {u} has no port"))?;
+    Ok((host, port, tls))
+}
+
+/// The cluster named `name` reaching the issuer's host and port. Issuers are tenant-written: the
+/// host must pass `egress`. For https: TLS with SNI, and the certificate must chain to `ca`
+/// (default: the operator's `--issuer-ca-bundle`) with a SAN naming the host. Without that,
+/// anyone on the path could serve discovery and JWKS and read the client secret.
+pub(crate) fn tenant_issuer_cluster(
+    egress: &EgressPolicy,
+    name: &str,
+    issuer: &str,
+    ca: Option<&TrustedCa>,
+) -> Result<ClusterIr, String> {
+    let (host, port, tls) = url_parts(issuer)?;
+    egress.check_host(&host).map_err(|e| e.to_string())?;
+    let mut c = endpoint_cluster(name.to_string(), &host, port, tls, false);
+    if tls {
+        c.tls_verify = Some(ca.cloned().unwrap_or_else(|| egress.system_trust()));
+    }
+    Ok(c)
+}
+
+/// [`grpc_cluster`] for a service address a tenant wrote: its host must pass `egress`.
+pub(crate) fn tenant_grpc_cluster(
+    egress: &EgressPolicy,
+    name: &str,
+    address: &str,
+) -> Result<ClusterIr, String> {
+    let (host, _) = host_port(address)?;
+    egress.check_host(&host).map_err(|e| e.to_string())?;
+    grpc_cluster(name, address)
+}
+
+/// Parses `host:port` (IPv6 as `[addr]:port`).
+pub(crate) fn host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let host = host.trim_matches(['[', ']']);
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: invalid port {port:?}"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("{s:?} is not host:port"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// An HTTP/2 (gRPC) cluster named `name` for the service at `host:port`.
+pub(crate) fn grpc_cluster(name: &str, address: &str) -> Result<ClusterIr, String> {
+    let (host, port) = host_port(address)?;
+    Ok(endpoint_cluster(name.to_string(), &host, port, false, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{ClusterKind, EndpointIr};
 
     fn cluster(name: &str, host: &str) -> ClusterIr {
         ClusterIr {
@@ -166,5 +292,142 @@ mod tests {
             security_policy_issuer_cluster("a", "login"),
             "sp/a/login/oidc"
         );
+    }
+
+    #[test]
+    fn clusters_from_urls_and_addresses() {
+        let any = EgressPolicy::permissive();
+        let c = tenant_issuer_cluster(
+            &any,
+            "oidc/iam:443",
+            "https://iam.example.com/realms/x",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.tls_sni.as_deref(), Some("iam.example.com"));
+        assert_eq!(
+            c.tls_verify,
+            Some(TrustedCa::File(crate::egress::DEFAULT_CA_BUNDLE.into())),
+            "an https issuer is verified against the platform bundle by default"
+        );
+        assert!(matches!(c.kind, ClusterKind::StrictDns(_)));
+        let c = tenant_issuer_cluster(&any, "x", "http://127.0.0.1:8080/", None).unwrap();
+        assert!(matches!(c.kind, ClusterKind::Static(_)) && c.tls_sni.is_none());
+        assert!(c.tls_verify.is_none());
+        let g = grpc_cluster("rl", "[::1]:8081").unwrap();
+        assert!(g.http2 && matches!(g.kind, ClusterKind::Static(_)));
+        assert!(host_port("nope").is_err());
+        assert!(host_port("h:0").is_err());
+        assert!(tenant_issuer_cluster(&any, "x", "ftp://h/", None).is_err());
+        assert!(
+            tenant_issuer_cluster(&EgressPolicy::default(), "x", "http://127.0.0.1/", None)
+                .is_err()
+        );
+    }
+}
+
+#[cfg(test)]
+mod fetch_tests {
+    use super::*;
+    use crate::ir::ClientTlsFiles;
+    use crate::xds::builder::build_cluster;
+    use crate::xds::render::resource_json;
+    use crate::xds::snapshot::CLUSTER_TYPE;
+    use prost::Message;
+    use serde_json::json;
+
+    fn mtls_opts() -> TranslateOptions {
+        TranslateOptions {
+            wasm_fetch_tls: Some(ClientTlsFiles {
+                cert_chain: "/etc/envoy/certs/tls.crt".into(),
+                private_key: "/etc/envoy/certs/tls.key".into(),
+                trusted_ca: "/etc/envoy/certs/ca.crt".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn rendered(c: &ClusterIr) -> serde_json::Value {
+        let (cl, _) = build_cluster(c);
+        let any = prost_types::Any {
+            type_url: CLUSTER_TYPE.into(),
+            value: cl.encode_to_vec(),
+        };
+        resource_json(CLUSTER_TYPE, &c.name, &any).expect("cluster renders")
+    }
+
+    #[test]
+    fn https_fetch_cluster_uses_mutual_tls() {
+        let c = fetch_cluster(
+            &mtls_opts(),
+            "https://portcullis.portcullis-system.svc:19102/wasm/x.wasm",
+        )
+        .unwrap();
+        assert_eq!(
+            c.name,
+            "portcullis-wasm/portcullis.portcullis-system.svc:19102"
+        );
+        assert_eq!(
+            rendered(&c)["transport_socket"],
+            json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "portcullis.portcullis-system.svc",
+                    "common_tls_context": {
+                        "tls_certificates": [{
+                            "certificate_chain": {"filename": "/etc/envoy/certs/tls.crt"},
+                            "private_key": {"filename": "/etc/envoy/certs/tls.key"},
+                        }],
+                        "validation_context": {
+                            "trusted_ca": {"filename": "/etc/envoy/certs/ca.crt"},
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "DNS",
+                                "matcher": {"exact": "portcullis.portcullis-system.svc"},
+                            }],
+                        },
+                    },
+                },
+            })
+        );
+        // An IP literal host is matched as an IP SAN.
+        let c = fetch_cluster(&mtls_opts(), "https://10.0.0.7:19102/wasm/x.wasm").unwrap();
+        let v = rendered(&c);
+        let san = &v["transport_socket"]["typed_config"]["common_tls_context"]
+            ["validation_context"]["match_typed_subject_alt_names"];
+        assert_eq!(
+            san,
+            &json!([{"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}])
+        );
+    }
+
+    #[test]
+    fn fetch_tls_option_leaves_other_clusters_alone() {
+        // http serve URL: no transport socket even with the option set.
+        let c = fetch_cluster(&mtls_opts(), "http://127.0.0.1:19102/wasm/x.wasm").unwrap();
+        assert_eq!(c.tls_client, None);
+        assert!(rendered(&c).get("transport_socket").is_none());
+        // https without the option: SNI only, as before.
+        let c = fetch_cluster(
+            &TranslateOptions::default(),
+            "https://portcullis.svc/wasm/x.wasm",
+        )
+        .unwrap();
+        assert_eq!(
+            rendered(&c)["transport_socket"]["typed_config"],
+            json!({
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "portcullis.svc",
+            })
+        );
+        // Issuer clusters never get the wasm client certificate.
+        let c = tenant_issuer_cluster(
+            &crate::egress::EgressPolicy::permissive(),
+            "oidc/x",
+            "https://iam.example.com/",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.tls_client, None);
     }
 }

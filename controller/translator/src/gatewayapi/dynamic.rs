@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::policies::{fetch_cluster, TargetKey};
+use super::attach::TargetKey;
+use super::clusters::fetch_cluster;
 use super::GatewayMap;
 use crate::ir::{ClusterIr, DynamicFilterIr, DynamicModuleIr, FilterIr, ModuleSourceIr};
 use crate::resources::{

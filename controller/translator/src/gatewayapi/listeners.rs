@@ -17,7 +17,6 @@ pub struct ListenerState {
     pub name: String,
     pub port: u16,
     pub protocol: Option<Protocol>,
-    pub raw_protocol: String,
     pub hostname: Option<String>,
     pub allowed: AllowedRoutes,
     /// HTTPRoute is among the allowed kinds.
@@ -199,7 +198,6 @@ fn listener(
         name: l.name.clone(),
         port: l.port,
         protocol,
-        raw_protocol: l.protocol.clone(),
         hostname: l.hostname.clone(),
         allowed,
         allows_http_route: !kinds.supported.is_empty(),

@@ -4,19 +4,25 @@
 //! policies (they only need to know targets), then HTTPRoutes attach to listeners and pick up
 //! the policy that applies to each rule.
 
+mod attach;
 mod backend_tls;
+pub mod backend_traffic_policy;
 mod backends;
 mod builtin;
 mod clusters;
 pub mod duration;
 mod dynamic;
+mod extension_policy;
+mod gateway_ir;
 pub mod hostname;
 mod listeners;
-mod policies;
-pub mod ratelimit;
 mod routes;
-pub mod security;
+pub mod security_policy;
 mod validate;
+
+// The names these modules had before they were named after their kinds.
+pub use backend_traffic_policy as ratelimit;
+pub use security_policy as security;
 
 use std::collections::BTreeMap;
 
@@ -147,107 +153,80 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
     // Gateways and listeners.
     let mut gateways = listeners::build(res, &our_classes);
 
-    // Policies: targets, filters, fetch states.
-    let mut pols = policies::resolve(res, opts, wasm, &gateways);
-
-    let mut sec = security::resolve(res, opts, wasm, &gateways);
-    let mut rl = ratelimit::resolve(res, opts, wasm, &gateways);
+    // Policies of every kind: targets, filters, fetch states.
+    let slices = backends::slice_index(res);
+    let ctx = attach::ResolveCtx {
+        res,
+        opts,
+        wasm,
+        gateways: &gateways,
+        slices: &slices,
+    };
+    let mut policies = gateway_ir::PolicyLayers::resolve(&ctx);
 
     // Routes: attachment, rules, clusters.
     let routes = routes::translate_routes(res, opts, &mut gateways);
 
-    claim_clusters(&routes, &mut pols, &mut sec, &mut rl);
+    claim_clusters(&routes, &mut policies);
 
     // IR per Gateway.
     let mut ir = Ir::default();
     for (key, gw) in &gateways {
-        let gir: GatewayIr = routes::build_gateway_ir(key, gw, &routes, &pols, &sec, &rl);
+        let gir: GatewayIr = gateway_ir::build_gateway_ir(key, gw, &routes, &policies);
         ir.gateways
             .insert(crate::xds::snapshot::node_id(&key.0, &key.1), gir);
     }
 
     statuses.extend(listeners::statuses(res, &gateways));
     statuses.extend(routes.statuses.clone());
-    statuses.extend(policies::statuses(res, opts, &pols, &gateways, &routes));
-    statuses.extend(security::statuses(res, opts, &sec, &gateways, &routes));
-    statuses.extend(ratelimit::statuses(res, opts, &rl, &gateways, &routes));
+    // Policy statuses in the order they have always been written (not the chain order).
+    let status_ctx = attach::StatusCtx {
+        res,
+        opts,
+        gateways: &gateways,
+        routes: &routes,
+    };
+    for layer in [
+        &policies.extension as &dyn attach::PolicyLayer,
+        &policies.security,
+        &policies.traffic,
+    ] {
+        statuses.extend(layer.statuses(&status_ctx));
+    }
 
+    let wasm_needed: std::collections::BTreeSet<WasmSource> = policies
+        .chain()
+        .iter()
+        .flat_map(|l| l.wasm_needed())
+        .cloned()
+        .collect();
     Translation {
         ir,
         statuses,
-        wasm_needed: pols
-            .wasm_needed
-            .iter()
-            .chain(&sec.wasm_needed)
-            .chain(&rl.wasm_needed)
-            .cloned()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        wasm_needed: wasm_needed.into_iter().collect(),
     }
 }
 
 /// Every cluster name has one definition: routes claim theirs first, then policies of every kind,
-/// oldest first. A policy whose cluster is already defined differently is refused (its
-/// `cluster_conflicts`), so the earlier owner keeps working.
-fn claim_clusters(
-    routes: &routes::RouteOutput,
-    pols: &mut policies::Policies,
-    sec: &mut security::SecurityPolicies,
-    rl: &mut ratelimit::RateLimitPolicies,
-) {
+/// oldest first (policies of one age in chain order). A policy whose cluster is already defined
+/// differently is refused (its `cluster_conflicts`), so the earlier owner keeps working.
+fn claim_clusters(routes: &routes::RouteOutput, policies: &mut gateway_ir::PolicyLayers) {
     let mut claims = clusters::Claims::default();
     for (key, r) in &routes.routes {
         // Backend clusters are derived from the referenced object alone, so two routes that
         // name one backend define it identically; should they not, the first keeps it.
         let _ = claims.claim(&format!("HTTPRoute {}/{}", key.0, key.1), &r.clusters);
     }
-    enum Kind {
-        Security,
-        Extension,
-        RateLimit,
-    }
-    let mut order: Vec<(AgeKey, u8, Kind, NsName)> = Vec::new();
-    for (k, st) in &sec.states {
-        order.push((age_key(&st.obj.meta, &k.0), 0, Kind::Security, k.clone()));
-    }
-    for (k, st) in &pols.states {
-        order.push((age_key(&st.obj.meta, &k.0), 1, Kind::Extension, k.clone()));
-    }
-    for (k, st) in &rl.states {
-        order.push((age_key(&st.obj.meta, &k.0), 2, Kind::RateLimit, k.clone()));
-    }
-    order.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-    for (_, _, kind, key) in order {
-        let owner = |k: &str| format!("{k} {}/{}", key.0, key.1);
-        // A policy that is not applied defines nothing.
-        match kind {
-            Kind::Security => {
-                if let Some(st) = sec.states.get_mut(&key).filter(|st| !st.blocks()) {
-                    if let Err(e) = claims.claim(&owner("SecurityPolicy"), &st.clusters) {
-                        st.cluster_conflicts = e;
-                    }
-                }
-            }
-            Kind::Extension => {
-                if let Some(st) = pols.states.get_mut(&key).filter(|st| !st.blocks()) {
-                    let all = st
-                        .clusters
-                        .iter()
-                        .chain(st.dynamic.values().flat_map(|d| &d.clusters));
-                    if let Err(e) = claims.claim(&owner("EnvoyExtensionPolicy"), all) {
-                        st.cluster_conflicts = e;
-                    }
-                }
-            }
-            Kind::RateLimit => {
-                if let Some(st) = rl.states.get_mut(&key).filter(|st| !st.blocks()) {
-                    if let Err(e) = claims.claim(&owner("BackendTrafficPolicy"), &st.clusters) {
-                        st.cluster_conflicts = e;
-                    }
-                }
-            }
+    let layers = policies.chain_mut();
+    let mut order: Vec<(AgeKey, attach::Layer, usize, NsName)> = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        for (age, key) in layer.claim_order() {
+            order.push((age, layer.layer(), i, key));
         }
+    }
+    order.sort();
+    for (_, _, i, key) in order {
+        layers[i].claim(&key, &mut claims);
     }
 }
 

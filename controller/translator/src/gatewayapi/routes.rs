@@ -1,20 +1,18 @@
-//! HTTPRoutes: rules -> IR routes, attachment to listeners, precedence, route statuses, and the
-//! per-Gateway IR.
+//! HTTPRoutes: rules -> IR routes, attachment to listeners, route statuses. The per-Gateway IR
+//! (precedence, filter chain) is [`super::gateway_ir`]'s.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
 use super::listeners::{namespace_allowed, GatewayState};
-use super::policies::Policies;
 use super::validate::route_filters::dedupe_header_modifier;
 use super::validate::route_overlap::{self, ListenerKey};
 use super::validate::route_rules::{self, RouteVerdict, RuleVerdict};
 use super::{age_key, backends, duration, hostname, unsupported_condition, GatewayMap};
 use crate::ir::{
-    ActionIr, ChainIr, ClusterIr, FilterIr, GatewayIr, HeaderOpsIr, MirrorIr, PathMatchIr,
-    PathRewriteIr, PortIr, Protocol, RouteIr, ValueMatchIr, VirtualHostIr, WeightedCluster,
+    ActionIr, ClusterIr, HeaderOpsIr, MirrorIr, PathMatchIr, PathRewriteIr, RouteIr, ValueMatchIr,
+    WeightedCluster,
 };
 use crate::resources::{
     HeaderModifier, HttpRouteRule, HttpRouteSpec, NsName, Object, PathModifier, Resources,
@@ -649,206 +647,4 @@ fn attach(
         Condition::new("Accepted", true, "Accepted", "Route is accepted.")
     };
     (accepted, listeners)
-}
-
-type PrecedenceKey = (
-    u8,
-    Reverse<usize>,
-    bool,
-    Reverse<usize>,
-    Reverse<usize>,
-    (String, String, String),
-    usize,
-    usize,
-);
-
-fn precedence(r: &RouteIr, age: &super::AgeKey, rule: usize, m: usize) -> PrecedenceKey {
-    // Spec order: exact path, longest prefix, method, most headers, most query params, then
-    // oldest route, then namespace/name, then rule order. Regex sits between exact and prefix,
-    // as Envoy Gateway orders it.
-    let (rank, len) = match &r.path {
-        PathMatchIr::Exact(p) => (0, p.len()),
-        PathMatchIr::Regex(p) => (1, p.len()),
-        PathMatchIr::Prefix(p) => (2, p.trim_end_matches('/').len()),
-    };
-    (
-        rank,
-        Reverse(len),
-        r.method.is_none(),
-        Reverse(r.headers.len()),
-        Reverse(r.query_params.len()),
-        age.clone(),
-        rule,
-        m,
-    )
-}
-
-pub fn build_gateway_ir(
-    key: &NsName,
-    gw: &GatewayState,
-    routes: &RouteOutput,
-    pols: &Policies,
-    sec: &super::security::SecurityPolicies,
-    rl: &super::ratelimit::RateLimitPolicies,
-) -> GatewayIr {
-    let (ns, name) = key;
-    let mut ir = GatewayIr {
-        namespace: ns.clone(),
-        name: name.clone(),
-        ..Default::default()
-    };
-    // Chain order as Envoy Gateway's: authentication (SecurityPolicy), then extensions (EEP),
-    // then rate limits (BackendTrafficPolicy). Within a group: policy, then index/route.
-    let mut used_filters: BTreeMap<(u8, NsName, String), FilterIr> = BTreeMap::new();
-
-    let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-    for (i, l) in gw.listeners.iter().enumerate() {
-        if l.ready {
-            ports.entry(l.port).or_default().push(i);
-        }
-    }
-    for (port, idxs) in ports {
-        let protocol = gw.listeners[idxs[0]].protocol.unwrap_or(Protocol::Http);
-        let groups: Vec<(String, Vec<usize>)> = match protocol {
-            Protocol::Http => vec![(format!("{ns}/{name}/{port}"), idxs.clone())],
-            Protocol::Https => idxs
-                .iter()
-                .map(|&i| (format!("{ns}/{name}/{}", gw.listeners[i].name), vec![i]))
-                .collect(),
-        };
-        let mut chains = Vec::new();
-        for (chain_name, members) in groups {
-            let mut vhosts: BTreeMap<String, Vec<(PrecedenceKey, RouteIr)>> = BTreeMap::new();
-            let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-            for a in routes
-                .attachments
-                .iter()
-                .filter(|a| &a.gateway == key && members.contains(&a.listener))
-            {
-                let Some(tr) = routes.routes.get(&a.route) else {
-                    continue;
-                };
-                let listener = &gw.listeners[a.listener];
-                super::clusters::add_all(&mut ir.clusters, &tr.clusters);
-                for (ri, (rule_name, irs)) in tr.rules.iter().enumerate() {
-                    let policy =
-                        pols.effective(&a.route, rule_name.as_deref(), key, &listener.name);
-                    for (mi, r) in irs.iter().enumerate() {
-                        let mut r = r.clone();
-                        let mut blocked = false;
-                        let sp = sec.effective(&a.route, rule_name.as_deref(), key, &listener.name);
-                        if let Some(p) = sp {
-                            match (&p.filter, p.blocks()) {
-                                (Some(f), false) => {
-                                    r.enabled_filters.push(f.name().to_string());
-                                    used_filters.insert((0, p.obj.key(), String::new()), f.clone());
-                                    super::clusters::add_all(&mut ir.clusters, &p.clusters);
-                                }
-                                _ => blocked = true,
-                            }
-                        }
-                        if let Some(p) = policy {
-                            if p.blocks() {
-                                blocked = true;
-                            } else {
-                                let pkey = p.obj.key();
-                                for (fi, f) in p.filters.iter().enumerate() {
-                                    r.enabled_filters.push(f.name().to_string());
-                                    used_filters
-                                        .insert((1, pkey.clone(), format!("{fi:06}")), f.clone());
-                                }
-                                super::clusters::add_all(&mut ir.clusters, &p.clusters);
-                                if !p.obj.spec.dynamic_module.is_empty() {
-                                    match p.dynamic.get(key) {
-                                        Some(d) => {
-                                            for (fi, f) in d.filters.iter().enumerate() {
-                                                r.enabled_filters.push(f.name().to_string());
-                                                used_filters.insert(
-                                                    (1, pkey.clone(), format!("d{fi:06}")),
-                                                    f.clone(),
-                                                );
-                                            }
-                                            super::clusters::add_all(&mut ir.clusters, &d.clusters);
-                                        }
-                                        None => blocked = true,
-                                    }
-                                }
-                            }
-                        }
-                        let bp = rl.effective(&a.route, rule_name.as_deref(), key, &listener.name);
-                        if let Some(p) = bp {
-                            if p.blocks() {
-                                blocked = true;
-                            } else if let Some(plan) = &p.plan {
-                                let pkey = p.obj.key();
-                                let f = plan.filter_for(&pkey.0, &pkey.1, &r.name);
-                                r.enabled_filters.push(f.name().to_string());
-                                used_filters.insert((2, pkey, f.name().to_string()), f);
-                                super::clusters::add_all(&mut ir.clusters, &p.clusters);
-                                ir.use_remote_address = true;
-                            }
-                        }
-                        if blocked {
-                            r.action = ActionIr::Direct {
-                                status: 500,
-                                body: String::new(),
-                            };
-                            r.mirrors.clear();
-                            r.enabled_filters.clear();
-                        }
-                        let k = precedence(&r, &tr.age, ri, mi);
-                        for h in &a.hostnames {
-                            // A route reachable through two listeners of this chain is added once.
-                            if seen.insert((h.clone(), r.name.clone())) {
-                                vhosts
-                                    .entry(h.clone())
-                                    .or_default()
-                                    .push((k.clone(), r.clone()));
-                            }
-                        }
-                    }
-                }
-            }
-            let virtual_hosts = vhosts
-                .into_iter()
-                .map(|(h, mut rs)| {
-                    rs.sort_by(|a, b| a.0.cmp(&b.0));
-                    VirtualHostIr {
-                        name: format!("{chain_name}/{h}"),
-                        domains: vec![h],
-                        routes: rs.into_iter().map(|(_, r)| r).collect(),
-                    }
-                })
-                .collect();
-            let (server_names, certificates, http1_only) = match protocol {
-                Protocol::Http => (vec![], vec![], false),
-                Protocol::Https => {
-                    let l = &gw.listeners[members[0]];
-                    (
-                        l.hostname.iter().cloned().collect(),
-                        l.certificates.clone(),
-                        l.http1_only,
-                    )
-                }
-            };
-            chains.push(ChainIr {
-                name: chain_name,
-                server_names,
-                certificates,
-                http1_only,
-                virtual_hosts,
-            });
-        }
-        // SNI-specific chains first, the catch-all last: keeps the listener readable.
-        chains.sort_by(|a, b| {
-            (a.server_names.is_empty(), &a.name).cmp(&(b.server_names.is_empty(), &b.name))
-        });
-        ir.ports.push(PortIr {
-            port,
-            protocol,
-            chains,
-        });
-    }
-    ir.filters = used_filters.into_values().collect();
-    ir
 }

@@ -59,7 +59,10 @@ impl BackendRefError {
     }
 }
 
-impl From<BackendRefError> for crate::gatewayapi::backends::RefError {
+/// A failed reference: `(reason, message)` with the Gateway API's ResolvedRefs reasons.
+pub type RefError = (&'static str, String);
+
+impl From<BackendRefError> for RefError {
     fn from(e: BackendRefError) -> Self {
         (e.reason(), e.to_string())
     }

@@ -10,3 +10,4 @@ pub mod route_filters;
 pub mod route_matches;
 pub mod route_overlap;
 pub mod route_rules;
+pub mod rule_error;

@@ -6,7 +6,7 @@
 
 use crate::resources::{HeaderModifier, HttpRouteRule, PathModifier};
 
-use super::route_rules::{rule_path, RuleError};
+use super::rule_error::{rule_path, RuleError};
 
 /// Filter types of which a rule may hold only one (Gateway API: "Specifying the same filter
 /// multiple times is not supported unless explicitly indicated"; CRD "... cannot be repeated").

@@ -6,7 +6,7 @@
 
 use crate::resources::{HttpRouteMatch, ValueMatch};
 
-use super::route_rules::{rule_path, RuleError};
+use super::rule_error::{rule_path, RuleError};
 
 /// A match error; `unprogrammable` when the match cannot be put in xDS at all (Envoy would NACK
 /// the regex), so only the rule's other matches can answer 500.

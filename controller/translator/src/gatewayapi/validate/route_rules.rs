@@ -8,42 +8,8 @@ use std::collections::BTreeSet;
 
 use crate::resources::HttpRouteRule;
 
+use super::rule_error::RuleError;
 use super::{route_filters, route_matches};
-
-/// Why a rule is dropped. The message names the field (`spec.rules[0].filters[1]...`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuleError {
-    /// A value the API or this controller does not support (`UnsupportedValue`).
-    #[error("{field}: {why}")]
-    UnsupportedValue { field: String, why: String },
-    /// Filters that cannot be combined in one rule (`IncompatibleFilters`).
-    #[error("{field}: {why}")]
-    IncompatibleFilters { field: String, why: String },
-}
-
-impl RuleError {
-    pub fn unsupported(field: impl Into<String>, why: impl Into<String>) -> Self {
-        Self::UnsupportedValue {
-            field: field.into(),
-            why: why.into(),
-        }
-    }
-
-    pub fn incompatible(field: impl Into<String>, why: impl Into<String>) -> Self {
-        Self::IncompatibleFilters {
-            field: field.into(),
-            why: why.into(),
-        }
-    }
-
-    /// The condition reason (Gateway API `RouteConditionReason`).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::UnsupportedValue { .. } => "UnsupportedValue",
-            Self::IncompatibleFilters { .. } => "IncompatibleFilters",
-        }
-    }
-}
 
 /// What is wrong with one rule.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -58,11 +24,6 @@ impl RuleVerdict {
     pub fn is_valid(&self) -> bool {
         self.errors.is_empty()
     }
-}
-
-/// `spec.rules[ri]` path prefix for messages.
-pub fn rule_path(ri: usize) -> String {
-    format!("spec.rules[{ri}]")
 }
 
 pub fn check_rule(ri: usize, rule: &HttpRouteRule) -> RuleVerdict {
@@ -127,6 +88,7 @@ pub fn summarize(verdicts: &[RuleVerdict]) -> RouteVerdict {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rule_error::rule_path;
     use super::*;
 
     fn bad(ri: usize) -> RuleVerdict {

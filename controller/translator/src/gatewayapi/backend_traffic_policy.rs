@@ -6,23 +6,19 @@
 //! one name across routes. Anything the filter cannot express exactly rejects the rate limit
 //! (Accepted=False naming the field) rather than limit differently.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use portcullis_core::ratelimit::config::{
     ClientIpConfig, Config, FailureMode, GlobalConfig, HeaderMatch, KeyPart, Limit, LocalConfig,
     Match, ResponseHeaders, Rule, Scope, Unit,
 };
 
-use super::policies::{
-    effective_in, pick_winners, policy_status, resolve_targets_for, PolicyStatusInput, TargetKey,
-};
-use super::{builtin, GatewayMap};
+use super::attach::{Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetKey};
+use super::{builtin, clusters};
 use crate::ir::{ClusterIr, FilterIr};
-use crate::resources::{
-    BackendTrafficPolicySpec, NsName, Object, PolicyTargetRef, RateLimitRule, Resources,
-};
-use crate::status::{Condition, ResourceStatus};
-use crate::wasm::source::{WasmResolver, WasmSource};
+use crate::resources::{BackendTrafficPolicySpec, NsName, Object, RateLimitRule};
+use crate::status::Condition;
+use crate::wasm::source::WasmSource;
 use crate::TranslateOptions;
 
 /// Domain of global descriptors; rule names carry the policy, so policies never share counters.
@@ -69,10 +65,8 @@ impl Plan {
     }
 }
 
+/// What a BackendTrafficPolicy resolved to.
 pub struct RateLimitState {
-    pub obj: Object<BackendTrafficPolicySpec>,
-    pub targets: Vec<TargetKey>,
-    pub not_found: Vec<(PolicyTargetRef, String)>,
     pub plan: Option<Plan>,
     pub clusters: Vec<ClusterIr>,
     /// The rate limit is not applied (routes are unaffected).
@@ -81,32 +75,116 @@ pub struct RateLimitState {
     pub unavailable: Option<String>,
     /// Other BackendTrafficPolicy features, not implemented.
     pub ignored: Vec<String>,
-    /// Clusters another route or policy already defines differently ([`super::clusters::Claims`]):
-    /// targeted routes answer 500 (fail closed).
-    pub cluster_conflicts: Vec<String>,
 }
 
-impl RateLimitState {
-    pub fn blocks(&self) -> bool {
-        self.unavailable.is_some() || !self.cluster_conflicts.is_empty()
+/// BackendTrafficPolicy as a [`PolicyKind`]: the last layer of the chain.
+pub(crate) struct BackendTrafficPolicyKind;
+
+pub(crate) type RateLimitPolicies = PolicySet<BackendTrafficPolicyKind>;
+
+impl PolicyKind for BackendTrafficPolicyKind {
+    const KIND: &'static str = "BackendTrafficPolicy";
+    const LAYER: Layer = Layer::RateLimit;
+    type Spec = BackendTrafficPolicySpec;
+    type State = RateLimitState;
+
+    fn resolve(
+        ctx: &ResolveCtx<'_>,
+        p: &Object<BackendTrafficPolicySpec>,
+        _targets: &[TargetKey],
+        wasm_needed: &mut BTreeSet<WasmSource>,
+    ) -> RateLimitState {
+        let ResolveCtx { opts, wasm, .. } = *ctx;
+        let mut st = RateLimitState {
+            plan: None,
+            clusters: vec![],
+            problems: vec![],
+            unavailable: None,
+            ignored: vec![],
+        };
+        for u in &p.unsupported {
+            if u.starts_with("spec.rateLimit") {
+                st.problems.push(format!("{u} is not supported"));
+            } else {
+                st.ignored.push(u.clone());
+            }
+        }
+        let planned = plan_config(opts, p, &mut st.problems);
+        if let (Some((rules, base)), true) = (planned, st.problems.is_empty()) {
+            let service = base
+                .global
+                .as_ref()
+                .zip(opts.ratelimit_service.as_deref())
+                .map(|(g, addr)| clusters::grpc_cluster(&g.cluster, addr));
+            match service {
+                Some(Err(e)) => st.problems.push(format!("--ratelimit-service: {e}")),
+                Some(Ok(c)) => st.clusters.push(c),
+                None => {}
+            }
+            if st.problems.is_empty() {
+                match builtin::builtin_module(opts, wasm, "ratelimit", wasm_needed) {
+                    Ok(m) => {
+                        st.clusters.push(m.fetch_cluster.clone());
+                        st.plan = Some(Plan {
+                            rules,
+                            base,
+                            module: m,
+                        });
+                    }
+                    Err(e) => st.unavailable = Some(e),
+                }
+            }
+        }
+        st
     }
-}
 
-pub struct RateLimitPolicies {
-    pub states: BTreeMap<NsName, RateLimitState>,
-    pub winners: BTreeMap<TargetKey, NsName>,
-    pub wasm_needed: BTreeSet<WasmSource>,
-}
+    fn blocks(st: &RateLimitState) -> bool {
+        st.unavailable.is_some()
+    }
 
-impl RateLimitPolicies {
-    pub fn effective(
-        &self,
-        route: &NsName,
-        rule_name: Option<&str>,
-        gw: &NsName,
-        listener: &str,
-    ) -> Option<&RateLimitState> {
-        effective_in(&self.winners, route, rule_name, gw, listener).and_then(|k| self.states.get(k))
+    fn clusters(st: &RateLimitState) -> Vec<&ClusterIr> {
+        st.clusters.iter().collect()
+    }
+
+    fn accepted(st: &RateLimitState) -> Condition {
+        if !st.problems.is_empty() {
+            Condition::new(
+                "Accepted",
+                false,
+                "Invalid",
+                format!("{} (the rate limit is not applied)", st.problems.join("; ")),
+            )
+        } else if let Some(u) = &st.unavailable {
+            Condition::new(
+                "Accepted",
+                false,
+                "Invalid",
+                format!("{u} (targeted routes answer 500)"),
+            )
+        } else {
+            Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
+        }
+    }
+
+    fn warnings(st: &RateLimitState) -> Vec<Condition> {
+        super::unsupported_condition(&st.ignored)
+            .into_iter()
+            .collect()
+    }
+
+    fn render<'a>(p: &'a Policy<Self>, _gw: &NsName, route: &str) -> Rendered<'a> {
+        // A rate limit that is not applied leaves its routes alone.
+        let Some(plan) = &p.state.plan else {
+            return Rendered::default();
+        };
+        let (ns, name) = (p.obj.namespace(), p.obj.name());
+        let f = plan.filter_for(ns, name, route);
+        Rendered {
+            filters: vec![(f.name().to_string(), f)],
+            clusters: p.state.clusters.iter().collect(),
+            remote_address: true,
+            blocked: false,
+        }
     }
 }
 
@@ -294,130 +372,4 @@ fn plan_config(
         }
     }
     Some((rules, base))
-}
-
-pub fn resolve(
-    res: &Resources,
-    opts: &TranslateOptions,
-    wasm: &dyn WasmResolver,
-    gateways: &GatewayMap,
-) -> RateLimitPolicies {
-    let mut states = BTreeMap::new();
-    let mut wasm_needed = BTreeSet::new();
-    for (key, p) in &res.backend_traffic_policies {
-        let (targets, not_found) = resolve_targets_for(
-            res,
-            &key.0,
-            p.spec.target_ref.as_ref(),
-            &p.spec.target_refs,
-            &p.spec.target_selectors,
-            gateways,
-        );
-        let mut st = RateLimitState {
-            obj: p.clone(),
-            targets,
-            not_found,
-            plan: None,
-            clusters: vec![],
-            problems: vec![],
-            unavailable: None,
-            ignored: vec![],
-            cluster_conflicts: vec![],
-        };
-        for u in &p.unsupported {
-            if u.starts_with("spec.rateLimit") {
-                st.problems.push(format!("{u} is not supported"));
-            } else {
-                st.ignored.push(u.clone());
-            }
-        }
-        let planned = plan_config(opts, p, &mut st.problems);
-        if let (Some((rules, base)), true) = (planned, st.problems.is_empty()) {
-            let service = base
-                .global
-                .as_ref()
-                .zip(opts.ratelimit_service.as_deref())
-                .map(|(g, addr)| builtin::grpc_cluster(&g.cluster, addr));
-            match service {
-                Some(Err(e)) => st.problems.push(format!("--ratelimit-service: {e}")),
-                Some(Ok(c)) => st.clusters.push(c),
-                None => {}
-            }
-            if st.problems.is_empty() {
-                match builtin::builtin_module(opts, wasm, "ratelimit", &mut wasm_needed) {
-                    Ok(m) => {
-                        st.clusters.push(m.fetch_cluster.clone());
-                        st.plan = Some(Plan {
-                            rules,
-                            base,
-                            module: m,
-                        });
-                    }
-                    Err(e) => st.unavailable = Some(e),
-                }
-            }
-        }
-        states.insert(key.clone(), st);
-    }
-    let winners = pick_winners(
-        states
-            .iter()
-            .map(|(k, st)| (k, &st.obj.meta, st.targets.as_slice())),
-    );
-    RateLimitPolicies {
-        states,
-        winners,
-        wasm_needed,
-    }
-}
-
-pub fn statuses(
-    res: &Resources,
-    opts: &TranslateOptions,
-    pols: &RateLimitPolicies,
-    gateways: &GatewayMap,
-    routes: &super::routes::RouteOutput,
-) -> Vec<ResourceStatus> {
-    let mut out = Vec::new();
-    for (key, st) in &pols.states {
-        let base = if let Some(c) = super::clusters::conflict_condition(&st.cluster_conflicts) {
-            c
-        } else if !st.problems.is_empty() {
-            Condition::new(
-                "Accepted",
-                false,
-                "Invalid",
-                format!("{} (the rate limit is not applied)", st.problems.join("; ")),
-            )
-        } else if let Some(u) = &st.unavailable {
-            Condition::new(
-                "Accepted",
-                false,
-                "Invalid",
-                format!("{u} (targeted routes answer 500)"),
-            )
-        } else {
-            Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
-        };
-        let extra: Vec<Condition> = super::unsupported_condition(&st.ignored)
-            .into_iter()
-            .collect();
-        out.push(policy_status(
-            &PolicyStatusInput {
-                res,
-                opts,
-                gateways,
-                routes,
-                kind: "BackendTrafficPolicy",
-                key,
-                generation: st.obj.meta.generation,
-                targets: &st.targets,
-                not_found: &st.not_found,
-                winners: &pols.winners,
-            },
-            base,
-            &extra,
-        ));
-    }
-    out
 }

@@ -10,27 +10,22 @@ use portcullis_core::oidc::config::{
 };
 use sha2::Sha256;
 
-use super::policies::{
-    effective_in, pick_winners, policy_status, resolve_targets_for, PolicyStatusInput, TargetKey,
-};
-use super::{builtin, duration, reference_granted, GatewayMap};
+use super::attach::{Layer, Policy, PolicyKind, PolicySet, Rendered, ResolveCtx, TargetKey};
+use super::{builtin, clusters, duration, reference_granted};
 use crate::ir::{ClusterIr, FilterIr};
 use crate::resources::{
-    NsName, Object, ObjectRef, PolicyTargetRef, Resources, SecretKeyError, SecurityPolicySpec,
-    EG_GROUP,
+    NsName, Object, ObjectRef, Resources, SecretKeyError, SecurityPolicySpec, EG_GROUP,
 };
-use crate::status::{Condition, ResourceStatus};
-use crate::wasm::source::{WasmResolver, WasmSource};
+use crate::status::Condition;
+use crate::wasm::source::WasmSource;
 use crate::TranslateOptions;
 
 /// Key used when no session secret is configured (offline translate). Public, so cookies
 /// sealed under it are not secret: the status says so.
 pub const PLACEHOLDER_SESSION_KEY: [u8; 32] = [0u8; 32];
 
+/// What a SecurityPolicy resolved to.
 pub struct SecurityState {
-    pub obj: Object<SecurityPolicySpec>,
-    pub targets: Vec<TargetKey>,
-    pub not_found: Vec<(PolicyTargetRef, String)>,
     /// The oidc filter (when the policy is applied).
     pub filter: Option<FilterIr>,
     pub clusters: Vec<ClusterIr>,
@@ -39,32 +34,116 @@ pub struct SecurityState {
     /// Fields accepted but not expressible by the filter.
     pub ignored: Vec<String>,
     pub placeholder_secret: bool,
-    /// Clusters another route or policy already defines differently ([`super::clusters::Claims`]):
-    /// the policy is not applied.
-    pub cluster_conflicts: Vec<String>,
 }
 
-impl SecurityState {
-    pub fn blocks(&self) -> bool {
-        !self.problems.is_empty() || !self.cluster_conflicts.is_empty() || self.filter.is_none()
+/// SecurityPolicy as a [`PolicyKind`]: the first layer of the chain.
+pub(crate) struct SecurityPolicyKind;
+
+pub(crate) type SecurityPolicies = PolicySet<SecurityPolicyKind>;
+
+impl PolicyKind for SecurityPolicyKind {
+    const KIND: &'static str = "SecurityPolicy";
+    const LAYER: Layer = Layer::Security;
+    type Spec = SecurityPolicySpec;
+    type State = SecurityState;
+
+    fn resolve(
+        ctx: &ResolveCtx<'_>,
+        p: &Object<SecurityPolicySpec>,
+        _targets: &[TargetKey],
+        wasm_needed: &mut BTreeSet<WasmSource>,
+    ) -> SecurityState {
+        let ResolveCtx {
+            res, opts, wasm, ..
+        } = *ctx;
+        let (ns, name) = (p.namespace(), p.name());
+        let mut st = SecurityState {
+            filter: None,
+            clusters: vec![],
+            problems: vec![],
+            ignored: vec![],
+            placeholder_secret: opts.session_secret.is_none(),
+        };
+        if !p.unsupported.is_empty() {
+            // Unmodelled auth (jwt, basicAuth, extAuth, authorization...) must not be skipped.
+            st.problems
+                .push(format!("unsupported fields: {}", p.unsupported.join(", ")));
+        }
+        let cfg = oidc_config(res, opts, p, &mut st.ignored);
+        match cfg {
+            Err(e) => st.problems.extend(e),
+            Ok(cfg) if st.problems.is_empty() => {
+                match (
+                    builtin::builtin_module(opts, wasm, "oidc", wasm_needed),
+                    issuer_cluster(res, opts, ctx.slices, p, &cfg),
+                    serde_json::to_string(&cfg),
+                ) {
+                    (Ok(m), Ok(provider), Ok(configuration)) => {
+                        st.filter = Some(m.filter(
+                            &format!("securitypolicy/{ns}/{name}/oidc"),
+                            "oidc",
+                            configuration,
+                        ));
+                        st.clusters.push(m.fetch_cluster);
+                        st.clusters.push(provider);
+                    }
+                    (m, c, j) => {
+                        st.problems.extend(m.err());
+                        st.problems
+                            .extend(c.err().map(|e| format!("oidc.provider.{e}")));
+                        st.problems.extend(j.err().map(|e| e.to_string()));
+                    }
+                }
+            }
+            Ok(_) => {}
+        }
+        st
     }
-}
 
-pub struct SecurityPolicies {
-    pub states: BTreeMap<NsName, SecurityState>,
-    pub winners: BTreeMap<TargetKey, NsName>,
-    pub wasm_needed: BTreeSet<WasmSource>,
-}
+    fn blocks(st: &SecurityState) -> bool {
+        !st.problems.is_empty() || st.filter.is_none()
+    }
 
-impl SecurityPolicies {
-    pub fn effective(
-        &self,
-        route: &NsName,
-        rule_name: Option<&str>,
-        gw: &NsName,
-        listener: &str,
-    ) -> Option<&SecurityState> {
-        effective_in(&self.winners, route, rule_name, gw, listener).and_then(|k| self.states.get(k))
+    fn clusters(st: &SecurityState) -> Vec<&ClusterIr> {
+        st.clusters.iter().collect()
+    }
+
+    fn accepted(st: &SecurityState) -> Condition {
+        if st.problems.is_empty() {
+            Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
+        } else {
+            Condition::new(
+                "Accepted",
+                false,
+                "Invalid",
+                format!("{} (targeted routes answer 500)", st.problems.join("; ")),
+            )
+        }
+    }
+
+    fn warnings(st: &SecurityState) -> Vec<Condition> {
+        let mut extra = Vec::new();
+        extra.extend(super::unsupported_condition(&st.ignored));
+        if st.placeholder_secret {
+            extra.push(Condition::new(
+                "SessionSecret",
+                false,
+                "Placeholder",
+                "session secret is a placeholder (offline translate): the cookie secret derives from a public key",
+            ));
+        }
+        extra
+    }
+
+    fn render<'a>(p: &'a Policy<Self>, _gw: &NsName, _route: &str) -> Rendered<'a> {
+        match &p.state.filter {
+            Some(f) => Rendered {
+                filters: vec![(String::new(), f.clone())],
+                clusters: p.state.clusters.iter().collect(),
+                ..Default::default()
+            },
+            None => Rendered::blocked(),
+        }
     }
 }
 
@@ -128,11 +207,11 @@ fn oidc_config(
         ]);
     };
     let issuer = o.provider.issuer.clone();
-    if let Err(e) = builtin::url_parts(&issuer) {
+    if let Err(e) = clusters::url_parts(&issuer) {
         problems.push(format!("oidc.provider.issuer: {e}"));
     }
     // Named after the policy, not the issuer: two policies with one issuer get two clusters.
-    let provider_cluster = super::clusters::security_policy_issuer_cluster(ns, name);
+    let provider_cluster = clusters::security_policy_issuer_cluster(ns, name);
     let client_id = match (&o.client_id, &o.client_id_ref) {
         (Some(id), _) => id.clone(),
         (None, Some(r)) => match secret_value(res, ns, r, "client-id") {
@@ -322,7 +401,7 @@ fn issuer_cluster(
     };
     let r = match refs.as_slice() {
         [] => {
-            return builtin::tenant_issuer_cluster(
+            return clusters::tenant_issuer_cluster(
                 &opts.egress,
                 &cfg.provider_cluster,
                 &cfg.issuer,
@@ -343,142 +422,12 @@ fn issuer_cluster(
     )
     .map_err(|(reason, msg)| format!("backendRefs ({reason}): {msg}"))?;
     c.name = cfg.provider_cluster.clone();
-    let (host, _, https) = builtin::url_parts(&cfg.issuer).map_err(|e| format!("issuer: {e}"))?;
+    let (host, _, https) = clusters::url_parts(&cfg.issuer).map_err(|e| format!("issuer: {e}"))?;
     if https && c.tls_sni.is_none() {
         c.tls_sni = Some(host);
         c.tls_verify = Some(opts.egress.system_trust());
     }
     Ok(c)
-}
-
-pub fn resolve(
-    res: &Resources,
-    opts: &TranslateOptions,
-    wasm: &dyn WasmResolver,
-    gateways: &GatewayMap,
-) -> SecurityPolicies {
-    let mut states = BTreeMap::new();
-    let mut wasm_needed = BTreeSet::new();
-    let slices = super::backends::slice_index(res);
-    for (key, p) in &res.security_policies {
-        let (ns, name) = key;
-        let (targets, not_found) = resolve_targets_for(
-            res,
-            ns,
-            p.spec.target_ref.as_ref(),
-            &p.spec.target_refs,
-            &p.spec.target_selectors,
-            gateways,
-        );
-        let mut st = SecurityState {
-            obj: p.clone(),
-            targets,
-            not_found,
-            filter: None,
-            clusters: vec![],
-            problems: vec![],
-            ignored: vec![],
-            placeholder_secret: opts.session_secret.is_none(),
-            cluster_conflicts: vec![],
-        };
-        if !p.unsupported.is_empty() {
-            // Unmodelled auth (jwt, basicAuth, extAuth, authorization...) must not be skipped.
-            st.problems
-                .push(format!("unsupported fields: {}", p.unsupported.join(", ")));
-        }
-        let cfg = oidc_config(res, opts, p, &mut st.ignored);
-        match cfg {
-            Err(e) => st.problems.extend(e),
-            Ok(cfg) if st.problems.is_empty() => {
-                match (
-                    builtin::builtin_module(opts, wasm, "oidc", &mut wasm_needed),
-                    issuer_cluster(res, opts, &slices, p, &cfg),
-                    serde_json::to_string(&cfg),
-                ) {
-                    (Ok(m), Ok(provider), Ok(configuration)) => {
-                        st.filter = Some(m.filter(
-                            &format!("securitypolicy/{ns}/{name}/oidc"),
-                            "oidc",
-                            configuration,
-                        ));
-                        st.clusters.push(m.fetch_cluster);
-                        st.clusters.push(provider);
-                    }
-                    (m, c, j) => {
-                        st.problems.extend(m.err());
-                        st.problems
-                            .extend(c.err().map(|e| format!("oidc.provider.{e}")));
-                        st.problems.extend(j.err().map(|e| e.to_string()));
-                    }
-                }
-            }
-            Ok(_) => {}
-        }
-        states.insert(key.clone(), st);
-    }
-    let winners = pick_winners(
-        states
-            .iter()
-            .map(|(k, st)| (k, &st.obj.meta, st.targets.as_slice())),
-    );
-    SecurityPolicies {
-        states,
-        winners,
-        wasm_needed,
-    }
-}
-
-pub fn statuses(
-    res: &Resources,
-    opts: &TranslateOptions,
-    pols: &SecurityPolicies,
-    gateways: &GatewayMap,
-    routes: &super::routes::RouteOutput,
-) -> Vec<ResourceStatus> {
-    let mut out = Vec::new();
-    for (key, st) in &pols.states {
-        let base = if let Some(c) = super::clusters::conflict_condition(&st.cluster_conflicts) {
-            c
-        } else if st.problems.is_empty() {
-            Condition::new("Accepted", true, "Accepted", "Policy has been accepted.")
-        } else {
-            Condition::new(
-                "Accepted",
-                false,
-                "Invalid",
-                format!("{} (targeted routes answer 500)", st.problems.join("; ")),
-            )
-        };
-        let mut extra = Vec::new();
-        if !st.ignored.is_empty() {
-            extra.extend(super::unsupported_condition(&st.ignored));
-        }
-        if st.placeholder_secret {
-            extra.push(Condition::new(
-                "SessionSecret",
-                false,
-                "Placeholder",
-                "session secret is a placeholder (offline translate): the cookie secret derives from a public key",
-            ));
-        }
-        out.push(policy_status(
-            &PolicyStatusInput {
-                res,
-                opts,
-                gateways,
-                routes,
-                kind: "SecurityPolicy",
-                key,
-                generation: st.obj.meta.generation,
-                targets: &st.targets,
-                not_found: &st.not_found,
-                winners: &pols.winners,
-            },
-            base,
-            &extra,
-        ));
-    }
-    out
 }
 
 #[cfg(test)]
