@@ -28,6 +28,7 @@ pub mod xds {
     pub mod fuzzing;
     mod resource_type;
     pub mod server;
+    mod shared;
     mod sotw;
     mod status;
     mod stream;

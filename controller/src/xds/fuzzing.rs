@@ -4,7 +4,8 @@
 
 use super::delta::Delta;
 use super::resource_type::ResourceType;
-use super::server::{NodeAuth, XdsServer};
+use super::server::XdsServer;
+use super::shared::NodeAuth;
 use super::sotw::Sotw;
 use super::stream::{Protocol, Stream};
 use crate::metrics::Metrics;

@@ -10,8 +10,8 @@
 //! rejected keeps getting the last version it ACKed (also after a reconnect).
 
 use super::delta::Delta;
+use super::shared::{lock, NodeAuth, Shared};
 use super::sotw::Sotw;
-use super::status::Statuses;
 use super::stream::Stream;
 use super::versions::Published;
 use crate::metrics::Metrics;
@@ -22,10 +22,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use portcullis_translator::xds::snapshot::XdsSnapshot;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -33,39 +31,6 @@ pub use super::status::{EnvoyState, Nack, NodeStatus, TypeStatus, XdsStatus};
 
 #[doc(hidden)]
 pub use super::fuzzing;
-
-/// State shared by the server and its streams.
-pub(crate) struct Shared {
-    published: Mutex<Arc<Published>>,
-    /// Per node: a counter bumped whenever the node's published resources change.
-    node_changes: Mutex<BTreeMap<String, watch::Sender<u64>>>,
-    pub status: Statuses,
-    nonce: AtomicU64,
-    metrics: Metrics,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these locks leaves plain data behind: keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    pub fn published(&self) -> Arc<Published> {
-        lock(&self.published).clone()
-    }
-
-    pub fn next_nonce(&self) -> String {
-        self.nonce.fetch_add(1, Ordering::Relaxed).to_string()
-    }
-
-    /// A receiver that changes whenever `node`'s resources do.
-    pub fn node_changes(&self, node: &str) -> watch::Receiver<u64> {
-        lock(&self.node_changes)
-            .entry(node.to_string())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-}
 
 /// The ADS server: publish snapshots, serve them to Envoys, report ACK/NACK state.
 #[derive(Clone)]
@@ -82,13 +47,7 @@ impl std::fmt::Debug for XdsServer {
 impl XdsServer {
     pub fn new(metrics: Metrics) -> Self {
         XdsServer {
-            shared: Arc::new(Shared {
-                published: Mutex::new(Arc::new(Published::default())),
-                node_changes: Mutex::new(BTreeMap::new()),
-                status: Statuses::new(metrics.clone()),
-                nonce: AtomicU64::new(1),
-                metrics,
-            }),
+            shared: Arc::new(Shared::new(metrics)),
         }
     }
 
@@ -181,46 +140,6 @@ impl XdsServer {
             .add_service(self.service())
             .serve_with_incoming_shutdown(crate::tls::incoming_stream(conns), shutdown)
             .await
-    }
-}
-
-/// Which node ids a connection may serve: any over plain TCP (local mode, loopback); over
-/// mutual TLS only the node its client certificate was issued for, so one Gateway's fleet cannot
-/// read another's configuration (OIDC client secrets included).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum NodeAuth {
-    Any,
-    Only(String),
-    /// A verified certificate that names no Gateway.
-    NoGateway,
-}
-
-impl NodeAuth {
-    fn of<T>(request: &Request<T>) -> Self {
-        match request.extensions().get::<crate::tls::TlsPeer>() {
-            None => NodeAuth::Any,
-            Some(peer) => match &peer.node_id {
-                Some(id) => NodeAuth::Only(id.clone()),
-                None => NodeAuth::NoGateway,
-            },
-        }
-    }
-
-    pub fn check(&self, node_id: &str) -> Result<(), Status> {
-        let refused = |why: String| {
-            tracing::warn!(node = node_id, reason = %why, "ADS stream refused");
-            Err(Status::permission_denied(why))
-        };
-        match self {
-            NodeAuth::Any => Ok(()),
-            NodeAuth::Only(id) if id == node_id => Ok(()),
-            NodeAuth::Only(id) => refused(format!(
-                "node id {node_id:?} does not match the client certificate, which is for Gateway {id}"
-            )),
-            NodeAuth::NoGateway => refused(format!(
-                "node id {node_id:?}: the client certificate names no Gateway (URI SAN spiffe://portcullis/ns/<ns>/gateway/<name>)"
-            )),
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! the streams of nodes whose resources changed) and a due retry of a transient NACK.
 
 use super::resource_type::ResourceType;
-use super::server::{NodeAuth, Shared};
+use super::shared::{NodeAuth, Shared};
 use super::versions::TypeSet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
