@@ -666,7 +666,8 @@ fn single_edits(
     Ok(out)
 }
 
-pub fn run(args: ControllerArgs) -> Result<()> {
+/// Runs the benchmark and writes its JSON; `report::publish_controller` writes the views.
+pub fn run(args: ControllerArgs) -> Result<ControllerReport> {
     let root = find_root()?;
     let abs = |p: &Path| {
         if p.is_absolute() {
@@ -807,19 +808,11 @@ pub fn run(args: ControllerArgs) -> Result<()> {
         std::fs::create_dir_all(d)?;
     }
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
-    let md = crate::report::controller_markdown(&report);
-    std::fs::write(abs(&args.markdown), &md)?;
-    if args.update_benchmarks_md
-        && crate::report::splice(&root.join("BENCHMARKS.md"), "controller", &md)?
-    {
-        eprintln!("[bench] updated the controller tables in BENCHMARKS.md");
-    }
-    crate::chart::controller_charts(&report, &abs(&args.charts))?;
     eprintln!("[bench] wrote {}", out.display());
     if args.manifests.is_none() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -1167,7 +1167,9 @@ fn sanity(addr: std::net::SocketAddr, v: &Variant) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: FiltersArgs) -> Result<()> {
+/// Runs the benchmark and writes its JSON (None: `--list`); `report::publish_filters` writes
+/// the views.
+pub fn run(args: FiltersArgs) -> Result<Option<FiltersReport>> {
     let root = find_root()?;
     let envoy_bin = envoy_bin(&root, args.envoy.clone());
     let wasm_dir = if args.wasm_dir.is_absolute() {
@@ -1202,7 +1204,7 @@ pub fn run(args: FiltersArgs) -> Result<()> {
                 v.id, v.group, v.label, v.description
             );
         }
-        return Ok(());
+        return Ok(None);
     }
     if !args.only.is_empty() {
         // The baselines of the selected variants stay: `none`, and `none-c4` for `c4` rows.
@@ -1456,21 +1458,9 @@ pub fn run(args: FiltersArgs) -> Result<()> {
         std::fs::create_dir_all(d)?;
     }
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
-    let md = crate::report::filters_markdown(&report);
-    std::fs::write(abs(&root, &args.markdown), &md)?;
-    if args.update_benchmarks_md
-        && crate::report::splice(&root.join("BENCHMARKS.md"), "filters", &md)?
-    {
-        eprintln!("[bench] updated the filters table in BENCHMARKS.md");
-    }
-    crate::chart::filters_charts(&report, &abs(&root, &args.charts))?;
-    eprintln!(
-        "[bench] wrote {} and {}",
-        out.display(),
-        abs(&root, &args.markdown).display()
-    );
+    eprintln!("[bench] wrote {}", out.display());
     let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    Ok(Some(report))
 }
 
 fn abs(root: &Path, p: &Path) -> PathBuf {

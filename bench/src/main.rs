@@ -40,7 +40,10 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Filters(a) => filters::run(a),
-        Cmd::Controller(a) => controller::run(a),
+        Cmd::Filters(a) => match filters::run(a.clone())? {
+            Some(r) => report::publish_filters(&r, &a),
+            None => Ok(()),
+        },
+        Cmd::Controller(a) => report::publish_controller(&controller::run(a.clone())?, &a),
     }
 }

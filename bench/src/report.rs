@@ -1,7 +1,7 @@
 //! Markdown tables from the results (pasted into BENCHMARKS.md).
 
-use crate::controller::ControllerReport;
-use crate::filters::{FiltersReport, VariantResult};
+use crate::controller::{ControllerArgs, ControllerReport};
+use crate::filters::{FiltersArgs, FiltersReport, VariantResult};
 use std::fmt::Write as _;
 
 fn ratio(x: f64) -> String {
@@ -473,6 +473,40 @@ pub fn splice(file: &std::path::Path, name: &str, text: &str) -> anyhow::Result<
     let out = format!("{}{begin}\n{}\n{}", &doc[..b], text.trim_end(), &doc[e..]);
     std::fs::write(file, out)?;
     Ok(true)
+}
+
+/// `p` relative to the workspace root unless absolute.
+fn under_root(root: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
+}
+
+/// A controller run's views: the markdown (spliced into BENCHMARKS.md when asked) and charts.
+pub fn publish_controller(report: &ControllerReport, args: &ControllerArgs) -> anyhow::Result<()> {
+    let root = crate::filters::find_root()?;
+    let md = controller_markdown(report);
+    std::fs::write(under_root(&root, &args.markdown), &md)?;
+    if args.update_benchmarks_md && splice(&root.join("BENCHMARKS.md"), "controller", &md)? {
+        eprintln!("[bench] updated the controller tables in BENCHMARKS.md");
+    }
+    crate::chart::controller_charts(report, &under_root(&root, &args.charts))
+}
+
+/// A filters run's views: the markdown (spliced into BENCHMARKS.md when asked) and charts.
+pub fn publish_filters(report: &FiltersReport, args: &FiltersArgs) -> anyhow::Result<()> {
+    let root = crate::filters::find_root()?;
+    let md = filters_markdown(report);
+    let path = under_root(&root, &args.markdown);
+    std::fs::write(&path, &md)?;
+    if args.update_benchmarks_md && splice(&root.join("BENCHMARKS.md"), "filters", &md)? {
+        eprintln!("[bench] updated the filters table in BENCHMARKS.md");
+    }
+    crate::chart::filters_charts(report, &under_root(&root, &args.charts))?;
+    eprintln!("[bench] wrote {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]
