@@ -498,28 +498,18 @@ fn converge(
         )?;
         tag = format!("edit{e}");
         let text = routes_yaml(n, args.gateways, &tag);
-        let cpu0 = util::cpu_seconds(pid)?;
-        let t = Instant::now();
-        // Write to a temp file and rename, as editors and `kubectl`-style tools do.
-        let tmp = set.dir.join(".routes.yaml.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, set.dir.join("routes.yaml"))?;
-        let mut last = Value::Null;
-        util::wait_for(&format!("ACK of edit {e}"), timeout, || {
-            guard.check_alive()?;
-            let d = match status(admin) {
-                Ok(d) => d,
-                Err(_) => return Ok(None),
-            };
-            // A new generation from a translation that started after the edit.
-            let newer = d["translations"].as_u64().unwrap_or(0) > translations;
-            let g = synced(&d, args.gateways, gen + 1).filter(|_| newer);
-            last = d;
-            Ok(g)
-        })
-        .map_err(|er| anyhow!("{er:#}; last xds status: {}", last["xds"]))?;
-        edits.push(t.elapsed().as_secs_f64() * 1e3);
-        edit_cpu.push(util::cpu_seconds(pid)? - cpu0);
+        let (ms, cpu) = edit_and_wait(
+            &mut guard,
+            admin,
+            set,
+            &text,
+            &format!("ACK of edit {e}"),
+            timeout,
+            translations,
+            |d| synced(d, args.gateways, gen + 1).is_some(),
+        )?;
+        edits.push(ms);
+        edit_cpu.push(cpu);
     }
     let single = single_edits(args, &mut guard, admin, set, n, &tag, timeout)?;
     let doc = status(admin)?;
@@ -554,6 +544,46 @@ fn converge(
     };
     guard.stop();
     Ok(res)
+}
+
+/// Writes `text` as the routes file (temp file + rename, as editors and `kubectl`-style tools
+/// do) and waits until `/status` shows a translation newer than `translations` for which
+/// `acked` holds. Returns (wall ms, controller CPU seconds) of the edit.
+#[allow(clippy::too_many_arguments)]
+fn edit_and_wait(
+    guard: &mut Guard,
+    admin: u16,
+    set: &Set,
+    text: &str,
+    what: &str,
+    timeout: Duration,
+    translations: u64,
+    acked: impl Fn(&Value) -> bool,
+) -> Result<(f64, f64)> {
+    let pid = guard.pid();
+    let cpu0 = util::cpu_seconds(pid)?;
+    let t = Instant::now();
+    let tmp = set.dir.join(".routes.yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, set.dir.join("routes.yaml"))?;
+    let mut last = Value::Null;
+    util::wait_for(what, timeout, || {
+        guard.check_alive()?;
+        let d = match status(admin) {
+            Ok(d) => d,
+            Err(_) => return Ok(None),
+        };
+        // A new generation from a translation that started after the edit.
+        let newer = d["translations"].as_u64().unwrap_or(0) > translations;
+        let done = newer && acked(&d);
+        last = d;
+        Ok(done.then_some(()))
+    })
+    .map_err(|er| anyhow!("{er:#}; last xds status: {}", last["xds"]))?;
+    Ok((
+        t.elapsed().as_secs_f64() * 1e3,
+        util::cpu_seconds(pid)? - cpu0,
+    ))
 }
 
 struct SingleEdits {
@@ -603,7 +633,6 @@ fn single_edits(
     base_tag: &str,
     timeout: Duration,
 ) -> Result<SingleEdits> {
-    let pid = guard.pid();
     let target = "default/gw0";
     let mut out = SingleEdits {
         ms: vec![],
@@ -621,28 +650,22 @@ fn single_edits(
         let before = envoy_updates(&status(admin)?)?;
         let one = format!("one{e}");
         let text = routes_yaml_tagged(n, args.gateways, |i| if i == 0 { &one } else { base_tag });
-        let cpu0 = util::cpu_seconds(pid)?;
-        let t = Instant::now();
-        let tmp = set.dir.join(".routes.yaml.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, set.dir.join("routes.yaml"))?;
-        let mut last = Value::Null;
-        util::wait_for(&format!("ACK of one-route edit {e}"), timeout, || {
-            guard.check_alive()?;
-            let d = match status(admin) {
-                Ok(d) => d,
-                Err(_) => return Ok(None),
-            };
-            let newer = d["translations"].as_u64().unwrap_or(0) > translations;
-            let acked = d["xds"]["nodes"][target]["syncedGeneration"]
-                .as_u64()
-                .is_some_and(|g| g > gen);
-            last = d;
-            Ok((newer && acked).then_some(()))
-        })
-        .map_err(|er| anyhow!("{er:#}; last xds status: {}", last["xds"]))?;
-        out.ms.push(t.elapsed().as_secs_f64() * 1e3);
-        out.cpu_s.push(util::cpu_seconds(pid)? - cpu0);
+        let (ms, cpu) = edit_and_wait(
+            guard,
+            admin,
+            set,
+            &text,
+            &format!("ACK of one-route edit {e}"),
+            timeout,
+            translations,
+            |d| {
+                d["xds"]["nodes"][target]["syncedGeneration"]
+                    .as_u64()
+                    .is_some_and(|g| g > gen)
+            },
+        )?;
+        out.ms.push(ms);
+        out.cpu_s.push(cpu);
         // Let every stream finish, then compare the other Envoys' counters.
         settle(
             guard,

@@ -191,27 +191,36 @@ fn golden() {
             input.display()
         );
         let out = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));
-        if update {
-            std::fs::write(&out, &got).expect("write golden");
-            continue;
-        }
-        let want = std::fs::read_to_string(&out).unwrap_or_default();
-        if want != got {
+        if !matches_golden(&out, &got, update) {
             failures.push(out.display().to_string());
-            let diff: Vec<_> = want
-                .lines()
-                .zip(got.lines())
-                .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .take(3)
-                .collect();
-            eprintln!(
-                "{} differs (rerun with UPDATE_GOLDEN=1 if intended); first lines: {diff:?}",
-                out.display()
-            );
         }
     }
     assert!(failures.is_empty(), "golden mismatches: {failures:?}");
+}
+
+/// Whether `got` equals the golden file `out` (printing the first differing lines when not);
+/// with `update`, writes `got` there instead.
+fn matches_golden(out: &Path, got: &str, update: bool) -> bool {
+    if update {
+        std::fs::write(out, got).expect("write golden");
+        return true;
+    }
+    let want = std::fs::read_to_string(out).unwrap_or_default();
+    if want == got {
+        return true;
+    }
+    let diff: Vec<_> = want
+        .lines()
+        .zip(got.lines())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .take(3)
+        .collect();
+    eprintln!(
+        "{} differs (rerun with UPDATE_GOLDEN=1 if intended); first lines: {diff:?}",
+        out.display()
+    );
+    false
 }
 
 /// The status suite: `testdata/status/<case>.in.yaml` (options in `<case>.options.yaml`, as
@@ -246,20 +255,7 @@ fn status_golden() {
         );
         let got = render_statuses(&input);
         let out = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".status.yaml"));
-        if update {
-            std::fs::write(&out, &got).expect("write golden");
-            continue;
-        }
-        let want = std::fs::read_to_string(&out).unwrap_or_default();
-        if want != got {
-            let diff: Vec<_> = want
-                .lines()
-                .zip(got.lines())
-                .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .take(3)
-                .collect();
-            eprintln!("{} differs; first lines: {diff:?}", out.display());
+        if !matches_golden(&out, &got, update) {
             failures.push(out.display().to_string());
         }
     }

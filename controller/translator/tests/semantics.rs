@@ -1,11 +1,14 @@
 //! Behaviour checks on the IR, independent of the golden files: precedence, policy override and
 //! failure modes, hostname virtual hosts, statuses.
 
-use portcullis_translator::ir::{ActionIr, GatewayIr, PathMatchIr, RouteIr};
+mod support;
+
+use portcullis_translator::ir::{ActionIr, PathMatchIr, RouteIr};
 use portcullis_translator::wasm::source::{WasmResolution, WasmResolver, WasmSource};
 use portcullis_translator::{
     parse_documents, translate, Resources, TranslateOptions, TranslateOutput,
 };
+use support::{gw, translate_loopback};
 
 const BASE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -41,23 +44,7 @@ fn ready() -> Resolver {
 }
 
 fn run(extra: &str, resolver: &Resolver) -> TranslateOutput {
-    let (res, errs) = parse_documents("test", &format!("{BASE}---\n{extra}"));
-    assert!(errs.is_empty(), "{errs:?}");
-    translate(
-        &Resources::from_parsed(res),
-        &TranslateOptions {
-            // Loopback upstreams, as under `portcullis run --allow-backend-cidr 127.0.0.0/8`.
-            egress: portcullis_translator::egress::EgressPolicy::allowing(["127.0.0.0/8"
-                .parse()
-                .expect("cidr")]),
-            ..TranslateOptions::default()
-        },
-        resolver,
-    )
-}
-
-fn gw(out: &TranslateOutput) -> &GatewayIr {
-    out.ir.gateways.get("ns/gw").expect("gateway ns/gw in IR")
+    translate_loopback(&format!("{BASE}---\n{extra}"), resolver)
 }
 
 fn routes<'a>(out: &'a TranslateOutput, domain: &str) -> Vec<&'a RouteIr> {

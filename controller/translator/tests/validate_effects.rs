@@ -3,12 +3,12 @@
 //! programmed, overlapping TLS listeners offer http/1.1 only, a refused backendRef keeps only
 //! its share of 500s.
 
-use portcullis_translator::ir::{ActionIr, GatewayIr, WeightedCluster};
+mod support;
+
+use portcullis_translator::ir::{ActionIr, WeightedCluster};
 use portcullis_translator::wasm::source::{WasmResolution, WasmResolver, WasmSource};
-use portcullis_translator::{
-    parse_documents, render_output, translate, OutputFormat, Resources, TranslateOptions,
-    TranslateOutput,
-};
+use portcullis_translator::{render_output, OutputFormat, TranslateOutput};
+use support::{gw, translate_loopback};
 
 struct NoWasm;
 impl WasmResolver for NoWasm {
@@ -38,22 +38,7 @@ endpoints: [{addresses: [127.0.0.1]}]
 ";
 
 fn run(docs: &str) -> TranslateOutput {
-    let (res, errs) = parse_documents("test", &format!("{CLASS}---\n{ECHO}---\n{docs}"));
-    assert!(errs.is_empty(), "{errs:?}");
-    translate(
-        &Resources::from_parsed(res),
-        &TranslateOptions {
-            egress: portcullis_translator::egress::EgressPolicy::allowing(["127.0.0.0/8"
-                .parse()
-                .expect("cidr")]),
-            ..TranslateOptions::default()
-        },
-        &NoWasm,
-    )
-}
-
-fn gw(out: &TranslateOutput) -> &GatewayIr {
-    out.ir.gateways.get("ns/gw").expect("gateway ns/gw in IR")
+    translate_loopback(&format!("{CLASS}---\n{ECHO}---\n{docs}"), &NoWasm)
 }
 
 fn cert_secret(name: &str, crt: &str, key: &str) -> String {

@@ -23,6 +23,8 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 pub mod gateway_status;
 pub mod objects;
 pub mod params;
@@ -99,4 +101,9 @@ impl Default for InfraConfig {
             network_policy: None,
         }
     }
+}
+
+/// A string at JSON pointer `ptr` of a Gateway object.
+fn gw_str<'a>(gw: &'a Value, ptr: &str) -> Option<&'a str> {
+    gw.pointer(ptr).and_then(Value::as_str)
 }

@@ -23,7 +23,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    FleetParams, InfraConfig, ADMIN_SOCKET, BOOTSTRAP_DIR, BOOTSTRAP_FILE,
+    gw_str, FleetParams, InfraConfig, ADMIN_SOCKET, BOOTSTRAP_DIR, BOOTSTRAP_FILE,
     BOOTSTRAP_HASH_ANNOTATION, CERT_DIR, CERT_HASH_ANNOTATION, FLEET_LABEL, READY_PORT,
 };
 use crate::certs::{IssuedCert, NOT_AFTER_ANNOTATION};
@@ -168,10 +168,6 @@ impl Fleet {
 
 fn sha(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn gw_str<'a>(gw: &'a Value, ptr: &str) -> Option<&'a str> {
-    gw.pointer(ptr).and_then(Value::as_str)
 }
 
 fn tcp_port(port: i32) -> NetworkPolicyPort {

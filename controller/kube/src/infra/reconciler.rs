@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::objects::{fleet_name, fleet_objects, FleetObject};
 use super::params::{envoy_proxy, fleet_params, UnsupportedParams};
-use super::InfraConfig;
+use super::{gw_str, InfraConfig};
 use crate::backoff::Backoff;
 use crate::certs::{needs_renewal, CertAuthority, IssuedCert, LEAF_VALIDITY, NOT_AFTER_ANNOTATION};
 use crate::error::Result;
@@ -25,10 +25,6 @@ use crate::leader::LeaderState;
 use crate::snapshot::{ObjectKey, Snapshot};
 use portcullis_translator::ir::Protocol;
 use portcullis_translator::GatewayInfra;
-
-fn gw_str<'a>(gw: &'a Value, ptr: &str) -> Option<&'a str> {
-    gw.pointer(ptr).and_then(Value::as_str)
-}
 
 /// Server-side apply of one typed object, named by its own metadata.
 async fn apply_one<K>(api: Api<K>, pp: &PatchParams, obj: &K) -> Result<()>

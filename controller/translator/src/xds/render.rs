@@ -141,6 +141,14 @@ fn strip_virtual_host(
 /// A RouteConfiguration written one virtual host at a time: at 10,000 routes one Gateway's
 /// route table decoded whole (DynamicMessage and JSON tree) was most of `translate`'s peak.
 /// The same JSON as [`resource_json`], keys in the same (sorted) order.
+fn route_error(name: &str, reason: String) -> RenderError {
+    RenderError::Decode {
+        type_url: ROUTE_TYPE.into(),
+        name: name.into(),
+        reason,
+    }
+}
+
 struct RouteConfigJson<'a> {
     name: &'a str,
     any: &'a prost_types::Any,
@@ -151,13 +159,7 @@ impl serde::Serialize for RouteConfigJson<'_> {
         use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
         use prost::Message;
         use serde::ser::{Error, SerializeMap};
-        let err = |e: String| {
-            S::Error::custom(RenderError::Decode {
-                type_url: ROUTE_TYPE.into(),
-                name: self.name.into(),
-                reason: e,
-            })
-        };
+        let err = |e: String| S::Error::custom(route_error(self.name, e));
         let pool = pool().map_err(S::Error::custom)?;
         let desc = |full: &str| {
             pool.get_message_by_name(full)
@@ -167,7 +169,12 @@ impl serde::Serialize for RouteConfigJson<'_> {
         let vh_desc = desc("envoy.config.route.v3.VirtualHost")?;
         let mut rc = RouteConfiguration::decode(self.any.value.as_slice())
             .map_err(|e| err(e.to_string()))?;
-        let vhosts = std::mem::take(&mut rc.virtual_hosts);
+        let mut vhosts = std::mem::take(&mut rc.virtual_hosts);
+        let enablers = vhosts
+            .iter_mut()
+            .map(strip_virtual_host)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
         let mut head = message_json(rc_desc, &rc.encode_to_vec()).map_err(err)?;
         if let Value::Object(o) = &mut head {
             o.insert("@type".into(), json!(ROUTE_TYPE));
@@ -182,6 +189,7 @@ impl serde::Serialize for RouteConfigJson<'_> {
                 "virtual_hosts",
                 &VirtualHostsJson {
                     vhosts: &vhosts,
+                    enablers: &enablers,
                     desc: &vh_desc,
                     name: self.name,
                 },
@@ -202,7 +210,10 @@ impl serde::Serialize for RouteConfigJson<'_> {
 }
 
 struct VirtualHostsJson<'a> {
+    /// Already stripped of their filter enablers ([`strip_virtual_host`]), which are
+    /// `enablers[i]` for `vhosts[i]`.
     vhosts: &'a [envoy_types::pb::envoy::config::route::v3::VirtualHost],
+    enablers: &'a [Vec<(usize, String)>],
     desc: &'a prost_reflect::MessageDescriptor,
     name: &'a str,
 }
@@ -212,19 +223,11 @@ impl serde::Serialize for VirtualHostsJson<'_> {
         use prost::Message;
         use serde::ser::{Error, SerializeSeq};
         let mut seq = s.serialize_seq(Some(self.vhosts.len()))?;
-        for vh in self.vhosts {
-            let mut vh = vh.clone();
-            let err = |e: String| {
-                S::Error::custom(RenderError::Decode {
-                    type_url: ROUTE_TYPE.into(),
-                    name: self.name.into(),
-                    reason: e,
-                })
-            };
-            let enablers = strip_virtual_host(&mut vh).map_err(err)?;
-            let mut v = message_json(self.desc.clone(), &vh.encode_to_vec()).map_err(err)?;
+        for (vh, enablers) in self.vhosts.iter().zip(self.enablers) {
+            let mut v = message_json(self.desc.clone(), &vh.encode_to_vec())
+                .map_err(|e| S::Error::custom(route_error(self.name, e)))?;
             for (ri, key) in enablers {
-                enable_filter(&mut v, &format!("/routes/{ri}"), &key);
+                enable_filter(&mut v, &format!("/routes/{ri}"), key);
             }
             seq.serialize_element(&v)?;
         }
