@@ -78,8 +78,19 @@ pub struct CertificateIr {
 pub struct VirtualHostIr {
     pub name: String,
     pub domains: Vec<String>,
-    /// Already in precedence order.
-    pub routes: Vec<RouteIr>,
+    /// Already in precedence order. Shared with the route table and other virtual hosts: a
+    /// route is copied only when a policy changes it for this Gateway.
+    #[serde(serialize_with = "shared_routes")]
+    pub routes: Vec<std::sync::Arc<RouteIr>>,
+}
+
+/// Shared routes serialize as plain routes. (serde's `rc` feature would do it too, but it
+/// changes serde's features for the whole workspace and rebuilds every crate that uses it.)
+fn shared_routes<S: serde::Serializer>(
+    routes: &[std::sync::Arc<RouteIr>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(routes.iter().map(|r| &**r))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

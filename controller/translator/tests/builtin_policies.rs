@@ -192,7 +192,7 @@ fn routes(out: &TranslateOutput) -> Vec<&RouteIr> {
     gw(out).ports[0].chains[0]
         .virtual_hosts
         .iter()
-        .flat_map(|v| v.routes.iter())
+        .flat_map(|v| v.routes.iter().map(|r| &**r))
         .collect()
 }
 

@@ -52,7 +52,7 @@ fn routes<'a>(out: &'a TranslateOutput, domain: &str) -> Vec<&'a RouteIr> {
         .virtual_hosts
         .iter()
         .find(|v| v.domains == [domain.to_string()])
-        .map(|v| v.routes.iter().collect())
+        .map(|v| v.routes.iter().map(|r| &**r).collect())
         .unwrap_or_default()
 }
 

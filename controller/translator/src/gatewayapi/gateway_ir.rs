@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::attach::{Layer, PolicyLayer, ResolveCtx, RuleOn};
 use super::backend_traffic_policy::RateLimitPolicies;
@@ -117,7 +118,7 @@ pub fn build_gateway_ir(
         };
         let mut chains = Vec::new();
         for (chain_name, members) in groups {
-            let mut vhosts: BTreeMap<String, Vec<(PrecedenceKey, RouteIr)>> = BTreeMap::new();
+            let mut vhosts: BTreeMap<String, Vec<(PrecedenceKey, Arc<RouteIr>)>> = BTreeMap::new();
             let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
             for a in routes
                 .attachments
@@ -130,8 +131,9 @@ pub fn build_gateway_ir(
                 let listener = &gw.listeners[a.listener];
                 super::clusters::add_all(&mut ir.clusters, &tr.clusters);
                 for (ri, (rule_name, irs)) in tr.rules.iter().enumerate() {
-                    for (mi, r) in irs.iter().enumerate() {
-                        let mut r = r.clone();
+                    for (mi, shared) in irs.iter().enumerate() {
+                        // Shared with the route table; copied only when a policy changes it.
+                        let mut r = shared.clone();
                         let mut blocked = false;
                         for layer in &layers {
                             let on = RuleOn {
@@ -144,7 +146,9 @@ pub fn build_gateway_ir(
                                 continue;
                             };
                             for (order, f) in out.filters {
-                                r.enabled_filters.push(f.name().to_string());
+                                Arc::make_mut(&mut r)
+                                    .enabled_filters
+                                    .push(f.name().to_string());
                                 used_filters.insert((layer.layer(), pkey.clone(), order), f);
                             }
                             super::clusters::add_all(&mut ir.clusters, out.clusters);
@@ -152,6 +156,7 @@ pub fn build_gateway_ir(
                             blocked |= out.blocked;
                         }
                         if blocked {
+                            let r = Arc::make_mut(&mut r);
                             r.action = ActionIr::Direct {
                                 status: 500,
                                 body: String::new(),

@@ -2,6 +2,7 @@
 //! (precedence, filter chain) is [`super::gateway_ir`]'s.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -35,7 +36,7 @@ pub struct Attachment {
 pub struct TranslatedRoute {
     pub age: super::AgeKey,
     /// Per rule: its name and one IR route per match.
-    pub rules: Vec<(Option<String>, Vec<RouteIr>)>,
+    pub rules: Vec<(Option<String>, Vec<Arc<RouteIr>>)>,
     pub clusters: Vec<ClusterIr>,
 }
 
@@ -75,7 +76,7 @@ fn path_rewrite(p: &PathModifier, path: &PathMatchIr) -> Option<PathRewriteIr> {
 /// Translates the rules of one route: (rules, clusters, ResolvedRefs condition, unsupported).
 /// A translated route's rules, its clusters, its ResolvedRefs condition and unsupported fields.
 struct RulesOutput {
-    rules: Vec<(Option<String>, Vec<RouteIr>)>,
+    rules: Vec<(Option<String>, Vec<Arc<RouteIr>>)>,
     clusters: Vec<ClusterIr>,
     resolved: Condition,
     /// `BackendsAvailable=False` (Envoy Gateway's `EndpointsNotFound`), only when some Service
@@ -274,7 +275,7 @@ fn translate_rules(
                         .and_then(|p| path_rewrite(p, &path)),
                 }
             };
-            irs.push(RouteIr {
+            irs.push(Arc::new(RouteIr {
                 name: format!("httproute/{ns}/{}/rule/{ri}/match/{mi}", route.name()),
                 path,
                 headers: m.headers.iter().map(vm).collect(),
@@ -290,7 +291,7 @@ fn translate_rules(
                 route_namespace: ns.clone(),
                 route_name: route.name().to_string(),
                 rule_name: name.clone(),
-            });
+            }));
         }
         rules_out.push((name.clone(), irs));
         verdicts.push(verdict);
@@ -514,7 +515,12 @@ fn route_overlaps(out: &RouteOutput) -> BTreeMap<(NsName, ListenerKey), BTreeSet
                 listener: (a.gateway.clone(), a.listener),
                 route: a.route.clone(),
                 hostnames: &a.hostnames,
-                routes: tr.rules.iter().flat_map(|(_, irs)| irs).collect(),
+                routes: tr
+                    .rules
+                    .iter()
+                    .flat_map(|(_, irs)| irs)
+                    .map(|r| &**r)
+                    .collect(),
             })
         })
         .collect();
