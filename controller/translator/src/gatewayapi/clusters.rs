@@ -105,20 +105,8 @@ pub(crate) fn conflict_condition(conflicts: &[String]) -> Option<crate::status::
 /// Cluster through which Envoy fetches a module from `serve_url`: for https, TLS with the host
 /// as SNI, and mutual TLS when [`TranslateOptions::wasm_fetch_tls`] is set.
 pub fn fetch_cluster(opts: &TranslateOptions, serve_url: &str) -> Result<ClusterIr, String> {
-    let u = url::Url::parse(serve_url).map_err(|e| format!("invalid wasm URL {serve_url}: {e}"))?;
-    let host = u
-        .host_str()
-        .ok_or_else(|| format!("wasm URL {serve_url} has no host"))?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = u
-        .port_or_known_default()
-        .ok_or_else(|| format!("wasm URL {serve_url} has no port"))?;
-    let tls = match u.scheme() {
-        "http" => None,
-        "https" => Some(host.clone()),
-        s => return Err(format!("wasm URL {serve_url}: scheme {s} is not supported")),
-    };
+    let (host, port, https) = url_parts(serve_url).map_err(|e| format!("wasm module: {e}"))?;
+    let tls = https.then(|| host.clone());
     Ok(ClusterIr {
         name: format!("{}/{host}:{port}", opts.wasm_serve_cluster),
         kind: ClusterKind::StrictDns(vec![EndpointIr::Socket {
