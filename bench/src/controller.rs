@@ -330,9 +330,20 @@ fn write_set(
 }
 
 fn status(admin: u16) -> Result<Value> {
-    let r = util::get(local(admin), "/status")?;
+    get_json(admin, "/status")
+}
+
+/// `/status/xds` as `{"xds": ...}`, the shape [`synced`] reads: cheap to poll. The full
+/// `/status` carries every resource's conditions (megabytes at 10,000 routes), and polling it
+/// every 10 ms took controller CPU from the very translation being timed.
+fn xds_status(admin: u16) -> Result<Value> {
+    Ok(serde_json::json!({ "xds": get_json(admin, "/status/xds")? }))
+}
+
+fn get_json(admin: u16, path: &str) -> Result<Value> {
+    let r = util::get(local(admin), path)?;
     if r.status != 200 {
-        bail!("/status answered {}", r.status);
+        bail!("{path} answered {}", r.status);
     }
     Ok(serde_json::from_slice(&r.body)?)
 }
@@ -489,7 +500,7 @@ fn converge(
     let mut tag = String::from("a");
     for e in 0..args.edits {
         // Every edit starts from a quiet system (no Envoy still compiling wasm or warming).
-        let (gen, translations, _) = settle(
+        let (gen, _, _) = settle(
             &mut guard,
             admin,
             args.gateways,
@@ -505,7 +516,7 @@ fn converge(
             &text,
             &format!("ACK of edit {e}"),
             timeout,
-            translations,
+            gen,
             |d| synced(d, args.gateways, gen + 1).is_some(),
         )?;
         edits.push(ms);
@@ -547,8 +558,9 @@ fn converge(
 }
 
 /// Writes `text` as the routes file (temp file + rename, as editors and `kubectl`-style tools
-/// do) and waits until `/status` shows a translation newer than `translations` for which
-/// `acked` holds. Returns (wall ms, controller CPU seconds) of the edit.
+/// do) and waits until `/status/xds` shows a generation newer than `generation` for which
+/// `acked` holds (the system was settled before, so a newer generation comes from this edit).
+/// Returns (wall ms, controller CPU seconds) of the edit.
 #[allow(clippy::too_many_arguments)]
 fn edit_and_wait(
     guard: &mut Guard,
@@ -557,7 +569,7 @@ fn edit_and_wait(
     text: &str,
     what: &str,
     timeout: Duration,
-    translations: u64,
+    generation: u64,
     acked: impl Fn(&Value) -> bool,
 ) -> Result<(f64, f64)> {
     let pid = guard.pid();
@@ -569,12 +581,11 @@ fn edit_and_wait(
     let mut last = Value::Null;
     util::wait_for(what, timeout, || {
         guard.check_alive()?;
-        let d = match status(admin) {
+        let d = match xds_status(admin) {
             Ok(d) => d,
             Err(_) => return Ok(None),
         };
-        // A new generation from a translation that started after the edit.
-        let newer = d["translations"].as_u64().unwrap_or(0) > translations;
+        let newer = d["xds"]["generation"].as_u64().unwrap_or(0) > generation;
         let done = newer && acked(&d);
         last = d;
         Ok(done.then_some(()))
@@ -640,7 +651,7 @@ fn single_edits(
         others_untouched: true,
     };
     for e in 0..args.single_edits {
-        let (gen, translations, _) = settle(
+        let (gen, _, _) = settle(
             guard,
             admin,
             args.gateways,
@@ -657,7 +668,7 @@ fn single_edits(
             &text,
             &format!("ACK of one-route edit {e}"),
             timeout,
-            translations,
+            gen,
             |d| {
                 d["xds"]["nodes"][target]["syncedGeneration"]
                     .as_u64()

@@ -40,9 +40,10 @@ impl From<portcullis_translator::LoadError> for LoadErrorView {
 #[derive(Debug, Clone, Default)]
 pub struct Board {
     pub controller_name: String,
-    pub resources: Vec<ResourceStatus>,
-    pub load_errors: Vec<LoadErrorView>,
-    pub gateways: Vec<GatewayInfra>,
+    /// Shared, so a `/status` poll copies pointers, not every resource's conditions.
+    pub resources: Arc<[ResourceStatus]>,
+    pub load_errors: Arc<[LoadErrorView]>,
+    pub gateways: Arc<[GatewayInfra]>,
     pub translations: u64,
     /// Wall time of the last read + parse + translate, in milliseconds.
     pub last_translate_ms: u64,
@@ -137,8 +138,12 @@ async fn xds_status(State(s): State<AdminState>) -> impl IntoResponse {
     Json(s.xds.status())
 }
 
-async fn status(State(s): State<AdminState>) -> impl IntoResponse {
+async fn status(State(s): State<AdminState>) -> axum::response::Response {
+    // A clone of shared parts: the lock is not held while serializing, so a publish never
+    // waits for a poll.
     let board = s.board.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let (xds, wasm) = (s.xds.status(), s.cache.modules());
+    let envoys = s.infra.as_ref().map(|i| i.status()).unwrap_or_default();
     let doc = StatusDoc {
         controller_name: &board.controller_name,
         translations: board.translations,
@@ -146,9 +151,16 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         resources: &board.resources,
         load_errors: &board.load_errors,
         gateways: &board.gateways,
-        xds: s.xds.status(),
-        wasm: s.cache.modules(),
-        envoys: s.infra.as_ref().map(|i| i.status()).unwrap_or_default(),
+        xds,
+        wasm,
+        envoys,
     };
-    Json(serde_json::to_value(&doc).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})))
+    match serde_json::to_vec(&doc) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }

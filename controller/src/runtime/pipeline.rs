@@ -185,9 +185,9 @@ impl TranslationSink {
         self.xds.retain_nodes(&nodes);
         {
             let mut b = self.board.write().unwrap_or_else(|p| p.into_inner());
-            b.resources = out.statuses;
-            b.load_errors = load_errors;
-            b.gateways = out.gateways;
+            b.resources = out.statuses.into();
+            b.load_errors = load_errors.into();
+            b.gateways = out.gateways.into();
             b.translations += 1;
             b.last_translate_ms = took.as_millis() as u64;
         }
