@@ -15,7 +15,8 @@ use crate::xds::server::XdsServer;
 use anyhow::Context;
 use portcullis_translator::wasm::source::WasmSource;
 use portcullis_translator::{
-    parse_documents, BuiltinRuntime, Resources, TranslateOptions, TranslateOutput,
+    parse_documents, BuiltinRuntime, ParseCache, ParseCacheStats, Resources, TranslateOptions,
+    TranslateOutput,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -235,8 +236,16 @@ pub struct FileSource {
     debounce: Duration,
     /// A change was seen and not read yet (kept across a cancelled `next`).
     pending: bool,
-    /// Content of each file when it last loaded without errors.
-    last_good: Arc<Mutex<HashMap<String, String>>>,
+    /// Content of each file when it last loaded without errors, and the parse memo.
+    memory: Arc<Mutex<FileMemory>>,
+}
+
+/// What [`FileSource`] keeps between reads.
+#[derive(Default)]
+struct FileMemory {
+    last_good: HashMap<String, String>,
+    /// Each document's parse, reused while its text is unchanged.
+    parsed: ParseCache,
 }
 
 impl FileSource {
@@ -252,7 +261,7 @@ impl FileSource {
             _watcher: watcher,
             debounce,
             pending: true,
-            last_good: Arc::default(),
+            memory: Arc::default(),
         })
     }
 }
@@ -268,9 +277,9 @@ impl Provider for FileSource {
             tokio::time::sleep(self.debounce).await;
         }
         while self.changes.try_recv().is_ok() {}
-        let (files, last_good) = (self.files.clone(), self.last_good.clone());
+        let (files, memory) = (self.files.clone(), self.memory.clone());
         // Reading and parsing are blocking work; keep them off the async workers.
-        let read = tokio::task::spawn_blocking(move || read_manifests(&files, &last_good)).await;
+        let read = tokio::task::spawn_blocking(move || read_manifests(&files, &memory)).await;
         self.pending = false;
         match read {
             Ok(snapshot) => Some(snapshot),
@@ -284,19 +293,24 @@ impl Provider for FileSource {
 
 /// Every manifest, parsed. Like `kubectl apply` rejecting an invalid object, a file that does
 /// not load keeps its last good version: a half-written save cannot take a Gateway down.
-fn read_manifests(
-    files: &FileProvider,
-    last_good: &Mutex<HashMap<String, String>>,
-) -> ProviderSnapshot<()> {
+fn read_manifests(files: &FileProvider, memory: &Mutex<FileMemory>) -> ProviderSnapshot<()> {
+    let started = std::time::Instant::now();
     let mut parsed = Vec::new();
     let mut load_errors = Vec::new();
-    let mut last_good = last_good.lock().unwrap_or_else(|p| p.into_inner());
+    let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
+    let FileMemory {
+        last_good,
+        parsed: cache,
+    } = &mut *memory;
     let files = files.read_all();
     last_good.retain(|name, _| files.iter().any(|f| &f.name == name));
+    cache.retain_files(files.iter().map(|f| f.name.as_str()));
+    let mut stats = ParseCacheStats::default();
     for f in files {
         let (docs, errs) = match &f.content {
             Ok(text) => {
-                let (res, errs) = parse_documents(&f.name, text);
+                let (res, errs, s) = cache.parse(&f.name, text);
+                (stats.reused, stats.parsed) = (stats.reused + s.reused, stats.parsed + s.parsed);
                 let errs: Vec<LoadErrorView> = errs.into_iter().map(LoadErrorView::from).collect();
                 if errs.is_empty() {
                     last_good.insert(f.name.clone(), text.clone());
@@ -318,6 +332,8 @@ fn read_manifests(
         }
         match last_good.get(&f.name) {
             Some(previous) => {
+                // Not through the memo: it holds the version on disk, which is parsed again
+                // (and reported) on every read until it is fixed.
                 parsed.extend(parse_documents(&f.name, previous).0);
                 load_errors.extend(errs.into_iter().map(|mut e| {
                     e.reason
@@ -331,8 +347,15 @@ fn read_manifests(
             }
         }
     }
+    let resources = Resources::from_parsed(parsed);
+    tracing::debug!(
+        documents_parsed = stats.parsed,
+        documents_reused = stats.reused,
+        read_ms = started.elapsed().as_millis() as u64,
+        "read the manifests"
+    );
     ProviderSnapshot {
-        resources: Resources::from_parsed(parsed),
+        resources,
         load_errors,
         source: (),
     }

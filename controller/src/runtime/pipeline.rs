@@ -69,7 +69,9 @@ impl Pipeline {
         }
         outputs.translated(&snap.source, &out);
         let gateways = out.gateways.len();
+        let publishing = Instant::now();
         let generation = self.sink.publish(out, snap.load_errors.clone(), took);
+        let publish_ms = publishing.elapsed().as_millis() as u64;
         outputs.published(&snap.source, generation);
         // Off the ACK path: give back what the last translation freed.
         drop(tokio::task::spawn_blocking(trim_heap));
@@ -77,6 +79,7 @@ impl Pipeline {
             generation,
             gateways,
             translate_ms = took.as_millis() as u64,
+            publish_ms,
             "translated"
         );
     }

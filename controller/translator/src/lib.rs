@@ -58,7 +58,9 @@ pub mod xds {
 }
 
 pub use ir::ClientTlsFiles;
-pub use resources::{parse_documents, parse_values, LoadError, Resource, Resources};
+pub use resources::{
+    parse_documents, parse_values, LoadError, ParseCache, ParseCacheStats, Resource, Resources,
+};
 pub use xds::render::{render_output, try_render_output, OutputFormat, RenderError};
 
 use std::collections::BTreeMap;

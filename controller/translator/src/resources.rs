@@ -885,28 +885,117 @@ pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<Loa
     // preamble is not a document.
     let mut index = 0usize;
     for doc in split_documents(yaml) {
-        let parsed = serde_yaml::from_str::<Option<Value>>(&doc);
-        if matches!(parsed, Ok(None) | Ok(Some(Value::Null))) {
-            continue;
+        if let Some(parsed) = parse_document(source_name, index, &doc) {
+            index += 1;
+            out.extend(parsed.resources);
+            errors.extend(parsed.errors);
         }
-        let this = index;
-        index += 1;
-        let err = |reason: String| LoadError {
-            source_name: source_name.to_string(),
-            index: this,
-            reason,
-        };
-        let value: Value = match parsed {
-            Ok(Some(v)) => v,
-            Ok(None) => continue,
-            Err(e) => {
-                errors.push(err(format!("invalid YAML: {e}")));
-                continue;
-            }
-        };
-        parse_value(source_name, this, value, &mut out, &mut errors);
     }
     (out, errors)
+}
+
+/// What one document with content yields.
+#[derive(Debug, Clone)]
+struct ParsedDocument {
+    resources: Vec<Resource>,
+    errors: Vec<LoadError>,
+}
+
+/// One document of a stream, the `index`-th with content; `None` when it has none.
+fn parse_document(source_name: &str, index: usize, doc: &str) -> Option<ParsedDocument> {
+    let mut parsed = ParsedDocument {
+        resources: Vec::new(),
+        errors: Vec::new(),
+    };
+    match serde_yaml::from_str::<Option<Value>>(doc) {
+        Ok(None) | Ok(Some(Value::Null)) => return None,
+        Ok(Some(value)) => parse_value(
+            source_name,
+            index,
+            value,
+            &mut parsed.resources,
+            &mut parsed.errors,
+        ),
+        Err(e) => parsed.errors.push(LoadError {
+            source_name: source_name.to_string(),
+            index,
+            reason: format!("invalid YAML: {e}"),
+        }),
+    }
+    Some(parsed)
+}
+
+/// [`parse_documents`] with a memo per document, for a caller that parses the same files again
+/// and again (`portcullis run` after every save). What a document yields depends only on the
+/// file's name, the document's position and its text, so a document with all three unchanged
+/// is taken from the memo: an edit to one route in a file of thousands parses one document.
+#[derive(Debug, Default)]
+pub struct ParseCache {
+    files: std::collections::HashMap<String, Vec<CachedDocument>>,
+}
+
+#[derive(Debug)]
+struct CachedDocument {
+    text: String,
+    /// Its index among the documents with content, and what it yielded (`None`: empty).
+    index: usize,
+    parsed: Option<ParsedDocument>,
+}
+
+/// How much of one [`ParseCache::parse`] came from the memo.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseCacheStats {
+    pub reused: usize,
+    pub parsed: usize,
+}
+
+impl ParseCache {
+    /// The same result as [`parse_documents`]`(source_name, yaml)`; the memo of `source_name`
+    /// is replaced by this version's documents.
+    pub fn parse(
+        &mut self,
+        source_name: &str,
+        yaml: &str,
+    ) -> (Vec<Resource>, Vec<LoadError>, ParseCacheStats) {
+        let mut old = self
+            .files
+            .remove(source_name)
+            .unwrap_or_default()
+            .into_iter();
+        let mut memo = Vec::new();
+        let (mut out, mut errors, mut stats) = (Vec::new(), Vec::new(), ParseCacheStats::default());
+        let mut index = 0usize;
+        for text in split_documents(yaml) {
+            let entry = match old.next() {
+                Some(c) if c.index == index && c.text == text => {
+                    stats.reused += 1;
+                    c
+                }
+                _ => {
+                    stats.parsed += 1;
+                    CachedDocument {
+                        parsed: parse_document(source_name, index, &text),
+                        text,
+                        index,
+                    }
+                }
+            };
+            if let Some(p) = &entry.parsed {
+                index += 1;
+                out.extend(p.resources.iter().cloned());
+                errors.extend(p.errors.iter().cloned());
+            }
+            memo.push(entry);
+        }
+        self.files.insert(source_name.to_string(), memo);
+        (out, errors, stats)
+    }
+
+    /// Forget every file not in `names` (deleted since).
+    pub fn retain_files<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<&str> = names.into_iter().collect();
+        self.files.retain(|name, _| keep.contains(name.as_str()));
+    }
 }
 
 /// Objects already decoded (e.g. from the Kubernetes API, as JSON): the same checks as
@@ -1193,6 +1282,70 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config_map(name: &str, value: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{x: {value}}}\n"
+        )
+    }
+
+    #[test]
+    fn parse_cache_returns_what_parse_documents_returns_and_reparses_only_changes() {
+        let mut cache = ParseCache::default();
+        let docs = |parts: &[String]| format!("# preamble\n---\n{}", parts.join("---\n"));
+        let mut parts: Vec<String> = (0..4).map(|i| config_map(&format!("c{i}"), "a")).collect();
+        let check = |cache: &mut ParseCache, name: &str, yaml: &str| {
+            let (res, errs, stats) = cache.parse(name, yaml);
+            assert_eq!((res, errs), parse_documents(name, yaml), "{yaml}");
+            stats
+        };
+        // First read: everything parsed (the preamble is a document without content).
+        let all = ParseCacheStats {
+            reused: 0,
+            parsed: 5,
+        };
+        assert_eq!(check(&mut cache, "f.yaml", &docs(&parts)), all);
+        // Unchanged: nothing parsed again.
+        let none = ParseCacheStats {
+            reused: 5,
+            parsed: 0,
+        };
+        assert_eq!(check(&mut cache, "f.yaml", &docs(&parts)), none);
+        // One document edited: only it.
+        parts[2] = config_map("c2", "b");
+        let one = ParseCacheStats {
+            reused: 4,
+            parsed: 1,
+        };
+        assert_eq!(check(&mut cache, "f.yaml", &docs(&parts)), one);
+        // A broken document: its error comes back with its index, the others are reused.
+        parts[1] = "kind: [unclosed\n".into();
+        assert_eq!(check(&mut cache, "f.yaml", &docs(&parts)), one);
+        // A document inserted in front: the ones after it moved (their `source` names the
+        // index), so they are parsed again.
+        parts.insert(0, config_map("new", "a"));
+        let (res, _, stats) = cache.parse("f.yaml", &docs(&parts));
+        assert_eq!(
+            stats,
+            ParseCacheStats {
+                reused: 1,
+                parsed: 5
+            }
+        );
+        let Resource::ConfigMap(last) = &res[res.len() - 1] else {
+            panic!("{res:?}");
+        };
+        assert_eq!(last.source, "f.yaml#4");
+        // Same text under another file name: parsed for that name.
+        let (other, _, stats) = cache.parse("g.yaml", &docs(&parts));
+        assert_eq!(stats.reused, 0);
+        assert!(other
+            .iter()
+            .all(|r| !matches!(r, Resource::ConfigMap(o) if o.source.starts_with("f.yaml"))));
+        // A deleted file is forgotten.
+        cache.retain_files(["g.yaml"]);
+        assert_eq!(cache.parse("f.yaml", &docs(&parts)).2.reused, 0);
+    }
 
     #[test]
     fn bad_document_does_not_stop_others() {
