@@ -119,7 +119,10 @@ fn routes(body: &str, broken: bool) -> route::RouteConfiguration {
 }
 
 fn snapshot(port: u16, body: &str, broken: bool) -> XdsSnapshot {
-    XdsSnapshot::from([(NODE.to_string(), resources(port, body, broken))])
+    XdsSnapshot::from([(
+        NODE.to_string(),
+        std::sync::Arc::new(resources(port, body, broken)),
+    )])
 }
 
 fn resources(port: u16, body: &str, broken: bool) -> XdsResources {
@@ -310,8 +313,14 @@ fn update_counters(admin_port: u16) -> std::collections::BTreeMap<String, u64> {
 
 fn two_nodes(a: &str, b: &str) -> XdsSnapshot {
     XdsSnapshot::from([
-        (NODE_A.to_string(), resources(0, a, false)),
-        (NODE_B.to_string(), resources(0, b, false)),
+        (
+            NODE_A.to_string(),
+            std::sync::Arc::new(resources(0, a, false)),
+        ),
+        (
+            NODE_B.to_string(),
+            std::sync::Arc::new(resources(0, b, false)),
+        ),
     ])
 }
 

@@ -202,6 +202,7 @@ pub async fn run(
     };
     let pipeline = Pipeline {
         opts,
+        translator: Default::default(),
         cache,
         sink: TranslationSink {
             xds: xds.clone(),

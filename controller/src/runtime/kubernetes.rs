@@ -454,6 +454,7 @@ pub async fn run_on(
     };
     let pipeline = Pipeline {
         opts,
+        translator: Default::default(),
         cache: cache.clone(),
         sink: TranslationSink {
             xds: xds.clone(),

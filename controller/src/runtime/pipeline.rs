@@ -8,9 +8,9 @@ use crate::admin::{Board, LoadErrorView};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::wasm::cache::{PullSecrets, WasmCache};
 use crate::xds::server::XdsServer;
-use portcullis_translator::{translate, Resources, TranslateOptions, TranslateOutput};
+use portcullis_translator::{Resources, TranslateOptions, TranslateOutput, Translator};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,6 +43,8 @@ pub trait Outputs<S>: Send + Sync {
 /// Translates snapshots and publishes them.
 pub struct Pipeline {
     pub opts: TranslateOptions,
+    /// What the last translation computed, reused where a snapshot left its inputs unchanged.
+    pub translator: Arc<Mutex<Translator>>,
     pub cache: WasmCache,
     pub sink: TranslationSink,
 }
@@ -56,8 +58,25 @@ impl Pipeline {
     ) {
         let started = Instant::now();
         let (opts, cache, input) = (self.opts.clone(), self.cache.clone(), snap.clone());
+        let translator = self.translator.clone();
         let done = tokio::task::spawn_blocking(move || {
-            translate_resolving(&input.resources, &opts, &cache)
+            // One translation at a time (the loop awaits each); a panic leaves the memo
+            // half-updated, so it is dropped.
+            let mut memo = translator.lock().unwrap_or_else(|p| {
+                let mut memo = p.into_inner();
+                *memo = Translator::default();
+                memo
+            });
+            let out = translate_resolving(&mut memo, &input.resources, &opts, &cache);
+            let stats = memo.stats();
+            tracing::debug!(
+                routes_translated = stats.routes_translated,
+                routes_reused = stats.routes_reused,
+                gateways_built = stats.gateways_built,
+                gateways_reused = stats.gateways_reused,
+                "translation memo"
+            );
+            out
         })
         .await;
         let Some(out) = self.sink.joined(done) else {
@@ -137,14 +156,15 @@ pub async fn run<P: Provider>(
 /// Translate, hand the cache the pull secrets of the modules needed, and translate once more
 /// when modules turned out to be ready in the disk cache. Blocking work.
 pub fn translate_resolving(
+    translator: &mut Translator,
     resources: &Resources,
     opts: &TranslateOptions,
     cache: &WasmCache,
 ) -> TranslateOutput {
-    let mut out = translate(resources, opts, cache);
+    let mut out = translator.translate(resources, opts, cache);
     cache.set_pull_secrets(pull_secrets(resources, &out.wasm_needed));
     if cache.ensure(&out.wasm_needed) {
-        out = translate(resources, opts, cache);
+        out = translator.translate(resources, opts, cache);
     }
     out
 }

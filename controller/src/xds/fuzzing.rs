@@ -51,7 +51,7 @@ fn snapshot(round: u8) -> XdsSnapshot {
                 );
             }
         }
-        snap.insert(node.to_string(), r);
+        snap.insert(node.to_string(), std::sync::Arc::new(r));
     }
     snap
 }

@@ -59,11 +59,19 @@ impl XdsServer {
             let mut cell = lock(&self.shared.published);
             let (nodes, changed) = cell.next(snapshot);
             if changed.is_empty() && cell.generation > 0 {
-                return cell.generation;
+                // Same generation; keep the new sets' sources so the next publish can skip them.
+                let generation = cell.generation;
+                *cell = Arc::new(Published {
+                    generation,
+                    nodes,
+                    sources: snapshot.clone(),
+                });
+                return generation;
             }
             let published = Arc::new(Published {
                 generation: cell.generation + 1,
                 nodes,
+                sources: snapshot.clone(),
             });
             *cell = published.clone();
             (published, changed)

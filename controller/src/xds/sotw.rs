@@ -252,7 +252,7 @@ mod tests {
 
         // A change to a route Envoy does not subscribe to: nothing to send, and still synced.
         let mut s3 = routes("r2", "s1");
-        s3.get_mut(NODE).expect("node").insert(
+        std::sync::Arc::make_mut(s3.get_mut(NODE).expect("node")).insert(
             ROUTE_TYPE,
             "t",
             prost_types::Any {

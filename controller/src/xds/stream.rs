@@ -440,7 +440,7 @@ pub(crate) mod testing {
                 },
             );
         }
-        XdsSnapshot::from([(node.to_string(), r)])
+        XdsSnapshot::from([(node.to_string(), std::sync::Arc::new(r))])
     }
 
     pub fn node(id: &str) -> Option<envoy_types::pb::envoy::config::core::v3::Node> {

@@ -109,6 +109,9 @@ pub(crate) type NodeSets = BTreeMap<ResourceType, Arc<TypeSet>>;
 pub(crate) struct Published {
     pub generation: u64,
     pub nodes: BTreeMap<String, NodeSets>,
+    /// The snapshot's sets `nodes` were built from: a later snapshot that hands a node the same
+    /// `Arc` (the translator's per-Gateway reuse) gets that node's sets without a byte compared.
+    pub sources: XdsSnapshot,
 }
 
 impl Published {
@@ -125,7 +128,11 @@ impl Published {
     pub fn next(&self, snapshot: &XdsSnapshot) -> (BTreeMap<String, NodeSets>, Vec<String>) {
         let mut nodes = BTreeMap::new();
         for (node, res) in snapshot {
-            nodes.insert(node.clone(), self.node_sets(node, res));
+            let sets = match (self.sources.get(node), self.nodes.get(node)) {
+                (Some(was), Some(sets)) if Arc::ptr_eq(was, res) => sets.clone(),
+                _ => self.node_sets(node, res),
+            };
+            nodes.insert(node.clone(), sets);
         }
         let changed = self
             .nodes
@@ -193,7 +200,7 @@ mod tests {
                     r.insert(CLUSTER_TYPE, *n, any(CLUSTER_TYPE, v));
                 }
                 r.insert(ROUTE_TYPE, "routes", any(ROUTE_TYPE, node.as_bytes()));
-                (node.to_string(), r)
+                (node.to_string(), Arc::new(r))
             })
             .collect()
     }
@@ -204,6 +211,7 @@ mod tests {
             Published {
                 generation: p.generation + 1,
                 nodes,
+                sources: s.clone(),
             },
             changed,
         )
@@ -254,7 +262,7 @@ mod tests {
         let (_, changed) = publish(&p1, &snap(&[("a", &[])]));
         assert_eq!(changed, ["b"]);
         let mut s = snap(&[("a", &[])]);
-        s.get_mut("a").expect("a").insert(
+        Arc::make_mut(s.get_mut("a").expect("a")).insert(
             "type.googleapis.com/envoy.service.runtime.v3.Runtime",
             "rt",
             any("x", b"1"),

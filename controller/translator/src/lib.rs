@@ -181,6 +181,85 @@ pub fn translate(
 ) -> TranslateOutput {
     let t = gatewayapi::translate(resources, opts, wasm);
     let xds = xds::builder::build(&t.ir, opts);
+    output(t, xds)
+}
+
+/// Translation across snapshots, for a runtime that translates one snapshot after another.
+/// It remembers what the previous translation computed and reuses it where the inputs are
+/// unchanged; [`Translator::translate`] always returns what [`translate`] returns.
+/// - Per HTTPRoute, its translated rules, while the route and every object rules can read
+///   (Services, EndpointSlices, Backends, BackendTLSPolicies, Secrets, ConfigMaps,
+///   ReferenceGrants) are unchanged ([`gatewayapi::RuleMemo`]).
+/// - Per Gateway, its xDS resources, while its IR is unchanged: after an edit to one
+///   Gateway's route the other Gateways get the previous `Arc<XdsResources>` itself, so the
+///   server skips them without comparing a byte.
+///
+/// Everything is forgotten when the options change.
+#[derive(Default)]
+pub struct Translator {
+    opts: Option<TranslateOptions>,
+    rules: gatewayapi::RuleMemo,
+    xds: BTreeMap<String, (ir::GatewayIr, std::sync::Arc<xds::snapshot::XdsResources>)>,
+    stats: TranslatorStats,
+}
+
+/// What the last [`Translator::translate`] reused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TranslatorStats {
+    pub routes_translated: usize,
+    pub routes_reused: usize,
+    pub gateways_built: usize,
+    pub gateways_reused: usize,
+}
+
+impl Translator {
+    pub fn translate(
+        &mut self,
+        resources: &Resources,
+        opts: &TranslateOptions,
+        wasm: &dyn WasmResolver,
+    ) -> TranslateOutput {
+        if self.opts.as_ref() != Some(opts) {
+            *self = Translator {
+                opts: Some(opts.clone()),
+                ..Default::default()
+            };
+        }
+        let t = gatewayapi::translate_with(resources, opts, wasm, &mut self.rules);
+        let mut stats = TranslatorStats {
+            routes_translated: self.rules.stats.translated,
+            routes_reused: self.rules.stats.reused,
+            ..Default::default()
+        };
+        let mut memo = BTreeMap::new();
+        let mut xds = xds::snapshot::XdsSnapshot::new();
+        for (node, gw) in &t.ir.gateways {
+            let built = match self.xds.remove(node) {
+                Some((was, built)) if &was == gw => {
+                    stats.gateways_reused += 1;
+                    (was, built)
+                }
+                _ => {
+                    stats.gateways_built += 1;
+                    let built = std::sync::Arc::new(xds::builder::build_gateway(gw, opts));
+                    (gw.clone(), built)
+                }
+            };
+            xds.insert(node.clone(), built.1.clone());
+            memo.insert(node.clone(), built);
+        }
+        self.xds = memo;
+        self.stats = stats;
+        output(t, xds)
+    }
+
+    /// What the last translation reused.
+    pub fn stats(&self) -> TranslatorStats {
+        self.stats
+    }
+}
+
+fn output(t: gatewayapi::Translation, xds: XdsSnapshot) -> TranslateOutput {
     let gateways =
         t.ir.gateways
             .iter()

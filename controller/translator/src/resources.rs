@@ -6,6 +6,7 @@
 //! dropping it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -815,21 +816,21 @@ impl<T> Object<T> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
-    GatewayClass(Object<GatewayClassSpec>),
-    Gateway(Object<GatewaySpec>),
-    HttpRoute(Object<HttpRouteSpec>),
-    ReferenceGrant(Object<ReferenceGrantSpec>),
-    Service(Object<ServiceSpec>),
-    EndpointSlice(Object<EndpointSliceBody>),
-    Secret(Object<SecretBody>),
-    ConfigMap(Object<ConfigMapBody>),
-    Namespace(Object<()>),
-    Backend(Object<BackendSpec>),
-    EnvoyExtensionPolicy(Object<EnvoyExtensionPolicySpec>),
-    EnvoyProxy(Object<EnvoyProxySpec>),
-    SecurityPolicy(Object<SecurityPolicySpec>),
-    BackendTrafficPolicy(Object<BackendTrafficPolicySpec>),
-    BackendTlsPolicy(Object<BackendTlsPolicySpec>),
+    GatewayClass(Arc<Object<GatewayClassSpec>>),
+    Gateway(Arc<Object<GatewaySpec>>),
+    HttpRoute(Arc<Object<HttpRouteSpec>>),
+    ReferenceGrant(Arc<Object<ReferenceGrantSpec>>),
+    Service(Arc<Object<ServiceSpec>>),
+    EndpointSlice(Arc<Object<EndpointSliceBody>>),
+    Secret(Arc<Object<SecretBody>>),
+    ConfigMap(Arc<Object<ConfigMapBody>>),
+    Namespace(Arc<Object<()>>),
+    Backend(Arc<Object<BackendSpec>>),
+    EnvoyExtensionPolicy(Arc<Object<EnvoyExtensionPolicySpec>>),
+    EnvoyProxy(Arc<Object<EnvoyProxySpec>>),
+    SecurityPolicy(Arc<Object<SecurityPolicySpec>>),
+    BackendTrafficPolicy(Arc<Object<BackendTrafficPolicySpec>>),
+    BackendTlsPolicy(Arc<Object<BackendTlsPolicySpec>>),
     /// A kind this controller does not read; kept so callers can report it.
     Other {
         api_version: String,
@@ -1116,28 +1117,34 @@ fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
         v
     };
     Ok(match (group, kind.as_str()) {
-        (GATEWAY_GROUP, "GatewayClass") => Resource::GatewayClass(typed(source, spec_of(v), true)?),
-        (GATEWAY_GROUP, "Gateway") => Resource::Gateway(typed(source, spec_of(v), true)?),
-        (GATEWAY_GROUP, "HTTPRoute") => Resource::HttpRoute(typed(source, spec_of(v), true)?),
+        (GATEWAY_GROUP, "GatewayClass") => {
+            Resource::GatewayClass(typed(source, spec_of(v), true)?.into())
+        }
+        (GATEWAY_GROUP, "Gateway") => Resource::Gateway(typed(source, spec_of(v), true)?.into()),
+        (GATEWAY_GROUP, "HTTPRoute") => {
+            Resource::HttpRoute(typed(source, spec_of(v), true)?.into())
+        }
         (GATEWAY_GROUP, "ReferenceGrant") => {
-            Resource::ReferenceGrant(typed(source, spec_of(v), true)?)
+            Resource::ReferenceGrant(typed(source, spec_of(v), true)?.into())
         }
         (GATEWAY_GROUP, "BackendTLSPolicy") => {
-            Resource::BackendTlsPolicy(typed(source, spec_of(v), true)?)
+            Resource::BackendTlsPolicy(typed(source, spec_of(v), true)?.into())
         }
-        (EG_GROUP, "Backend") => Resource::Backend(typed(source, spec_of(v), true)?),
+        (EG_GROUP, "Backend") => Resource::Backend(typed(source, spec_of(v), true)?.into()),
         (EG_GROUP, "EnvoyExtensionPolicy") => {
-            Resource::EnvoyExtensionPolicy(typed(source, spec_of(v), true)?)
+            Resource::EnvoyExtensionPolicy(typed(source, spec_of(v), true)?.into())
         }
         // Only the registry is read here; other fields are the fleet's (not reported twice).
         (EG_GROUP, "EnvoyProxy") => {
             let mut o: Object<EnvoyProxySpec> = typed(source, spec_of(v), true)?;
             o.unsupported.clear();
-            Resource::EnvoyProxy(o)
+            Resource::EnvoyProxy(o.into())
         }
-        (EG_GROUP, "SecurityPolicy") => Resource::SecurityPolicy(typed(source, spec_of(v), true)?),
+        (EG_GROUP, "SecurityPolicy") => {
+            Resource::SecurityPolicy(typed(source, spec_of(v), true)?.into())
+        }
         (EG_GROUP, "BackendTrafficPolicy") => {
-            Resource::BackendTrafficPolicy(typed(source, spec_of(v), true)?)
+            Resource::BackendTrafficPolicy(typed(source, spec_of(v), true)?.into())
         }
         ("", "Service") => {
             let spec = v
@@ -1146,19 +1153,21 @@ fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
                 .unwrap_or(Value::Object(Default::default()));
             let mut o: Object<ServiceSpec> = typed(source, v, false)?;
             o.spec = serde_json::from_value(spec).map_err(|e| format!("invalid spec: {e}"))?;
-            Resource::Service(o)
+            Resource::Service(o.into())
         }
-        ("discovery.k8s.io", "EndpointSlice") => Resource::EndpointSlice(typed(source, v, false)?),
-        ("", "Secret") => Resource::Secret(typed(source, v, false)?),
-        ("", "ConfigMap") => Resource::ConfigMap(typed(source, v, false)?),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            Resource::EndpointSlice(typed(source, v, false)?.into())
+        }
+        ("", "Secret") => Resource::Secret(typed(source, v, false)?.into()),
+        ("", "ConfigMap") => Resource::ConfigMap(typed(source, v, false)?.into()),
         ("", "Namespace") => {
             let o: Object<Value> = typed(source, v, false)?;
-            Resource::Namespace(Object {
+            Resource::Namespace(Arc::new(Object {
                 meta: o.meta,
                 spec: (),
                 unsupported: vec![],
                 source: o.source,
-            })
+            }))
         }
         _ => {
             let meta = v
@@ -1182,21 +1191,21 @@ fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
 /// kinds use an empty namespace. A later duplicate replaces an earlier one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
-    pub gateway_classes: BTreeMap<String, Object<GatewayClassSpec>>,
-    pub gateways: BTreeMap<NsName, Object<GatewaySpec>>,
-    pub http_routes: BTreeMap<NsName, Object<HttpRouteSpec>>,
-    pub reference_grants: BTreeMap<NsName, Object<ReferenceGrantSpec>>,
-    pub services: BTreeMap<NsName, Object<ServiceSpec>>,
-    pub endpoint_slices: BTreeMap<NsName, Object<EndpointSliceBody>>,
-    pub secrets: BTreeMap<NsName, Object<SecretBody>>,
-    pub config_maps: BTreeMap<NsName, Object<ConfigMapBody>>,
-    pub namespaces: BTreeMap<String, Object<()>>,
-    pub backends: BTreeMap<NsName, Object<BackendSpec>>,
-    pub extension_policies: BTreeMap<NsName, Object<EnvoyExtensionPolicySpec>>,
-    pub envoy_proxies: BTreeMap<NsName, Object<EnvoyProxySpec>>,
-    pub security_policies: BTreeMap<NsName, Object<SecurityPolicySpec>>,
-    pub backend_traffic_policies: BTreeMap<NsName, Object<BackendTrafficPolicySpec>>,
-    pub backend_tls_policies: BTreeMap<NsName, Object<BackendTlsPolicySpec>>,
+    pub gateway_classes: BTreeMap<String, Arc<Object<GatewayClassSpec>>>,
+    pub gateways: BTreeMap<NsName, Arc<Object<GatewaySpec>>>,
+    pub http_routes: BTreeMap<NsName, Arc<Object<HttpRouteSpec>>>,
+    pub reference_grants: BTreeMap<NsName, Arc<Object<ReferenceGrantSpec>>>,
+    pub services: BTreeMap<NsName, Arc<Object<ServiceSpec>>>,
+    pub endpoint_slices: BTreeMap<NsName, Arc<Object<EndpointSliceBody>>>,
+    pub secrets: BTreeMap<NsName, Arc<Object<SecretBody>>>,
+    pub config_maps: BTreeMap<NsName, Arc<Object<ConfigMapBody>>>,
+    pub namespaces: BTreeMap<String, Arc<Object<()>>>,
+    pub backends: BTreeMap<NsName, Arc<Object<BackendSpec>>>,
+    pub extension_policies: BTreeMap<NsName, Arc<Object<EnvoyExtensionPolicySpec>>>,
+    pub envoy_proxies: BTreeMap<NsName, Arc<Object<EnvoyProxySpec>>>,
+    pub security_policies: BTreeMap<NsName, Arc<Object<SecurityPolicySpec>>>,
+    pub backend_traffic_policies: BTreeMap<NsName, Arc<Object<BackendTrafficPolicySpec>>>,
+    pub backend_tls_policies: BTreeMap<NsName, Arc<Object<BackendTlsPolicySpec>>>,
     /// `(apiVersion, kind, namespace/name, source)` of objects of kinds we do not read.
     pub others: Vec<(String, String, String, String)>,
 }

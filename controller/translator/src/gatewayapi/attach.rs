@@ -50,7 +50,7 @@ pub(crate) struct ResolveCtx<'a> {
 /// The spec of a policy kind: where its objects are, and its `targetRef`, `targetRefs` and
 /// `targetSelectors`.
 pub(crate) trait PolicySpec: Clone + Sized {
-    fn objects(res: &Resources) -> &BTreeMap<NsName, Object<Self>>;
+    fn objects(res: &Resources) -> &BTreeMap<NsName, std::sync::Arc<Object<Self>>>;
     fn target_ref(&self) -> Option<&PolicyTargetRef>;
     fn target_refs(&self) -> &[PolicyTargetRef];
     fn target_selectors(&self) -> &[TargetSelector];
@@ -59,7 +59,7 @@ pub(crate) trait PolicySpec: Clone + Sized {
 macro_rules! policy_spec {
     ($($spec:ty => $field:ident),* $(,)?) => {$(
         impl PolicySpec for $spec {
-            fn objects(res: &Resources) -> &BTreeMap<NsName, Object<Self>> {
+            fn objects(res: &Resources) -> &BTreeMap<NsName, std::sync::Arc<Object<Self>>> {
                 &res.$field
             }
             fn target_ref(&self) -> Option<&PolicyTargetRef> {
@@ -131,7 +131,7 @@ pub(crate) trait PolicyKind: Sized {
 
 /// One policy of kind `K`: the engine's part (object, targets, cluster conflicts) and the kind's.
 pub(crate) struct Policy<K: PolicyKind> {
-    pub obj: Object<K::Spec>,
+    pub obj: std::sync::Arc<Object<K::Spec>>,
     pub targets: Vec<TargetKey>,
     pub not_found: Vec<(PolicyTargetRef, String)>,
     /// Clusters another route or policy already defines differently ([`Claims`]): the policy is

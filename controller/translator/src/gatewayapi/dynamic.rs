@@ -35,7 +35,7 @@ pub(crate) fn envoy_proxy_for<'a>(
     let lookup = |key: NsName, by: String| {
         res.envoy_proxies
             .get(&key)
-            .map(Some)
+            .map(|o| Some(&**o))
             .ok_or_else(|| format!("EnvoyProxy {}/{} ({by}) not found", key.0, key.1))
     };
     if let Some(r) = g

@@ -35,7 +35,7 @@ pub struct ListenerState {
 }
 
 pub struct GatewayState {
-    pub obj: Object<GatewaySpec>,
+    pub obj: std::sync::Arc<Object<GatewaySpec>>,
     pub listeners: Vec<ListenerState>,
     /// `spec.addresses` entries this controller refuses.
     pub address_errors: Vec<AddressError>,

@@ -95,7 +95,21 @@ pub(crate) fn unsupported_condition(paths: &[String]) -> Option<Condition> {
     })
 }
 
+pub use routes::{RuleMemo, RuleMemoStats};
+
+/// Translates `res` from scratch.
 pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolver) -> Translation {
+    translate_with(res, opts, wasm, &mut RuleMemo::default())
+}
+
+/// [`translate`], reusing the route rules `memo` holds from the previous translation where
+/// their inputs are unchanged; the result is the same.
+pub fn translate_with(
+    res: &Resources,
+    opts: &TranslateOptions,
+    wasm: &dyn WasmResolver,
+    memo: &mut RuleMemo,
+) -> Translation {
     let mut statuses = Vec::new();
 
     // GatewayClasses.
@@ -165,7 +179,7 @@ pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolv
     let mut policies = gateway_ir::PolicyLayers::resolve(&ctx);
 
     // Routes: attachment, rules, clusters.
-    let routes = routes::translate_routes(res, opts, &mut gateways);
+    let routes = routes::translate_routes(res, opts, &mut gateways, memo);
 
     claim_clusters(&routes, &mut policies);
 

@@ -73,8 +73,8 @@ fn path_rewrite(p: &PathModifier, path: &PathMatchIr) -> Option<PathRewriteIr> {
     }
 }
 
-/// Translates the rules of one route: (rules, clusters, ResolvedRefs condition, unsupported).
 /// A translated route's rules, its clusters, its ResolvedRefs condition and unsupported fields.
+#[derive(Clone)]
 struct RulesOutput {
     rules: Vec<(Option<String>, Vec<Arc<RouteIr>>)>,
     clusters: Vec<ClusterIr>,
@@ -85,6 +85,112 @@ struct RulesOutput {
     unsupported: Vec<String>,
     /// Per rule: what validation found (`validate::route_rules`).
     verdicts: Vec<RuleVerdict>,
+}
+
+/// What every route's rules may read besides the route itself: the objects a backendRef,
+/// mirror or BackendTLSPolicy resolves through, and the egress settings.
+#[derive(Default)]
+struct RuleInputs {
+    services: BTreeMap<NsName, Arc<Object<crate::resources::ServiceSpec>>>,
+    endpoint_slices: BTreeMap<NsName, Arc<Object<crate::resources::EndpointSliceBody>>>,
+    backends: BTreeMap<NsName, Arc<Object<crate::resources::BackendSpec>>>,
+    backend_tls_policies: BTreeMap<NsName, Arc<Object<crate::resources::BackendTlsPolicySpec>>>,
+    secrets: BTreeMap<NsName, Arc<Object<crate::resources::SecretBody>>>,
+    config_maps: BTreeMap<NsName, Arc<Object<crate::resources::ConfigMapBody>>>,
+    reference_grants: BTreeMap<NsName, Arc<Object<crate::resources::ReferenceGrantSpec>>>,
+    egress: crate::egress::EgressPolicy,
+}
+
+/// Equal maps of shared objects; an object the parse memo handed on unchanged is the same
+/// allocation, so the usual comparison costs a pointer check per object.
+pub(crate) fn same_objects<K: PartialEq, T: PartialEq>(
+    a: &BTreeMap<K, Arc<T>>,
+    b: &BTreeMap<K, Arc<T>>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+}
+
+impl RuleInputs {
+    fn of(res: &Resources, egress: &crate::egress::EgressPolicy) -> Self {
+        RuleInputs {
+            services: res.services.clone(),
+            endpoint_slices: res.endpoint_slices.clone(),
+            backends: res.backends.clone(),
+            backend_tls_policies: res.backend_tls_policies.clone(),
+            secrets: res.secrets.clone(),
+            config_maps: res.config_maps.clone(),
+            reference_grants: res.reference_grants.clone(),
+            egress: egress.clone(),
+        }
+    }
+
+    fn unchanged(&self, res: &Resources, egress: &crate::egress::EgressPolicy) -> bool {
+        same_objects(&self.services, &res.services)
+            && same_objects(&self.endpoint_slices, &res.endpoint_slices)
+            && same_objects(&self.backends, &res.backends)
+            && same_objects(&self.backend_tls_policies, &res.backend_tls_policies)
+            && same_objects(&self.secrets, &res.secrets)
+            && same_objects(&self.config_maps, &res.config_maps)
+            && same_objects(&self.reference_grants, &res.reference_grants)
+            && &self.egress == egress
+    }
+}
+
+/// Each HTTPRoute's translated rules from the last translation ([`crate::Translator`]): reused
+/// while the route and its [`RuleInputs`] are unchanged, since the rules read nothing else.
+#[derive(Default)]
+pub struct RuleMemo {
+    inputs: Option<RuleInputs>,
+    routes: std::collections::HashMap<NsName, (Arc<Object<HttpRouteSpec>>, RulesOutput)>,
+    /// Routes translated and reused by the last [`translate_routes`].
+    pub stats: RuleMemoStats,
+}
+
+/// How much of one translation's route rules came from the memo.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleMemoStats {
+    pub translated: usize,
+    pub reused: usize,
+}
+
+impl RuleMemo {
+    /// Forget every route whose inputs changed; keep only routes that still exist.
+    fn begin(&mut self, res: &Resources, egress: &crate::egress::EgressPolicy) {
+        self.stats = RuleMemoStats::default();
+        if !self
+            .inputs
+            .as_ref()
+            .is_some_and(|i| i.unchanged(res, egress))
+        {
+            self.routes.clear();
+            self.inputs = Some(RuleInputs::of(res, egress));
+        }
+        self.routes.retain(|k, _| res.http_routes.contains_key(k));
+    }
+
+    fn rules(
+        &mut self,
+        res: &Resources,
+        egress: &crate::egress::EgressPolicy,
+        slices: &backends::SliceIndex<'_>,
+        key: &NsName,
+        route: &Arc<Object<HttpRouteSpec>>,
+    ) -> RulesOutput {
+        if let Some((was, out)) = self.routes.get(key) {
+            if Arc::ptr_eq(was, route) || was == route {
+                self.stats.reused += 1;
+                return out.clone();
+            }
+        }
+        self.stats.translated += 1;
+        let out = translate_rules(res, egress, slices, route);
+        self.routes
+            .insert(key.clone(), (route.clone(), out.clone()));
+        out
+    }
 }
 
 fn translate_rules(
@@ -347,6 +453,7 @@ pub fn translate_routes(
     res: &Resources,
     opts: &TranslateOptions,
     gateways: &mut GatewayMap,
+    memo: &mut RuleMemo,
 ) -> RouteOutput {
     let mut out = RouteOutput {
         statuses: vec![],
@@ -354,6 +461,7 @@ pub fn translate_routes(
         routes: BTreeMap::new(),
     };
     let slices = backends::slice_index(res);
+    memo.begin(res, &opts.egress);
     let mut pending = Vec::new();
     for (key, route) in &res.http_routes {
         let ns = &key.0;
@@ -364,7 +472,7 @@ pub fn translate_routes(
             available,
             mut unsupported,
             verdicts,
-        } = translate_rules(res, &opts.egress, &slices, route);
+        } = memo.rules(res, &opts.egress, &slices, key, route);
         unsupported.extend(route.unsupported.iter().cloned());
         let verdict = route_rules::summarize(&verdicts);
         let mut parents = Vec::new();

@@ -2,6 +2,7 @@
 //! HashMap fields would otherwise make the bytes differ from run to run).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -867,8 +868,15 @@ fn build_listener(gw: &GatewayIr, p: &PortIr, opts: &TranslateOptions) -> listen
 
 /// Builds the resource set of every Gateway.
 pub fn build(ir: &Ir, opts: &TranslateOptions) -> XdsSnapshot {
-    let mut snap = XdsSnapshot::new();
-    for (node, gw) in &ir.gateways {
+    ir.gateways
+        .iter()
+        .map(|(node, gw)| (node.clone(), Arc::new(build_gateway(gw, opts))))
+        .collect()
+}
+
+/// Builds the resource set of one Gateway.
+pub fn build_gateway(gw: &GatewayIr, opts: &TranslateOptions) -> XdsResources {
+    {
         let mut res = XdsResources::default();
         for p in &gw.ports {
             let l = build_listener(gw, p, opts);
@@ -892,7 +900,6 @@ pub fn build(ir: &Ir, opts: &TranslateOptions) -> XdsSnapshot {
                 res.insert(ENDPOINT_TYPE, c.name.clone(), top_any(any(&cla)));
             }
         }
-        snap.insert(node.clone(), res);
+        res
     }
-    snap
 }

@@ -354,7 +354,8 @@ impl serde::Serialize for Statuses<'_> {
 impl serde::Serialize for XdsSection<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut nodes: Vec<(&String, &super::snapshot::XdsResources)> = self.0.xds.iter().collect();
+        let mut nodes: Vec<(&String, &super::snapshot::XdsResources)> =
+            self.0.xds.iter().map(|(n, r)| (n, &**r)).collect();
         nodes.sort_by(|a, b| a.0.cmp(b.0));
         let mut m = s.serialize_map(Some(nodes.len()))?;
         for (node, res) in nodes {

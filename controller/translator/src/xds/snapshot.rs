@@ -1,6 +1,7 @@
 //! The seam between the pure xDS builder and the ADS server.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
@@ -38,5 +39,7 @@ pub fn node_id(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-/// The full desired state: one resource set per Gateway, keyed by [`node_id`].
-pub type XdsSnapshot = BTreeMap<String, XdsResources>;
+/// The full desired state: one resource set per Gateway, keyed by [`node_id`]. Shared: an
+/// incremental translation ([`crate::Translator`]) hands an unchanged Gateway the previous
+/// snapshot's set, and the server skips a set it has already published.
+pub type XdsSnapshot = BTreeMap<String, Arc<XdsResources>>;
