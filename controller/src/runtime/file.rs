@@ -15,7 +15,7 @@ use crate::xds::server::XdsServer;
 use anyhow::Context;
 use portcullis_translator::wasm::source::WasmSource;
 use portcullis_translator::{
-    parse_documents, BuiltinRuntime, ParseCache, ParseCacheStats, Resources, TranslateOptions,
+    BuiltinRuntime, ParseCache, ParseCacheStats, Resource, Resources, TranslateOptions,
     TranslateOutput,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -237,14 +237,16 @@ pub struct FileSource {
     debounce: Duration,
     /// A change was seen and not read yet (kept across a cancelled `next`).
     pending: bool,
-    /// Content of each file when it last loaded without errors, and the parse memo.
+    /// What each file yielded when it last loaded without errors, and the parse memo.
     memory: Arc<Mutex<FileMemory>>,
 }
 
 /// What [`FileSource`] keeps between reads.
 #[derive(Default)]
 struct FileMemory {
-    last_good: HashMap<String, String>,
+    /// What each file yielded when it last loaded without errors (shared objects: a pointer
+    /// copy per object).
+    last_good: HashMap<String, Vec<Resource>>,
     /// Each document's parse, reused while its text is unchanged.
     parsed: ParseCache,
 }
@@ -311,10 +313,10 @@ fn read_manifests(files: &FileProvider, memory: &Mutex<FileMemory>) -> ProviderS
         let (docs, errs) = match &f.content {
             Ok(text) => {
                 let (res, errs, s) = cache.parse(&f.name, text);
-                (stats.reused, stats.parsed) = (stats.reused + s.reused, stats.parsed + s.parsed);
+                stats += s;
                 let errs: Vec<LoadErrorView> = errs.into_iter().map(LoadErrorView::from).collect();
                 if errs.is_empty() {
-                    last_good.insert(f.name.clone(), text.clone());
+                    last_good.insert(f.name.clone(), res.clone());
                 }
                 (res, errs)
             }
@@ -333,9 +335,9 @@ fn read_manifests(files: &FileProvider, memory: &Mutex<FileMemory>) -> ProviderS
         }
         match last_good.get(&f.name) {
             Some(previous) => {
-                // Not through the memo: it holds the version on disk, which is parsed again
-                // (and reported) on every read until it is fixed.
-                parsed.extend(parse_documents(&f.name, previous).0);
+                // The version on disk stays in the parse memo and is reported on every read
+                // until it is fixed.
+                parsed.extend(previous.iter().cloned());
                 load_errors.extend(errs.into_iter().map(|mut e| {
                     e.reason
                         .push_str(" (serving the last good version of this file)");

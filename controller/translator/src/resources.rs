@@ -880,18 +880,8 @@ fn split_documents(yaml: &str) -> Vec<String> {
 /// `apiVersion` nor `kind` (not Kubernetes objects), are skipped; a bad document yields a
 /// [`LoadError`] and the rest still load. `kind: List` documents are flattened.
 pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<LoadError>) {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    // `index` counts documents with content (0-based): a leading `---` or a comment-only
-    // preamble is not a document.
-    let mut index = 0usize;
-    for doc in split_documents(yaml) {
-        if let Some(parsed) = parse_document(source_name, index, &doc) {
-            index += 1;
-            out.extend(parsed.resources);
-            errors.extend(parsed.errors);
-        }
-    }
+    // One loop for both: a memo that starts empty parses every document once.
+    let (out, errors, _) = ParseCache::default().parse(source_name, yaml);
     (out, errors)
 }
 
@@ -950,6 +940,13 @@ pub struct ParseCacheStats {
     pub parsed: usize,
 }
 
+impl std::ops::AddAssign for ParseCacheStats {
+    fn add_assign(&mut self, other: Self) {
+        self.reused += other.reused;
+        self.parsed += other.parsed;
+    }
+}
+
 impl ParseCache {
     /// The same result as [`parse_documents`]`(source_name, yaml)`; the memo of `source_name`
     /// is replaced by this version's documents.
@@ -965,6 +962,8 @@ impl ParseCache {
             .into_iter();
         let mut memo = Vec::new();
         let (mut out, mut errors, mut stats) = (Vec::new(), Vec::new(), ParseCacheStats::default());
+        // `index` counts documents with content (0-based): a leading `---` or a comment-only
+        // preamble is not a document.
         let mut index = 0usize;
         for text in split_documents(yaml) {
             let entry = match old.next() {
