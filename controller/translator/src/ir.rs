@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Ir {
     /// Keyed by [`crate::xds::snapshot::node_id`].
     pub gateways: BTreeMap<String, GatewayIr>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GatewayIr {
     pub namespace: String,
     pub name: String,
@@ -43,7 +43,7 @@ impl Protocol {
 }
 
 /// One Envoy listener (one port).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PortIr {
     pub port: u16,
     pub protocol: Protocol,
@@ -52,7 +52,7 @@ pub struct PortIr {
 
 /// One filter chain with its own route configuration. HTTP ports have one chain; HTTPS ports
 /// have one per Gateway listener, selected by SNI.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChainIr {
     /// Also the route configuration name.
     pub name: String,
@@ -65,7 +65,7 @@ pub struct ChainIr {
     pub virtual_hosts: Vec<VirtualHostIr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateIr {
     /// `namespace/name` of the Secret.
     pub name: String,
@@ -74,7 +74,7 @@ pub struct CertificateIr {
     pub key_pem: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VirtualHostIr {
     pub name: String,
     pub domains: Vec<String>,
@@ -101,14 +101,14 @@ pub enum PathMatchIr {
     Regex(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ValueMatchIr {
     pub name: String,
     pub value: String,
     pub regex: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HeaderOpsIr {
     pub set: Vec<(String, String)>,
     pub add: Vec<(String, String)>,
@@ -121,7 +121,7 @@ impl HeaderOpsIr {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum PathRewriteIr {
     Full(String),
     /// Replace the matched `prefix` with `replacement`, Gateway API semantics.
@@ -131,13 +131,13 @@ pub enum PathRewriteIr {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WeightedCluster {
     pub cluster: String,
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ActionIr {
     Forward {
         backends: Vec<WeightedCluster>,
@@ -157,14 +157,14 @@ pub enum ActionIr {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MirrorIr {
     pub cluster: String,
     /// Fraction of requests, per million.
     pub per_million: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteIr {
     /// Unique within the route configuration: `httproute/<ns>/<name>/rule/<i>/match/<j>`.
     pub name: String,
@@ -185,13 +185,13 @@ pub struct RouteIr {
     pub rule_name: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum EndpointIr {
     Socket { address: String, port: u16 },
     Pipe { path: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ClusterKind {
     /// Endpoints delivered as a ClusterLoadAssignment over ADS.
     Eds(Vec<EndpointIr>),
@@ -223,7 +223,7 @@ pub enum TrustedCa {
     Pem(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterIr {
     pub name: String,
     pub kind: ClusterKind,
@@ -242,7 +242,7 @@ pub struct ClusterIr {
     pub http2: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum FilterIr {
     Wasm(WasmFilterIr),
     Lua(LuaFilterIr),
@@ -260,7 +260,7 @@ impl FilterIr {
 }
 
 /// One `envoy.filters.http.dynamic_modules` filter: a filter of a native module.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DynamicFilterIr {
     /// HCM filter name:
     /// `envoy.filters.http.dynamic_modules/envoyextensionpolicy/<ns>/<policy>/dynamic-module/<i>`
@@ -275,14 +275,14 @@ pub struct DynamicFilterIr {
     pub config: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DynamicModuleIr {
     pub source: ModuleSourceIr,
     pub do_not_close: bool,
     pub load_globally: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ModuleSourceIr {
     /// An absolute path on the Envoy's filesystem.
     Local { path: String },
@@ -295,7 +295,7 @@ pub enum ModuleSourceIr {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WasmFilterIr {
     /// HCM filter name: `envoy.filters.http.wasm/envoyextensionpolicy/<ns>/<policy>/<index>`.
     pub name: String,
@@ -312,7 +312,7 @@ pub struct WasmFilterIr {
     pub host_env_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LuaFilterIr {
     /// HCM filter name: `envoy.filters.http.lua/envoyextensionpolicy/<ns>/<policy>/<index>`.
     pub name: String,

@@ -881,7 +881,7 @@ fn split_documents(yaml: &str) -> Vec<String> {
 /// [`LoadError`] and the rest still load. `kind: List` documents are flattened.
 pub fn parse_documents(source_name: &str, yaml: &str) -> (Vec<Resource>, Vec<LoadError>) {
     // One loop for both: a memo that starts empty parses every document once.
-    let (out, errors, _) = ParseCache::default().parse(source_name, yaml);
+    let (out, errors, _) = ParseCache::default().parse_keeping(source_name, yaml, false);
     (out, errors)
 }
 
@@ -955,6 +955,17 @@ impl ParseCache {
         source_name: &str,
         yaml: &str,
     ) -> (Vec<Resource>, Vec<LoadError>, ParseCacheStats) {
+        self.parse_keeping(source_name, yaml, true)
+    }
+
+    /// [`ParseCache::parse`]; with `keep: false` nothing is remembered for `source_name` (a
+    /// one-shot parse does not hold every document's text).
+    fn parse_keeping(
+        &mut self,
+        source_name: &str,
+        yaml: &str,
+        keep: bool,
+    ) -> (Vec<Resource>, Vec<LoadError>, ParseCacheStats) {
         let mut old = self
             .files
             .remove(source_name)
@@ -980,14 +991,27 @@ impl ParseCache {
                     }
                 }
             };
-            if let Some(p) = &entry.parsed {
-                index += 1;
-                out.extend(p.resources.iter().cloned());
-                errors.extend(p.errors.iter().cloned());
+            if entry.parsed.is_none() {
+                if keep {
+                    memo.push(entry);
+                }
+                continue;
             }
-            memo.push(entry);
+            index += 1;
+            if keep {
+                if let Some(p) = &entry.parsed {
+                    out.extend(p.resources.iter().cloned());
+                    errors.extend(p.errors.iter().cloned());
+                }
+                memo.push(entry);
+            } else if let Some(p) = entry.parsed {
+                out.extend(p.resources);
+                errors.extend(p.errors);
+            }
         }
-        self.files.insert(source_name.to_string(), memo);
+        if keep {
+            self.files.insert(source_name.to_string(), memo);
+        }
         (out, errors, stats)
     }
 
