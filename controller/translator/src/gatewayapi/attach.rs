@@ -432,6 +432,10 @@ fn effective_in<'a>(
         gateway: gw,
         listener,
     } = *on;
+    // Asked for every rule on every listener: a kind without policies allocates no keys.
+    if winners.is_empty() {
+        return None;
+    }
     let mut keys = Vec::new();
     if let Some(r) = rule_name {
         keys.push(TargetKey::Route(route.clone(), Some(r.to_string())));

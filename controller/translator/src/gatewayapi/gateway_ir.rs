@@ -18,18 +18,19 @@ use crate::ir::{
 };
 use crate::resources::NsName;
 
-type PrecedenceKey = (
+/// Borrows the route's age: the key is built for every route on every translation.
+type PrecedenceKey<'a> = (
     u8,
     Reverse<usize>,
     bool,
     Reverse<usize>,
     Reverse<usize>,
-    (String, String, String),
+    &'a AgeKey,
     usize,
     usize,
 );
 
-fn precedence(r: &RouteIr, age: &AgeKey, rule: usize, m: usize) -> PrecedenceKey {
+fn precedence<'a>(r: &RouteIr, age: &'a AgeKey, rule: usize, m: usize) -> PrecedenceKey<'a> {
     // Spec order: exact path, longest prefix, method, most headers, most query params, then
     // oldest route, then namespace/name, then rule order. Regex sits between exact and prefix,
     // as Envoy Gateway orders it.
@@ -44,7 +45,7 @@ fn precedence(r: &RouteIr, age: &AgeKey, rule: usize, m: usize) -> PrecedenceKey
         r.method.is_none(),
         Reverse(r.headers.len()),
         Reverse(r.query_params.len()),
-        age.clone(),
+        age,
         rule,
         m,
     )
@@ -118,8 +119,9 @@ pub fn build_gateway_ir(
         };
         let mut chains = Vec::new();
         for (chain_name, members) in groups {
-            let mut vhosts: BTreeMap<String, Vec<(PrecedenceKey, Arc<RouteIr>)>> = BTreeMap::new();
-            let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+            let mut vhosts: BTreeMap<&str, Vec<(PrecedenceKey<'_>, Arc<RouteIr>)>> =
+                BTreeMap::new();
+            let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
             for a in routes
                 .attachments
                 .iter()
@@ -166,12 +168,10 @@ pub fn build_gateway_ir(
                         }
                         let k = precedence(&r, &tr.age, ri, mi);
                         for h in &a.hostnames {
-                            // A route reachable through two listeners of this chain is added once.
-                            if seen.insert((h.clone(), r.name.clone())) {
-                                vhosts
-                                    .entry(h.clone())
-                                    .or_default()
-                                    .push((k.clone(), r.clone()));
+                            // A route reachable through two listeners of this chain is added once
+                            // (policies never rename a route: the table's name is the one).
+                            if seen.insert((h.as_str(), shared.name.as_str())) {
+                                vhosts.entry(h.as_str()).or_default().push((k, r.clone()));
                             }
                         }
                     }
@@ -183,7 +183,7 @@ pub fn build_gateway_ir(
                     rs.sort_by(|a, b| a.0.cmp(&b.0));
                     VirtualHostIr {
                         name: format!("{chain_name}/{h}"),
-                        domains: vec![h],
+                        domains: vec![h.to_string()],
                         routes: rs.into_iter().map(|(_, r)| r).collect(),
                     }
                 })

@@ -179,7 +179,7 @@ pub fn translate_with(
     let mut policies = gateway_ir::PolicyLayers::resolve(&ctx);
 
     // Routes: attachment, rules, clusters.
-    let routes = routes::translate_routes(res, opts, &mut gateways, memo);
+    let mut routes = routes::translate_routes(res, opts, &mut gateways, memo);
 
     claim_clusters(&routes, &mut policies);
 
@@ -192,7 +192,7 @@ pub fn translate_with(
     }
 
     statuses.extend(listeners::statuses(res, &gateways));
-    statuses.extend(routes.statuses.clone());
+    statuses.append(&mut routes.statuses);
     // Policy statuses in the order they have always been written (not the chain order).
     let status_ctx = attach::StatusCtx {
         res,

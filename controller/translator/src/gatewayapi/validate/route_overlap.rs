@@ -7,9 +7,10 @@
 //! included), and query parameter matches are equal; order of header/query matches does not
 //! count, a prefix's one trailing slash does not count. A route never overlaps itself.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::ir::{PathMatchIr, RouteIr, ValueMatchIr};
+use crate::ir::{PathMatchIr, RouteIr};
 use crate::resources::NsName;
 
 /// A Gateway listener: the Gateway and the listener's index.
@@ -23,39 +24,48 @@ pub struct Programmed<'a> {
     pub routes: Vec<&'a RouteIr>,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    hostname: String,
-    path: (u8, String),
-    headers: Vec<(String, bool, String)>,
-    query: Vec<(String, bool, String)>,
+/// What makes two matches select the same requests, borrowed from the IR (the check runs on
+/// every translation; only a header name with capitals is copied, lowercased).
+#[derive(PartialEq, Eq, Hash)]
+struct Key<'a> {
+    hostname: &'a str,
+    path: (u8, &'a str),
+    headers: Vec<(Cow<'a, str>, bool, &'a str)>,
+    query: Vec<(&'a str, bool, &'a str)>,
 }
 
-fn value_key(v: &ValueMatchIr, lowercase: bool) -> (String, bool, String) {
-    let name = if lowercase {
-        v.name.to_ascii_lowercase()
+fn header_name(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
     } else {
-        v.name.clone()
-    };
-    (name, v.regex, v.value.clone())
+        Cow::Borrowed(name)
+    }
 }
 
-fn key(host: &str, r: &RouteIr) -> Key {
+fn key<'a>(host: &'a str, r: &'a RouteIr) -> Key<'a> {
     let path = match &r.path {
-        PathMatchIr::Exact(p) => (0, p.clone()),
-        PathMatchIr::Regex(p) => (1, p.clone()),
-        PathMatchIr::Prefix(p) if p == "/" => (2, p.clone()),
-        PathMatchIr::Prefix(p) => (2, p.strip_suffix('/').unwrap_or(p).to_string()),
+        PathMatchIr::Exact(p) => (0, p.as_str()),
+        PathMatchIr::Regex(p) => (1, p.as_str()),
+        PathMatchIr::Prefix(p) if p == "/" => (2, p.as_str()),
+        PathMatchIr::Prefix(p) => (2, p.strip_suffix('/').unwrap_or(p)),
     };
-    let mut headers: Vec<_> = r.headers.iter().map(|h| value_key(h, true)).collect();
+    let mut headers: Vec<_> = r
+        .headers
+        .iter()
+        .map(|h| (header_name(&h.name), h.regex, h.value.as_str()))
+        .collect();
     if let Some(m) = &r.method {
-        headers.push((":method".into(), false, m.clone()));
+        headers.push((Cow::Borrowed(":method"), false, m.as_str()));
     }
     headers.sort();
-    let mut query: Vec<_> = r.query_params.iter().map(|q| value_key(q, false)).collect();
+    let mut query: Vec<_> = r
+        .query_params
+        .iter()
+        .map(|q| (q.name.as_str(), q.regex, q.value.as_str()))
+        .collect();
     query.sort();
     Key {
-        hostname: host.to_string(),
+        hostname: host,
         path,
         headers,
         query,
@@ -66,14 +76,15 @@ fn key(host: &str, r: &RouteIr) -> Key {
 pub fn overlaps(
     programmed: &[Programmed<'_>],
 ) -> BTreeMap<(NsName, ListenerKey), BTreeSet<NsName>> {
-    let mut buckets: BTreeMap<(&ListenerKey, Key), BTreeSet<&NsName>> = BTreeMap::new();
+    // Most buckets hold one route; the output is ordered whatever the bucket order.
+    let mut buckets: HashMap<(&ListenerKey, Key<'_>), Vec<&NsName>> = HashMap::new();
     for p in programmed {
         for h in p.hostnames {
             for r in &p.routes {
-                buckets
-                    .entry((&p.listener, key(h, r)))
-                    .or_default()
-                    .insert(&p.route);
+                let routes = buckets.entry((&p.listener, key(h, r))).or_default();
+                if !routes.contains(&&p.route) {
+                    routes.push(&p.route);
+                }
             }
         }
     }
@@ -93,7 +104,7 @@ pub fn overlaps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{ActionIr, HeaderOpsIr};
+    use crate::ir::{ActionIr, HeaderOpsIr, ValueMatchIr};
 
     fn ir(path: PathMatchIr, headers: &[(&str, &str)], method: Option<&str>) -> RouteIr {
         RouteIr {
