@@ -72,8 +72,10 @@ impl Pipeline {
             tracing::debug!(
                 routes_translated = stats.routes_translated,
                 routes_reused = stats.routes_reused,
-                gateways_built = stats.gateways_built,
-                gateways_reused = stats.gateways_reused,
+                irs_built = stats.irs_built,
+                irs_reused = stats.irs_reused,
+                xds_built = stats.xds_built,
+                xds_reused = stats.xds_reused,
                 "translation memo"
             );
             out

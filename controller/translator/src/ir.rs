@@ -2,13 +2,23 @@
 //! Gateway API and Envoy protos. Built by [`crate::gatewayapi`], consumed by [`crate::xds`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Ir {
-    /// Keyed by [`crate::xds::snapshot::node_id`].
-    pub gateways: BTreeMap<String, GatewayIr>,
+    /// Keyed by [`crate::xds::snapshot::node_id`]. Shared: an incremental translation
+    /// ([`crate::Translator`]) hands an unchanged Gateway the previous translation's IR.
+    #[serde(serialize_with = "shared_gateways")]
+    pub gateways: BTreeMap<String, Arc<GatewayIr>>,
+}
+
+fn shared_gateways<S: serde::Serializer>(
+    m: &BTreeMap<String, Arc<GatewayIr>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(m.iter().map(|(k, v)| (k, &**v)))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -198,8 +198,14 @@ pub fn translate(
 #[derive(Default)]
 pub struct Translator {
     opts: Option<TranslateOptions>,
-    rules: gatewayapi::RuleMemo,
-    xds: BTreeMap<String, (ir::GatewayIr, std::sync::Arc<xds::snapshot::XdsResources>)>,
+    memo: gatewayapi::Memo,
+    xds: BTreeMap<
+        String,
+        (
+            std::sync::Arc<ir::GatewayIr>,
+            std::sync::Arc<xds::snapshot::XdsResources>,
+        ),
+    >,
     stats: TranslatorStats,
 }
 
@@ -208,8 +214,12 @@ pub struct Translator {
 pub struct TranslatorStats {
     pub routes_translated: usize,
     pub routes_reused: usize,
-    pub gateways_built: usize,
-    pub gateways_reused: usize,
+    /// Gateway IRs built, and taken unchanged from the last translation.
+    pub irs_built: usize,
+    pub irs_reused: usize,
+    /// Gateway xDS sets built, and taken from the last translation (IR unchanged).
+    pub xds_built: usize,
+    pub xds_reused: usize,
 }
 
 impl Translator {
@@ -225,22 +235,25 @@ impl Translator {
                 ..Default::default()
             };
         }
-        let t = gatewayapi::translate_with(resources, opts, wasm, &mut self.rules);
+        let t = gatewayapi::translate_with(resources, opts, wasm, &mut self.memo);
         let mut stats = TranslatorStats {
-            routes_translated: self.rules.stats.translated,
-            routes_reused: self.rules.stats.reused,
+            routes_translated: self.memo.rules.stats.translated,
+            routes_reused: self.memo.rules.stats.reused,
+            irs_built: self.memo.irs_built,
+            irs_reused: self.memo.irs_reused,
             ..Default::default()
         };
         let mut memo = BTreeMap::new();
         let mut xds = xds::snapshot::XdsSnapshot::new();
         for (node, gw) in &t.ir.gateways {
             let built = match self.xds.remove(node) {
+                // The same Arc when the IR was reused: a pointer check.
                 Some((was, built)) if &was == gw => {
-                    stats.gateways_reused += 1;
+                    stats.xds_reused += 1;
                     (was, built)
                 }
                 _ => {
-                    stats.gateways_built += 1;
+                    stats.xds_built += 1;
                     let built = std::sync::Arc::new(xds::builder::build_gateway(gw, opts));
                     (gw.clone(), built)
                 }

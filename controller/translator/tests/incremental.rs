@@ -111,8 +111,9 @@ fn incremental_output_equals_full_translation_over_every_golden_case() {
         let again = check(&mut t, &whole, &format!("{name} again"));
         let stats = t.stats();
         assert_eq!(stats.routes_translated, 0, "{name}: {stats:?}");
-        assert_eq!(stats.gateways_built, 0, "{name}: {stats:?}");
-        assert_eq!(stats.gateways_reused, again.xds.len(), "{name}: {stats:?}");
+        assert_eq!(stats.irs_built, 0, "{name}: {stats:?}");
+        assert_eq!(stats.xds_built, 0, "{name}: {stats:?}");
+        assert_eq!(stats.xds_reused, again.xds.len(), "{name}: {stats:?}");
         for skip in 0..docs.len() {
             let mut fewer = docs.clone();
             fewer.remove(skip);
@@ -217,7 +218,7 @@ fn an_edit_to_one_gateways_route_leaves_the_other_gateways_xds_untouched() {
     );
     assert_eq!(first.xds.len(), 3);
     assert_eq!(t.stats().routes_translated, 6);
-    assert_eq!(t.stats().gateways_built, 3);
+    assert_eq!(t.stats().xds_built, 3);
 
     let edited = check(&mut t, &load(&mut cache, &three_gateways("v2", 80)), "edit");
     let stats = t.stats();
@@ -226,12 +227,13 @@ fn an_edit_to_one_gateways_route_leaves_the_other_gateways_xds_untouched() {
         (1, 5),
         "{stats:?}"
     );
-    assert_eq!(
-        (stats.gateways_built, stats.gateways_reused),
-        (1, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.irs_built, stats.irs_reused), (1, 2), "{stats:?}");
+    assert_eq!((stats.xds_built, stats.xds_reused), (1, 2), "{stats:?}");
     for node in ["infra/gw1", "infra/gw2"] {
+        assert!(
+            Arc::ptr_eq(&first.ir.gateways[node], &edited.ir.gateways[node]),
+            "{node}: its IR was rebuilt"
+        );
         assert!(
             Arc::ptr_eq(&first.xds[node], &edited.xds[node]),
             "{node}: its xDS set was rebuilt"
@@ -261,7 +263,8 @@ fn an_edit_to_one_gateways_route_leaves_the_other_gateways_xds_untouched() {
         (6, 0),
         "{stats:?}"
     );
-    assert_eq!(stats.gateways_built, 3, "{stats:?}");
+    assert_eq!(stats.irs_built, 3, "{stats:?}");
+    assert_eq!(stats.xds_built, 3, "{stats:?}");
     assert!(service_edit.xds["infra/gw1"] != edited.xds["infra/gw1"]);
 
     // Options changed: nothing is reused.
@@ -271,5 +274,6 @@ fn an_edit_to_one_gateways_route_leaves_the_other_gateways_xds_untouched() {
     let out = t.translate(&res, &other, &Ready);
     assert!(out == translate(&res, &other, &Ready));
     assert_eq!(t.stats().routes_reused, 0);
-    assert_eq!(t.stats().gateways_reused, 0);
+    assert_eq!(t.stats().irs_reused, 0);
+    assert_eq!(t.stats().xds_reused, 0);
 }

@@ -49,7 +49,7 @@ pub(crate) struct ResolveCtx<'a> {
 
 /// The spec of a policy kind: where its objects are, and its `targetRef`, `targetRefs` and
 /// `targetSelectors`.
-pub(crate) trait PolicySpec: Clone + Sized {
+pub(crate) trait PolicySpec: PartialEq + Clone + Sized {
     fn objects(res: &Resources) -> &BTreeMap<NsName, std::sync::Arc<Object<Self>>>;
     fn target_ref(&self) -> Option<&PolicyTargetRef>;
     fn target_refs(&self) -> &[PolicyTargetRef];
@@ -105,8 +105,8 @@ pub(crate) trait PolicyKind: Sized {
     const KIND: &'static str;
     const LAYER: Layer;
     type Spec: PolicySpec;
-    /// What the kind resolved for one policy.
-    type State;
+    /// What the kind resolved for one policy (compared to reuse a Gateway's IR).
+    type State: PartialEq;
 
     /// Resolves one policy whose targets the engine resolved.
     fn resolve(
@@ -138,6 +138,16 @@ pub(crate) struct Policy<K: PolicyKind> {
     /// not applied and targeted routes answer 500.
     pub cluster_conflicts: Vec<String>,
     pub state: K::State,
+}
+
+impl<K: PolicyKind> PartialEq for Policy<K> {
+    fn eq(&self, o: &Self) -> bool {
+        (std::sync::Arc::ptr_eq(&self.obj, &o.obj) || self.obj == o.obj)
+            && self.targets == o.targets
+            && self.not_found == o.not_found
+            && self.cluster_conflicts == o.cluster_conflicts
+            && self.state == o.state
+    }
 }
 
 impl<K: PolicyKind> Policy<K> {
@@ -173,6 +183,14 @@ pub(crate) struct PolicySet<K: PolicyKind> {
     /// The policy that wins each exact target (oldest first).
     pub winners: BTreeMap<TargetKey, NsName>,
     pub wasm_needed: BTreeSet<WasmSource>,
+}
+
+impl<K: PolicyKind> PartialEq for PolicySet<K> {
+    fn eq(&self, o: &Self) -> bool {
+        self.policies == o.policies
+            && self.winners == o.winners
+            && self.wasm_needed == o.wasm_needed
+    }
 }
 
 impl<K: PolicyKind> PolicySet<K> {

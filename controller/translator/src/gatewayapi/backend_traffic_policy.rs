@@ -24,6 +24,7 @@ use crate::TranslateOptions;
 /// Domain of global descriptors; rule names carry the policy, so policies never share counters.
 pub const RATELIMIT_DOMAIN: &str = "portcullis";
 
+#[derive(PartialEq)]
 pub struct Plan {
     /// `(shared, rule)`; unshared rule names get `@<route>` appended per route.
     rules: Vec<(bool, Rule)>,
@@ -66,6 +67,7 @@ impl Plan {
 }
 
 /// What a BackendTrafficPolicy resolved to.
+#[derive(PartialEq)]
 pub struct RateLimitState {
     pub plan: Option<Plan>,
     pub clusters: Vec<ClusterIr>,

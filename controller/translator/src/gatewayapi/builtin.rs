@@ -10,7 +10,7 @@ use crate::wasm::source::{WasmResolution, WasmResolver, WasmSource};
 use crate::{BuiltinRuntime, TranslateOptions};
 
 /// A built-in filter's code, ready to load: a wasm module, or `libportcullis.so`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ReadyModule {
     pub runtime: BuiltinRuntime,
     pub sha256: String,

@@ -227,6 +227,7 @@ pub(crate) fn resolve_entry(
 
 /// The filters of `dynamicModule[]` for one Gateway, with the clusters they need and the
 /// reasons Envoy may not load them yet. `Err`: the policy cannot apply on this Gateway.
+#[derive(PartialEq)]
 pub(crate) struct GatewayFilters {
     pub filters: Vec<FilterIr>,
     pub clusters: Vec<ClusterIr>,

@@ -13,6 +13,7 @@ use crate::status::Condition;
 use crate::wasm::source::{WasmCodeType, WasmResolution, WasmSource};
 
 /// What an EnvoyExtensionPolicy resolved to.
+#[derive(PartialEq)]
 pub struct PolicyState {
     /// Filters whose code is ready, in chain order.
     pub filters: Vec<FilterIr>,

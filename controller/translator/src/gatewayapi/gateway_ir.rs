@@ -53,6 +53,7 @@ fn precedence<'a>(r: &RouteIr, age: &'a AgeKey, rule: usize, m: usize) -> Preced
 
 /// Every policy kind's [`PolicySet`](super::attach::PolicySet), one layer of the filter chain
 /// each.
+#[derive(PartialEq)]
 pub(crate) struct PolicyLayers {
     pub security: SecurityPolicies,
     pub extension: Policies,

@@ -13,6 +13,7 @@ use crate::ir::{CertificateIr, Protocol};
 use crate::resources::{AllowedRoutes, GatewaySpec, Listener, Object, Resources, GATEWAY_GROUP};
 use crate::status::{conditions_json, Condition, ObjectRef, ResourceStatus};
 
+#[derive(PartialEq)]
 pub struct ListenerState {
     pub name: String,
     pub port: u16,
@@ -34,6 +35,7 @@ pub struct ListenerState {
     pub attached_routes: u32,
 }
 
+#[derive(PartialEq)]
 pub struct GatewayState {
     pub obj: std::sync::Arc<Object<GatewaySpec>>,
     pub listeners: Vec<ListenerState>,

@@ -25,6 +25,7 @@ pub use backend_traffic_policy as ratelimit;
 pub use security_policy as security;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -97,18 +98,68 @@ pub(crate) fn unsupported_condition(paths: &[String]) -> Option<Condition> {
 
 pub use routes::{RuleMemo, RuleMemoStats};
 
-/// Translates `res` from scratch.
-pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolver) -> Translation {
-    translate_with(res, opts, wasm, &mut RuleMemo::default())
+/// What [`translate_with`] keeps from one translation for the next ([`crate::Translator`]).
+#[derive(Default)]
+pub struct Memo {
+    /// Each HTTPRoute's translated rules.
+    pub rules: RuleMemo,
+    /// Everything each Gateway's IR was built from, and the IRs.
+    last: Option<LastTranslation>,
+    /// Gateway IRs built and reused by the last translation.
+    pub irs_built: usize,
+    pub irs_reused: usize,
 }
 
-/// [`translate`], reusing the route rules `memo` holds from the previous translation where
-/// their inputs are unchanged; the result is the same.
+/// The inputs of [`gateway_ir::build_gateway_ir`] from the last translation, and its outputs.
+struct LastTranslation {
+    gateways: GatewayMap,
+    routes: routes::RouteOutput,
+    policies: gateway_ir::PolicyLayers,
+    irs: BTreeMap<NsName, Arc<GatewayIr>>,
+}
+
+impl LastTranslation {
+    /// Gateway `key`'s IR when nothing it is built from changed: its listeners, every policy,
+    /// and the routes attached to it (rules shared with the rule memo compare by pointer).
+    fn reusable(
+        &self,
+        key: &NsName,
+        gw: &listeners::GatewayState,
+        routes: &routes::RouteOutput,
+    ) -> Option<Arc<GatewayIr>> {
+        if self.gateways.get(key) != Some(gw) {
+            return None;
+        }
+        (attached(&self.routes, key) == attached(routes, key))
+            .then(|| self.irs.get(key).cloned())
+            .flatten()
+    }
+}
+
+/// The routes attached to Gateway `key`, in attachment order, with their translations.
+fn attached<'a>(
+    out: &'a routes::RouteOutput,
+    key: &NsName,
+) -> Vec<(&'a routes::Attachment, Option<&'a routes::TranslatedRoute>)> {
+    out.attachments
+        .iter()
+        .filter(|a| &a.gateway == key)
+        .map(|a| (a, out.routes.get(&a.route)))
+        .collect()
+}
+
+/// Translates `res` from scratch.
+pub fn translate(res: &Resources, opts: &TranslateOptions, wasm: &dyn WasmResolver) -> Translation {
+    translate_with(res, opts, wasm, &mut Memo::default())
+}
+
+/// [`translate`], reusing what `memo` holds from the previous translation (with the same
+/// options and resolver) where its inputs are unchanged; the result is the same.
 pub fn translate_with(
     res: &Resources,
     opts: &TranslateOptions,
     wasm: &dyn WasmResolver,
-    memo: &mut RuleMemo,
+    memo: &mut Memo,
 ) -> Translation {
     let mut statuses = Vec::new();
 
@@ -179,17 +230,32 @@ pub fn translate_with(
     let mut policies = gateway_ir::PolicyLayers::resolve(&ctx);
 
     // Routes: attachment, rules, clusters.
-    let mut routes = routes::translate_routes(res, opts, &mut gateways, memo);
+    let mut routes = routes::translate_routes(res, opts, &mut gateways, &mut memo.rules);
 
     claim_clusters(&routes, &mut policies);
 
-    // IR per Gateway.
+    // IR per Gateway; a Gateway whose inputs are all unchanged keeps its previous IR.
+    let last = memo.last.take().filter(|l| l.policies == policies);
+    let (mut built, mut reused) = (0, 0);
+    let mut irs = BTreeMap::new();
     let mut ir = Ir::default();
     for (key, gw) in &gateways {
-        let gir: GatewayIr = gateway_ir::build_gateway_ir(key, gw, &routes, &policies);
+        let gir = match last.as_ref().and_then(|l| l.reusable(key, gw, &routes)) {
+            Some(gir) => {
+                reused += 1;
+                gir
+            }
+            None => {
+                built += 1;
+                Arc::new(gateway_ir::build_gateway_ir(key, gw, &routes, &policies))
+            }
+        };
+        irs.insert(key.clone(), gir.clone());
         ir.gateways
             .insert(crate::xds::snapshot::node_id(&key.0, &key.1), gir);
     }
+    drop(last);
+    (memo.irs_built, memo.irs_reused) = (built, reused);
 
     statuses.extend(listeners::statuses(res, &gateways));
     statuses.append(&mut routes.statuses);
@@ -214,6 +280,12 @@ pub fn translate_with(
         .flat_map(|l| l.wasm_needed())
         .cloned()
         .collect();
+    memo.last = Some(LastTranslation {
+        gateways,
+        routes,
+        policies,
+        irs,
+    });
     Translation {
         ir,
         statuses,

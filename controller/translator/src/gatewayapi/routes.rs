@@ -26,6 +26,7 @@ use crate::TranslateOptions;
 /// weight share of backendRefs that could not be resolved.
 pub const INVALID_BACKEND_CLUSTER: &str = "portcullis/invalid-backend";
 
+#[derive(Clone, PartialEq)]
 pub struct Attachment {
     pub gateway: NsName,
     pub listener: usize,
@@ -33,6 +34,7 @@ pub struct Attachment {
     pub hostnames: Vec<String>,
 }
 
+#[derive(Clone, PartialEq)]
 pub struct TranslatedRoute {
     pub age: super::AgeKey,
     /// Per rule: its name and one IR route per match.

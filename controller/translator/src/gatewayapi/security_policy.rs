@@ -25,6 +25,7 @@ use crate::TranslateOptions;
 pub const PLACEHOLDER_SESSION_KEY: [u8; 32] = [0u8; 32];
 
 /// What a SecurityPolicy resolved to.
+#[derive(PartialEq)]
 pub struct SecurityState {
     /// The oidc filter (when the policy is applied).
     pub filter: Option<FilterIr>,
