@@ -230,7 +230,13 @@ pub fn translate_with(
     let mut policies = gateway_ir::PolicyLayers::resolve(&ctx);
 
     // Routes: attachment, rules, clusters.
-    let mut routes = routes::translate_routes(res, opts, &mut gateways, &mut memo.rules);
+    let mut routes = routes::translate_routes(
+        res,
+        opts,
+        &mut gateways,
+        &mut memo.rules,
+        memo.last.as_ref().map(|l| &l.routes),
+    );
 
     claim_clusters(&routes, &mut policies);
 

@@ -46,7 +46,11 @@ pub struct RouteOutput {
     pub statuses: Vec<ResourceStatus>,
     pub attachments: Vec<Attachment>,
     pub routes: BTreeMap<NsName, TranslatedRoute>,
+    /// Per listener: each route there that overlaps others, and those others.
+    overlaps: BTreeMap<ListenerKey, Overlaps>,
 }
+
+type Overlaps = BTreeMap<NsName, BTreeSet<NsName>>;
 
 fn header_ops(m: &HeaderModifier, ops: &mut HeaderOpsIr) {
     let m = &dedupe_header_modifier(m);
@@ -456,11 +460,13 @@ pub fn translate_routes(
     opts: &TranslateOptions,
     gateways: &mut GatewayMap,
     memo: &mut RuleMemo,
+    previous: Option<&RouteOutput>,
 ) -> RouteOutput {
     let mut out = RouteOutput {
         statuses: vec![],
         attachments: vec![],
         routes: BTreeMap::new(),
+        overlaps: BTreeMap::new(),
     };
     let slices = backends::slice_index(res);
     memo.begin(res, &opts.egress);
@@ -564,7 +570,7 @@ pub fn translate_routes(
         );
     }
 
-    let overlaps = route_overlaps(&out);
+    out.overlaps = route_overlaps(&out, previous);
     for p in pending {
         let parents: Vec<_> = p
             .parents
@@ -573,7 +579,7 @@ pub fn translate_routes(
                 let others: BTreeSet<&NsName> = parent
                     .listeners
                     .iter()
-                    .filter_map(|l| overlaps.get(&(p.key.clone(), l.clone())))
+                    .filter_map(|l| out.overlaps.get(l).and_then(|o| o.get(&p.key)))
                     .flatten()
                     .collect();
                 if !others.is_empty() {
@@ -614,27 +620,59 @@ pub fn translate_routes(
     out
 }
 
-/// Overlapping routes per listener (`validate::route_overlap`), from what is attached.
-fn route_overlaps(out: &RouteOutput) -> BTreeMap<(NsName, ListenerKey), BTreeSet<NsName>> {
-    let programmed: Vec<route_overlap::Programmed<'_>> = out
-        .attachments
-        .iter()
-        .filter_map(|a| {
-            let tr = out.routes.get(&a.route)?;
-            Some(route_overlap::Programmed {
-                listener: (a.gateway.clone(), a.listener),
-                route: a.route.clone(),
-                hostnames: &a.hostnames,
-                routes: tr
-                    .rules
-                    .iter()
-                    .flat_map(|(_, irs)| irs)
-                    .map(|r| &**r)
-                    .collect(),
+/// Routes attached through each listener, in attachment order, with their translations.
+fn by_listener(
+    out: &RouteOutput,
+) -> BTreeMap<ListenerKey, Vec<(&Attachment, Option<&TranslatedRoute>)>> {
+    let mut m: BTreeMap<ListenerKey, Vec<_>> = BTreeMap::new();
+    for a in &out.attachments {
+        m.entry((a.gateway.clone(), a.listener))
+            .or_default()
+            .push((a, out.routes.get(&a.route)));
+    }
+    m
+}
+
+/// Overlapping routes per listener (`validate::route_overlap`), from what is attached. A
+/// listener whose routes are those of the `previous` translation keeps its result.
+fn route_overlaps(
+    out: &RouteOutput,
+    previous: Option<&RouteOutput>,
+) -> BTreeMap<ListenerKey, Overlaps> {
+    let before = previous.map(by_listener).unwrap_or_default();
+    let mut result = BTreeMap::new();
+    for (listener, attached) in by_listener(out) {
+        if before.get(&listener) == Some(&attached) {
+            if let Some(o) = previous.and_then(|p| p.overlaps.get(&listener)) {
+                result.insert(listener, o.clone());
+            }
+            continue;
+        }
+        let programmed: Vec<route_overlap::Programmed<'_>> = attached
+            .iter()
+            .filter_map(|(a, tr)| {
+                Some(route_overlap::Programmed {
+                    listener: listener.clone(),
+                    route: a.route.clone(),
+                    hostnames: &a.hostnames,
+                    routes: (*tr)?
+                        .rules
+                        .iter()
+                        .flat_map(|(_, irs)| irs)
+                        .map(|r| &**r)
+                        .collect(),
+                })
             })
-        })
-        .collect();
-    route_overlap::overlaps(&programmed)
+            .collect();
+        let found: Overlaps = route_overlap::overlaps(&programmed)
+            .into_iter()
+            .map(|((route, _), others)| (route, others))
+            .collect();
+        if !found.is_empty() {
+            result.insert(listener, found);
+        }
+    }
+    result
 }
 
 /// Attaches a route to the listeners of `gw` its parentRef selects, as Envoy Gateway's
