@@ -190,9 +190,11 @@ pub fn translate(
 /// - Per HTTPRoute, its translated rules, while the route and every object rules can read
 ///   (Services, EndpointSlices, Backends, BackendTLSPolicies, Secrets, ConfigMaps,
 ///   ReferenceGrants) are unchanged ([`gatewayapi::RuleMemo`]).
-/// - Per Gateway, its xDS resources, while its IR is unchanged: after an edit to one
-///   Gateway's route the other Gateways get the previous `Arc<XdsResources>` itself, so the
-///   server skips them without comparing a byte.
+/// - Per listener, the route overlap check, while its attached routes are unchanged.
+/// - Per Gateway, its IR, while its listeners, its attached routes and every policy are
+///   unchanged ([`gatewayapi::Memo`]), and its xDS resources while its IR is the same: after an
+///   edit to one Gateway's route the other Gateways get the previous `Arc<XdsResources>` itself,
+///   so the server skips them without comparing a byte.
 ///
 /// Everything is forgotten when the options change.
 #[derive(Default)]

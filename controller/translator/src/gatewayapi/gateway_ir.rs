@@ -132,7 +132,7 @@ pub fn build_gateway_ir(
                     continue;
                 };
                 let listener = &gw.listeners[a.listener];
-                super::clusters::add_all(&mut ir.clusters, &tr.clusters);
+                super::clusters::add_all(&mut ir.clusters, tr.clusters.iter());
                 for (ri, (rule_name, irs)) in tr.rules.iter().enumerate() {
                     for (mi, shared) in irs.iter().enumerate() {
                         // Shared with the route table; copied only when a policy changes it.

@@ -307,7 +307,7 @@ fn claim_clusters(routes: &routes::RouteOutput, policies: &mut gateway_ir::Polic
     for (key, r) in &routes.routes {
         // Backend clusters are derived from the referenced object alone, so two routes that
         // name one backend define it identically; should they not, the first keeps it.
-        let _ = claims.claim(&format!("HTTPRoute {}/{}", key.0, key.1), &r.clusters);
+        let _ = claims.claim(&format!("HTTPRoute {}/{}", key.0, key.1), r.clusters.iter());
     }
     let layers = policies.chain_mut();
     let mut order: Vec<(AgeKey, attach::Layer, usize, NsName)> = Vec::new();

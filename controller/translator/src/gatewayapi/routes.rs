@@ -34,12 +34,16 @@ pub struct Attachment {
     pub hostnames: Vec<String>,
 }
 
+/// One rule's name and its IR routes, one per match.
+pub type RuleIrs = (Option<String>, Vec<Arc<RouteIr>>);
+
 #[derive(Clone, PartialEq)]
 pub struct TranslatedRoute {
     pub age: super::AgeKey,
     /// Per rule: its name and one IR route per match.
-    pub rules: Vec<(Option<String>, Vec<Arc<RouteIr>>)>,
-    pub clusters: Vec<ClusterIr>,
+    /// Shared with the rule memo: an unchanged route costs two pointer copies.
+    pub rules: Arc<[RuleIrs]>,
+    pub clusters: Arc<[ClusterIr]>,
 }
 
 pub struct RouteOutput {
@@ -82,8 +86,8 @@ fn path_rewrite(p: &PathModifier, path: &PathMatchIr) -> Option<PathRewriteIr> {
 /// A translated route's rules, its clusters, its ResolvedRefs condition and unsupported fields.
 #[derive(Clone)]
 struct RulesOutput {
-    rules: Vec<(Option<String>, Vec<Arc<RouteIr>>)>,
-    clusters: Vec<ClusterIr>,
+    rules: Arc<[RuleIrs]>,
+    clusters: Arc<[ClusterIr]>,
     resolved: Condition,
     /// `BackendsAvailable=False` (Envoy Gateway's `EndpointsNotFound`), only when some Service
     /// has no ready endpoint.
@@ -431,8 +435,8 @@ fn translate_rules(
         )
     });
     RulesOutput {
-        rules: rules_out,
-        clusters,
+        rules: rules_out.into(),
+        clusters: clusters.into(),
         resolved,
         available,
         unsupported,
