@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Control-plane benchmark (`make bench-controller`): `portcullis translate` wall time and peak
-# RSS at 100 / 1,000 / 10,000 HTTPRoutes, and file change -> Envoy ACK under `portcullis run`.
+# RSS at 100 / 1,000 / 10,000 / 50,000 HTTPRoutes, and file change -> Envoy ACK under `portcullis run`.
 # Writes target/bench/controller.json, target/bench/controller.md and docs/bench/controller-*.svg.
 # Extra arguments go to `portcullis-bench controller` (see --help), e.g.
 #   scripts/bench-controller.sh --routes 100,1000 --converge-routes 1000

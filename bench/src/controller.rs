@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControllerArgs {
     /// HTTPRoute counts for `translate`.
-    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 10000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 10000, 50000])]
     pub routes: Vec<usize>,
     /// HTTPRoute counts for the change → ACK measurement under `portcullis run`.
-    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 10000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000, 10000, 50000])]
     pub converge_routes: Vec<usize>,
     /// Gateways the routes are spread over (each gets its own Envoy under `run`).
     #[arg(long, default_value_t = 3)]

@@ -208,13 +208,21 @@ impl TranslationSink {
         let generation = self.xds.publish(&out.xds);
         let nodes: Vec<String> = out.gateways.iter().map(|g| g.node_id.clone()).collect();
         self.xds.retain_nodes(&nodes);
-        {
+        let previous = {
             let mut b = self.board.write().unwrap_or_else(|p| p.into_inner());
-            b.resources = out.statuses.into();
-            b.load_errors = load_errors.into();
-            b.gateways = out.gateways.into();
             b.translations += 1;
             b.last_translate_ms = took.as_millis() as u64;
+            (
+                std::mem::replace(&mut b.resources, out.statuses.into()),
+                std::mem::replace(&mut b.load_errors, load_errors.into()),
+                std::mem::replace(&mut b.gateways, out.gateways.into()),
+            )
+        };
+        // Freeing the previous board (every resource's status) is neither under the lock nor on
+        // the way to the next translation.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(previous))),
+            Err(_) => drop(previous),
         }
         self.count("ok");
         generation

@@ -17,7 +17,16 @@ pub struct ResourceStatus {
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectRef,
-    pub status: serde_json::Value,
+    /// Shared: an incremental translation hands an unchanged route its previous status.
+    #[serde(serialize_with = "shared_json")]
+    pub status: std::sync::Arc<serde_json::Value>,
+}
+
+fn shared_json<S: serde::Serializer>(
+    v: &std::sync::Arc<serde_json::Value>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&**v, s)
 }
 
 /// `lastTransitionTime` in translate output. The pure stage has no clock, so output stays

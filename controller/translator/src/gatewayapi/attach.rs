@@ -626,6 +626,6 @@ fn policy_status(
             namespace: Some(ns.clone()),
             name: name.clone(),
         },
-        status: json!({ "ancestors": ancestors.into_values().collect::<Vec<_>>() }),
+        status: json!({ "ancestors": ancestors.into_values().collect::<Vec<_>>() }).into(),
     }
 }

@@ -371,8 +371,13 @@ pub fn statuses(res: &Resources, gateways: &GatewayMap) -> Vec<ResourceStatus> {
         out.push(ResourceStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
             kind: "Gateway".into(),
-            metadata: ObjectRef { namespace: Some(ns.clone()), name: name.clone() },
-            status: json!({ "conditions": conditions_json(&conds, generation), "listeners": listeners }),
+            metadata: ObjectRef {
+                namespace: Some(ns.clone()),
+                name: name.clone(),
+            },
+            status:
+                json!({ "conditions": conditions_json(&conds, generation), "listeners": listeners })
+                    .into(),
         });
     }
     out

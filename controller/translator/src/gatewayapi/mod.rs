@@ -210,8 +210,13 @@ pub fn translate_with(
         statuses.push(ResourceStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
             kind: "GatewayClass".into(),
-            metadata: crate::status::ObjectRef { namespace: None, name: name.clone() },
-            status: json!({ "conditions": crate::status::conditions_json(&conds, gc.meta.generation) }),
+            metadata: crate::status::ObjectRef {
+                namespace: None,
+                name: name.clone(),
+            },
+            status:
+                json!({ "conditions": crate::status::conditions_json(&conds, gc.meta.generation) })
+                    .into(),
         });
     }
 

@@ -52,6 +52,15 @@ pub struct RouteOutput {
     pub routes: BTreeMap<NsName, TranslatedRoute>,
     /// Per listener: each route there that overlaps others, and those others.
     overlaps: BTreeMap<ListenerKey, Overlaps>,
+    /// Each route's status, with what it was built from.
+    status_memo: std::collections::HashMap<NsName, StatusMemo>,
+}
+
+/// A route's status JSON and the conditions per parentRef it was built from.
+struct StatusMemo {
+    generation: Option<i64>,
+    parents: Vec<(serde_json::Value, Vec<Condition>)>,
+    status: Arc<serde_json::Value>,
 }
 
 type Overlaps = BTreeMap<NsName, BTreeSet<NsName>>;
@@ -471,6 +480,7 @@ pub fn translate_routes(
         attachments: vec![],
         routes: BTreeMap::new(),
         overlaps: BTreeMap::new(),
+        status_memo: Default::default(),
     };
     let slices = backends::slice_index(res);
     memo.begin(res, &opts.egress);
@@ -604,13 +614,26 @@ pub fn translate_routes(
                 parent
                     .conditions
                     .extend(unsupported_condition(&p.unsupported));
-                json!({
-                    "parentRef": parent.parent_ref,
-                    "controllerName": opts.controller_name,
-                    "conditions": conditions_json(&parent.conditions, p.generation),
-                })
+                (parent.parent_ref, parent.conditions)
             })
             .collect();
+        // The JSON is the costly part; the conditions it is built from are compared instead.
+        let status = match previous.and_then(|prev| prev.status_memo.get(&p.key)) {
+            Some(m) if m.generation == p.generation && m.parents == parents => m.status.clone(),
+            _ => {
+                let parents: Vec<_> = parents
+                    .iter()
+                    .map(|(parent_ref, conditions)| {
+                        json!({
+                            "parentRef": parent_ref,
+                            "controllerName": opts.controller_name,
+                            "conditions": conditions_json(conditions, p.generation),
+                        })
+                    })
+                    .collect();
+                Arc::new(json!({ "parents": parents }))
+            }
+        };
         out.statuses.push(ResourceStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
             kind: "HTTPRoute".into(),
@@ -618,8 +641,16 @@ pub fn translate_routes(
                 namespace: Some(p.key.0.clone()),
                 name: p.key.1.clone(),
             },
-            status: json!({ "parents": parents }),
+            status: status.clone(),
         });
+        out.status_memo.insert(
+            p.key,
+            StatusMemo {
+                generation: p.generation,
+                parents,
+                status,
+            },
+        );
     }
     out
 }
