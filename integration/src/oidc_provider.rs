@@ -185,9 +185,10 @@ impl OidcProvider {
             .env("NODE_ENV", "development")
             .spawn()?;
         let log_path = process.log_path().to_path_buf();
+        // Generous: once, in a full `make test` on a loaded 2-core machine, node took over 60 s.
         let issuer = process.wait_until(
             "oidc-provider to print ready",
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             || {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 log.lines()

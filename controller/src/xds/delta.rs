@@ -106,7 +106,7 @@ impl Protocol for Delta {
                 resources.push(Resource {
                     name: name.clone(),
                     version: e.version.clone(),
-                    resource: Some(e.any.clone()),
+                    resource: Some(e.wire()),
                     ..Default::default()
                 });
                 next_known.insert(name.clone(), e.version.clone());

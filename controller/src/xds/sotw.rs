@@ -99,7 +99,7 @@ impl Protocol for Sotw {
                 .into_iter()
                 .map(|(n, e)| {
                     pending.insert(n.clone(), e.version.clone());
-                    e.any.clone()
+                    e.wire()
                 })
                 .collect()
         } else {
@@ -109,7 +109,7 @@ impl Protocol for Sotw {
             set.resources
                 .iter()
                 .filter(|(n, _)| wanted(n))
-                .map(|(_, e)| e.any.clone())
+                .map(|(_, e)| e.wire())
                 .collect()
         };
         s.sent_names = Some(names);

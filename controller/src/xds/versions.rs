@@ -14,27 +14,34 @@ use std::sync::{Arc, LazyLock};
 /// One resource and its content version.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub any: Any,
+    /// The translator's own copy (shared, not copied).
+    any: Arc<prost_types::Any>,
     pub version: String,
 }
 
 impl Entry {
-    fn new(any: &prost_types::Any) -> Self {
+    fn new(any: &Arc<prost_types::Any>) -> Self {
         let h = Sha256::new()
             .chain_update(any.type_url.as_bytes())
             .chain_update(&any.value)
             .finalize();
         Entry {
-            any: Any {
-                type_url: any.type_url.clone(),
-                value: any.value.clone(),
-            },
+            any: any.clone(),
             version: hex::encode(&h[..8]),
         }
     }
 
-    fn same_content(&self, any: &prost_types::Any) -> bool {
-        self.any.type_url == any.type_url && self.any.value == any.value
+    /// The resource as a response carries it.
+    pub fn wire(&self) -> Any {
+        Any {
+            type_url: self.any.type_url.clone(),
+            value: self.any.value.clone(),
+        }
+    }
+
+    fn same_content(&self, any: &Arc<prost_types::Any>) -> bool {
+        Arc::ptr_eq(&self.any, any)
+            || (self.any.type_url == any.type_url && self.any.value == any.value)
     }
 }
 
@@ -71,7 +78,7 @@ impl TypeSet {
     /// itself when nothing changed.
     pub fn build(
         prev: &Arc<TypeSet>,
-        by_name: &BTreeMap<String, prost_types::Any>,
+        by_name: &BTreeMap<String, Arc<prost_types::Any>>,
     ) -> Arc<TypeSet> {
         let resources: BTreeMap<String, Arc<Entry>> = by_name
             .iter()

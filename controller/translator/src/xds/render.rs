@@ -324,7 +324,7 @@ struct XdsSection<'a>(&'a TranslateOutput);
 struct NodeSections<'a>(&'a super::snapshot::XdsResources);
 struct ResourceList<'a> {
     type_url: &'a str,
-    items: &'a BTreeMap<String, prost_types::Any>,
+    items: &'a BTreeMap<String, std::sync::Arc<prost_types::Any>>,
 }
 struct Statuses<'a>(&'a [crate::status::ResourceStatus]);
 

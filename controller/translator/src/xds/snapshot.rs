@@ -15,7 +15,8 @@ pub const SECRET_TYPE: &str =
 /// BTreeMaps keep output deterministic.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct XdsResources {
-    pub by_type: BTreeMap<String, BTreeMap<String, prost_types::Any>>,
+    /// Each resource is shared with the ADS server's published copy: its bytes exist once.
+    pub by_type: BTreeMap<String, BTreeMap<String, Arc<prost_types::Any>>>,
 }
 
 impl XdsResources {
@@ -23,10 +24,13 @@ impl XdsResources {
         self.by_type
             .entry(type_url.to_string())
             .or_default()
-            .insert(name.into(), value);
+            .insert(name.into(), Arc::new(value));
     }
 
-    pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &prost_types::Any)> {
+    pub fn of_type(
+        &self,
+        type_url: &str,
+    ) -> impl Iterator<Item = (&String, &Arc<prost_types::Any>)> {
         self.by_type
             .get(type_url)
             .into_iter()
