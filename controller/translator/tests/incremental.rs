@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use portcullis_translator::egress::EgressPolicy;
 use portcullis_translator::wasm::source::{WasmCodeType, WasmResolution, WasmResolver, WasmSource};
 use portcullis_translator::{
-    parse_documents, translate, ParseCache, Resource, Resources, TranslateOptions, Translator,
+    parse_documents, translate, ParseCache, Resource, Resources, Translator,
 };
 
 /// Every module is ready at a digest-named URL.
@@ -31,28 +30,9 @@ impl WasmResolver for Ready {
     }
 }
 
-fn opts() -> TranslateOptions {
-    let mut o = TranslateOptions::default();
-    for (name, sha) in [("oidc", "1"), ("ratelimit", "2")] {
-        o.builtin_modules.insert(
-            name.into(),
-            WasmSource {
-                code_type: WasmCodeType::Http,
-                url: format!("http://127.0.0.1:19102/builtin/{name}.wasm"),
-                sha256: Some(sha.repeat(64)),
-                pull_secret: None,
-                pull_policy: None,
-            },
-        );
-    }
-    o.session_secret = Some([7u8; 32]);
-    o.ratelimit_service = Some("127.0.0.1:8081".into());
-    o.egress = EgressPolicy {
-        allow_unix: true,
-        ..EgressPolicy::allowing(["127.0.0.0/8".parse().expect("cidr")])
-    };
-    o
-}
+#[path = "common/options.rs"]
+mod options;
+use options::opts;
 
 /// Every golden input (translator and status cases), parsed.
 fn golden_inputs() -> Vec<(PathBuf, Vec<Resource>)> {
