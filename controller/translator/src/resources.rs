@@ -5,6 +5,7 @@
 //! field we do not implement (via `serde_ignored`) so statuses can say so instead of silently
 //! dropping it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -851,29 +852,69 @@ pub struct LoadError {
 
 /// Splits a multi-document YAML stream at `---` lines, so a broken document cannot take down
 /// the documents after it.
-fn split_documents(yaml: &str) -> Vec<String> {
-    let mut docs = vec![String::new()];
-    for line in yaml.lines() {
+fn split_documents(yaml: &str) -> Vec<Cow<'_, str>> {
+    // A document of plain `\n`-terminated lines is the very slice of `yaml` (no copy: the memo
+    // compares it with what it holds); one with `\r\n`, `...` or `--- content` is rebuilt.
+    struct Doc {
+        start: usize,
+        end: usize,
+        owned: Option<String>,
+    }
+    impl Doc {
+        fn at(start: usize) -> Self {
+            Doc {
+                start,
+                end: start,
+                owned: None,
+            }
+        }
+        fn owned(&mut self, yaml: &str) -> &mut String {
+            let (start, end) = (self.start, self.end);
+            self.owned
+                .get_or_insert_with(|| yaml[start..end].to_string())
+        }
+    }
+    let mut docs = vec![Doc::at(0)];
+    let mut offset = 0;
+    for piece in yaml.split_inclusive('\n') {
+        let next = offset + piece.len();
+        let plain = piece.strip_suffix('\n').filter(|l| !l.ends_with('\r'));
+        let line = piece
+            .strip_suffix('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .unwrap_or(piece);
         let is_sep = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
         if is_sep {
-            docs.push(String::new());
+            let mut d = Doc::at(next);
             // `--- {inline}` keeps the content after the marker.
             let rest = line[3..].trim();
             if !rest.is_empty() {
-                let d = docs.last_mut();
-                if let Some(d) = d {
-                    d.push_str(rest);
-                    d.push('\n');
-                }
+                let o = d.owned(yaml);
+                o.push_str(rest);
+                o.push('\n');
             }
+            docs.push(d);
         } else if line == "..." {
-            continue;
+            if let Some(d) = docs.last_mut() {
+                d.owned(yaml);
+            }
         } else if let Some(d) = docs.last_mut() {
-            d.push_str(line);
-            d.push('\n');
+            if d.owned.is_none() && plain.is_some() {
+                d.end = next;
+            } else {
+                let o = d.owned(yaml);
+                o.push_str(line);
+                o.push('\n');
+            }
         }
+        offset = next;
     }
-    docs
+    docs.into_iter()
+        .map(|d| match d.owned {
+            Some(o) => Cow::Owned(o),
+            None => Cow::Borrowed(&yaml[d.start..d.end]),
+        })
+        .collect()
 }
 
 /// Parses a multi-document YAML stream. Empty documents, and documents with neither
@@ -986,7 +1027,7 @@ impl ParseCache {
                     stats.parsed += 1;
                     CachedDocument {
                         parsed: parse_document(source_name, index, &text),
-                        text,
+                        text: text.into_owned(),
                         index,
                     }
                 }
@@ -1314,6 +1355,55 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `split_documents` returned when it copied every line: the oracle for the slices.
+    fn split_by_copying(yaml: &str) -> Vec<String> {
+        let mut docs = vec![String::new()];
+        for line in yaml.lines() {
+            if line == "---" || line.starts_with("--- ") || line.starts_with("---\t") {
+                docs.push(String::new());
+                let rest = line[3..].trim();
+                if !rest.is_empty() {
+                    if let Some(d) = docs.last_mut() {
+                        d.push_str(rest);
+                        d.push('\n');
+                    }
+                }
+            } else if line == "..." {
+                continue;
+            } else if let Some(d) = docs.last_mut() {
+                d.push_str(line);
+                d.push('\n');
+            }
+        }
+        docs
+    }
+
+    #[test]
+    fn split_documents_borrows_plain_documents_and_matches_the_line_copy() {
+        let cases = [
+            "",
+            "a: 1\n",
+            "a: 1",
+            "---\na: 1\n---\nb: 2\n",
+            "# preamble\n---\na: 1\n...\n---\nb: 2",
+            "--- {a: 1}\nb: 2\n---\tc\n",
+            "a: 1\r\nb: 2\r\n---\r\nc: 3\r",
+            "a: 1\n\n\n---\n\n---\n",
+            "----\n--- \n-- -\nx: \"---\"\n",
+        ];
+        for yaml in cases {
+            let got: Vec<String> = split_documents(yaml)
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect();
+            assert_eq!(got, split_by_copying(yaml), "{yaml:?}");
+        }
+        let plain = "a: 1\n---\nb: 2\n";
+        assert!(split_documents(plain)
+            .iter()
+            .all(|d| matches!(d, Cow::Borrowed(_))));
+    }
 
     fn config_map(name: &str, value: &str) -> String {
         format!(
