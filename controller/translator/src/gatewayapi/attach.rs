@@ -331,41 +331,36 @@ fn resolve_targets(
             match_labels: sel.match_labels.clone(),
             match_expressions: sel.match_expressions.clone(),
         };
-        match (group.as_str(), sel.kind.as_str()) {
-            (GATEWAY_GROUP, "Gateway") => {
-                for ((gns, name), gw) in &res.gateways {
-                    if *gns == ns && selector.matches(&gw.meta.labels) {
-                        refs.push(PolicyTargetRef {
-                            group: group.clone(),
-                            kind: "Gateway".into(),
-                            name: name.clone(),
-                            section_name: None,
-                        });
-                    }
-                }
-            }
+        let labelled: Vec<(&NsName, &ObjectMeta)> = match (group.as_str(), sel.kind.as_str()) {
+            (GATEWAY_GROUP, "Gateway") => res.gateways.iter().map(|(k, o)| (k, &o.meta)).collect(),
             (GATEWAY_GROUP, "HTTPRoute") => {
-                for ((rns, name), r) in &res.http_routes {
-                    if *rns == ns && selector.matches(&r.meta.labels) {
-                        refs.push(PolicyTargetRef {
-                            group: group.clone(),
-                            kind: "HTTPRoute".into(),
-                            name: name.clone(),
-                            section_name: None,
-                        });
-                    }
-                }
+                res.http_routes.iter().map(|(k, o)| (k, &o.meta)).collect()
             }
-            (g, k) => not_found.push((
-                PolicyTargetRef {
-                    group: g.to_string(),
-                    kind: k.to_string(),
-                    name: String::new(),
+            (g, k) => {
+                not_found.push((
+                    PolicyTargetRef {
+                        group: g.to_string(),
+                        kind: k.to_string(),
+                        name: String::new(),
+                        section_name: None,
+                    },
+                    format!("targetSelectors kind {g}/{k} is not supported"),
+                ));
+                continue;
+            }
+        };
+        // The policy's own namespace only, as targetRefs.
+        refs.extend(
+            labelled
+                .into_iter()
+                .filter(|((ons, _), meta)| *ons == ns && selector.matches(&meta.labels))
+                .map(|((_, name), _)| PolicyTargetRef {
+                    group: group.clone(),
+                    kind: sel.kind.clone(),
+                    name: name.clone(),
                     section_name: None,
-                },
-                format!("targetSelectors kind {g}/{k} is not supported"),
-            )),
-        }
+                }),
+        );
     }
     for r in refs {
         let key = (ns.clone(), r.name.clone());
