@@ -39,9 +39,9 @@ impl Entry {
         }
     }
 
+    /// `Any` is `Eq`: a resource the translator reused is the same `Arc`, a pointer check.
     fn same_content(&self, any: &Arc<prost_types::Any>) -> bool {
-        Arc::ptr_eq(&self.any, any)
-            || (self.any.type_url == any.type_url && self.any.value == any.value)
+        self.any == *any
     }
 }
 

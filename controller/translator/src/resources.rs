@@ -19,7 +19,7 @@ pub type NsName = (String, String);
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const EG_GROUP: &str = "gateway.envoyproxy.io";
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ObjectMeta {
     pub name: String,
@@ -30,14 +30,14 @@ pub struct ObjectMeta {
     pub creation_timestamp: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelector {
     pub match_labels: BTreeMap<String, String>,
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelectorRequirement {
     pub key: String,
@@ -65,7 +65,7 @@ impl LabelSelector {
 
 // ---------------------------------------------------------------- Gateway API
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GatewayClassSpec {
     pub controller_name: String,
@@ -73,7 +73,7 @@ pub struct GatewayClassSpec {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GatewaySpec {
     pub gateway_class_name: String,
@@ -84,7 +84,7 @@ pub struct GatewaySpec {
 }
 
 /// One `spec.addresses` entry; `type` defaults to `IPAddress`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GatewayAddress {
     #[serde(rename = "type")]
@@ -95,7 +95,7 @@ pub struct GatewayAddress {
 /// `spec.infrastructure`: labels and annotations go to the Envoy fleet (Kubernetes provider);
 /// `parametersRef` names an EnvoyProxy in the Gateway's namespace, which replaces the
 /// GatewayClass's.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GatewayInfrastructure {
     pub labels: BTreeMap<String, String>,
@@ -103,7 +103,7 @@ pub struct GatewayInfrastructure {
     pub parameters_ref: Option<LocalParametersRef>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LocalParametersRef {
     pub group: String,
@@ -111,7 +111,7 @@ pub struct LocalParametersRef {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Listener {
     pub name: String,
@@ -122,7 +122,7 @@ pub struct Listener {
     pub allowed_routes: Option<AllowedRoutes>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ListenerTls {
     pub mode: Option<String>,
@@ -131,7 +131,7 @@ pub struct ListenerTls {
 }
 
 /// A typed reference (SecretObjectReference, BackendObjectReference, LocalObjectReference...).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ObjectRef {
     pub group: Option<String>,
@@ -141,28 +141,28 @@ pub struct ObjectRef {
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AllowedRoutes {
     pub namespaces: Option<RouteNamespaces>,
     pub kinds: Vec<GroupKind>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RouteNamespaces {
     pub from: Option<String>,
     pub selector: Option<LabelSelector>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GroupKind {
     pub group: Option<String>,
     pub kind: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRouteSpec {
     pub parent_refs: Vec<ParentRef>,
@@ -170,7 +170,7 @@ pub struct HttpRouteSpec {
     pub rules: Vec<HttpRouteRule>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ParentRef {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,7 +186,7 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRouteRule {
     pub name: Option<String>,
@@ -196,7 +196,7 @@ pub struct HttpRouteRule {
     pub timeouts: Option<HttpRouteTimeouts>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRouteMatch {
     pub path: Option<PathMatch>,
@@ -205,7 +205,7 @@ pub struct HttpRouteMatch {
     pub method: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PathMatch {
     #[serde(rename = "type")]
@@ -213,7 +213,7 @@ pub struct PathMatch {
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ValueMatch {
     #[serde(rename = "type")]
@@ -222,7 +222,7 @@ pub struct ValueMatch {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRouteFilter {
     #[serde(rename = "type")]
@@ -240,7 +240,7 @@ pub struct HttpRouteFilter {
     pub external_auth: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HeaderModifier {
     pub set: Vec<NameValue>,
@@ -248,14 +248,14 @@ pub struct HeaderModifier {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NameValue {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RequestRedirect {
     pub scheme: Option<String>,
@@ -265,7 +265,7 @@ pub struct RequestRedirect {
     pub status_code: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PathModifier {
     #[serde(rename = "type")]
@@ -274,14 +274,14 @@ pub struct PathModifier {
     pub replace_prefix_match: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct UrlRewrite {
     pub hostname: Option<String>,
     pub path: Option<PathModifier>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RequestMirror {
     pub backend_ref: ObjectRef,
@@ -289,14 +289,14 @@ pub struct RequestMirror {
     pub fraction: Option<Fraction>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Fraction {
     pub numerator: u32,
     pub denominator: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpBackendRef {
     pub group: Option<String>,
@@ -320,21 +320,21 @@ impl HttpBackendRef {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRouteTimeouts {
     pub request: Option<String>,
     pub backend_request: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReferenceGrantSpec {
     pub from: Vec<ReferenceGrantFrom>,
     pub to: Vec<ReferenceGrantTo>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReferenceGrantFrom {
     pub group: String,
@@ -342,7 +342,7 @@ pub struct ReferenceGrantFrom {
     pub namespace: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ReferenceGrantTo {
     pub group: String,
@@ -352,7 +352,7 @@ pub struct ReferenceGrantTo {
 
 // ---------------------------------------------------------------- core kinds
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServiceSpec {
     pub ports: Vec<ServicePort>,
@@ -360,7 +360,7 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServicePort {
     pub name: Option<String>,
@@ -370,7 +370,7 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EndpointSliceBody {
     pub address_type: Option<String>,
@@ -378,20 +378,20 @@ pub struct EndpointSliceBody {
     pub ports: Vec<SlicePort>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SliceEndpoint {
     pub addresses: Vec<String>,
     pub conditions: Option<SliceConditions>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SliceConditions {
     pub ready: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SlicePort {
     pub name: Option<String>,
@@ -399,7 +399,7 @@ pub struct SlicePort {
     pub protocol: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecretBody {
     #[serde(rename = "type")]
@@ -432,7 +432,7 @@ impl SecretBody {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConfigMapBody {
     pub data: BTreeMap<String, String>,
@@ -440,7 +440,7 @@ pub struct ConfigMapBody {
 
 // ---------------------------------------------------------------- Envoy Gateway
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackendSpec {
     #[serde(rename = "type")]
@@ -452,7 +452,7 @@ pub struct BackendSpec {
     pub tls: Option<BackendTlsSettings>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackendTlsSettings {
     pub ca_certificate_refs: Vec<ObjectRef>,
@@ -464,7 +464,7 @@ pub struct BackendTlsSettings {
 
 // ---------------------------------------------------------------- BackendTLSPolicy
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackendTlsPolicySpec {
     pub target_refs: Vec<PolicyTargetRef>,
@@ -472,7 +472,7 @@ pub struct BackendTlsPolicySpec {
     pub options: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackendTlsValidation {
     pub ca_certificate_refs: Vec<ObjectRef>,
@@ -482,7 +482,7 @@ pub struct BackendTlsValidation {
     pub subject_alt_names: Vec<Value>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackendEndpoint {
     pub ip: Option<HostPort>,
@@ -492,7 +492,7 @@ pub struct BackendEndpoint {
     pub hostname: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HostPort {
     #[serde(alias = "hostname")]
@@ -500,13 +500,13 @@ pub struct HostPort {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct UnixSocket {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EnvoyExtensionPolicySpec {
     pub target_ref: Option<PolicyTargetRef>,
@@ -519,7 +519,7 @@ pub struct EnvoyExtensionPolicySpec {
 
 /// `EnvoyExtensionPolicy.spec.dynamicModule[]`: a filter of a module registered in the
 /// Gateway's EnvoyProxy `spec.dynamicModules`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DynamicModuleSpec {
     pub name: String,
@@ -530,13 +530,13 @@ pub struct DynamicModuleSpec {
 
 /// The part of an EnvoyProxy the translator reads: the dynamic-module registry. The fleet
 /// fields (`provider`, `logging`) are read by the Kubernetes provider.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EnvoyProxySpec {
     pub dynamic_modules: Vec<DynamicModuleEntry>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DynamicModuleEntry {
     pub name: String,
@@ -545,7 +545,7 @@ pub struct DynamicModuleEntry {
     pub load_globally: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DynamicModuleSource {
     /// `Local` (default) or `Remote`.
@@ -555,20 +555,20 @@ pub struct DynamicModuleSource {
     pub remote: Option<RemoteModuleSource>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LocalModuleSource {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RemoteModuleSource {
     pub url: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PolicyTargetRef {
     pub group: String,
@@ -578,7 +578,7 @@ pub struct PolicyTargetRef {
     pub section_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TargetSelector {
     pub group: Option<String>,
@@ -587,7 +587,7 @@ pub struct TargetSelector {
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WasmSpec {
     pub name: Option<String>,
@@ -599,7 +599,7 @@ pub struct WasmSpec {
     pub env: Option<WasmEnv>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WasmCode {
     #[serde(rename = "type")]
@@ -609,14 +609,14 @@ pub struct WasmCode {
     pub pull_policy: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WasmHttpCode {
     pub url: String,
     pub sha256: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WasmImageCode {
     pub url: String,
@@ -624,13 +624,13 @@ pub struct WasmImageCode {
     pub pull_secret_ref: Option<ObjectRef>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WasmEnv {
     pub host_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LuaSpec {
     #[serde(rename = "type")]
@@ -643,7 +643,7 @@ pub struct LuaSpec {
 
 /// SecurityPolicy: targets and `oidc`. Other auth kinds (jwt, basicAuth, extAuth...) are not
 /// modelled, so they land in `unsupported` and the policy is rejected (fail closed).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecurityPolicySpec {
     pub target_ref: Option<PolicyTargetRef>,
@@ -653,7 +653,7 @@ pub struct SecurityPolicySpec {
     pub oidc: Option<Box<OidcSpec>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OidcSpec {
     pub provider: OidcProviderSpec,
@@ -686,7 +686,7 @@ pub struct OidcSpec {
     pub pass_through_auth_header: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OidcProviderSpec {
     pub issuer: String,
@@ -698,13 +698,13 @@ pub struct OidcProviderSpec {
     pub backend_settings: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OidcCookieConfig {
     pub same_site: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OidcForwardIdToken {
     pub header: Option<String>,
@@ -714,7 +714,7 @@ pub struct OidcForwardIdToken {
 
 /// BackendTrafficPolicy: targets and `rateLimit`. Other traffic features are reported as
 /// unsupported fields; unmodelled `rateLimit` fields reject the rate limit.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackendTrafficPolicySpec {
     pub target_ref: Option<PolicyTargetRef>,
@@ -723,7 +723,7 @@ pub struct BackendTrafficPolicySpec {
     pub rate_limit: Option<RateLimitSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitSpec {
     #[serde(rename = "type")]
@@ -732,13 +732,13 @@ pub struct RateLimitSpec {
     pub global: Option<RateLimitRules>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitRules {
     pub rules: Vec<RateLimitRule>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitRule {
     pub client_selectors: Vec<RateLimitSelector>,
@@ -748,7 +748,7 @@ pub struct RateLimitRule {
     pub x_rate_limit_headers: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitSelector {
     pub headers: Vec<RateLimitHeaderMatch>,
@@ -757,7 +757,7 @@ pub struct RateLimitSelector {
     pub source_cidr: Option<RateLimitCidr>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitHeaderMatch {
     pub name: String,
@@ -767,14 +767,14 @@ pub struct RateLimitHeaderMatch {
     pub invert: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitMethodMatch {
     pub value: String,
     pub invert: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitCidr {
     #[serde(rename = "type")]
@@ -783,7 +783,7 @@ pub struct RateLimitCidr {
     pub invert: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitValue {
     pub requests: u64,
@@ -793,7 +793,7 @@ pub struct RateLimitValue {
 // ---------------------------------------------------------------- objects
 
 /// One parsed object: metadata, typed body, and the `spec.*` fields we did not model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object<T> {
     pub meta: ObjectMeta,
     pub spec: T,
@@ -815,7 +815,7 @@ impl<T> Object<T> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
     GatewayClass(Arc<Object<GatewayClassSpec>>),
     Gateway(Arc<Object<GatewaySpec>>),
@@ -1253,7 +1253,10 @@ fn parse_object(source: &str, v: Value) -> Result<Resource, String> {
 
 /// The resource snapshot the translator reads. Keys are `(namespace, name)`; cluster-scoped
 /// kinds use an empty namespace. A later duplicate replaces an earlier one.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Every object is `Eq`, so two `Arc`s of one object compare equal by pointer without looking
+/// inside: [`crate::Translator`]'s "unchanged" checks rely on it (asserted below).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     pub gateway_classes: BTreeMap<String, Arc<Object<GatewayClassSpec>>>,
     pub gateways: BTreeMap<NsName, Arc<Object<GatewaySpec>>>,
@@ -1273,6 +1276,12 @@ pub struct Resources {
     /// `(apiVersion, kind, namespace/name, source)` of objects of kinds we do not read.
     pub others: Vec<(String, String, String, String)>,
 }
+
+// A field whose objects lost `Eq` would still compare correctly, only deeply: keep it `Eq`.
+const _: fn() = || {
+    fn eq<T: Eq>() {}
+    eq::<Resources>();
+};
 
 impl Resources {
     pub fn from_parsed(parsed: Vec<Resource>) -> Self {

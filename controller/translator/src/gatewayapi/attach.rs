@@ -49,7 +49,7 @@ pub(crate) struct ResolveCtx<'a> {
 
 /// The spec of a policy kind: where its objects are, and its `targetRef`, `targetRefs` and
 /// `targetSelectors`.
-pub(crate) trait PolicySpec: PartialEq + Clone + Sized {
+pub(crate) trait PolicySpec: Eq + Clone + Sized {
     fn objects(res: &Resources) -> &BTreeMap<NsName, std::sync::Arc<Object<Self>>>;
     fn target_ref(&self) -> Option<&PolicyTargetRef>;
     fn target_refs(&self) -> &[PolicyTargetRef];
@@ -142,7 +142,7 @@ pub(crate) struct Policy<K: PolicyKind> {
 
 impl<K: PolicyKind> PartialEq for Policy<K> {
     fn eq(&self, o: &Self) -> bool {
-        (std::sync::Arc::ptr_eq(&self.obj, &o.obj) || self.obj == o.obj)
+        self.obj == o.obj
             && self.targets == o.targets
             && self.not_found == o.not_found
             && self.cluster_conflicts == o.cluster_conflicts

@@ -137,15 +137,8 @@ impl LastTranslation {
 }
 
 /// The routes attached to Gateway `key`, in attachment order, with their translations.
-fn attached<'a>(
-    out: &'a routes::RouteOutput,
-    key: &NsName,
-) -> Vec<(&'a routes::Attachment, Option<&'a routes::TranslatedRoute>)> {
-    out.attachments
-        .iter()
-        .filter(|a| &a.gateway == key)
-        .map(|a| (a, out.routes.get(&a.route)))
-        .collect()
+fn attached<'a>(out: &'a routes::RouteOutput, key: &NsName) -> Vec<routes::AttachedRoute<'a>> {
+    out.attached().filter(|(a, _)| &a.gateway == key).collect()
 }
 
 /// Translates `res` from scratch.

@@ -65,6 +65,18 @@ struct StatusMemo {
 
 type Overlaps = BTreeMap<NsName, BTreeSet<NsName>>;
 
+/// An attachment and the translation of its route.
+pub type AttachedRoute<'a> = (&'a Attachment, Option<&'a TranslatedRoute>);
+
+impl RouteOutput {
+    /// Every attachment, in order, with the translation of its route.
+    pub fn attached(&self) -> impl Iterator<Item = AttachedRoute<'_>> {
+        self.attachments
+            .iter()
+            .map(|a| (a, self.routes.get(&a.route)))
+    }
+}
+
 fn header_ops(m: &HeaderModifier, ops: &mut HeaderOpsIr) {
     let m = &dedupe_header_modifier(m);
     ops.set
@@ -120,18 +132,6 @@ struct RuleInputs {
     egress: crate::egress::EgressPolicy,
 }
 
-/// Equal maps of shared objects; an object the parse memo handed on unchanged is the same
-/// allocation, so the usual comparison costs a pointer check per object.
-pub(crate) fn same_objects<K: PartialEq, T: PartialEq>(
-    a: &BTreeMap<K, Arc<T>>,
-    b: &BTreeMap<K, Arc<T>>,
-) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
-}
-
 impl RuleInputs {
     fn of(res: &Resources, egress: &crate::egress::EgressPolicy) -> Self {
         RuleInputs {
@@ -146,14 +146,16 @@ impl RuleInputs {
         }
     }
 
+    /// Objects are `Eq`, so comparing their `Arc`s checks the pointer first: an object the
+    /// parse memo handed on unchanged costs a pointer check.
     fn unchanged(&self, res: &Resources, egress: &crate::egress::EgressPolicy) -> bool {
-        same_objects(&self.services, &res.services)
-            && same_objects(&self.endpoint_slices, &res.endpoint_slices)
-            && same_objects(&self.backends, &res.backends)
-            && same_objects(&self.backend_tls_policies, &res.backend_tls_policies)
-            && same_objects(&self.secrets, &res.secrets)
-            && same_objects(&self.config_maps, &res.config_maps)
-            && same_objects(&self.reference_grants, &res.reference_grants)
+        self.services == res.services
+            && self.endpoint_slices == res.endpoint_slices
+            && self.backends == res.backends
+            && self.backend_tls_policies == res.backend_tls_policies
+            && self.secrets == res.secrets
+            && self.config_maps == res.config_maps
+            && self.reference_grants == res.reference_grants
             && &self.egress == egress
     }
 }
@@ -199,7 +201,7 @@ impl RuleMemo {
         route: &Arc<Object<HttpRouteSpec>>,
     ) -> RulesOutput {
         if let Some((was, out)) = self.routes.get(key) {
-            if Arc::ptr_eq(was, route) || was == route {
+            if was == route {
                 self.stats.reused += 1;
                 return out.clone();
             }
@@ -655,15 +657,12 @@ pub fn translate_routes(
     out
 }
 
-/// Routes attached through each listener, in attachment order, with their translations.
-fn by_listener(
-    out: &RouteOutput,
-) -> BTreeMap<ListenerKey, Vec<(&Attachment, Option<&TranslatedRoute>)>> {
-    let mut m: BTreeMap<ListenerKey, Vec<_>> = BTreeMap::new();
-    for a in &out.attachments {
-        m.entry((a.gateway.clone(), a.listener))
-            .or_default()
-            .push((a, out.routes.get(&a.route)));
+/// Routes attached through each listener (keyed by borrowed Gateway name and listener index),
+/// in attachment order, with their translations.
+fn by_listener(out: &RouteOutput) -> BTreeMap<(&NsName, usize), Vec<AttachedRoute<'_>>> {
+    let mut m: BTreeMap<(&NsName, usize), Vec<_>> = BTreeMap::new();
+    for (a, tr) in out.attached() {
+        m.entry((&a.gateway, a.listener)).or_default().push((a, tr));
     }
     m
 }
@@ -676,8 +675,9 @@ fn route_overlaps(
 ) -> BTreeMap<ListenerKey, Overlaps> {
     let before = previous.map(by_listener).unwrap_or_default();
     let mut result = BTreeMap::new();
-    for (listener, attached) in by_listener(out) {
-        if before.get(&listener) == Some(&attached) {
+    for ((gateway, index), attached) in by_listener(out) {
+        let listener = (gateway.clone(), index);
+        if before.get(&(gateway, index)) == Some(&attached) {
             if let Some(o) = previous.and_then(|p| p.overlaps.get(&listener)) {
                 result.insert(listener, o.clone());
             }
